@@ -1,0 +1,32 @@
+# Two commands do all the set-up on a fresh machine: `make train` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+CONFIG ?= configs/audiomaepp.py:micro
+
+.PHONY: train test venv summary clean
+
+# The venv is rebuilt whenever requirements.txt or setup.py is newer than it.
+$(STAMP): requirements.txt setup.py
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip check
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+train: $(STAMP)
+	$(PY) -m maepp.first_steps --config $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+summary: $(STAMP)
+	$(PY) -m maepp.summary --config configs/audiomaepp.py:base
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

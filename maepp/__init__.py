@@ -1,0 +1,1 @@
+"""maepp: AudioMAE++ masked audio autoencoders in JAX/Flax."""

@@ -1,0 +1,1 @@
+"""Audio front end: waveform -> standardised log-mel spectrogram (PAPER.md, "Input")."""

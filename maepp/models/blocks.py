@@ -1,0 +1,52 @@
+"""Transformer blocks: AudioMAE++'s Macaron "Transformer++" block and the plain ViT block."""
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from maepp.models.layers import FeedForward, SelfAttention, SwiGLU, layer_norm
+
+BLOCK_TYPES = ("macaron_swiglu", "vit")
+
+
+class MacaronBlock(nn.Module):
+    """PAPER.md, "Model (as released)":
+        x = x + 0.5 * FFN(LN1(x));  x = x + MHSA(LN2(x));  x = x + SwiGLU(LN3(x))
+    LN3 is its own LayerNorm here; the release applies LN2 in its place, which maepp.convert
+    reproduces by giving LN3 LN2's values.
+    """
+
+    heads: int
+    use_rope: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions):
+        x = x + 0.5 * FeedForward("silu", self.dtype, name="ffn1")(layer_norm(self.dtype, "norm1")(x))
+        x = x + SelfAttention(self.heads, self.use_rope, self.dtype, name="attn")(
+            layer_norm(self.dtype, "norm2")(x), positions
+        )
+        return x + SwiGLU(self.dtype, name="ffn2")(layer_norm(self.dtype, "norm3")(x))
+
+
+class ViTBlock(nn.Module):
+    """The plain-MAE baseline block: x + MHSA(LN1(x)), then x + MLP_gelu(LN2(x))."""
+
+    heads: int
+    use_rope: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions):
+        x = x + SelfAttention(self.heads, self.use_rope, self.dtype, name="attn")(
+            layer_norm(self.dtype, "norm1")(x), positions
+        )
+        return x + FeedForward("gelu", self.dtype, name="mlp")(layer_norm(self.dtype, "norm2")(x))
+
+
+def make_block(block_type: str, heads: int, use_rope: bool, dtype, name: str) -> nn.Module:
+    if block_type == "macaron_swiglu":
+        return MacaronBlock(heads, use_rope, dtype, name=name)
+    if block_type == "vit":
+        return ViTBlock(heads, use_rope, dtype, name=name)
+    raise ValueError(f"unknown block_type {block_type!r}; choose one of {BLOCK_TYPES}")

@@ -1,0 +1,137 @@
+"""Building blocks shared by the encoder and the decoder.
+
+Every parameter carries logical axis names (flax `with_logical_partitioning`), which the
+sharding rules map onto mesh axes:
+  embed    model width            mlp    FFN / SwiGLU hidden width
+  heads    attention heads        kv     per-head width
+  qkv      the q/k/v triple       patch  values of one spectrogram patch
+  norm     LayerNorm over width   decoder_embed  decoder width where it meets the encoder width
+Parameters are float32; `dtype` is the compute dtype (float32 or bfloat16).
+"""
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+LAYER_NORM_EPS = 1e-6  # PAPER.md: pre-norm LayerNorm eps 1e-6
+
+
+def xavier_uniform(n_in_dims: int):
+    """Xavier-uniform over the kernel seen as a matrix [prod(in dims), prod(out dims)].
+
+    This is what PyTorch's xavier_uniform_ does on the released Linear weights, whatever
+    shape we give the kernel here (e.g. qkv as [D, 3, heads, head_dim]).
+    """
+
+    def init(key, shape, dtype=jnp.float32):
+        fan_in = math.prod(shape[:n_in_dims])
+        fan_out = math.prod(shape[n_in_dims:])
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+    return init
+
+
+class Linear(nn.Module):
+    """y = x . kernel + bias, contracting the last `len(axes) - len(features)` dims of x."""
+
+    features: Sequence[int]
+    axes: Sequence[str]  # logical names of the kernel: input dims, then output dims
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        features = tuple(self.features)
+        n_in = len(self.axes) - len(features)
+        kernel_shape = tuple(x.shape[x.ndim - n_in :]) + features
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(xavier_uniform(n_in), tuple(self.axes)), kernel_shape
+        )
+        bias = self.param(
+            "bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.axes[n_in:])), features
+        )
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+        return y + bias.astype(self.dtype)
+
+
+def layer_norm(dtype, name: str, axis_name: str = "norm"):
+    """LayerNorm(eps 1e-6) with logically named scale and bias, initialised to (1, 0)."""
+    return nn.LayerNorm(
+        epsilon=LAYER_NORM_EPS,
+        dtype=dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)),
+        name=name,
+    )
+
+
+def rotary(x, positions):
+    """Rotary position embedding on x [batch, n, heads, head_dim] at positions [batch, n].
+
+    Rotates adjacent channel pairs (2i, 2i+1) by position / 10000^(2i / head_dim), the layout of
+    rotary-embedding-torch that the release's RoPE ablation used; computed in float32. Positions
+    are the tokens' true grid positions, also for the visible subset the encoder sees.
+    """
+    half = x.shape[-1] // 2
+    inv_freq = 1.0 / 10000 ** (jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, n, half]
+    cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+    pairs = x.astype(jnp.float32).reshape(x.shape[:-1] + (half, 2))
+    x1, x2 = pairs[..., 0], pairs[..., 1]
+    rotated = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+    return rotated.reshape(x.shape).astype(x.dtype)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; qkv laid out (3, heads, head_dim) as in the release."""
+
+    heads: int
+    use_rope: bool = False
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, positions):  # x [batch, n, width], positions [batch, n]
+        width = x.shape[-1]
+        head_dim = width // self.heads
+        qkv = Linear((3, self.heads, head_dim), ("embed", "qkv", "heads", "kv"), self.dtype, name="qkv")(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [batch, n, heads, head_dim]
+        if self.use_rope:
+            q, k = rotary(q, positions), rotary(k, positions)
+        out = jax.nn.dot_product_attention(q, k, v)
+        return Linear((width,), ("heads", "kv", "embed"), self.dtype, name="proj")(out)
+
+
+class FeedForward(nn.Module):
+    """Linear(D, 4D) -> activation -> Linear(4D, D)."""
+
+    activation: str  # "silu" (Macaron half-step FFN) or "gelu" (ViT MLP, exact erf as torch)
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        h = Linear((4 * width,), ("embed", "mlp"), self.dtype, name="layer1")(x)
+        h = nn.silu(h) if self.activation == "silu" else nn.gelu(h, approximate=False)
+        return Linear((width,), ("mlp", "embed"), self.dtype, name="layer2")(h)
+
+
+def swiglu_hidden(width: int) -> int:
+    """SwiGLU hidden width int(8D/3) (PAPER.md table: 2048 for D=768)."""
+    return 8 * width // 3
+
+
+class SwiGLU(nn.Module):
+    """W_o . LN_h( SiLU(W_g x) * (W_v x) ), hidden int(8D/3) (PAPER.md)."""
+
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        width = x.shape[-1]
+        hidden = swiglu_hidden(width)
+        value = Linear((hidden,), ("embed", "mlp"), self.dtype, name="value")(x)
+        gate = Linear((hidden,), ("embed", "mlp"), self.dtype, name="gate")(x)
+        h = layer_norm(self.dtype, "ln", axis_name="mlp")(nn.silu(gate) * value)
+        return Linear((width,), ("mlp", "embed"), self.dtype, name="project")(h)

@@ -1,0 +1,45 @@
+"""Model sizes of AudioMAE++ (PAPER.md, "Model (as released)") and the plain-MAE baselines."""
+import ml_collections
+
+# name: (width D, depth, heads). Encoder sizes of the released code (PAPER.md table).
+ENCODER_SIZES = {
+    "micro": (64, 2, 2),  # not in the paper: a CPU-sized model for demos and tests
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "medium": (512, 12, 8),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+
+# name: (width, depth, heads) of the decoder paired with that encoder (PAPER.md table).
+DECODER_SIZES = {
+    "micro": (64, 1, 2),
+    "tiny": (384, 4, 8),
+    "small": (384, 4, 6),
+    "medium": (384, 4, 6),
+    "base": (384, 4, 8),
+    "large": (512, 4, 8),
+    "huge": (384, 4, 6),
+}
+
+
+def model_config(size: str, block_type: str) -> ml_collections.ConfigDict:
+    """The model section of an experiment config for one named size."""
+    if size not in ENCODER_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(ENCODER_SIZES)}")
+    width, depth, heads = ENCODER_SIZES[size]
+    dec_width, dec_depth, dec_heads = DECODER_SIZES[size]
+    return ml_collections.ConfigDict(
+        dict(
+            block_type=block_type,  # "macaron_swiglu" (AudioMAE++) or "vit" (plain MAE)
+            encoder=dict(width=width, depth=depth, heads=heads, use_rope=False),
+            decoder=dict(width=dec_width, depth=dec_depth, heads=dec_heads, use_rope=False),
+            input_size=(200, 80),  # (time frames, mel bins): 2 s at a 10 ms hop
+            patch_size=(4, 16),  # (time, frequency)
+            mask_ratio=0.8,
+            use_cls_token=True,
+            norm_pix_loss=False,  # off in the release (PAPER.md)
+            dtype="float32",  # compute dtype; parameters are always float32
+        )
+    )

@@ -1,0 +1,85 @@
+"""ModelSpec: the validated, hashable form of an experiment config's `model` section."""
+import dataclasses
+
+import jax.numpy as jnp
+
+from maepp.models.blocks import BLOCK_TYPES
+from maepp.models.patches import grid_shape, num_visible
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    block_type: str
+    width: int
+    depth: int
+    heads: int
+    encoder_rope: bool
+    decoder_width: int
+    decoder_depth: int
+    decoder_heads: int
+    decoder_rope: bool
+    input_size: tuple  # (time frames, mel bins)
+    patch_size: tuple  # (time, frequency)
+    mask_ratio: float
+    use_cls_token: bool
+    norm_pix_loss: bool
+    dtype: str
+
+    @classmethod
+    def from_config(cls, model) -> "ModelSpec":
+        """Builds and checks a spec from the ConfigDict `config.model`."""
+        spec = cls(
+            block_type=model.block_type,
+            width=model.encoder.width,
+            depth=model.encoder.depth,
+            heads=model.encoder.heads,
+            encoder_rope=model.encoder.use_rope,
+            decoder_width=model.decoder.width,
+            decoder_depth=model.decoder.depth,
+            decoder_heads=model.decoder.heads,
+            decoder_rope=model.decoder.use_rope,
+            input_size=tuple(model.input_size),
+            patch_size=tuple(model.patch_size),
+            mask_ratio=float(model.mask_ratio),
+            use_cls_token=bool(model.use_cls_token),
+            norm_pix_loss=bool(model.norm_pix_loss),
+            dtype=model.dtype,
+        )
+        spec.validate()
+        return spec
+
+    def validate(self):
+        if self.block_type not in BLOCK_TYPES:
+            raise ValueError(f"config.model.block_type={self.block_type!r}; choose one of {BLOCK_TYPES}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"config.model.dtype={self.dtype!r}; choose one of {sorted(DTYPES)}")
+        for part, width, heads in (("encoder", self.width, self.heads), ("decoder", self.decoder_width, self.decoder_heads)):
+            if width % heads:
+                raise ValueError(f"config.model.{part}: width {width} is not divisible by heads {heads}")
+            if width % 4:
+                raise ValueError(f"config.model.{part}.width={width}: sin-cos tables need a multiple of 4")
+        grid_shape(self.input_size, self.patch_size)
+        num_visible(self.n_tokens, self.mask_ratio)
+
+    @property
+    def grid(self) -> tuple:
+        return grid_shape(self.input_size, self.patch_size)
+
+    @property
+    def n_tokens(self) -> int:
+        n_time, n_freq = grid_shape(self.input_size, self.patch_size)
+        return n_time * n_freq
+
+    @property
+    def n_visible(self) -> int:
+        return num_visible(self.n_tokens, self.mask_ratio)
+
+    @property
+    def patch_dim(self) -> int:
+        return self.patch_size[0] * self.patch_size[1]
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]

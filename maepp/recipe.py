@@ -1,0 +1,23 @@
+"""The experiment config shared by configs/audiomaepp.py and configs/mae.py.
+
+Numbers from PAPER.md, "Pretraining recipe": AdamW betas (0.9, 0.95), weight decay 0.05,
+lr = 1.5e-4 x global batch / 256, global batch 1024.
+"""
+import ml_collections
+
+from maepp.models.sizes import model_config
+
+
+def pretraining_config(size: str, block_type: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.model = model_config(size, block_type)
+    config.seed = 0
+    config.batch_size = 1024  # global
+    config.optimizer = ml_collections.ConfigDict(
+        dict(base_learning_rate=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05)
+    )
+    if size == "micro":
+        # CPU demo: a small batch; the tiny model takes a higher rate (peak lr 1e-3).
+        config.batch_size = 32
+        config.optimizer.base_learning_rate = 8e-3
+    return config

@@ -1,0 +1,36 @@
+"""maepp: AudioMAE++ pretraining in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="maepp",
+    version="0.1.0",
+    description="AudioMAE++ masked audio autoencoders: pretraining, checkpoints and embeddings in JAX/Flax",
+    packages=find_packages(include=["maepp", "maepp.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10",
+        "flax>=0.12",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12",
+        "tensorflow-cpu>=2.21",
+        "tensorflow-datasets>=4.9.10",
+        "tensorboard>=2.21",
+        "librosa>=0.11",
+        "soundfile>=0.13",
+        "ml-collections>=1.1",
+        "clu>=0.0.12",
+        "numpy>=2.0",
+    ],
+    extras_require={
+        # Reading released PyTorch checkpoints (maepp.convert).
+        "torch": ["torch>=2.3"],
+        "test": ["pytest>=8"],
+    },
+    entry_points={
+        "console_scripts": [
+            "maepp-summary=maepp.summary:run",
+            "maepp-convert=maepp.convert:run",
+            "maepp-first-steps=maepp.first_steps:run",
+        ],
+    },
+)

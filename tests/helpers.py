@@ -1,0 +1,24 @@
+"""Small builders the tests share."""
+import flax.linen as nn
+import jax
+
+from configs import audiomaepp, mae
+from maepp.models import MaskedAutoencoder, ModelSpec, init_params
+
+CONFIG_FILES = {"macaron_swiglu": audiomaepp, "vit": mae}
+
+
+def spec_for(size="micro", block_type="macaron_swiglu", **model_overrides):
+    config = CONFIG_FILES[block_type].get_config(size)
+    for key, value in model_overrides.items():
+        node = config.model
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return ModelSpec.from_config(config.model)
+
+
+def model_and_params(spec, seed=0):
+    model = MaskedAutoencoder(spec)
+    return model, nn.meta.unbox(init_params(model, jax.random.key(seed)))

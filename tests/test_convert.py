@@ -1,0 +1,153 @@
+"""Importing released PyTorch weights: mapping, layouts, round trip, clear errors."""
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from maepp import convert, weights
+from maepp.models import MaskedAutoencoder
+from maepp.models.blocks import MacaronBlock
+from tests.helpers import CONFIG_FILES, model_and_params, spec_for
+
+
+def _random_params(spec, seed=0):
+    """Params with every leaf random, so that a swapped or transposed tensor cannot go unnoticed."""
+    _, params = model_and_params(spec, seed)
+    leaves, treedef = jax.tree.flatten(params)
+    rng = np.random.default_rng(seed)
+    return jax.tree.unflatten(treedef, [rng.standard_normal(l.shape).astype(np.float32) for l in leaves])
+
+
+@pytest.mark.parametrize("block_type", ["macaron_swiglu", "vit"])
+def test_round_trip_params_state_dict_params(block_type):
+    spec = spec_for(block_type=block_type)
+    params = _random_params(spec)
+    state_dict = convert.params_to_state_dict(params, spec)
+    assert state_dict["patch_embed.proj.weight"].shape == (spec.width, 1, 4, 16)
+    assert state_dict["encoder.blocks.0.attn.qkv_layer.weight"].shape == (3 * spec.width, spec.width)
+    back = convert.state_dict_to_params(state_dict, spec, ln3_from="norm3")
+    jax.tree.map(np.testing.assert_array_equal, back, params)
+
+
+def test_default_import_gives_ln3_the_released_norm2_values():
+    spec = spec_for()
+    state_dict = convert.params_to_state_dict(_random_params(spec), spec)
+    params = convert.state_dict_to_params(state_dict, spec)
+    block = params["encoder"]["blocks_1"]
+    np.testing.assert_array_equal(block["norm3"]["scale"], state_dict["encoder.blocks.1.norm2.weight"])
+    np.testing.assert_array_equal(block["norm3"]["bias"], state_dict["encoder.blocks.1.norm2.bias"])
+
+
+def test_missing_key_is_a_clear_error():
+    spec = spec_for()
+    state_dict = convert.params_to_state_dict(_random_params(spec), spec)
+    del state_dict["encoder.blocks.1.ffn2.linear2.weight"]
+    with pytest.raises(convert.StateDictMismatch, match=r"missing keys \(1\): encoder.blocks.1.ffn2.linear2.weight"):
+        convert.state_dict_to_params(state_dict, spec)
+
+
+def test_extra_and_misshaped_keys_are_listed():
+    spec = spec_for()
+    state_dict = convert.params_to_state_dict(_random_params(spec), spec)
+    state_dict["head.weight"] = np.zeros((10, 64), np.float32)
+    state_dict["decoder.decoder_pred.bias"] = np.zeros((65,), np.float32)
+    with pytest.raises(convert.StateDictMismatch) as error:
+        convert.state_dict_to_params(state_dict, spec)
+    assert "unexpected keys (1): head.weight" in str(error.value)
+    assert "decoder.decoder_pred.bias: expected (64,), found (65,)" in str(error.value)
+
+
+def test_a_different_position_table_is_refused():
+    spec = spec_for()
+    state_dict = convert.params_to_state_dict(_random_params(spec), spec)
+    state_dict["encoder.pos_embed"] = state_dict["encoder.pos_embed"][:, :, ::-1].copy()
+    with pytest.raises(convert.StateDictMismatch, match="position layout"):
+        convert.state_dict_to_params(state_dict, spec)
+
+
+def _released_block_forward(torch, sd, prefix, x, heads):
+    """The released Transformer++ block (PAPER.md), written with torch ops on state-dict tensors.
+
+    Note `norm2` where LN3 stands, as in the release.
+    """
+    F = torch.nn.functional
+
+    def lin(name, h):
+        return F.linear(h, sd[f"{prefix}.{name}.weight"], sd[f"{prefix}.{name}.bias"])
+
+    def ln(name, h):
+        return F.layer_norm(h, h.shape[-1:], sd[f"{prefix}.{name}.weight"], sd[f"{prefix}.{name}.bias"], eps=1e-6)
+
+    x = x + 0.5 * lin("ffn1.layer2", F.silu(lin("ffn1.layer1", ln("norm1", x))))
+    b, n, c = x.shape
+    qkv = lin("attn.qkv_layer", ln("norm2", x)).reshape(b, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    attn = torch.softmax((q @ k.transpose(-2, -1)) * (c // heads) ** -0.5, dim=-1)
+    x = x + lin("attn.proj_layer", (attn @ v).transpose(1, 2).reshape(b, n, c))
+    h = ln("norm2", x)
+    swiglu = F.silu(lin("ffn2.linear2", h)) * lin("ffn2.linear1", h)
+    return x + lin("ffn2.project", ln("ffn2.ln", swiglu))
+
+
+def test_imported_block_computes_what_the_released_block_computes():
+    torch = pytest.importorskip("torch")
+    spec = spec_for()
+    state_dict = convert.params_to_state_dict(_random_params(spec, seed=1), spec)
+    state_dict = {k: v * 0.2 for k, v in state_dict.items()}  # keep activations moderate
+    state_dict["encoder.pos_embed"] = convert.params_to_state_dict(_random_params(spec), spec)["encoder.pos_embed"]
+    state_dict["decoder.decoder_pos_embed"] = convert.params_to_state_dict(_random_params(spec), spec)[
+        "decoder.decoder_pos_embed"
+    ]
+    params = convert.state_dict_to_params(state_dict, spec)  # LN3 <- norm2, the released behaviour
+    x = np.random.default_rng(0).standard_normal((2, 11, spec.width)).astype(np.float32)
+    ours = MacaronBlock(spec.heads).apply({"params": params["encoder"]["blocks_0"]}, x, np.zeros((2, 11)))
+    sd = {k: torch.from_numpy(v) for k, v in state_dict.items()}
+    theirs = _released_block_forward(torch, sd, "encoder.blocks.0", torch.from_numpy(x), spec.heads).numpy()
+    np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-5, rtol=1e-4)
+
+
+def _run(repo_root, *args):
+    result = subprocess.run([sys.executable, "-m", *args], cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_cli_imports_a_pth_file_and_exports_it_back(tmp_path, repo_root):
+    torch = pytest.importorskip("torch")
+    spec = spec_for()
+    params = _random_params(spec)
+    state_dict = convert.params_to_state_dict(params, spec)
+    pth = tmp_path / "released.pth"
+    # As the release saves it: wrapped under "model", with other training state beside it.
+    torch.save({"model": {k: torch.from_numpy(v) for k, v in state_dict.items()}, "epoch": 99}, pth)
+    out = tmp_path / "imported"
+    _run(repo_root, "maepp.convert", "--torch-checkpoint", str(pth), "--config", "configs/audiomaepp.py:micro",
+         "--output", str(out), "--ln3-from", "norm3")
+    loaded, loaded_config = weights.load(out)
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
+    assert loaded_config.model.encoder.width == spec.width
+    back = tmp_path / "back.pth"
+    _run(repo_root, "maepp.convert", "--params", str(out), "--output-torch", str(back))
+    reloaded = convert.load_torch_state_dict(back)
+    assert set(reloaded) == set(state_dict)
+    for key, value in state_dict.items():
+        np.testing.assert_array_equal(reloaded[key], value)
+
+
+def test_cli_names_the_missing_key(tmp_path, repo_root):
+    torch = pytest.importorskip("torch")
+    spec = spec_for()
+    state_dict = convert.params_to_state_dict(_random_params(spec), spec)
+    del state_dict["cls_token"]
+    pth = tmp_path / "broken.pth"
+    torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, pth)
+    result = subprocess.run(
+        [sys.executable, "-m", "maepp.convert", "--torch-checkpoint", str(pth), "--config",
+         "configs/audiomaepp.py:micro", "--output", str(tmp_path / "out")],
+        cwd=repo_root, capture_output=True, text=True,
+    )
+    assert result.returncode != 0
+    assert "missing keys (1): cls_token" in result.stderr
+    assert not (tmp_path / "out" / "config.json").exists()

@@ -1,0 +1,237 @@
+"""Behaviour of the masked autoencoder: masking, patches, positions, loss, dtypes, switches."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maepp.models import MASKING_RNG, MaskedAutoencoder, init_params, reconstruction_loss
+from maepp.models.counts import forward_flops
+from maepp.models.patches import patchify, random_mask, unpatchify
+from maepp.models.position import sincos_1d, sincos_2d_table
+from tests.helpers import model_and_params, spec_for
+
+
+def _apply(model, params, x, seed):
+    return model.apply({"params": params}, x, rngs={MASKING_RNG: jax.random.key(seed)})
+
+
+def _batch(batch=4, seed=0):
+    return jax.random.normal(jax.random.key(seed), (batch, 200, 80))
+
+
+def test_visible_count_is_exact():
+    keep, restore, mask = random_mask(jax.random.key(0), 16, 250, 0.8)
+    assert keep.shape == (16, 50)
+    np.testing.assert_array_equal(mask.sum(axis=1), np.full(16, 200.0))
+    # The kept tokens are exactly the unmasked ones, each once.
+    for b in range(16):
+        assert sorted(np.asarray(keep[b]).tolist()) == np.flatnonzero(np.asarray(mask[b]) == 0).tolist()
+    # restore_ids inverts the shuffle: position of each token in [visible..., masked...].
+    assert np.all(np.sort(np.asarray(restore), axis=1) == np.arange(250))
+
+
+@pytest.mark.parametrize("ratio,visible", [(0.8, 50), (0.75, 62), (0.5, 125), (0.9, 25)])
+def test_visible_count_rounds(ratio, visible):
+    _, _, mask = random_mask(jax.random.key(1), 2, 250, ratio)
+    assert int((1 - mask[0]).sum()) == visible == round(250 * (1 - ratio))
+
+
+def test_masks_differ_across_examples_and_rngs():
+    _, _, mask_a = random_mask(jax.random.key(0), 8, 250, 0.8)
+    _, _, mask_b = random_mask(jax.random.key(1), 8, 250, 0.8)
+    assert len({tuple(np.asarray(m).tolist()) for m in mask_a}) == 8
+    assert not np.array_equal(mask_a, mask_b)
+    _, _, mask_again = random_mask(jax.random.key(0), 8, 250, 0.8)
+    np.testing.assert_array_equal(mask_a, mask_again)
+
+
+def test_loss_ignores_predictions_at_visible_positions():
+    spec = spec_for()
+    model, params = model_and_params(spec)
+    x = _batch()
+    out = _apply(model, params, x, seed=3)
+    patches = patchify(x, spec.patch_size)
+    visible = (out["mask"] == 0)[..., None]
+    garbage = out["pred"] + 1e3 * visible  # wreck every visible prediction
+    loss = reconstruction_loss(out["pred"], patches, out["mask"], norm_pix_loss=False)
+    np.testing.assert_allclose(loss, out["loss"], rtol=1e-6)
+    np.testing.assert_allclose(reconstruction_loss(garbage, patches, out["mask"], False), loss, rtol=1e-6)
+    # ...while one masked prediction does move it.
+    masked_pos = int(np.flatnonzero(np.asarray(out["mask"][0]))[0])
+    nudged = out["pred"].at[0, masked_pos].add(1.0)
+    assert reconstruction_loss(nudged, patches, out["mask"], False) > loss
+
+
+def test_loss_gradient_reaches_only_masked_patches_of_the_target():
+    spec = spec_for()
+    x = _batch(2)
+    patches = patchify(x, spec.patch_size)
+    pred = jnp.zeros_like(patches)
+    _, _, mask = random_mask(jax.random.key(0), 2, 250, 0.8)
+    grad = jax.grad(lambda p: reconstruction_loss(p, patches, mask, False))(pred)
+    per_token = np.abs(np.asarray(grad)).sum(-1)
+    assert np.all(per_token[np.asarray(mask) == 0] == 0)
+    assert np.all(per_token[np.asarray(mask) == 1] > 0)
+
+
+def test_norm_pix_loss_normalises_each_target_patch():
+    spec = spec_for()
+    patches = patchify(_batch(2), spec.patch_size) * 5.0 + 3.0
+    mask = jnp.ones(patches.shape[:2])
+    mean = patches.mean(-1, keepdims=True)
+    std = jnp.sqrt(patches.var(-1, keepdims=True) + 1e-6)
+    normalised = (patches - mean) / std
+    assert float(reconstruction_loss(normalised, patches, mask, norm_pix_loss=True)) < 1e-10
+    assert float(reconstruction_loss(normalised, patches, mask, norm_pix_loss=False)) > 1.0
+
+
+def test_patchify_unpatchify_invert_each_other():
+    x = _batch(3)
+    patches = patchify(x, (4, 16))
+    assert patches.shape == (3, 250, 64)
+    np.testing.assert_array_equal(unpatchify(patches, (200, 80), (4, 16)), x)
+
+
+def test_token_order_is_time_major_and_patches_are_time_by_freq():
+    # value = 1000 * time_frame + mel_bin identifies where each value came from.
+    x = (1000 * jnp.arange(200)[:, None] + jnp.arange(80)[None, :]).astype(jnp.float32)[None]
+    patches = np.asarray(patchify(x, (4, 16)))[0]
+    for t, f in [(0, 0), (0, 4), (1, 0), (49, 4), (17, 3)]:
+        token = t * 5 + f
+        expected = [1000 * (4 * t + i) + 16 * f + j for i in range(4) for j in range(16)]
+        assert patches[token].tolist() == expected
+
+
+def test_position_tables_are_not_parameters():
+    spec = spec_for()
+    _, params = model_and_params(spec)
+    table = sincos_2d_table(spec.width, spec.grid, spec.use_cls_token)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name = jax.tree_util.keystr(path)
+        assert "pos" not in name
+        assert leaf.shape[-2:] != table.shape, name
+
+
+def test_encoder_position_table_layout():
+    width = 64
+    table = sincos_2d_table(width, (50, 5), cls_token=True)
+    assert table.shape == (251, width)
+    np.testing.assert_array_equal(table[0], 0)  # CLS row
+    for t, f in [(0, 0), (3, 2), (49, 4)]:
+        row = table[1 + t * 5 + f]
+        np.testing.assert_allclose(row[: width // 2], sincos_1d(width // 2, np.array([f]))[0], atol=1e-6)
+        np.testing.assert_allclose(row[width // 2 :], sincos_1d(width // 2, np.array([t]))[0], atol=1e-6)
+
+
+def test_every_parameter_has_logical_axis_names():
+    spec = spec_for()
+    model = MaskedAutoencoder(spec)
+    boxed = init_params(model, jax.random.key(0))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+    for leaf in leaves:
+        assert len(leaf.names) == leaf.value.ndim
+    names = {n for leaf in leaves for n in leaf.names if n}
+    assert {"embed", "mlp", "heads", "kv"} <= names
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_jitted_grad_step_runs(dtype):
+    from maepp import optim
+    from maepp.train_step import create_state, make_train_step
+    from tests.helpers import CONFIG_FILES
+
+    config = CONFIG_FILES["macaron_swiglu"].get_config("micro")
+    config.model.dtype = dtype
+    model = MaskedAutoencoder(spec_for(dtype=dtype))
+    optimizer = optim.adamw(config)
+    state = create_state(model, optimizer, jax.random.key(0))
+    before = jax.tree.map(np.asarray, state.params)
+    step = jax.jit(make_train_step(model, optimizer))
+    x = _batch(config.batch_size)
+    losses = []
+    for i in range(3):
+        state, metrics = step(state, x, jax.random.key(i))
+        losses.append(float(metrics["loss"]))
+    assert all(np.isfinite(losses))
+    assert int(state.step) == 3
+    for leaf in jax.tree.leaves(state.params):
+        assert leaf.dtype == jnp.float32  # master weights stay float32
+    moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state.params, before)
+    assert min(jax.tree.leaves(moved)) > 0  # every parameter got a gradient
+
+
+def test_bfloat16_computes_in_bfloat16():
+    spec = spec_for(dtype="bfloat16")
+    model, params = model_and_params(spec)
+    hlo = jax.jit(lambda p, x: _apply(model, p, x, 0)["loss"]).lower(params, _batch(2)).as_text()
+    assert "bf16" in hlo
+    f32_out = _apply(*model_and_params(spec_for()), _batch(2), 0)["loss"]
+    bf16_out = _apply(model, params, _batch(2), 0)["loss"]
+    assert abs(float(f32_out) - float(bf16_out)) < 0.05 * float(f32_out)
+
+
+def test_encode_sees_every_token_without_masking():
+    spec = spec_for()
+    model, params = model_and_params(spec)
+    x = _batch(2)
+    features = model.apply({"params": params}, x, method=MaskedAutoencoder.encode)
+    assert features.shape == (2, 250, spec.width)
+    again = model.apply({"params": params}, x, method=MaskedAutoencoder.encode)
+    np.testing.assert_array_equal(features, again)  # no randomness
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(block_type="vit"),
+        {"encoder.use_rope": True},
+        {"decoder.use_rope": True},
+        dict(use_cls_token=False),
+        dict(mask_ratio=0.5),
+        {"decoder.width": 96, "decoder.depth": 2, "decoder.heads": 3},
+        dict(input_size=(96, 64), patch_size=(8, 16)),
+    ],
+)
+def test_ablation_switches_build_and_change_the_model(overrides):
+    block_type = overrides.get("block_type", "macaron_swiglu")
+    rest = {k: v for k, v in overrides.items() if k != "block_type"}
+    spec = spec_for(block_type=block_type, **rest)
+    model, params = model_and_params(spec)
+    x = jax.random.normal(jax.random.key(0), (2,) + spec.input_size)
+    out = _apply(model, params, x, seed=0)
+    assert out["pred"].shape == (2, spec.n_tokens, spec.patch_dim)
+    assert int(out["mask"].sum()) == 2 * (spec.n_tokens - spec.n_visible)
+    assert np.isfinite(float(out["loss"]))
+    assert ("cls_token" in params) == spec.use_cls_token
+    base_model, base_params = model_and_params(spec_for())
+    if spec.input_size == (200, 80):
+        base_loss = _apply(base_model, base_params, x, seed=0)["loss"]
+        assert float(base_loss) != float(out["loss"])
+
+
+def test_rope_uses_true_token_positions():
+    """With RoPE, the encoder output of a token depends on where it sits on the grid."""
+    spec = spec_for(**{"encoder.use_rope": True})
+    model, params = model_and_params(spec)
+    x = _batch(1)
+    swapped = x.at[:, 0:4].set(x[:, 4:8]).at[:, 4:8].set(x[:, 0:4])  # swap time patches 0 and 1
+    a = model.apply({"params": params}, x, method=MaskedAutoencoder.encode)
+    b = model.apply({"params": params}, swapped, method=MaskedAutoencoder.encode)
+    assert not np.allclose(a[0, 0:5], b[0, 5:10], atol=1e-4)
+
+
+@pytest.mark.parametrize("block_type", ["macaron_swiglu", "vit"])
+def test_analytic_flops_agree_with_xla(block_type):
+    # Wider than micro, so matmuls dominate as they do at real sizes.
+    wide = {"encoder.width": 256, "encoder.heads": 4, "decoder.width": 256, "decoder.heads": 4}
+    spec = spec_for(block_type=block_type, **wide)
+    model, params = model_and_params(spec)
+    compiled = jax.jit(lambda p, x: _apply(model, p, x, 0)["loss"]).lower(params, _batch(1)).compile()
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, list) else analysis
+    analytic = sum(forward_flops(spec).values())
+    # XLA also counts elementwise work (LayerNorm, softmax, erf) that the analytic count leaves
+    # out, and simplifies some of what it counts: agreement within 5% either way.
+    assert abs(analysis["flops"] / analytic - 1) < 0.05
