@@ -23,7 +23,12 @@ def mel_filterbank() -> np.ndarray:
 
 
 def standardize(log_mel: np.ndarray) -> np.ndarray:
-    """(x - mean) / (unbiased std + 1e-8) over the whole clip."""
+    """(x - mean) / (unbiased std + 1e-8) over the whole clip.
+
+    The shift by the first value changes nothing mathematically but makes a constant (silent)
+    clip exactly zero, so rounding noise in its mean is not divided by std + 1e-8 ~ 1e-8.
+    """
+    log_mel = log_mel - log_mel.flat[0]
     return (log_mel - log_mel.mean()) / (log_mel.std(ddof=1) + STD_EPS)
 
 
