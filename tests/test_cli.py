@@ -38,7 +38,7 @@ def test_summary_flops_follow_the_overrides(repo_root):
 
 
 def test_first_steps_lowers_the_loss(repo_root):
-    out = _run(repo_root, "maepp.first_steps", "--config", "configs/audiomaepp.py:micro", "--steps", "30", "--clips", "16")
+    out = _run(repo_root, "maepp.first_steps", "--config", "configs/audiomaepp.py:micro", "--steps", "30")
     last = out.strip().splitlines()[-1]
     first_loss = float(last.split("mean loss of the first 5 steps ")[1].split(",")[0])
     last_loss = float(last.split("of the last 5 ")[1])

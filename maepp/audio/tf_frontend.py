@@ -6,14 +6,16 @@ torchaudio's by ~0.014 in log-mel (STACK.md).
 """
 import functools
 
+import numpy as np
 import tensorflow as tf
 
 from maepp.audio import reference
 
 
 @functools.lru_cache(maxsize=None)
-def _filterbank():
-    return tf.constant(reference.mel_filterbank(), tf.float64)  # [201, 80]
+def _filterbank() -> np.ndarray:
+    # Cached as NumPy: a cached tf.constant made while tracing one graph cannot enter another.
+    return reference.mel_filterbank().astype(np.float64)  # [201, 80]
 
 
 def standardize(log_mel):
@@ -47,5 +49,5 @@ def log_mel(waveform):
         pad_end=False,
     )
     power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2  # [frames, 201]
-    mel = tf.matmul(power, _filterbank())
+    mel = tf.matmul(power, tf.constant(_filterbank()))
     return standardize(tf.cast(tf.math.log(mel + reference.LOG_EPS), tf.float32))
