@@ -1,4 +1,7 @@
 """Small builders the tests share."""
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 
@@ -22,3 +25,10 @@ def spec_for(size="micro", block_type="macaron_swiglu", **model_overrides):
 def model_and_params(spec, seed=0):
     model = MaskedAutoencoder(spec)
     return model, nn.meta.unbox(init_params(model, jax.random.key(seed)))
+
+
+def run_module(repo_root, *args):
+    """Runs `python -m MODULE ARGS` as a user would; returns stdout, fails the test on error."""
+    result = subprocess.run([sys.executable, "-m", *args], cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout

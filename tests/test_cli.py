@@ -1,15 +1,9 @@
 """The command-line entry points, run as a user runs them."""
 import json
-import subprocess
-import sys
 
 import pytest
 
-
-def _run(repo_root, *args):
-    result = subprocess.run([sys.executable, "-m", *args], cwd=repo_root, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+from tests.helpers import run_module as _run
 
 
 @pytest.mark.parametrize(
