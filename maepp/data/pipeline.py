@@ -66,13 +66,13 @@ def crop_offset(n_frames: int, crop_frames: int, rng: np.random.Generator) -> in
     return int(rng.integers(max(n_frames - crop_frames, 0) + 1))
 
 
-def first_usable_clip(source, order: ClipOrder, report: SkipReport) -> int:
-    """The position of this process's first usable clip; a clear error if there is none."""
+def check_usable_audio(source, order: ClipOrder, report: SkipReport):
+    """Reads this process's clips until one is usable; a clear error if none is."""
     for position in range(order.per_epoch):
         _, index = order.epoch_and_clip(position)
         try:
             source.load(index)
-            return position
+            return
         except BadAudio as bad:
             report.add(source.name(index), bad.reason)
     raise ValueError(
@@ -90,7 +90,7 @@ def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200,
     """
     order = ClipOrder(len(source), seed, process_index, process_count)
     report = report if report is not None else SkipReport()
-    first_usable_clip(source, order, report)  # fail before any compilation starts
+    check_usable_audio(source, order, report)  # fail before any compilation starts
 
     def load(position):
         epoch, index = order.epoch_and_clip(position)
