@@ -10,7 +10,6 @@ the next clip and a resumed run sees exactly the batches an uninterrupted run wo
 Per clip: load (16 kHz mono) -> log-mel of the whole clip, standardised over the clip
 (PAPER.md, "Input") -> a random 200-frame crop (short clips are tiled).
 """
-import functools
 import threading
 
 import numpy as np
@@ -35,10 +34,14 @@ class ClipOrder:
         self.n_clips, self.seed = n_clips, seed
         self.process_index, self.process_count = process_index, process_count
         self.per_epoch = len(range(process_index, n_clips, process_count))
+        self._cached = (None, None)  # (epoch, its permutation): positions arrive epoch by epoch
 
-    @functools.lru_cache(maxsize=2)
     def _permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(self.n_clips)
+        cached_epoch, permutation = self._cached  # one read: tf.data calls from several threads
+        if cached_epoch != epoch:
+            permutation = np.random.default_rng([self.seed, epoch]).permutation(self.n_clips)
+            self._cached = (epoch, permutation)
+        return permutation
 
     def epoch_and_clip(self, position: int):
         epoch, offset = divmod(int(position), self.per_epoch)
