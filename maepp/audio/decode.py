@@ -3,6 +3,7 @@
 A file that cannot be used raises BadAudio with the reason; pipelines skip it, count it and
 name it in the log, so one corrupt file in two million never stops a run.
 """
+import io
 import pathlib
 import struct
 
@@ -39,39 +40,51 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int, path="<array>") -> np.nda
     return mono.astype(np.float32)
 
 
-def _wav_declared_frames(path: pathlib.Path):
+def _wav_declared_frames(data: bytes):
     """Frames the header of a RIFF/WAVE file promises, or None if it is not a plain WAV.
 
     libsndfile quietly reads a cut-off WAV as a shorter one; the header tells the truth.
     """
-    with open(path, "rb") as f:
-        riff = f.read(12)
-        if len(riff) < 12 or riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
-            return None
-        block_align = None
-        while True:
-            header = f.read(8)
-            if len(header) < 8:
-                return None
-            chunk_id, size = header[:4], struct.unpack("<I", header[4:])[0]
-            if chunk_id == b"fmt ":
-                block_align = struct.unpack("<H", f.read(size)[12:14])[0]
-                f.seek(size % 2, 1)
-            elif chunk_id == b"data":
-                return size // block_align if block_align else None
-            else:
-                f.seek(size + size % 2, 1)
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    block_align, offset = None, 12
+    while offset + 8 <= len(data):
+        chunk_id, size = data[offset : offset + 4], struct.unpack("<I", data[offset + 4 : offset + 8])[0]
+        body = offset + 8
+        if chunk_id == b"fmt ":
+            block_align = struct.unpack("<H", data[body + 12 : body + 14])[0]
+        elif chunk_id == b"data":
+            return size // block_align if block_align else None
+        offset = body + size + size % 2
+    return None
+
+
+def decode_audio(data: bytes, name) -> np.ndarray:
+    """The bytes of a wav/flac/ogg/mp3 file -> 16 kHz mono float32 [samples]; raises BadAudio."""
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            declared = f.frames
+            samples = f.read(dtype="float32", always_2d=True)
+            sample_rate = f.samplerate
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise BadAudio(name, f"unreadable ({error})") from error
+    promised = max(declared, _wav_declared_frames(data) or 0)
+    if len(samples) < promised:
+        raise BadAudio(name, f"truncated ({len(samples)} of {promised} frames readable)")
+    return to_mono_16k(samples, sample_rate, name)
 
 
 def load_audio(path) -> np.ndarray:
     """Any wav/flac/ogg/mp3 file -> 16 kHz mono float32 [samples]; raises BadAudio."""
-    path = pathlib.Path(path)
     try:
-        info = soundfile.info(str(path))
-        samples, sample_rate = soundfile.read(str(path), dtype="float32", always_2d=True)
-    except (soundfile.LibsndfileError, RuntimeError, OSError) as error:
-        raise BadAudio(path, f"unreadable ({error})") from error
-    promised = max(info.frames, _wav_declared_frames(path) or 0)
-    if len(samples) < promised:
-        raise BadAudio(path, f"truncated ({len(samples)} of {promised} frames readable)")
-    return to_mono_16k(samples, sample_rate, path)
+        data = pathlib.Path(path).read_bytes()
+    except OSError as error:
+        raise BadAudio(path, f"unreadable ({error.strerror})") from error
+    return decode_audio(data, path)
+
+
+def encode_flac(waveform: np.ndarray) -> bytes:
+    """16 kHz mono float32 -> FLAC bytes (16-bit), how prepared records store audio."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, waveform, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()

@@ -3,6 +3,7 @@
     synthetic          procedural audio made on the fly (the embedded default, no download)
     synthetic:N        the same with N distinct clips per epoch
     folder:PATH        any tree of wav/flac/ogg/mp3 files, any rate and channel count
+    records:GLOB       ArrayRecord shards written by `python -m maepp.prepare`
 
 A source maps a clip index to a 16 kHz mono waveform, or raises BadAudio. Random access lets
 the pipeline's order be a pure function of (seed, epoch, position), so resuming needs only a
@@ -13,6 +14,7 @@ import pathlib
 import numpy as np
 
 from maepp.audio.decode import AUDIO_EXTENSIONS, load_audio
+from maepp.data.records import RecordsSource
 from maepp.data.synthetic import synthetic_clip
 
 DEFAULT_SYNTHETIC_CLIPS = 4096
@@ -52,10 +54,14 @@ class FolderSource:
 
 
 def source_from_string(spec: str):
-    """'synthetic', 'synthetic:N' or 'folder:PATH' -> a source."""
+    """'synthetic', 'synthetic:N', 'folder:PATH' or 'records:GLOB' -> a source."""
     kind, _, argument = spec.partition(":")
     if kind == "synthetic":
         return SyntheticSource(int(argument)) if argument else SyntheticSource()
     if kind == "folder" and argument:
         return FolderSource(argument)
-    raise ValueError(f"data source {spec!r} not understood; use 'synthetic', 'synthetic:N' or 'folder:PATH'")
+    if kind == "records" and argument:
+        return RecordsSource(argument)
+    raise ValueError(
+        f"data source {spec!r} not understood; use 'synthetic', 'synthetic:N', 'folder:PATH' or 'records:GLOB'"
+    )
