@@ -20,8 +20,8 @@ import sys
 
 from absl import app, flags, logging
 
-from maepp.audio.decode import AUDIO_EXTENSIONS, BadAudio, encode_flac, load_audio
-from maepp.audio.reference import SAMPLE_RATE
+from maepp.audio import reference
+from maepp.audio.decode import AUDIO_EXTENSIONS, BadAudio, decode_audio, encode_flac, load_audio
 from maepp.data import records
 
 _INPUT = flags.DEFINE_string("input", None, "Folder of audio files (searched recursively).")
@@ -54,14 +54,17 @@ def write_shard(input_root: str, paths: list, shard_path: str, progress_path: st
         except BadAudio as bad:
             skipped[relative] = bad.reason
             continue
+        flac = encode_flac(waveform)
+        # Stats of what training will decode: the 16-bit FLAC audio, not the float input.
+        mean, std = reference.clip_stats(reference.unstandardized_log_mel(decode_audio(flac, relative)))
         writer.write(features.serialize_example(
-            {"flac": encode_flac(waveform), "path": relative, "num_samples": len(waveform)}
+            {"flac": flac, "path": relative, "num_samples": len(waveform), "log_mel_mean": mean, "log_mel_std": std}
         ))
         clips += 1
         samples += len(waveform)
     writer.close()
     os.replace(tmp, shard_path)  # complete under its final name, or not there at all
-    summary = dict(shard=os.path.basename(shard_path), clips=clips, seconds=samples / SAMPLE_RATE, skipped=skipped)
+    summary = dict(shard=os.path.basename(shard_path), clips=clips, seconds=samples / reference.SAMPLE_RATE, skipped=skipped)
     _write_atomically(pathlib.Path(progress_path), json.dumps(summary))
     return summary
 

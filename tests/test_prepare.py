@@ -7,8 +7,9 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
+from maepp.audio import reference
 from maepp.audio.decode import load_audio
-from maepp.data.pipeline import train_dataset
+from maepp.data.pipeline import ClipOrder, crop_offset, train_dataset
 from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
@@ -93,3 +94,22 @@ def test_records_source_feeds_the_training_pipeline(audio_folder, tmp_path):
 def test_records_source_without_shards_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="maepp.prepare"):
         source_from_string(f"records:{tmp_path}/*.array_record-*")
+
+
+def test_crops_from_stored_stats_equal_crops_of_the_whole_standardised_clip(tmp_path):
+    """The records fast path (only the crop's samples, stored clip stats) changes no value."""
+    root = tmp_path / "in"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        soundfile.write(root / f"long_{i}.flac", synthetic_clip(rng, 7.0)[0], 16000)
+    prepare(root, tmp_path / "out", clips_per_shard=2, workers=1)
+    source = RecordsSource(str(tmp_path / "out" / "audio_clips" / "1.0.0" / "*.array_record-*"))
+    order = ClipOrder(len(source), seed=4)
+    batches = list(train_dataset(source, seed=4, batch_size=4).take(3).as_numpy_iterator())
+    for batch in batches:
+        for mel, position in zip(batch["log_mel"], batch["position"]):
+            epoch, index = order.epoch_and_clip(position)
+            whole = reference.log_mel(source.load(index))
+            offset = crop_offset(len(whole), 200, np.random.default_rng([4, epoch, index]))
+            np.testing.assert_allclose(mel, whole[offset : offset + 200], atol=1e-4, rtol=0)

@@ -74,6 +74,23 @@ def decode_audio(data: bytes, name) -> np.ndarray:
     return to_mono_16k(samples, sample_rate, name)
 
 
+def decode_segment(data: bytes, name, start: int, stop: int) -> np.ndarray:
+    """Samples [start, stop) of 16 kHz mono audio bytes (prepared FLAC), decoding only those."""
+    try:
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            if f.samplerate != SAMPLE_RATE or f.channels != 1 or not 0 <= start <= stop <= f.frames:
+                raise BadAudio(name, f"not a 16 kHz mono clip holding samples [{start}, {stop})")
+            f.seek(start)
+            samples = f.read(stop - start, dtype="float32")
+    except (soundfile.LibsndfileError, RuntimeError) as error:
+        raise BadAudio(name, f"unreadable ({error})") from error
+    if len(samples) != stop - start:
+        raise BadAudio(name, f"truncated ({len(samples)} of {stop - start} samples readable)")
+    if not np.all(np.isfinite(samples)):
+        raise BadAudio(name, "contains NaN or Inf samples")
+    return samples
+
+
 def load_audio(path) -> np.ndarray:
     """Any wav/flac/ogg/mp3 file -> 16 kHz mono float32 [samples]; raises BadAudio."""
     try:

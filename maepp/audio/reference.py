@@ -22,18 +22,25 @@ def mel_filterbank() -> np.ndarray:
     return fb.T.astype(np.float32)
 
 
-def standardize(log_mel: np.ndarray) -> np.ndarray:
-    """(x - mean) / (unbiased std + 1e-8) over the whole clip.
+def clip_stats(log_mel: np.ndarray):
+    """(mean, unbiased std) of a clip's log-mel, in float64.
 
-    The shift by the first value changes nothing mathematically but makes a constant (silent)
-    clip exactly zero, so rounding noise in its mean is not divided by std + 1e-8 ~ 1e-8.
+    Computed around the first value: for a constant (silent) clip the mean is then exactly that
+    value, so x - mean is exactly zero and no rounding noise is divided by std + 1e-8 ~ 1e-8.
     """
-    log_mel = log_mel - log_mel.flat[0]
-    return (log_mel - log_mel.mean()) / (log_mel.std(ddof=1) + STD_EPS)
+    first = np.float64(log_mel.flat[0])
+    shifted = np.asarray(log_mel, np.float64) - first
+    return float(first + shifted.mean()), float(shifted.std(ddof=1))
 
 
-def log_mel(waveform: np.ndarray) -> np.ndarray:
-    """16 kHz mono waveform [samples] -> standardised log-mel [frames, 80] float32, time-major."""
+def standardize(log_mel: np.ndarray, stats=None) -> np.ndarray:
+    """(x - mean) / (unbiased std + 1e-8), with the clip's own stats unless given."""
+    mean, std = stats if stats is not None else clip_stats(log_mel)
+    return ((log_mel - mean) / (std + STD_EPS)).astype(np.float32)
+
+
+def unstandardized_log_mel(waveform: np.ndarray) -> np.ndarray:
+    """16 kHz mono waveform [samples] -> log(mel + eps) [frames, 80] float32, time-major."""
     mel = librosa.feature.melspectrogram(
         y=np.asarray(waveform, np.float32),
         sr=SAMPLE_RATE,
@@ -50,4 +57,9 @@ def log_mel(waveform: np.ndarray) -> np.ndarray:
         htk=True,
         norm=None,
     )
-    return standardize(np.log(mel + LOG_EPS)).T.astype(np.float32)
+    return np.log(mel + LOG_EPS).T.astype(np.float32)
+
+
+def log_mel(waveform: np.ndarray) -> np.ndarray:
+    """16 kHz mono waveform [samples] -> standardised log-mel [frames, 80] float32, time-major."""
+    return standardize(unstandardized_log_mel(waveform))

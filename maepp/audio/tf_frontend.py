@@ -18,30 +18,29 @@ def _filterbank() -> np.ndarray:
     return reference.mel_filterbank().astype(np.float64)  # [201, 80]
 
 
-def standardize(log_mel):
-    """Per-clip (x - mean) / (unbiased std + 1e-8); a silent clip (std 0) gives zeros, not NaN.
-
-    The shift by the first value changes nothing mathematically but makes a constant clip exactly
-    zero, so rounding noise in its mean is not divided by 1e-8.
-    """
-    log_mel = log_mel - log_mel[0, 0]
-    mean = tf.reduce_mean(log_mel)
+def clip_stats(log_mel):
+    """(mean, unbiased std) of a clip's log-mel, as maepp.audio.reference.clip_stats."""
+    first = log_mel[0, 0]
+    shifted = log_mel - first
     n = tf.cast(tf.size(log_mel), tf.float32)
-    std = tf.sqrt(tf.reduce_sum(tf.square(log_mel - mean)) / (n - 1.0))
+    shift_mean = tf.reduce_mean(shifted)
+    std = tf.sqrt(tf.reduce_sum(tf.square(shifted - shift_mean)) / (n - 1.0))
+    return first + shift_mean, std
+
+
+def standardize(log_mel, mean, std):
+    """(x - mean) / (std + 1e-8); with the clip's own stats a silent clip gives zeros, not NaN."""
     return (log_mel - mean) / (std + reference.STD_EPS)
 
 
-def log_mel(waveform):
-    """16 kHz mono waveform [samples] float32 -> standardised log-mel [frames, 80].
+def frames_log_mel(padded):
+    """Already padded 16 kHz samples -> log(mel + eps) [frames, 80] float32, one frame per hop.
 
-    frames = 1 + samples // 160 (centred frames, reflect padding of n_fft / 2 each side).
+    The STFT runs in float64 on the host: a float32 FFT's rounding noise sits ~140 dB under a
+    frame's peak, and in quiet bins of loud frames that moves log-mel by up to ~4e-4.
     """
-    half = reference.N_FFT // 2
-    # The STFT runs in float64 on the host: a float32 FFT's rounding noise sits ~140 dB under a
-    # frame's peak, and in quiet bins of loud frames that moves log-mel by up to ~4e-4.
-    padded = tf.pad(tf.cast(waveform, tf.float64), [[half, half]], mode="REFLECT")
     spectrum = tf.signal.stft(
-        padded,
+        tf.cast(padded, tf.float64),
         frame_length=reference.N_FFT,
         frame_step=reference.HOP,
         fft_length=reference.N_FFT,
@@ -50,4 +49,14 @@ def log_mel(waveform):
     )
     power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2  # [frames, 201]
     mel = tf.matmul(power, tf.constant(_filterbank()))
-    return standardize(tf.cast(tf.math.log(mel + reference.LOG_EPS), tf.float32))
+    return tf.cast(tf.math.log(mel + reference.LOG_EPS), tf.float32)
+
+
+def log_mel(waveform):
+    """16 kHz mono waveform [samples] float32 -> standardised log-mel [frames, 80].
+
+    frames = 1 + samples // 160 (centred frames, reflect padding of n_fft / 2 each side).
+    """
+    half = reference.N_FFT // 2
+    log = frames_log_mel(tf.pad(waveform, [[half, half]], mode="REFLECT"))
+    return standardize(log, *clip_stats(log))

@@ -8,7 +8,10 @@ A process's `position` counts the clips it has drawn, bad ones included, so
 the next clip and a resumed run sees exactly the batches an uninterrupted run would have.
 
 Per clip: load (16 kHz mono) -> log-mel of the whole clip, standardised over the clip
-(PAPER.md, "Input") -> a random 200-frame crop (short clips are tiled).
+(PAPER.md, "Input") -> a random 200-frame crop (short clips are tiled). Sources that store each
+clip's log-mel stats (prepared records) skip most of that work: only the crop's frames are
+computed, from the samples they cover, and standardised with the stored stats; the result is
+the same crop of the same standardised log-mel.
 """
 import threading
 
@@ -18,7 +21,7 @@ from absl import logging
 
 from maepp.audio import tf_frontend
 from maepp.audio.decode import BadAudio
-from maepp.audio.reference import HOP
+from maepp.audio.reference import HOP, N_FFT
 
 _ENDLESS = 2**62
 
@@ -95,24 +98,57 @@ def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200,
     report = report if report is not None else SkipReport()
     check_usable_audio(source, order, report)  # fail before any compilation starts
 
+    half = N_FFT // 2
+    # Frames f of a crop at `offset` cover padded samples [f * HOP, f * HOP + N_FFT), i.e. clip
+    # samples [offset * HOP - half, (offset + crop_frames - 1) * HOP + half).
+    crop_span = (crop_frames - 1) * HOP + N_FFT
+
+    def crop_rng(epoch, index):
+        return np.random.default_rng([seed, epoch, index])
+
+    def crop_from_whole_clip(index, epoch):
+        waveform = source.load(index)
+        offset = crop_offset(1 + len(waveform) // HOP, crop_frames, crop_rng(epoch, index))
+        # Stats NaN: computed from the whole clip's log-mel in the graph.
+        return np.pad(waveform, half, mode="reflect"), offset, np.nan, np.nan
+
+    def crop_only(index, epoch):
+        """Sources with stored clip stats: decode and transform only the crop's samples."""
+        n_samples, mean, std = source.clip_info(index)
+        n_frames = 1 + n_samples // HOP
+        offset = crop_offset(n_frames, crop_frames, crop_rng(epoch, index))
+        start = offset * HOP - half
+        if n_frames < crop_frames or start < 0 or start + crop_span > n_samples:
+            return crop_from_whole_clip(index, epoch)  # short clips, crops that need reflect padding
+        return source.load_segment(index, start, start + crop_span), 0, mean, std
+
+    read_crop = crop_only if hasattr(source, "clip_info") else crop_from_whole_clip
+
     def load(position):
+        """-> (padded samples to frame, first frame to keep, clip mean, clip std, usable)."""
         epoch, index = order.epoch_and_clip(position)
         try:
-            waveform = source.load(index)
+            padded, offset, mean, std = read_crop(index, epoch)
         except BadAudio as bad:
             report.add(source.name(index), bad.reason)
-            return np.zeros(0, np.float32), np.int64(0), False
-        n_frames = 1 + len(waveform) // HOP
-        offset = crop_offset(n_frames, crop_frames, np.random.default_rng([seed, epoch, index]))
-        return waveform, np.int64(offset), True
+            return np.zeros(N_FFT, np.float32), np.int64(0), np.float32(np.nan), np.float32(np.nan), False
+        return padded, np.int64(offset), np.float32(mean), np.float32(std), True
 
     def load_op(position):
-        waveform, offset, ok = tf.numpy_function(load, [position], [tf.float32, tf.int64, tf.bool], stateful=False)
-        waveform.set_shape([None])
-        return dict(waveform=waveform, offset=offset, ok=ok, position=position)
+        padded, offset, mean, std, ok = tf.numpy_function(
+            load, [position], [tf.float32, tf.int64, tf.float32, tf.float32, tf.bool], stateful=False
+        )
+        padded.set_shape([None])
+        return dict(padded=padded, offset=offset, mean=mean, std=std, ok=ok, position=position)
 
     def crop(example):
-        mel = tf_frontend.log_mel(example["waveform"])  # [frames, 80]
+        log = tf_frontend.frames_log_mel(example["padded"])  # [frames, 80]
+        mean, std = tf.cond(
+            tf.math.is_nan(example["mean"]),
+            lambda: tf_frontend.clip_stats(log),
+            lambda: (example["mean"], example["std"]),
+        )
+        mel = tf_frontend.standardize(log, mean, std)
         repeats = -(-crop_frames // tf.shape(mel)[0])  # tile short clips
         mel = tf.tile(mel, [repeats, 1])[example["offset"] : example["offset"] + crop_frames]
         mel.set_shape([crop_frames, 80])

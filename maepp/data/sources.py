@@ -49,6 +49,10 @@ class FolderSource:
     def name(self, index: int) -> str:
         return str(self.files[index].relative_to(self.root))
 
+    def encoded(self, index: int) -> bytes:
+        """The file's bytes as stored."""
+        return self.files[index].read_bytes()
+
     def load(self, index: int) -> np.ndarray:
         return load_audio(self.files[index])
 
