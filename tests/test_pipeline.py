@@ -1,9 +1,10 @@
-"""The tf.data training pipeline: determinism, exact resume, process shares, bad files."""
+"""The tf.data pipelines: determinism, exact resume, process shares, bad files, eval pass."""
 import numpy as np
 import pytest
 import soundfile
 
-from maepp.data.pipeline import ClipOrder, SkipReport, train_dataset
+from maepp.audio import reference
+from maepp.data.pipeline import ClipOrder, SkipReport, eval_dataset, train_dataset
 from maepp.data.sources import FolderSource, source_from_string
 from maepp.data.synthetic import synthetic_clip
 
@@ -100,3 +101,30 @@ def test_processes_read_different_files(messy_folder):
     p0 = _batches(train_dataset(source, seed=0, batch_size=2, process_index=0, process_count=2), 1)[0]
     p1 = _batches(train_dataset(source, seed=0, batch_size=2, process_index=1, process_count=2), 1)[0]
     assert not np.array_equal(p0["log_mel"], p1["log_mel"])
+
+
+def test_eval_is_one_pass_of_centre_crops_with_a_padded_last_batch(messy_folder):
+    source = FolderSource(messy_folder)
+    report = SkipReport()
+    batches = list(eval_dataset(source, batch_size=4, report=report).as_numpy_iterator())
+    indices = np.concatenate([b["index"] for b in batches])
+    valid = np.concatenate([b["valid"] for b in batches])
+    good = [i for i in range(len(source)) if source.name(i) not in report.reasons]
+    assert len(good) == 10 and len(report.reasons) == 4
+    assert indices[valid].tolist() == good  # every usable clip once, in order
+    assert len(batches) == 3 and valid.sum() == 10 and np.all(indices[~valid] == -1)
+    for batch in batches:
+        for mel, index, ok in zip(batch["log_mel"], batch["index"], batch["valid"]):
+            if ok and source.name(index) != "short.wav":
+                whole = reference.log_mel(source.load(index))
+                start = (len(whole) - 200) // 2
+                np.testing.assert_allclose(mel, whole[start : start + 200], atol=1e-4, rtol=0)
+
+
+def test_eval_shares_of_two_processes_cover_the_set_once(messy_folder):
+    source = FolderSource(messy_folder)
+    seen = []
+    for process in range(2):
+        for batch in eval_dataset(source, batch_size=3, process_index=process, process_count=2).as_numpy_iterator():
+            seen += batch["index"][batch["valid"]].tolist()
+    assert sorted(seen) == sorted(set(seen)) and len(seen) == 10

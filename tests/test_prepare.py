@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from maepp.audio import reference
 from maepp.audio.decode import load_audio
-from maepp.data.pipeline import ClipOrder, crop_offset, train_dataset
+from maepp.data.pipeline import ClipOrder, random_offset, train_dataset
 from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
@@ -111,5 +111,5 @@ def test_crops_from_stored_stats_equal_crops_of_the_whole_standardised_clip(tmp_
         for mel, position in zip(batch["log_mel"], batch["position"]):
             epoch, index = order.epoch_and_clip(position)
             whole = reference.log_mel(source.load(index))
-            offset = crop_offset(len(whole), 200, np.random.default_rng([4, epoch, index]))
+            offset = random_offset(len(whole), 200, np.random.default_rng([4, epoch, index]))
             np.testing.assert_allclose(mel, whole[offset : offset + 200], atol=1e-4, rtol=0)

@@ -1,4 +1,5 @@
-"""The training input pipeline in tf.data: a deterministic, resumable stream of log-mel crops.
+"""Input pipelines in tf.data: a deterministic, resumable stream of log-mel crops for
+training, and one pass of centre crops for evaluation.
 
 Each process reads its own share of the clips. The order is a pure function of the seed:
     epoch e: one permutation of all clip indices, shared by every process;
@@ -8,7 +9,8 @@ A process's `position` counts the clips it has drawn, bad ones included, so
 the next clip and a resumed run sees exactly the batches an uninterrupted run would have.
 
 Per clip: load (16 kHz mono) -> log-mel of the whole clip, standardised over the clip
-(PAPER.md, "Input") -> a random 200-frame crop (short clips are tiled). Sources that store each
+(PAPER.md, "Input") -> a 200-frame crop, random for training and central for evaluation
+(short clips are tiled). Sources that store each
 clip's log-mel stats (prepared records) skip most of that work: only the crop's frames are
 computed, from the samples they cover, and standardised with the stored stats; the result is
 the same crop of the same standardised log-mel.
@@ -68,8 +70,87 @@ class SkipReport:
             logging.warning("skipped clip %s: %s (%d bad clips so far)", name, reason, len(self.reasons))
 
 
-def crop_offset(n_frames: int, crop_frames: int, rng: np.random.Generator) -> int:
+def random_offset(n_frames: int, crop_frames: int, rng: np.random.Generator) -> int:
     return int(rng.integers(max(n_frames - crop_frames, 0) + 1))
+
+
+def centre_offset(n_frames: int, crop_frames: int) -> int:
+    return max(n_frames - crop_frames, 0) // 2
+
+
+class CropReader:
+    """Reads what the graph needs to make one crop: samples to frame, and the clip's stats.
+
+    Sources with stored clip stats (prepared records) decode only the crop's samples; others
+    load the whole clip, whose stats the graph computes.
+    """
+
+    _HALF = N_FFT // 2
+
+    def __init__(self, source, crop_frames: int, report: SkipReport):
+        self.source, self.crop_frames, self.report = source, crop_frames, report
+        # Frame f of a crop at `offset` covers padded samples [f * HOP, f * HOP + N_FFT), i.e.
+        # clip samples [offset * HOP - N_FFT / 2, ...) over crop_span samples.
+        self.crop_span = (crop_frames - 1) * HOP + N_FFT
+        self._read = self._crop_only if hasattr(source, "clip_info") else self._whole_clip
+
+    def _whole_clip(self, index, choose_offset):
+        waveform = self.source.load(index)
+        offset = choose_offset(1 + len(waveform) // HOP)
+        # Stats NaN: the graph computes them from the whole clip's log-mel.
+        return np.pad(waveform, self._HALF, mode="reflect"), offset, np.nan, np.nan
+
+    def _crop_only(self, index, choose_offset):
+        n_samples, mean, std = self.source.clip_info(index)
+        n_frames = 1 + n_samples // HOP
+        offset = choose_offset(n_frames)
+        start = offset * HOP - self._HALF
+        if n_frames < self.crop_frames or start < 0 or start + self.crop_span > n_samples:
+            return self._whole_clip(index, choose_offset)  # short clips, crops needing reflect padding
+        return self.source.load_segment(index, start, start + self.crop_span), 0, mean, std
+
+    def read(self, index: int, choose_offset):
+        """-> (padded samples, first frame to keep, clip mean, clip std, usable).
+
+        choose_offset(n_frames) -> first frame of the crop; must give the same answer each call.
+        """
+        try:
+            padded, offset, mean, std = self._read(index, choose_offset)
+        except BadAudio as bad:
+            self.report.add(self.source.name(index), bad.reason)
+            return np.zeros(N_FFT, np.float32), np.int64(0), np.float32(np.nan), np.float32(np.nan), False
+        return padded, np.int64(offset), np.float32(mean), np.float32(std), True
+
+
+def _log_mel_crops(ids, read, crop_frames: int):
+    """ids: dataset of int64 -> dataset of {log_mel [crop_frames, 80], id}, bad clips dropped.
+
+    read(id) -> CropReader.read's tuple, run in Python (tf.numpy_function).
+    """
+
+    def load_op(clip_id):
+        padded, offset, mean, std, ok = tf.numpy_function(
+            read, [clip_id], [tf.float32, tf.int64, tf.float32, tf.float32, tf.bool], stateful=False
+        )
+        padded.set_shape([None])
+        return dict(padded=padded, offset=offset, mean=mean, std=std, ok=ok, id=clip_id)
+
+    def crop(example):
+        log = tf_frontend.frames_log_mel(example["padded"])  # [frames, 80]
+        mean, std = tf.cond(
+            tf.math.is_nan(example["mean"]),
+            lambda: tf_frontend.clip_stats(log),
+            lambda: (example["mean"], example["std"]),
+        )
+        mel = tf_frontend.standardize(log, mean, std)
+        repeats = -(-crop_frames // tf.shape(mel)[0])  # tile short clips
+        mel = tf.tile(mel, [repeats, 1])[example["offset"] : example["offset"] + crop_frames]
+        mel.set_shape([crop_frames, 80])
+        return dict(log_mel=mel, id=example["id"])
+
+    dataset = ids.map(load_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.filter(lambda example: example["ok"])
+    return dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def check_usable_audio(source, order: ClipOrder, report: SkipReport):
@@ -97,66 +178,40 @@ def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200,
     order = ClipOrder(len(source), seed, process_index, process_count)
     report = report if report is not None else SkipReport()
     check_usable_audio(source, order, report)  # fail before any compilation starts
+    reader = CropReader(source, crop_frames, report)
 
-    half = N_FFT // 2
-    # Frames f of a crop at `offset` cover padded samples [f * HOP, f * HOP + N_FFT), i.e. clip
-    # samples [offset * HOP - half, (offset + crop_frames - 1) * HOP + half).
-    crop_span = (crop_frames - 1) * HOP + N_FFT
-
-    def crop_rng(epoch, index):
-        return np.random.default_rng([seed, epoch, index])
-
-    def crop_from_whole_clip(index, epoch):
-        waveform = source.load(index)
-        offset = crop_offset(1 + len(waveform) // HOP, crop_frames, crop_rng(epoch, index))
-        # Stats NaN: computed from the whole clip's log-mel in the graph.
-        return np.pad(waveform, half, mode="reflect"), offset, np.nan, np.nan
-
-    def crop_only(index, epoch):
-        """Sources with stored clip stats: decode and transform only the crop's samples."""
-        n_samples, mean, std = source.clip_info(index)
-        n_frames = 1 + n_samples // HOP
-        offset = crop_offset(n_frames, crop_frames, crop_rng(epoch, index))
-        start = offset * HOP - half
-        if n_frames < crop_frames or start < 0 or start + crop_span > n_samples:
-            return crop_from_whole_clip(index, epoch)  # short clips, crops that need reflect padding
-        return source.load_segment(index, start, start + crop_span), 0, mean, std
-
-    read_crop = crop_only if hasattr(source, "clip_info") else crop_from_whole_clip
-
-    def load(position):
-        """-> (padded samples to frame, first frame to keep, clip mean, clip std, usable)."""
+    def read(position):
         epoch, index = order.epoch_and_clip(position)
-        try:
-            padded, offset, mean, std = read_crop(index, epoch)
-        except BadAudio as bad:
-            report.add(source.name(index), bad.reason)
-            return np.zeros(N_FFT, np.float32), np.int64(0), np.float32(np.nan), np.float32(np.nan), False
-        return padded, np.int64(offset), np.float32(mean), np.float32(std), True
 
-    def load_op(position):
-        padded, offset, mean, std, ok = tf.numpy_function(
-            load, [position], [tf.float32, tf.int64, tf.float32, tf.float32, tf.bool], stateful=False
-        )
-        padded.set_shape([None])
-        return dict(padded=padded, offset=offset, mean=mean, std=std, ok=ok, position=position)
+        def choose_offset(n_frames):  # pure: the reader may ask twice
+            return random_offset(n_frames, crop_frames, np.random.default_rng([seed, epoch, index]))
 
-    def crop(example):
-        log = tf_frontend.frames_log_mel(example["padded"])  # [frames, 80]
-        mean, std = tf.cond(
-            tf.math.is_nan(example["mean"]),
-            lambda: tf_frontend.clip_stats(log),
-            lambda: (example["mean"], example["std"]),
-        )
-        mel = tf_frontend.standardize(log, mean, std)
-        repeats = -(-crop_frames // tf.shape(mel)[0])  # tile short clips
-        mel = tf.tile(mel, [repeats, 1])[example["offset"] : example["offset"] + crop_frames]
-        mel.set_shape([crop_frames, 80])
-        return dict(log_mel=mel, position=example["position"])
+        return reader.read(index, choose_offset)
 
-    dataset = tf.data.Dataset.range(start_position, _ENDLESS)
-    dataset = dataset.map(load_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.filter(lambda example: example["ok"])
-    dataset = dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    crops = _log_mel_crops(tf.data.Dataset.range(start_position, _ENDLESS), read, crop_frames)
+    crops = crops.map(lambda example: dict(log_mel=example["log_mel"], position=example["id"]))
+    return crops.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_index: int = 0,
+                 process_count: int = 1, report: SkipReport = None):
+    """One pass over this process's share (every process_count-th clip) in index order.
+
+    -> dicts: log_mel [batch, crop_frames, 80] (centre crops), index [batch] int64 (clip index,
+    -1 for padding), valid [batch] bool. Every batch has the full batch size, so a jitted eval
+    step compiles once: the last one is padded with zeros and valid=False.
+    """
+    report = report if report is not None else SkipReport()
+    reader = CropReader(source, crop_frames, report)
+
+    def read(index):
+        return reader.read(int(index), lambda n_frames: centre_offset(n_frames, crop_frames))
+
+    crops = _log_mel_crops(tf.data.Dataset.range(process_index, len(source), process_count), read, crop_frames)
+    crops = crops.map(lambda example: dict(log_mel=example["log_mel"], index=example["id"], valid=True))
+    padding = tf.data.Dataset.from_tensors(
+        dict(log_mel=tf.zeros([crop_frames, 80]), index=tf.constant(-1, tf.int64), valid=False)
+    ).repeat(batch_size - 1)
+    # Append padding, then drop the batch made only of padding.
+    batches = crops.concatenate(padding).batch(batch_size, drop_remainder=True)
+    return batches.filter(lambda batch: batch["valid"][0]).prefetch(tf.data.AUTOTUNE)
