@@ -31,7 +31,7 @@ def main(argv):
     spec = ModelSpec.from_config(config.model)
     report = SkipReport()
     batches = train_dataset(
-        source_from_string(config.data.source),
+        source_from_string(config.data.source, config.data.data_dir or None),
         seed=config.seed,
         batch_size=config.batch_size,
         crop_frames=spec.input_size[0],

@@ -12,8 +12,9 @@ def pretraining_config(size: str, block_type: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.model = model_config(size, block_type)
     config.seed = 0
-    # "synthetic" (embedded procedural audio), "synthetic:N" or "folder:PATH".
-    config.data = ml_collections.ConfigDict(dict(source="synthetic"))
+    # source: "synthetic" (embedded procedural audio), "synthetic:N", "folder:PATH",
+    # "records:GLOB" (maepp.prepare's shards) or "tfds:NAME[:SPLIT]" (prepared in data_dir).
+    config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir=""))
     config.batch_size = 1024  # global
     config.optimizer = ml_collections.ConfigDict(
         dict(base_learning_rate=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05)

@@ -4,6 +4,7 @@
     synthetic:N        the same with N distinct clips per epoch
     folder:PATH        any tree of wav/flac/ogg/mp3 files, any rate and channel count
     records:GLOB       ArrayRecord shards written by `python -m maepp.prepare`
+    tfds:NAME[:SPLIT]  a TFDS audio dataset prepared (as ArrayRecord) in data_dir, maybe gs://
 
 A source maps a clip index to a 16 kHz mono waveform, or raises BadAudio. Random access lets
 the pipeline's order be a pure function of (seed, epoch, position), so resuming needs only a
@@ -16,6 +17,7 @@ import numpy as np
 from maepp.audio.decode import AUDIO_EXTENSIONS, load_audio
 from maepp.data.records import RecordsSource
 from maepp.data.synthetic import synthetic_clip
+from maepp.data.tfds_source import tfds_source
 
 DEFAULT_SYNTHETIC_CLIPS = 4096
 
@@ -57,8 +59,8 @@ class FolderSource:
         return load_audio(self.files[index])
 
 
-def source_from_string(spec: str):
-    """'synthetic', 'synthetic:N', 'folder:PATH' or 'records:GLOB' -> a source."""
+def source_from_string(spec: str, data_dir=None):
+    """'synthetic', 'synthetic:N', 'folder:PATH', 'records:GLOB' or 'tfds:NAME[:SPLIT]' -> a source."""
     kind, _, argument = spec.partition(":")
     if kind == "synthetic":
         return SyntheticSource(int(argument)) if argument else SyntheticSource()
@@ -66,6 +68,10 @@ def source_from_string(spec: str):
         return FolderSource(argument)
     if kind == "records" and argument:
         return RecordsSource(argument)
+    if kind == "tfds" and argument:
+        name, _, split = argument.partition(":")
+        return tfds_source(name, split or "train", data_dir)
     raise ValueError(
-        f"data source {spec!r} not understood; use 'synthetic', 'synthetic:N', 'folder:PATH' or 'records:GLOB'"
+        f"data source {spec!r} not understood; use 'synthetic', 'synthetic:N', 'folder:PATH', "
+        "'records:GLOB' or 'tfds:NAME[:SPLIT]'"
     )
