@@ -4,7 +4,7 @@ r"""First training steps of a model on the real input pipeline, printing the los
 
 Builds the model of the config, streams log-mel crops from config.data.source through the
 tf.data pipeline (synthetic audio by default), and runs jitted AdamW steps of the real train
-step. The full trainer (sharding, checkpoints, metrics) is `maepp.train` once it lands.
+step, sharded over config.mesh. The full trainer (sharding, checkpoints, metrics) is `maepp.train` once it lands.
 """
 import time
 
@@ -13,11 +13,11 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from maepp import optim
+from maepp import optim, sharding
 from maepp.data.pipeline import SkipReport, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.models import MaskedAutoencoder, ModelSpec
-from maepp.train_step import create_state, make_train_step
+from maepp.train_step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:micro")
 _STEPS = flags.DEFINE_integer("steps", 40, "How many train steps to run.")
@@ -40,17 +40,19 @@ def main(argv):
 
     model = MaskedAutoencoder(spec)
     optimizer = optim.adamw(config)
+    mesh = sharding.make_mesh(config.mesh)
     init_rng, rng = jax.random.split(jax.random.key(config.seed))
-    state = create_state(model, optimizer, init_rng)
-    train_step = jax.jit(make_train_step(model, optimizer), donate_argnums=0)
+    state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, init_rng)
+    train_step = sharding.sharded_train_step(make_train_step(model, optimizer), state_shardings, mesh)
 
     print(f"model {spec.block_type} {spec.width}x{spec.depth}, data {config.data.source}, batch "
-          f"{config.batch_size}, dtype {spec.dtype}, lr {optim.learning_rate(config):.2e}, devices {jax.devices()}")
+          f"{config.batch_size}, dtype {spec.dtype}, lr {optim.learning_rate(config):.2e}, mesh {dict(mesh.shape)}")
     losses = []
     start = time.perf_counter()
     for step in range(1, _STEPS.value + 1):
         batch = next(batches)
-        state, metrics = train_step(state, batch["log_mel"], jax.random.fold_in(rng, step))
+        log_mel = sharding.global_batch(batch["log_mel"], mesh)
+        state, metrics = train_step(state, log_mel, jax.random.fold_in(rng, step))
         losses.append(float(metrics["loss"]))
         if step == 1 or step % 5 == 0 or step == _STEPS.value:
             print(f"step {step:4d}  loss {losses[-1]:.4f}  grad_norm {float(metrics['grad_norm']):.3f}")

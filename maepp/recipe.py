@@ -16,6 +16,8 @@ def pretraining_config(size: str, block_type: str) -> ml_collections.ConfigDict:
     # "records:GLOB" (maepp.prepare's shards) or "tfds:NAME[:SPLIT]" (prepared in data_dir).
     config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir=""))
     config.batch_size = 1024  # global
+    # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     config.optimizer = ml_collections.ConfigDict(
         dict(base_learning_rate=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05)
     )
