@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from maepp import convert, weights
-from maepp.models import MaskedAutoencoder
+from maepp import torch_weights as convert
+from maepp import weights
 from maepp.models.blocks import MacaronBlock
 from tests.helpers import model_and_params, run_module, spec_for
 

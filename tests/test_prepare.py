@@ -1,6 +1,5 @@
 """maepp.prepare: shards, manifest, TFDS loading, resuming, and the records: source."""
 import json
-import os
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from maepp.data.pipeline import ClipOrder, random_offset, train_dataset
 from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
-from maepp.prepare import prepare
+from maepp.data.preparation import prepare
 
 
 @pytest.fixture(scope="module")
