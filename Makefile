@@ -4,6 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 CONFIG ?= configs/audiomaepp.py:micro
+WORKDIR ?= runs/demo
 
 .PHONY: train test venv summary clean
 
@@ -20,7 +21,7 @@ $(STAMP): requirements.txt setup.py
 venv: $(STAMP)
 
 train: $(STAMP)
-	$(PY) -m maepp.first_steps --config $(CONFIG)
+	$(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

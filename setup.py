@@ -30,7 +30,9 @@ setup(
         "console_scripts": [
             "maepp-summary=maepp.summary:run",
             "maepp-convert=maepp.convert:run",
-            "maepp-first-steps=maepp.first_steps:run",
+            "maepp-train=maepp.train:run",
+            "maepp-prepare=maepp.prepare:run",
+            "maepp-bench=maepp.bench:run",
         ],
     },
 )

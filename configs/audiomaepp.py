@@ -1,7 +1,8 @@
 r"""AudioMAE++ pretraining on log-mel spectrograms (PAPER.md: model table and recipe).
 
     python -m maepp.summary --config configs/audiomaepp.py:base
-    python -m maepp.first_steps --config configs/audiomaepp.py:micro
+    python -m maepp.train --config configs/audiomaepp.py:base --workdir gs://BUCKET/runs/base
+    python -m maepp.train --config configs/audiomaepp.py:micro --workdir runs/demo   (CPU demo)
 
 The argument after the colon picks the size: micro (CPU demo), tiny, small, medium, base,
 large, huge. Any field can be overridden on the command line, e.g. --config.model.dtype=bfloat16

@@ -21,12 +21,24 @@ def learning_rate(config) -> float:
     return config.optimizer.base_learning_rate * config.batch_size / 256
 
 
-def adamw(config, schedule=None) -> optax.GradientTransformation:
-    opt = config.optimizer
-    return optax.adamw(
-        schedule if schedule is not None else learning_rate(config),
-        b1=opt.b1,
-        b2=opt.b2,
-        weight_decay=opt.weight_decay,
-        mask=decay_mask,
+def schedule(config) -> optax.Schedule:
+    """Per-step linear warmup to the peak rate, then cosine to 0 at config.total_steps (PAPER.md)."""
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=learning_rate(config),
+        warmup_steps=config.warmup_steps,
+        decay_steps=config.total_steps,
+        end_value=0.0,
     )
+
+
+def optimizer(config) -> optax.GradientTransformation:
+    """AdamW on the schedule; optional global-norm clipping and gradient accumulation."""
+    opt = config.optimizer
+    transform = optax.adamw(schedule(config), b1=opt.b1, b2=opt.b2, weight_decay=opt.weight_decay, mask=decay_mask)
+    if opt.grad_clip > 0:
+        transform = optax.chain(optax.clip_by_global_norm(opt.grad_clip), transform)
+    if opt.accumulate_steps > 1:
+        # One update per accumulate_steps calls: the schedule counts updates, not calls.
+        transform = optax.MultiSteps(transform, every_k_schedule=opt.accumulate_steps)
+    return transform

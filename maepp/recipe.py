@@ -19,10 +19,23 @@ def pretraining_config(size: str, block_type: str) -> ml_collections.ConfigDict:
     # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
     config.optimizer = ml_collections.ConfigDict(
-        dict(base_learning_rate=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05)
+        dict(base_learning_rate=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip=0.0, accumulate_steps=1)
     )
+    # AudioSet: ~2.05M clips / 1024 = 2002 steps per epoch; 100 epochs, 10 of them warmup.
+    config.total_steps = 200_200
+    config.warmup_steps = 20_020
+    config.log_every = 100
+    config.checkpoint_every = 2000
+    config.keep_checkpoints = 3  # the newest ones...
+    config.keep_period = 20_000  # ...and every keep_period-th step
+    config.max_nonfinite_steps = 10  # non-finite steps in a row before the run stops
     if size == "micro":
         # CPU demo: a small batch; the tiny model takes a higher rate (peak lr 1e-3).
         config.batch_size = 32
         config.optimizer.base_learning_rate = 8e-3
+        config.total_steps = 300
+        config.warmup_steps = 30
+        config.log_every = 10
+        config.checkpoint_every = 100
+        config.keep_period = 0
     return config

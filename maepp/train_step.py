@@ -1,6 +1,7 @@
 """The train step: one pure function of (state, batch, rng), jitted by whoever calls it."""
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 from flax import struct
 
@@ -15,11 +16,15 @@ class TrainState(struct.PyTreeNode):
 
 def create_state(model: MaskedAutoencoder, optimizer: optax.GradientTransformation, rng) -> TrainState:
     params = nn.meta.unbox(init_params(model, rng))
-    return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params, opt_state=optimizer.init(params))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
 def make_train_step(model: MaskedAutoencoder, optimizer: optax.GradientTransformation):
-    """-> train_step(state, spectrograms [B, time, freq], rng) -> (state, metrics)."""
+    """-> train_step(state, spectrograms [B, time, freq], rng) -> (state, metrics).
+
+    A step whose loss or gradient is not finite leaves params and optimizer state untouched
+    and reports skipped = 1; the caller decides when too many in a row end the run.
+    """
 
     def loss_fn(params, spectrograms, rng):
         out = model.apply({"params": params}, spectrograms, rngs={MASKING_RNG: rng})
@@ -27,9 +32,16 @@ def make_train_step(model: MaskedAutoencoder, optimizer: optax.GradientTransform
 
     def train_step(state: TrainState, spectrograms, rng):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, spectrograms, rng)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        metrics = dict(loss=loss, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
+        return TrainState(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+        ), metrics
 
     return train_step

@@ -145,7 +145,7 @@ def test_jitted_grad_step_runs(dtype):
     config = CONFIG_FILES["macaron_swiglu"].get_config("micro")
     config.model.dtype = dtype
     model = MaskedAutoencoder(spec_for(dtype=dtype))
-    optimizer = optim.adamw(config)
+    optimizer = optim.optimizer(config)
     state = create_state(model, optimizer, jax.random.key(0))
     before = jax.tree.map(np.asarray, state.params)
     step = jax.jit(make_train_step(model, optimizer))

@@ -1,0 +1,63 @@
+"""Orbax checkpoints of the train state plus every process's data position.
+
+    WORKDIR/checkpoints/<step>/state   the sharded TrainState (each process writes its shards)
+    WORKDIR/checkpoints/<step>/data    {"positions": [next clip of process 0, 1, ...]}
+
+Orbax writes a step under a temporary name and renames it when complete, so the latest step
+on disk is always whole. Mask rngs are not saved: they are fold_in(seed, step).
+"""
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jax.experimental import multihost_utils
+
+
+def workdir_path(workdir) -> epath.Path:
+    """A local path made absolute, or a bucket path (gs://...) as it is."""
+    path = epath.Path(workdir)
+    return path if "://" in str(workdir) else path.absolute()
+
+
+def manager(workdir, *, every: int, keep: int, keep_period: int = None) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        save_interval_steps=every,
+        max_to_keep=keep,
+        keep_period=keep_period,  # also keep every keep_period-th step
+        enable_async_checkpointing=True,
+    )
+    return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options)
+
+
+def save(checkpoints: ocp.CheckpointManager, step: int, state, position: int, force: bool = False) -> bool:
+    """Saves if the interval says so (or force); returns whether a save started."""
+    positions = multihost_utils.process_allgather(np.asarray([position], np.int64)).reshape(-1)
+    return checkpoints.save(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"positions": positions.tolist()})
+        ),
+        force=force,
+    )
+
+
+def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings):
+    """-> (step, state, this process's data position), or None without a checkpoint.
+
+    `state` gives shapes and dtypes, `shardings` the target layout: a checkpoint saved on one
+    mesh restores onto another.
+    """
+    step = checkpoints.latest_step()
+    if step is None:
+        return None
+    target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    restored = checkpoints.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+    )
+    positions = restored["data"]["positions"]
+    if len(positions) != jax.process_count():
+        raise ValueError(
+            f"checkpoint {step} was saved by {len(positions)} processes, this job has {jax.process_count()}: "
+            "the data positions cannot be mapped; resume with the same process count"
+        )
+    return step, restored["state"], int(positions[jax.process_index()])

@@ -1,0 +1,151 @@
+r"""Pretraining: config -> mesh -> data -> state (fresh or resumed) -> step -> loop.
+
+    python -m maepp.train --config configs/audiomaepp.py:base --workdir DIR [--config.batch_size=512]
+
+Runs on one CPU, one GPU box or a pod slice alike; with several processes, start one per host
+(jax.distributed picks up the cluster's environment; see --coordinator). Re-running the same
+command resumes from the newest checkpoint in DIR, data position included: the resumed run
+sees exactly the batches and masks the uninterrupted run would have. SIGTERM (and a TPU
+preemption notice) saves a checkpoint at the current step and exits cleanly.
+"""
+import signal
+import sys
+import threading
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from ml_collections import config_flags
+
+from maepp import checkpoints, optim, sharding
+from maepp.data.pipeline import SkipReport, train_dataset
+from maepp.data.sources import source_from_string
+from maepp.models import MaskedAutoencoder, ModelSpec
+from maepp.train_step import make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
+_COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
+
+
+class StopRequest:
+    """Set by SIGTERM; the loop checks it between steps, saves and exits."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+    def __bool__(self):
+        return self._event.is_set()
+
+
+def _say(message: str):
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def train(config, workdir) -> dict:
+    """Trains to config.total_steps (or until stopped); returns the last step's metrics."""
+    workdir = checkpoints.workdir_path(workdir)
+    stop = StopRequest()
+    # Mesh.
+    mesh = sharding.make_mesh(config.mesh)
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"config.batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+    # Model and state: resumed from the newest checkpoint, or fresh.
+    spec = ModelSpec.from_config(config.model)
+    model = MaskedAutoencoder(spec)
+    optimizer = optim.optimizer(config)
+    state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
+    ckpt = checkpoints.manager(
+        workdir, every=config.checkpoint_every, keep=config.keep_checkpoints, keep_period=config.keep_period or None
+    )
+    position, first_step = 0, 1
+    restored = checkpoints.restore_latest(ckpt, state, state_shardings)
+    if restored is not None:
+        done_step, state, position = restored
+        first_step = done_step + 1
+        _say(f"resumed from step {done_step} of {ckpt.directory} (data position {position})")
+    # Data: this process's share of every global batch.
+    report = SkipReport()
+    batches = train_dataset(
+        source_from_string(config.data.source, config.data.data_dir or None),
+        seed=config.seed,
+        batch_size=config.batch_size // jax.process_count(),
+        crop_frames=spec.input_size[0],
+        start_position=position,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        report=report,
+    ).as_numpy_iterator()
+    train_step = sharding.sharded_train_step(make_train_step(model, optimizer), state_shardings, mesh)
+    # Reporting: process 0 writes TensorBoard events; the others only log.
+    writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
+    if first_step == 1:
+        parameter_overview.log_parameter_overview(state.params)
+        writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
+    hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer)]
+
+    base_rng = jax.random.key(config.seed + 1)
+    nonfinite_in_a_row, metrics = 0, {}
+    step = first_step - 1
+    for step in range(first_step, config.total_steps + 1):
+        batch = next(batches)
+        position = int(batch["position"][-1]) + 1
+        log_mel = sharding.global_batch(batch["log_mel"], mesh)
+        state, metrics = train_step(state, log_mel, jax.random.fold_in(base_rng, step))
+        for hook in hooks:
+            hook(step)
+        skipped = int(metrics["skipped"])
+        nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
+        if step % config.log_every == 0 or step == first_step or skipped:
+            scalars = {k: float(v) for k, v in metrics.items()}
+            scalars.update(learning_rate=float(optim.schedule(config)(step - 1)), skipped_clips=report.skips)
+            writer.write_scalars(step, scalars)
+        preempted = bool(stop) or ckpt.reached_preemption(step)
+        if nonfinite_in_a_row >= config.max_nonfinite_steps:
+            ckpt.wait_until_finished()
+            raise FloatingPointError(
+                f"{nonfinite_in_a_row} steps in a row had a non-finite loss or gradient (last: step {step}); "
+                f"parameters were not updated by them. The last good checkpoint is step {ckpt.latest_step()} "
+                f"in {ckpt.directory}; lower the learning rate or enable config.optimizer.grad_clip"
+            )
+        checkpoints.save(ckpt, step, state, position, force=preempted or step == config.total_steps)
+        if preempted:
+            _say(f"stop requested: saved step {step}, exiting")
+            break
+    ckpt.wait_until_finished()
+    ckpt.close()
+    writer.flush()
+    if report.skips:
+        logging.warning("%d clips skipped (%d distinct files): %s", report.skips, len(report.reasons), report.reasons)
+    return dict(step=step, **{k: float(v) for k, v in metrics.items()})
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None or not _WORKDIR.value:
+        raise app.UsageError("--config and --workdir are required")
+    if _COORDINATOR.value:
+        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    # Orbax and JAX log every save at INFO; the run's own news is printed.
+    logging.set_verbosity(logging.WARNING)
+    try:
+        final = train(_CONFIG.value, _WORKDIR.value)
+    except (FloatingPointError, ValueError, FileNotFoundError) as error:
+        sys.exit(f"maepp.train: {error}")
+    workdir = checkpoints.workdir_path(_WORKDIR.value)
+    _say(f"stopped at step {final['step']}, loss {final.get('loss', np.nan):.4f}")
+    _say(f"checkpoints: {workdir / 'checkpoints'}")
+    _say(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
