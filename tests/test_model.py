@@ -13,7 +13,8 @@ from tests.helpers import model_and_params, spec_for
 
 
 def _apply(model, params, x, seed):
-    return model.apply({"params": params}, x, rngs={MASKING_RNG: jax.random.key(seed)})
+    # jit: compiling the micro model is much faster than running its many small ops eagerly.
+    return jax.jit(lambda p, x: model.apply({"params": p}, x, rngs={MASKING_RNG: jax.random.key(seed)}))(params, x)
 
 
 def _batch(batch=4, seed=0):
