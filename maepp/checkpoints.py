@@ -19,9 +19,9 @@ def workdir_path(workdir) -> epath.Path:
     return path if "://" in str(workdir) else path.absolute()
 
 
-def manager(workdir, *, every: int, keep: int, keep_period: int = None) -> ocp.CheckpointManager:
+def manager(workdir, *, keep: int, keep_period: int = None) -> ocp.CheckpointManager:
+    """The caller decides when to save (interval, preemption, end); Orbax keeps and prunes."""
     options = ocp.CheckpointManagerOptions(
-        save_interval_steps=every,
         max_to_keep=keep,
         keep_period=keep_period,  # also keep every keep_period-th step
         enable_async_checkpointing=True,
@@ -29,15 +29,15 @@ def manager(workdir, *, every: int, keep: int, keep_period: int = None) -> ocp.C
     return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options)
 
 
-def save(checkpoints: ocp.CheckpointManager, step: int, state, position: int, force: bool = False) -> bool:
-    """Saves if the interval says so (or force); returns whether a save started."""
+def save(checkpoints: ocp.CheckpointManager, step: int, state, position: int):
+    """Starts an asynchronous save of the state and every process's next data position."""
     positions = multihost_utils.process_allgather(np.asarray([position], np.int64)).reshape(-1)
-    return checkpoints.save(
+    checkpoints.save(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"positions": positions.tolist()})
         ),
-        force=force,
+        force=True,
     )
 
 

@@ -23,6 +23,10 @@ def learning_rate(config) -> float:
 
 def schedule(config) -> optax.Schedule:
     """Per-step linear warmup to the peak rate, then cosine to 0 at config.total_steps (PAPER.md)."""
+    if not 0 <= config.warmup_steps < config.total_steps:
+        raise ValueError(
+            f"config.warmup_steps ({config.warmup_steps}) must be in [0, config.total_steps ({config.total_steps}))"
+        )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=learning_rate(config),

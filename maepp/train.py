@@ -60,9 +60,7 @@ def train(config, workdir) -> dict:
     model = MaskedAutoencoder(spec)
     optimizer = optim.optimizer(config)
     state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
-    ckpt = checkpoints.manager(
-        workdir, every=config.checkpoint_every, keep=config.keep_checkpoints, keep_period=config.keep_period or None
-    )
+    ckpt = checkpoints.manager(workdir, keep=config.keep_checkpoints, keep_period=config.keep_period or None)
     position, first_step = 0, 1
     restored = checkpoints.restore_latest(ckpt, state, state_shardings)
     if restored is not None:
@@ -113,7 +111,8 @@ def train(config, workdir) -> dict:
                 f"parameters were not updated by them. The last good checkpoint is step {ckpt.latest_step()} "
                 f"in {ckpt.directory}; lower the learning rate or enable config.optimizer.grad_clip"
             )
-        checkpoints.save(ckpt, step, state, position, force=preempted or step == config.total_steps)
+        if step % config.checkpoint_every == 0 or preempted or step == config.total_steps:
+            checkpoints.save(ckpt, step, state, position)
         if preempted:
             _say(f"stop requested: saved step {step}, exiting")
             break

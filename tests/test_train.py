@@ -1,4 +1,5 @@
 """maepp.train end to end, as a user runs it: loss falls, exact resume after SIGKILL, SIGTERM."""
+import json
 import os
 import signal
 import subprocess
@@ -101,3 +102,35 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(repo_root, tmp_path):
     assert stopped >= 5
     assert (workdir / "checkpoints" / str(stopped) / "state").is_dir()
     assert not list((workdir / "checkpoints").glob("*tmp*"))
+
+
+def _two_processes(repo_root, workdir, port, *overrides):
+    """maepp.train as two JAX processes of 4 fake CPU devices each (jax.distributed on localhost)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    processes = [
+        subprocess.Popen(
+            _train_command(workdir, "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
+                           "--process_id", str(i), *overrides),
+            cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (_, err) in zip(processes, outputs):
+        assert process.returncode == 0, err[-3000:]
+    return outputs[0][0]
+
+
+def test_two_processes_train_checkpoint_and_resume_on_another_mesh(repo_root, tmp_path):
+    workdir = tmp_path / "two_hosts"
+    common = ["--config.warmup_steps=2", "--config.checkpoint_every=10", "--config.log_every=1"]
+    out = _two_processes(repo_root, workdir, 12461, "--config.total_steps=10", "--config.mesh.data=8", *common)
+    assert "stopped at step 10" in out
+    data = json.loads((workdir / "checkpoints" / "10" / "data" / "metadata").read_text())
+    assert data["positions"] == [160, 160]  # each process: 10 steps x 16 clips, none bad
+    # The (8, 1, 1) checkpoint continues on a (2, 4, 1) mesh: data parallel x FSDP.
+    out = _two_processes(repo_root, workdir, 12462, "--config.total_steps=20", "--config.mesh.data=2",
+                         "--config.mesh.fsdp=4", *common)
+    assert "resumed from step 10" in out and "stopped at step 20" in out
+    losses = _losses(workdir)
+    assert sorted(losses) == list(range(1, 21)) and all(np.isfinite(list(losses.values())))
