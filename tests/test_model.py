@@ -236,3 +236,23 @@ def test_analytic_flops_agree_with_xla(block_type):
     # XLA also counts elementwise work (LayerNorm, softmax, erf) that the analytic count leaves
     # out, and simplifies some of what it counts: agreement within 5% either way.
     assert abs(analysis["flops"] / analytic - 1) < 0.05
+
+
+def test_a_non_finite_step_leaves_the_state_untouched():
+    from maepp import optim
+    from maepp.train_step import create_state, make_train_step
+    from tests.helpers import CONFIG_FILES
+
+    config = CONFIG_FILES["macaron_swiglu"].get_config("micro")
+    model = MaskedAutoencoder(spec_for())
+    optimizer = optim.optimizer(config)
+    state = create_state(model, optimizer, jax.random.key(0))
+    step = jax.jit(make_train_step(model, optimizer))
+    state, metrics = step(state, _batch(4), jax.random.key(0))
+    assert int(metrics["skipped"]) == 0
+    poisoned = _batch(4).at[1, 17, 3].set(jnp.nan)
+    after, metrics = step(state, poisoned, jax.random.key(1))
+    assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), (after.params, after.opt_state), (state.params, state.opt_state))
+    assert all(jax.tree.leaves(same))
+    assert int(after.step) == int(state.step) + 1
