@@ -17,21 +17,34 @@ def decay_mask(params):
 
 
 def learning_rate(config) -> float:
-    """Peak learning rate: base rate x global batch / 256 (PAPER.md)."""
-    return config.optimizer.base_learning_rate * config.batch_size / 256
+    """Peak learning rate: base rate x effective global batch / 256 (PAPER.md).
+
+    The effective batch of one update is batch_size x accumulate_steps.
+    """
+    return config.optimizer.base_learning_rate * config.batch_size * config.optimizer.accumulate_steps / 256
 
 
 def schedule(config) -> optax.Schedule:
-    """Per-step linear warmup to the peak rate, then cosine to 0 at config.total_steps (PAPER.md)."""
+    """update number -> rate: linear warmup to the peak, then cosine to 0 (PAPER.md).
+
+    config.total_steps and warmup_steps count train steps (batches); with gradient accumulation
+    there is one update per accumulate_steps of them, so the schedule runs over that many fewer.
+    """
     if not 0 <= config.warmup_steps < config.total_steps:
         raise ValueError(
             f"config.warmup_steps ({config.warmup_steps}) must be in [0, config.total_steps ({config.total_steps}))"
         )
+    every = config.optimizer.accumulate_steps
+    if every < 1 or config.total_steps % every or config.warmup_steps % every:
+        raise ValueError(
+            f"config.optimizer.accumulate_steps ({every}) must be >= 1 and divide config.total_steps "
+            f"({config.total_steps}) and config.warmup_steps ({config.warmup_steps})"
+        )
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=learning_rate(config),
-        warmup_steps=config.warmup_steps,
-        decay_steps=config.total_steps,
+        warmup_steps=config.warmup_steps // every,
+        decay_steps=config.total_steps // every,
         end_value=0.0,
     )
 
@@ -43,6 +56,6 @@ def optimizer(config) -> optax.GradientTransformation:
     if opt.grad_clip > 0:
         transform = optax.chain(optax.clip_by_global_norm(opt.grad_clip), transform)
     if opt.accumulate_steps > 1:
-        # One update per accumulate_steps calls: the schedule counts updates, not calls.
+        # One update per accumulate_steps calls, with the mean gradient; the schedule counts updates.
         transform = optax.MultiSteps(transform, every_k_schedule=opt.accumulate_steps)
     return transform

@@ -14,7 +14,9 @@ def pretraining_config(size: str, block_type: str) -> ml_collections.ConfigDict:
     config.seed = 0
     # source: "synthetic" (embedded procedural audio), "synthetic:N", "folder:PATH",
     # "records:GLOB" (maepp.prepare's shards) or "tfds:NAME[:SPLIT]" (prepared in data_dir).
-    config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir=""))
+    # eval_source: held-out clips for the periodic reconstruction loss and pictures ("" = none);
+    # "synthetic:256:1" is 256 procedural clips from a seed the training clips do not use.
+    config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir="", eval_source="synthetic:256:1"))
     config.batch_size = 1024  # global
     # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
@@ -29,6 +31,11 @@ def pretraining_config(size: str, block_type: str) -> ml_collections.ConfigDict:
     config.keep_checkpoints = 3  # the newest ones...
     config.keep_period = 20_000  # ...and every keep_period-th step
     config.max_nonfinite_steps = 10  # non-finite steps in a row before the run stops
+    config.eval_every = 10_000  # and at the last step
+    config.eval_batch_size = 1024  # global
+    # clu's Profile action: a jax.profiler trace of num_steps steps from first_step (0 = never),
+    # then again every every_secs; it lands in WORKDIR/tensorboard (TensorBoard's profile tab).
+    config.profile = ml_collections.ConfigDict(dict(first_step=100, num_steps=5, every_secs=3600.0))
     if size == "micro":
         # CPU demo: a small batch; the tiny model takes a higher rate (peak lr 1e-3).
         config.batch_size = 32
@@ -38,4 +45,7 @@ def pretraining_config(size: str, block_type: str) -> ml_collections.ConfigDict:
         config.log_every = 10
         config.checkpoint_every = 100
         config.keep_period = 0
+        config.eval_every = 100
+        config.eval_batch_size = 32
+        config.profile.first_step = 20
     return config

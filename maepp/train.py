@@ -18,10 +18,12 @@ from absl import app, flags, logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from ml_collections import config_flags
 
-from maepp import checkpoints, optim, sharding
+from maepp import checkpoints, distributed, optim, sharding
 from maepp.data.pipeline import SkipReport, train_dataset
 from maepp.data.sources import source_from_string
+from maepp.held_out import HeldOutEvaluation
 from maepp.models import MaskedAutoencoder, ModelSpec
+from maepp.pictures import reconstruction_grid, write_png
 from maepp.train_step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
@@ -29,6 +31,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard log
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join a multi-process job that JAX detects itself (a TPU VM pod slice). Slurm and "
+    "Open MPI jobs of several tasks are detected without it.")
 
 
 class StopRequest:
@@ -82,10 +87,18 @@ def train(config, workdir) -> dict:
     train_step = sharding.sharded_train_step(make_train_step(model, optimizer), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
     writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
+    if jax.process_index() == 0:  # what maepp.export and maepp.hear rebuild the model from
+        (workdir / "config.json").write_text(config.to_json(indent=2))
     if first_step == 1:
         parameter_overview.log_parameter_overview(state.params)
         writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
     hooks = [periodic_actions.ReportProgress(num_train_steps=config.total_steps, writer=writer)]
+    if config.profile.first_step and jax.process_index() == 0:
+        hooks.append(periodic_actions.Profile(
+            logdir=workdir / "tensorboard", first_profile=config.profile.first_step,
+            num_profile_steps=config.profile.num_steps, every_secs=config.profile.every_secs,
+        ))
+    held_out = HeldOutEvaluation(config, model, mesh, state_shardings.params) if config.data.eval_source else None
 
     base_rng = jax.random.key(config.seed + 1)
     nonfinite_in_a_row, metrics = 0, {}
@@ -101,7 +114,8 @@ def train(config, workdir) -> dict:
         nonfinite_in_a_row = nonfinite_in_a_row + 1 if skipped else 0
         if step % config.log_every == 0 or step == first_step or skipped:
             scalars = {k: float(v) for k, v in metrics.items()}
-            scalars.update(learning_rate=float(optim.schedule(config)(step - 1)), skipped_clips=report.skips)
+            update = (step - 1) // config.optimizer.accumulate_steps
+            scalars.update(learning_rate=float(optim.schedule(config)(update)), skipped_clips=report.skips)
             writer.write_scalars(step, scalars)
         preempted = bool(stop) or ckpt.reached_preemption(step)
         if nonfinite_in_a_row >= config.max_nonfinite_steps:
@@ -111,7 +125,11 @@ def train(config, workdir) -> dict:
                 f"parameters were not updated by them. The last good checkpoint is step {ckpt.latest_step()} "
                 f"in {ckpt.directory}; lower the learning rate or enable config.optimizer.grad_clip"
             )
-        if step % config.checkpoint_every == 0 or preempted or step == config.total_steps:
+        if held_out and not preempted and (step % config.eval_every == 0 or step == config.total_steps):
+            evaluate(held_out, state.params, step, writer, workdir)
+        # No interval saves during a non-finite streak: the newest checkpoint stays before it.
+        interval = step % config.checkpoint_every == 0 and not nonfinite_in_a_row
+        if interval or preempted or step == config.total_steps:
             checkpoints.save(ckpt, step, state, position)
         if preempted:
             _say(f"stop requested: saved step {step}, exiting")
@@ -124,12 +142,21 @@ def train(config, workdir) -> dict:
     return dict(step=step, **{k: float(v) for k, v in metrics.items()})
 
 
+def evaluate(held_out: HeldOutEvaluation, params, step: int, writer, workdir):
+    """Held-out loss to TensorBoard; pictures to TensorBoard and WORKDIR/pictures (process 0)."""
+    loss, pictures = held_out(params)
+    writer.write_scalars(step, dict(eval_loss=loss, eval_skipped_clips=held_out.report.skips))
+    if jax.process_index() == 0:
+        grid = reconstruction_grid(pictures)
+        writer.write_images(step, dict(reconstruction=grid[None]))
+        write_png(workdir / "pictures" / f"step_{step:07d}.png", grid)
+
+
 def main(argv):
     del argv
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
-    if _COORDINATOR.value:
-        jax.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value)
     # Orbax and JAX log every save at INFO; the run's own news is printed.
     logging.set_verbosity(logging.WARNING)
     try:
@@ -140,6 +167,8 @@ def main(argv):
     _say(f"stopped at step {final['step']}, loss {final.get('loss', np.nan):.4f}")
     _say(f"checkpoints: {workdir / 'checkpoints'}")
     _say(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
+    if _CONFIG.value.data.eval_source:
+        _say(f"pictures (input | masked | reconstruction): {workdir / 'pictures'}")
 
 
 def run():

@@ -1,41 +1,42 @@
-"""maepp.train end to end, as a user runs it: loss falls, exact resume after SIGKILL, SIGTERM."""
+"""maepp.train end to end, as a user runs it: loss falls, held-out loss and pictures, profile,
+exact resume after SIGKILL, SIGTERM, two processes, stop after repeated non-finite steps."""
 import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-MICRO = "configs/audiomaepp.py:micro"
+from tests.helpers import TRAINED_RUN as RUN
+from tests.helpers import train, train_command
 
 
-def _train_command(workdir, *overrides):
-    return [sys.executable, "-m", "maepp.train", "--config", MICRO, "--workdir", str(workdir), *overrides]
-
-
-def _train(repo_root, workdir, *overrides):
-    result = subprocess.run(_train_command(workdir, *overrides), cwd=repo_root, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def _losses(workdir) -> dict:
-    """step -> loss from the TensorBoard event files; a step logged twice keeps its last value."""
+def _losses(workdir, tag="loss") -> dict:
+    """step -> value of a scalar from the TensorBoard event files; a step logged twice keeps its last."""
     losses = {}
     for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*"), key=os.path.getmtime):
         events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
         events.Reload()
-        if "loss" in events.Tags()["tensors"]:
-            for event in events.Tensors("loss"):
+        if tag in events.Tags()["tensors"]:
+            for event in events.Tensors(tag):
                 losses[event.step] = float(tensor_util.make_ndarray(event.tensor_proto))
     return losses
+
+
+def _image_steps(workdir, tag="reconstruction") -> list:
+    steps = []
+    for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
+        events.Reload()
+        steps += [event.step for event in events.Tensors(tag)] if tag in events.Tags()["tensors"] else []
+    return sorted(steps)
 
 
 def _final_params(workdir, step):
@@ -43,15 +44,11 @@ def _final_params(workdir, step):
     return restored["params"]
 
 
-RUN = ["--config.total_steps=60", "--config.checkpoint_every=30", "--config.log_every=1", "--config.warmup_steps=5"]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(repo_root, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    out = _train(repo_root, workdir, *RUN)
-    assert "stopped at step 60" in out
-    return workdir
+@pytest.fixture
+def uninterrupted(trained_run):
+    return trained_run
 
 
 def test_loss_falls_clearly(uninterrupted):
@@ -61,9 +58,24 @@ def test_loss_falls_clearly(uninterrupted):
     assert last < 0.75 * first, (first, last)
 
 
+def test_held_out_loss_falls_and_pictures_are_written(uninterrupted):
+    held_out = _losses(uninterrupted, "eval_loss")
+    assert sorted(held_out) == [30, 60] and held_out[60] < held_out[30], held_out
+    assert _image_steps(uninterrupted) == [30, 60]
+    pictures = sorted(p.name for p in (uninterrupted / "pictures").iterdir())
+    assert pictures == ["step_0000030.png", "step_0000060.png"]
+    image = tf.io.decode_png((uninterrupted / "pictures" / pictures[0]).read_bytes()).numpy()
+    assert image.shape == (4 * 82 - 2, 3 * 202 - 2, 1) and image.std() > 10
+
+
+def test_profile_trace_is_written(uninterrupted):
+    # micro's config.profile: steps 20-25 traced into TensorBoard's profile plugin directory
+    assert list((uninterrupted / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
+
+
 def test_resume_after_sigkill_is_exact(repo_root, uninterrupted, tmp_path):
     workdir = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(workdir, *RUN), cwd=repo_root, stdout=subprocess.PIPE,
+    process = subprocess.Popen(train_command(workdir, *RUN), cwd=repo_root, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + 300
     while not (workdir / "checkpoints" / "30").exists():  # Orbax renames a step dir when complete
@@ -72,11 +84,12 @@ def test_resume_after_sigkill_is_exact(repo_root, uninterrupted, tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (workdir / "checkpoints" / "60").exists(), "killed too late to test a resume"
-    out = _train(repo_root, workdir, *RUN)
+    out = train(repo_root, workdir, *RUN)
     assert "resumed from step 30" in out
     reference, resumed = _losses(uninterrupted), _losses(workdir)
     for step in range(31, 61):
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6), step
+    assert _losses(workdir, "eval_loss")[60] == pytest.approx(_losses(uninterrupted, "eval_loss")[60], abs=1e-6)
     for a, b in zip(_leaves(_final_params(workdir, 60)), _leaves(_final_params(uninterrupted, 60))):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -88,7 +101,7 @@ def _leaves(tree):
 def test_sigterm_saves_the_current_step_and_exits_cleanly(repo_root, tmp_path):
     workdir = tmp_path / "terminated"
     process = subprocess.Popen(
-        _train_command(workdir, "--config.total_steps=100000", "--config.log_every=1"),
+        train_command(workdir, "--config.total_steps=100000", "--config.log_every=1"),
         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     deadline = time.time() + 300
@@ -104,33 +117,70 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(repo_root, tmp_path):
     assert not list((workdir / "checkpoints").glob("*tmp*"))
 
 
-def _two_processes(repo_root, workdir, port, *overrides):
-    """maepp.train as two JAX processes of 4 fake CPU devices each (jax.distributed on localhost)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    processes = [
-        subprocess.Popen(
-            _train_command(workdir, "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2",
-                           "--process_id", str(i), *overrides),
+def _two_processes(repo_root, workdir, launch, *overrides):
+    """maepp.train as two JAX processes of 4 fake CPU devices each (jax.distributed on localhost).
+
+    launch(i) -> (extra flags, extra environment) of process i.
+    """
+    processes = []
+    for i in range(2):
+        flags, environment = launch(i)
+        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", **environment)
+        processes.append(subprocess.Popen(
+            train_command(workdir, *flags, *overrides),
             cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        for i in range(2)
-    ]
+        ))
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (_, err) in zip(processes, outputs):
         assert process.returncode == 0, err[-3000:]
     return outputs[0][0]
 
 
+def _by_flags(i):
+    return ["--coordinator", "127.0.0.1:12461", "--num_processes", "2", "--process_id", str(i)], {}
+
+
+def _by_slurm_environment(i):
+    """What srun sets for task i of a 2-task step on one node; JAX finds its coordinator from it
+    (port 61440 + job id % 4096)."""
+    return [], dict(SLURM_JOB_ID="1021", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+                    SLURM_PROCID=str(i), SLURM_LOCALID=str(i))
+
+
 def test_two_processes_train_checkpoint_and_resume_on_another_mesh(repo_root, tmp_path):
     workdir = tmp_path / "two_hosts"
-    common = ["--config.warmup_steps=2", "--config.checkpoint_every=10", "--config.log_every=1"]
-    out = _two_processes(repo_root, workdir, 12461, "--config.total_steps=10", "--config.mesh.data=8", *common)
+    common = ["--config.warmup_steps=2", "--config.checkpoint_every=10", "--config.log_every=1",
+              "--config.eval_every=10", "--config.data.eval_source=synthetic:40:1", "--config.eval_batch_size=16"]
+    out = _two_processes(repo_root, workdir, _by_flags, "--config.total_steps=10", "--config.mesh.data=8", *common)
     assert "stopped at step 10" in out
     data = json.loads((workdir / "checkpoints" / "10" / "data" / "metadata").read_text())
     assert data["positions"] == [160, 160]  # each process: 10 steps x 16 clips, none bad
-    # The (8, 1, 1) checkpoint continues on a (2, 4, 1) mesh: data parallel x FSDP.
-    out = _two_processes(repo_root, workdir, 12462, "--config.total_steps=20", "--config.mesh.data=2",
-                         "--config.mesh.fsdp=4", *common)
+    # The (8, 1, 1) checkpoint continues on a (2, 4, 1) mesh (data parallel x FSDP), this time
+    # with the processes joining through the Slurm environment instead of flags.
+    out = _two_processes(repo_root, workdir, _by_slurm_environment, "--config.total_steps=20",
+                         "--config.mesh.data=2", "--config.mesh.fsdp=4", *common)
     assert "resumed from step 10" in out and "stopped at step 20" in out
     losses = _losses(workdir)
     assert sorted(losses) == list(range(1, 21)) and all(np.isfinite(list(losses.values())))
+    # 40 held-out clips, 20 per process in 2 batches of 8 plus one padded batch each.
+    assert sorted(_losses(workdir, "eval_loss")) == [10, 20]
+    assert sorted(p.name for p in (workdir / "pictures").iterdir()) == ["step_0000010.png", "step_0000020.png"]
+
+
+def test_repeated_non_finite_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_path):
+    from configs import audiomaepp
+    from maepp.train import train as train_in_process
+
+    config = audiomaepp.get_config("micro")
+    # A rate that overflows the parameters: from step 2 on every loss is inf or NaN.
+    config.optimizer.base_learning_rate = 1e34
+    config.update(batch_size=8, warmup_steps=0, total_steps=50, checkpoint_every=1, max_nonfinite_steps=3, log_every=1)
+    config.data.eval_source = ""
+    config.profile.first_step = 0
+    with pytest.raises(FloatingPointError, match=r"3 steps in a row .* last good checkpoint is step (\d+)") as error:
+        train_in_process(config, tmp_path)
+    good = int(error.value.args[0].split("last good checkpoint is step ")[1].split()[0])
+    skipped = _losses(tmp_path, "skipped")
+    assert [s for s in sorted(skipped) if skipped[s]] == [good + 1, good + 2, good + 3]
+    params = _final_params(tmp_path, good)
+    assert all(np.all(np.isfinite(leaf)) for leaf in _leaves(params))

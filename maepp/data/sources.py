@@ -1,7 +1,7 @@
 """Where clips come from, chosen by one config string; every source is random access.
 
     synthetic          procedural audio made on the fly (the embedded default, no download)
-    synthetic:N        the same with N distinct clips per epoch
+    synthetic:N[:SEED] the same with N distinct clips per epoch (from SEED: another set of clips)
     folder:PATH        any tree of wav/flac/ogg/mp3 files, any rate and channel count
     records:GLOB       ArrayRecord shards written by `python -m maepp.prepare`
     tfds:NAME[:SPLIT]  a TFDS audio dataset prepared (as ArrayRecord) in data_dir, maybe gs://
@@ -60,10 +60,11 @@ class FolderSource:
 
 
 def source_from_string(spec: str, data_dir=None):
-    """'synthetic', 'synthetic:N', 'folder:PATH', 'records:GLOB' or 'tfds:NAME[:SPLIT]' -> a source."""
+    """'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', 'records:GLOB' or 'tfds:NAME[:SPLIT]' -> a source."""
     kind, _, argument = spec.partition(":")
     if kind == "synthetic":
-        return SyntheticSource(int(argument)) if argument else SyntheticSource()
+        n_clips, _, seed = argument.partition(":")
+        return SyntheticSource(int(n_clips or DEFAULT_SYNTHETIC_CLIPS), seed=int(seed or 0))
     if kind == "folder" and argument:
         return FolderSource(argument)
     if kind == "records" and argument:
@@ -72,6 +73,6 @@ def source_from_string(spec: str, data_dir=None):
         name, _, split = argument.partition(":")
         return tfds_source(name, split or "train", data_dir)
     raise ValueError(
-        f"data source {spec!r} not understood; use 'synthetic', 'synthetic:N', 'folder:PATH', "
+        f"data source {spec!r} not understood; use 'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', "
         "'records:GLOB' or 'tfds:NAME[:SPLIT]'"
     )

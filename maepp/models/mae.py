@@ -58,15 +58,23 @@ class Decoder(nn.Module):
         return x[:, cls:].astype(jnp.float32)
 
 
+def target_patches(patches, norm_pix_loss: bool):
+    """What the decoder predicts: the patches, or each patch standardised (norm_pix_loss)."""
+    if not norm_pix_loss:
+        return patches
+    mean = patches.mean(axis=-1, keepdims=True)
+    var = patches.var(axis=-1, keepdims=True)
+    return (patches - mean) / jnp.sqrt(var + 1e-6)
+
+
+def patch_errors(pred, patches, norm_pix_loss: bool):
+    """Mean squared error of each patch: [B, L, patch_dim] float32 -> [B, L]."""
+    return jnp.mean((pred - target_patches(patches, norm_pix_loss)) ** 2, axis=-1)
+
+
 def reconstruction_loss(pred, patches, mask, norm_pix_loss: bool):
     """Mean squared error per patch, averaged over masked patches only. All [B, L, ...] float32."""
-    target = patches
-    if norm_pix_loss:
-        mean = target.mean(axis=-1, keepdims=True)
-        var = target.var(axis=-1, keepdims=True)
-        target = (target - mean) / jnp.sqrt(var + 1e-6)
-    per_patch = jnp.mean((pred - target) ** 2, axis=-1)  # [B, L]
-    return jnp.sum(per_patch * mask) / jnp.sum(mask)
+    return jnp.sum(patch_errors(pred, patches, norm_pix_loss) * mask) / jnp.sum(mask)
 
 
 class MaskedAutoencoder(nn.Module):
@@ -128,4 +136,6 @@ def init_params(model: MaskedAutoencoder, rng):
     """Parameters (logically partitioned boxes) for a zero batch of the model's input size."""
     params_rng, mask_rng = jax.random.split(rng)
     dummy = jnp.zeros((1,) + tuple(model.spec.input_size), jnp.float32)
-    return model.init({"params": params_rng, MASKING_RNG: mask_rng}, dummy)["params"]
+    # Under jit: run op by op, init of even the micro model takes seconds.
+    init = jax.jit(lambda params_rng, mask_rng: model.init({"params": params_rng, MASKING_RNG: mask_rng}, dummy))
+    return init(params_rng, mask_rng)["params"]

@@ -1,0 +1,32 @@
+"""Joining a multi-process job through JAX's own runtime (jax.distributed).
+
+Explicit flags win; otherwise a multi-process cluster environment that JAX can read (Slurm,
+Open MPI, GKE TPU workers) is detected and jax.distributed.initialize() takes its coordinator,
+process count and id from it. A single process needs nothing.
+"""
+import os
+
+import jax
+
+
+def cluster_processes() -> int:
+    """How many processes the surrounding cluster environment says this job has (1 if none)."""
+    for variable in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if os.environ.get(variable, "").isdigit():
+            return int(os.environ[variable])
+    workers = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+    return len(workers.split(",")) if workers else 1
+
+
+def initialize(coordinator: str = None, num_processes: int = None, process_id: int = None, force=False):
+    """Calls jax.distributed.initialize when the job has (or is told it has) several processes.
+
+    force: initialise with whatever JAX detects (e.g. a TPU VM pod slice, where the worker list
+    comes from the metadata server rather than the environment).
+    """
+    if coordinator or num_processes or process_id is not None:
+        if not (coordinator and num_processes and process_id is not None):
+            raise ValueError("--coordinator, --num_processes and --process_id go together")
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    elif force or cluster_processes() > 1:
+        jax.distributed.initialize()

@@ -1,0 +1,66 @@
+"""Held-out evaluation: loss only over valid clips' masked patches, honest pictures, PNG files."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+from maepp.eval_step import make_eval_step
+from maepp.models import MASKING_RNG
+from maepp.models.patches import patchify
+from maepp.pictures import GAP, reconstruction_grid, write_png
+from tests.helpers import model_and_params, spec_for
+
+
+@functools.cache
+def _micro():
+    model, params = model_and_params(spec_for())
+    return model, params, jax.jit(make_eval_step(model, n_pictures=2))
+
+
+def _eval(x, valid, seed=3):
+    _, params, step = _micro()
+    return step(params, x, jnp.asarray(valid), jax.random.key(seed))
+
+
+def test_eval_loss_is_the_models_loss_over_valid_clips_only():
+    model, params, _ = _micro()
+    x = jax.random.normal(jax.random.key(0), (4, 200, 80))
+    out = _eval(x, [True] * 4)
+    loss = jax.jit(lambda p, x: model.apply({"params": p}, x, rngs={MASKING_RNG: jax.random.key(3)})["loss"])(params, x)
+    np.testing.assert_allclose(out["error_sum"] / out["masked_patches"], loss, rtol=1e-6)
+    assert float(out["masked_patches"]) == 4 * 200  # 80% of 250 patches per clip
+    # Padding rows (valid False) count for nothing, whatever they hold.
+    half = _eval(x.at[2:].set(0.0), [True, True, False, False])
+    garbage = _eval(x.at[2:].set(1e3), [True, True, False, False])
+    assert float(half["masked_patches"]) == 2 * 200
+    np.testing.assert_allclose(half["error_sum"], garbage["error_sum"], rtol=1e-6)
+
+
+def test_pictures_keep_visible_patches_and_hide_masked_ones():
+    x = jax.random.normal(jax.random.key(1), (4, 200, 80))
+    out = _eval(x, [True] * 4)
+    pictures = np.asarray(out["pictures"])
+    assert pictures.shape == (3, 2, 200, 80)
+    np.testing.assert_array_equal(pictures[0], np.asarray(x[:2]))
+    original, hidden, reconstructed = (patchify(jnp.asarray(p), (4, 16)) for p in pictures)
+    floor = np.asarray(x[:2]).min(axis=(1, 2))
+    kept = np.all(np.asarray(hidden == original), axis=-1)  # [2, 250] patches shown as they are
+    hidden_at_floor = np.all(np.asarray(hidden) == floor[:, None, None], axis=-1)
+    assert np.all(kept.sum(axis=1) == 50) and np.all(kept ^ hidden_at_floor)
+    same = np.all(np.asarray(reconstructed == original), axis=-1)
+    np.testing.assert_array_equal(same, kept)  # predictions fill exactly the masked patches
+
+
+def test_grid_layout_and_png_round_trip(tmp_path):
+    pictures = np.zeros((3, 2, 200, 80), np.float32)
+    pictures[:, :, :, 0] = 1.0  # lowest mel band loud
+    grid = reconstruction_grid(pictures)
+    assert grid.shape == (2 * (80 + GAP) - GAP, 3 * (200 + GAP) - GAP, 1) and grid.dtype == np.uint8
+    assert np.all(grid[79, :200] == 255) and np.all(grid[:79, :200] == 0)  # low frequencies at the bottom
+    assert np.all(grid[80:82] == 255)  # the gap between clips
+    path = tmp_path / "pictures" / "step_0000001.png"
+    write_png(path, grid)
+    np.testing.assert_array_equal(tf.io.decode_png(path.read_bytes()).numpy(), grid)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
