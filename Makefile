@@ -16,6 +16,9 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m pip check
+	# The [hear] extra's validator, without its dependencies: it asks for the `tensorflow`
+	# distribution, which tensorflow-cpu above provides under another name.
+	$(PY) -m pip install --quiet --no-deps hearvalidator==2021.0.2
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -24,7 +27,7 @@ train: $(STAMP)
 	$(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 summary: $(STAMP)
 	$(PY) -m maepp.summary --config configs/audiomaepp.py:base

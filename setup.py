@@ -20,11 +20,15 @@ setup(
         "ml-collections>=1.1",
         "clu>=0.0.12",
         "numpy>=2.0",
+        "scipy>=1.11",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         # Reading released PyTorch checkpoints (maepp.convert).
         "torch": ["torch>=2.3"],
-        "test": ["pytest>=8"],
+        # The HEAR API (maepp.hear) and its validator, hear-validator.
+        "hear": ["torch>=2.3", "hearvalidator>=2021.0.2"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12"],
     },
     entry_points={
         "console_scripts": [
@@ -33,6 +37,8 @@ setup(
             "maepp-train=maepp.train:run",
             "maepp-prepare=maepp.prepare:run",
             "maepp-bench=maepp.bench:run",
+            "maepp-export=maepp.export:run",
+            "maepp-evaluate=maepp.evaluate:run",
         ],
     },
 )

@@ -2,28 +2,49 @@ r"""Benchmarks that print figures; the last line of each is JSON.
 
     python -m maepp.bench data --source records:GLOB [--clips 256] [--json]
     python -m maepp.bench data --source folder:DIR
+    python -m maepp.bench export [--workdir RUN | --model_config configs/audiomaepp.py:base] \
+        [--clips 256] [--seconds 10] [--json]
 
 `data`: 2 s log-mel crops per second per host core from the tf.data pipeline, against a plain
 librosa loop (load + melspectrogram per clip, one core) over the same clips in the same run.
 The pipeline uses every core this process may run on, so its rate is divided by that count.
+
+`export`: clips per second through maepp.export's whole path (decode, float64 log-mel on the
+host, 200-frame chunks through the jitted encoder on every local device, the .npz), on
+procedural clips of --seconds written as WAV files, after one warm-up clip. The encoder is a
+run's (--workdir) or a freshly initialised one of --model_config (speed does not depend on
+the weights).
 """
 import io
 import json
 import os
+import pathlib
+import tempfile
 import time
 
+import flax.linen as nn
+import jax
 import librosa
 import numpy as np
+import soundfile
 from absl import app, flags
+from ml_collections import config_flags
 
+from maepp import clip_export, encoder, weights
 from maepp.audio import reference
 from maepp.data.pipeline import train_dataset
-from maepp.data.sources import source_from_string
+from maepp.data.sources import FolderSource, source_from_string
+from maepp.data.synthetic import synthetic_clip
+from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 
 _SOURCE = flags.DEFINE_string("source", None, "Data source: records:GLOB or folder:DIR.")
 _CLIPS = flags.DEFINE_integer("clips", 256, "Crops to time in each method.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 _JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "export: the run (or weights directory) whose encoder to time.")
+_MODEL_CONFIG = config_flags.DEFINE_config_file("model_config", "configs/audiomaepp.py:micro",
+                                                "export: config of a freshly initialised encoder to time.")
+_SECONDS = flags.DEFINE_float("seconds", 10.0, "export: length of each clip.")
 
 CROP_FRAMES = 200
 
@@ -73,9 +94,47 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int) -> dict:
     )
 
 
+def _encoder_to_time():
+    if _WORKDIR.value:
+        model, params, _, loaded = weights.load_model(_WORKDIR.value)
+        return model, params, loaded
+    model = MaskedAutoencoder(ModelSpec.from_config(_MODEL_CONFIG.value.model))
+    return model, nn.meta.unbox(init_params(model, jax.random.key(0))), "random init"
+
+
+def bench_export(n_clips: int, seconds: float) -> dict:
+    model, params, loaded = _encoder_to_time()
+    embedder = encoder.local_embedder(model, params)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = pathlib.Path(scratch) / "clips"
+        folder.mkdir()
+        rng = np.random.default_rng(0)
+        for i in range(n_clips + 1):
+            soundfile.write(folder / f"{i:05d}.wav", synthetic_clip(rng, seconds=seconds)[0], reference.SAMPLE_RATE)
+        warm_up = folder / "00000.wav"
+        embedder.scene(soundfile.read(warm_up)[0])  # compiles the encoder
+        warm_up.unlink()
+        start = time.perf_counter()
+        clip_export.export(FolderSource(folder), embedder, pathlib.Path(scratch) / "out.npz", log=io.StringIO())
+        elapsed = time.perf_counter() - start
+    return dict(
+        encoder=loaded, width=model.spec.width, depth=model.spec.depth, clips=n_clips, clip_seconds=seconds,
+        devices=f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}",
+        clips_per_s=round(n_clips / elapsed, 2), audio_seconds_per_s=round(n_clips * seconds / elapsed, 1),
+    )
+
+
 def main(argv):
-    if len(argv) != 2 or argv[1] != "data":
-        raise app.UsageError("usage: python -m maepp.bench data --source records:GLOB|folder:DIR [--json]")
+    if len(argv) != 2 or argv[1] not in ("data", "export"):
+        raise app.UsageError("usage: python -m maepp.bench data --source records:GLOB|folder:DIR [--json] | "
+                             "python -m maepp.bench export [--workdir RUN] [--json]")
+    if argv[1] == "export":
+        result = bench_export(_CLIPS.value, _SECONDS.value)
+        if not _JSON.value:
+            print(f"export: {result['clips_per_s']} clips/s of {result['clip_seconds']} s "
+                  f"({result['audio_seconds_per_s']} s of audio per s) on {result['devices']}")
+        print(json.dumps(result))
+        return
     if not _SOURCE.value:
         raise app.UsageError("--source is required")
     result = bench_data(_SOURCE.value, _CLIPS.value, _BATCH.value)

@@ -61,3 +61,25 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings):
             "the data positions cannot be mapped; resume with the same process count"
         )
     return step, restored["state"], int(positions[jax.process_index()])
+
+
+def restore_params(workdir, abstract_params, step: int = None):
+    """-> (step, params) of a run's checkpoint (the newest by default), without its optimizer state.
+
+    abstract_params: ShapeDtypeStructs (with shardings) of the parameter tree to read into.
+    """
+    directory = workdir_path(workdir) / "checkpoints"
+    steps = ocp.CheckpointManager(directory).all_steps() if directory.exists() else []
+    if not steps:
+        raise FileNotFoundError(f"no checkpoints in {directory}: train there first (python -m maepp.train)")
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; there are steps {sorted(steps)}")
+    target = {"params": abstract_params}
+    restored = ocp.PyTreeCheckpointer().restore(
+        directory / str(step) / "state",
+        args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+        ),
+    )
+    return step, restored["params"]

@@ -2,12 +2,19 @@
 
     DIR/params/       Orbax checkpoint of the parameter tree (float32)
     DIR/config.json   the experiment config the parameters belong to
+
+load_model() also reads a training workdir (DIR/config.json + DIR/checkpoints/<step>/).
 """
 import json
 import pathlib
 
+import flax.linen as nn
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from maepp import checkpoints
+from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 
 
 def save(directory, params, config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -35,3 +42,23 @@ def load(directory):
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     params = ocp.StandardCheckpointer().restore(directory / "params")
     return params, config
+
+
+def load_model(directory, step: int = None):
+    """A training workdir (newest checkpoint, or `step`) or a weights directory ->
+    (model, params on this host's first device, config, what was loaded, for messages)."""
+    directory = checkpoints.workdir_path(directory)
+    config_path = directory / "config.json"
+    if not config_path.exists():
+        raise FileNotFoundError(f"{config_path} not found: {directory} is neither a maepp training workdir "
+                                "nor a weights directory")
+    config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
+    model = MaskedAutoencoder(ModelSpec.from_config(config.model))
+    if not (directory / "checkpoints").exists():
+        params, _ = load(directory)
+        return model, params, config, str(directory)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shapes = jax.eval_shape(lambda rng: nn.meta.unbox(init_params(model, rng)), jax.random.key(0))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
+    step, params = checkpoints.restore_params(directory, abstract, step)
+    return model, params, config, f"{directory} step {step}"

@@ -7,11 +7,15 @@ import tempfile
 
 # One compilation cache for the whole session, shared with the maepp processes tests start:
 # they compile the same micro model again and again. Fresh per session, so nothing stale.
-os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="maepp-test-jax-cache-")
-atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# pytest-xdist's workers inherit the variable from the process that starts them, so they share it.
+if "MAEPP_TEST_JAX_CACHE" not in os.environ:
+    os.environ["MAEPP_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="maepp-test-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["MAEPP_TEST_JAX_CACHE"], ignore_errors=True)
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["MAEPP_TEST_JAX_CACHE"]
 
 import jax  # noqa: E402  (after the cache variable, which jax reads at import)
 import pytest  # noqa: E402
+from filelock import FileLock  # noqa: E402
 
 # Eight fake CPU devices for the sharding tests (STACK.md); set before any backend starts.
 jax.config.update("jax_num_cpu_devices", 8)
@@ -26,10 +30,17 @@ def repo_root():
 
 
 @pytest.fixture(scope="session")
-def trained_run(repo_root, tmp_path_factory):
-    """A micro run's workdir (maepp.train, tests/helpers.py TRAINED_RUN), made once per session."""
+def trained_run(repo_root, tmp_path_factory, worker_id):
+    """A micro run's workdir (maepp.train, tests/helpers.py TRAINED_RUN), made once per session
+    and shared by pytest-xdist's workers (the first to need it trains, the others wait)."""
     from tests.helpers import TRAINED_RUN, train
 
-    workdir = tmp_path_factory.mktemp("trained_run")
-    assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN)
+    session_dir = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # each worker has its own directory inside the session's
+        session_dir = session_dir.parent
+    workdir = session_dir / "trained_run"
+    with FileLock(str(session_dir / "trained_run.lock")):
+        if not (workdir / "trained").exists():
+            assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN)
+            (workdir / "trained").touch()
     return workdir

@@ -59,6 +59,11 @@ def _wav_declared_frames(data: bytes):
     return None
 
 
+def _reason(error: Exception) -> str:
+    """libsndfile's own message, without the in-memory file object's address it is prefixed with."""
+    return getattr(error, "error_string", None) or str(error)
+
+
 def decode_audio(data: bytes, name) -> np.ndarray:
     """The bytes of a wav/flac/ogg/mp3 file -> 16 kHz mono float32 [samples]; raises BadAudio."""
     try:
@@ -67,7 +72,7 @@ def decode_audio(data: bytes, name) -> np.ndarray:
             samples = f.read(dtype="float32", always_2d=True)
             sample_rate = f.samplerate
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise BadAudio(name, f"unreadable ({error})") from error
+        raise BadAudio(name, f"unreadable ({_reason(error)})") from error
     promised = max(declared, _wav_declared_frames(data) or 0)
     if len(samples) < promised:
         raise BadAudio(name, f"truncated ({len(samples)} of {promised} frames readable)")
@@ -83,7 +88,7 @@ def decode_segment(data: bytes, name, start: int, stop: int) -> np.ndarray:
             f.seek(start)
             samples = f.read(stop - start, dtype="float32")
     except (soundfile.LibsndfileError, RuntimeError) as error:
-        raise BadAudio(name, f"unreadable ({error})") from error
+        raise BadAudio(name, f"unreadable ({_reason(error)})") from error
     if len(samples) != stop - start:
         raise BadAudio(name, f"truncated ({len(samples)} of {stop - start} samples readable)")
     if not np.all(np.isfinite(samples)):

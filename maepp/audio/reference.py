@@ -4,18 +4,15 @@ PAPER.md, "Input": 16 kHz, n_fft 400, periodic Hann window 400, hop 160, 80 HTK 
 50-8000 Hz without filter normalisation, power 2, centred frames with reflect padding (as
 torchaudio), log(mel + float32 eps), then per-clip standardisation with the unbiased std.
 """
+import functools
+
 import librosa
 import numpy as np
 
-SAMPLE_RATE = 16000
-N_FFT = 400
-HOP = 160
-N_MELS = 80
-F_MIN, F_MAX = 50.0, 8000.0
-LOG_EPS = float(np.finfo(np.float32).eps)  # 1.1920929e-07
-STD_EPS = 1e-8
+from maepp.audio.constants import F_MAX, F_MIN, HOP, LOG_EPS, N_FFT, N_MELS, SAMPLE_RATE, STD_EPS
 
 
+@functools.cache
 def mel_filterbank() -> np.ndarray:
     """[N_FFT // 2 + 1, N_MELS] float32 HTK filterbank, no normalisation."""
     fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=F_MIN, fmax=F_MAX, htk=True, norm=None)

@@ -1,0 +1,88 @@
+"""Downstream evaluation: task layouts, probes, and the encoder against its references."""
+import json
+
+import numpy as np
+import pytest
+import soundfile
+
+from maepp import probes
+from maepp.tasks import load_task
+from tests.helpers import run_module, write_synthetic_task
+
+
+def _wav(path, seconds=0.3):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, np.zeros(int(seconds * 16000)), 16000)
+
+
+def test_labelled_folder_holds_out_a_fixed_fifth_of_train(tmp_path):
+    for split, n in (("train", 10), ("test", 3)):
+        for label in ("dog", "cat"):
+            for i in range(n):
+                _wav(tmp_path / split / label / f"{i}.wav")
+    task = load_task(tmp_path)
+    (fold,) = task.folds
+    assert task.labels == ["cat", "dog"] and not task.multilabel
+    assert len(fold.train) == 16 and len(fold.valid) == 4 and len(fold.test) == 6
+    assert not {p for p, _ in fold.train} & {p for p, _ in fold.valid}
+    assert ("train/dog/3.wav", ["dog"]) in fold.train + fold.valid
+    assert load_task(tmp_path).folds[0].valid == fold.valid  # fixed, not reshuffled
+
+
+def test_hear_kfold_task_rotates_test_and_valid_folds(tmp_path):
+    (tmp_path / "task_metadata.json").write_text(json.dumps(
+        dict(task_name="toy", prediction_type="multilabel", split_mode="new_split_kfold", nfolds=3,
+             embedding_type="scene")))
+    for i in range(3):
+        names = {f"f{i}_{j}.wav": ["a", "b"] if j else ["c"] for j in range(2)}
+        (tmp_path / f"fold{i:02d}.json").write_text(json.dumps(names))
+        for name in names:
+            _wav(tmp_path / "16000" / f"fold{i:02d}" / name)
+    task = load_task(tmp_path)
+    assert task.name == "toy" and task.multilabel and task.labels == ["a", "b", "c"]
+    assert len(task.folds) == 3 and len(task.paths()) == 6
+    second = task.folds[1]
+    assert {p for p, _ in second.test} == {"16000/fold01/f1_0.wav", "16000/fold01/f1_1.wav"}
+    assert {p for p, _ in second.valid} == {"16000/fold02/f2_0.wav", "16000/fold02/f2_1.wav"}
+    assert {p for p, _ in second.train} == {"16000/fold00/f0_0.wav", "16000/fold00/f0_1.wav"}
+
+
+def test_not_a_task_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="is not a task"):
+        load_task(tmp_path)
+
+
+def _blobs(n, separation, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n).astype(np.int32)
+    x = rng.normal(size=(n, 16)).astype(np.float32)
+    x[np.arange(n), y] += separation
+    return probes.Split(x, y)
+
+
+@pytest.mark.parametrize("settings", [probes.LINEAR, probes.HEAR_MLP], ids=["linear", "mlp"])
+def test_probes_learn_what_is_there_and_nothing_else(settings):
+    train, valid, test = (_blobs(n, 4.0, seed) for n, seed in ((300, 0), (100, 1), (200, 2)))
+    assert probes.evaluate_probe(train, valid, test, 3, False, settings, seed=0) > 0.95
+    noise = [probes.Split(s.x, np.random.default_rng(9).permutation(s.y)) for s in (train, valid, test)]
+    assert probes.evaluate_probe(*noise, 3, False, settings, seed=0) < 0.5  # chance is 1/3
+
+
+def test_scores_and_interval():
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.5]])
+    assert probes.score(logits, np.array([0, 1, 1]), multilabel=False) == pytest.approx(2 / 3)
+    labels = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
+    assert probes.score(logits, labels, multilabel=True) == pytest.approx(1.0)
+    mean, half = probes.mean_and_interval([0.8, 0.9, 1.0])
+    assert mean == pytest.approx(0.9) and half == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+
+
+def test_evaluate_cli_probes_a_trained_run_on_a_synthetic_task(repo_root, trained_run, tmp_path):
+    task = write_synthetic_task(tmp_path / "sounds", {"train": 12, "test": 6}, seconds=1.0)
+    out = run_module(repo_root, "maepp.evaluate", "--workdir", str(trained_run), "--task", str(task),
+                     "--seeds", "2", "--probes", "linear")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["task"] == "sounds" and result["metric"] == "accuracy" and result["clips"] == 90
+    assert len(result["linear"]["scores"]) == 2
+    assert result["linear"]["mean"] > 0.4  # 5 classes: chance is 0.2
+    assert (trained_run / "evaluations" / "sounds" / "encoder.npz").exists()

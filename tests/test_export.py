@@ -1,0 +1,131 @@
+"""Embeddings export: frame order, restartable export of many clips, the jax.export artifact."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from maepp import clip_export, embed, encoder, weights
+from maepp.audio.constants import SAMPLE_RATE
+from tests.helpers import model_and_params, spec_for
+
+
+def test_frame_t_is_made_of_time_step_t_only():
+    """With no attention (depth 0) a token sees only its own patch: changing log-mel frames
+    100-103 of a clip must change frame embedding 25 and nothing else, in the right chunk."""
+    model, params = model_and_params(spec_for(**{"encoder.depth": 0}))
+    embedder = encoder.local_embedder(model, params, batch_size=8)
+    log_mel = np.random.default_rng(0).normal(size=(450, 80)).astype(np.float32)
+    changed = log_mel.copy()
+    changed[300:304] += 1.0  # chunk 1 (frames 200-399), its time step 25 -> clip frame 75
+    before, after = embedder.frames_of_log_mels([log_mel, changed])
+    assert before.shape == (113, 5 * 64)  # ceil(450 / 4)
+    differs = np.flatnonzero(np.any(before != after, axis=1))
+    assert differs.tolist() == [75]
+
+
+def _write_clips(folder, n, seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        seconds = rng.uniform(0.3, 2.5)
+        tone = np.sin(2 * np.pi * rng.uniform(100, 4000) * np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE)
+        soundfile.write(folder / f"clip_{i:04d}.wav", (0.3 * tone + 0.01 * rng.normal(size=tone.shape)), SAMPLE_RATE)
+    (folder / "clip_0500.wav").write_bytes(b"RIFF not really a wav file")  # a corrupt clip mid-list
+
+
+@pytest.fixture(scope="module")
+def thousand_clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export") / "clips"
+    _write_clips(folder, 1000)
+    return folder
+
+
+def _export_command(run, clips, output, *extra):
+    return [sys.executable, "-m", "maepp.export", "--workdir", str(run), "--input", str(clips),
+            "--output", str(output), "--block_clips", "100", *extra]
+
+
+def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo_root, trained_run, thousand_clips,
+                                                                            tmp_path):
+    reference = tmp_path / "reference.npz"
+    subprocess.run(_export_command(trained_run, thousand_clips, reference), cwd=repo_root, check=True,
+                   capture_output=True)
+    output = tmp_path / "restarted.npz"
+    process = subprocess.Popen(_export_command(trained_run, thousand_clips, output), cwd=repo_root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = tmp_path / "restarted.npz.parts"
+    deadline = time.time() + 300
+    while not (parts / "block_000004.npz").exists():
+        assert process.poll() is None and time.time() < deadline, "the export ended before it could be killed"
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not output.exists() and not (parts / "block_000009.npz").exists()
+    assert not list(parts.glob("*.tmp"))  # a block is whole or absent
+    finished = subprocess.run(_export_command(trained_run, thousand_clips, output), cwd=repo_root, check=True,
+                              capture_output=True, text=True)
+    assert "999 clips embedded" in finished.stdout and "1 skipped" in finished.stdout
+    assert "clip_0500.wav" in finished.stderr  # the bad clip is named
+    got, want = np.load(output), np.load(reference)
+    assert sorted(got.files) == sorted(want.files)
+    for key in want.files:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    assert not parts.exists()
+    # Rows stay aligned with paths around the skipped clip.
+    assert got["embeddings"].shape == (999, 5 * 64) and "clip_0500.wav" not in got["paths"].tolist()
+    assert got["skipped_paths"].tolist() == ["clip_0500.wav"]
+    model, params, _, _ = weights.load_model(trained_run)
+    alone = encoder.local_embedder(model, params)
+    row = got["paths"].tolist().index("clip_0501.wav")
+    waveform, _ = soundfile.read(thousand_clips / "clip_0501.wav")
+    np.testing.assert_allclose(got["embeddings"][row], alone.scene(waveform), atol=1e-5)
+
+
+def test_timestamps_and_csv_input(trained_run, tmp_path):
+    clips = tmp_path / "few"
+    clips.mkdir()
+    rng = np.random.default_rng(1)
+    for name, seconds in (("a.wav", 0.5), ("b.flac", 3.3)):
+        soundfile.write(clips / name, 0.1 * rng.normal(size=int(seconds * SAMPLE_RATE)), SAMPLE_RATE)
+    (tmp_path / "list.csv").write_text("path,label\nfew/b.flac,x\nfew/a.wav,y\n")
+    model, params, _, _ = weights.load_model(trained_run)
+    embedder = encoder.local_embedder(model, params, batch_size=8)
+    source = clip_export.input_source(str(tmp_path / "list.csv"))
+    clip_export.export(source, embedder, tmp_path / "out.npz", timestamps=True)
+    out = np.load(tmp_path / "out.npz")
+    assert out["paths"].tolist() == ["few/b.flac", "few/a.wav"]
+    lengths = [int(np.ceil((1 + int(s * SAMPLE_RATE) // 160) / 4)) for s in (3.3, 0.5)]  # 83, 13
+    assert np.diff(out["frame_offsets"]).tolist() == lengths
+    first = out["timestamps_ms"][: lengths[0]]
+    np.testing.assert_allclose(first[:3], [15.0, 55.0, 95.0])
+    np.testing.assert_allclose(out["embeddings"][0], out["frame_embeddings"][: lengths[0]].mean(axis=0), rtol=1e-6)
+
+
+def test_artifact_runs_with_only_jax_and_numpy(repo_root, trained_run, tmp_path):
+    model, params, config, _ = weights.load_model(trained_run)
+    directory = encoder.write_artifact(tmp_path / "artifact", model, params, config)
+    with pytest.raises(FileExistsError):
+        encoder.write_artifact(directory, model, params, config)
+    waveform = np.random.default_rng(2).uniform(-1, 1, size=int(4.2 * SAMPLE_RATE))
+    np.save(tmp_path / "wave.npy", waveform)
+    want = encoder.local_embedder(model, params).frames(waveform)
+    # A fresh interpreter where the training stack cannot be imported at all.
+    script = f"""
+import sys
+for name in ("flax", "optax", "orbax", "tensorflow", "librosa", "maepp.models", "maepp.train"):
+    sys.modules[name] = None
+import numpy as np
+from maepp import embed
+frames = embed.load({str(directory)!r}).frames(np.load({str(tmp_path / "wave.npy")!r}))
+np.save({str(tmp_path / "frames.npy")!r}, frames)
+"""
+    subprocess.run([sys.executable, "-c", script], cwd=repo_root, check=True, capture_output=True)
+    got = np.load(tmp_path / "frames.npy")
+    assert got.shape == want.shape == (106, 5 * 64)  # ceil((1 + 67200 // 160) / 4)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert embed.load(directory).frame_size == 320
