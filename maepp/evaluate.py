@@ -13,7 +13,7 @@ import sys
 
 import flax.linen as nn
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 
 from maepp import checkpoints, downstream, weights
 from maepp.models import init_params
@@ -28,6 +28,7 @@ _PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linea
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
     del argv
     if not (_WORKDIR.value and _TASK.value):
         raise app.UsageError("--workdir and --task are required")

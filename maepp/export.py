@@ -13,7 +13,7 @@ with only jax and numpy installed.
 """
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from maepp import clip_export, encoder, weights
 
@@ -29,6 +29,7 @@ _ARTIFACT = flags.DEFINE_string("artifact", None, "Write the encoder artifact to
 
 
 def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
     del argv
     if not _WORKDIR.value or not (_ARTIFACT.value or (_INPUT.value and _OUTPUT.value)):
         raise app.UsageError("--workdir with --input and --output, or with --artifact, are required")

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import jax
@@ -136,10 +137,6 @@ def _two_processes(repo_root, workdir, launch, *overrides):
     return outputs[0][0]
 
 
-def _by_flags(i):
-    return ["--coordinator", "127.0.0.1:12461", "--num_processes", "2", "--process_id", str(i)], {}
-
-
 def _by_slurm_environment(i):
     """What srun sets for task i of a 2-task step on one node; JAX finds its coordinator from it
     (port 61440 + job id % 4096)."""
@@ -147,24 +144,41 @@ def _by_slurm_environment(i):
                     SLURM_PROCID=str(i), SLURM_LOCALID=str(i))
 
 
-def test_two_processes_train_checkpoint_and_resume_on_another_mesh(repo_root, tmp_path):
+def test_two_processes_survive_a_killed_process_and_resume_on_another_mesh(repo_root, tmp_path):
     workdir = tmp_path / "two_hosts"
     common = ["--config.warmup_steps=2", "--config.checkpoint_every=10", "--config.log_every=1",
               "--config.eval_every=10", "--config.data.eval_source=synthetic:40:1", "--config.eval_batch_size=16"]
-    out = _two_processes(repo_root, workdir, _by_flags, "--config.total_steps=10", "--config.mesh.data=8", *common)
-    assert "stopped at step 10" in out
+    # launch/local.sh: two processes of 4 fake devices, mesh (8, 1, 1); one is killed after the
+    # step-10 checkpoint, and the launcher stops the other instead of leaving it waiting.
+    launcher = subprocess.Popen(
+        ["bash", "launch/local.sh", "2", "--port", "12461", "--", "--config", "configs/audiomaepp.py:micro",
+         "--workdir", str(workdir), "--config.total_steps=1000", "--config.mesh.data=8", *common],
+        cwd=repo_root, env=dict(os.environ, PYTHON=sys.executable), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 400
+    while not (workdir / "checkpoints" / "10").exists():
+        assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:]
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
+    assert len(children) == 2
+    os.kill(int(children[1]), signal.SIGKILL)
+    _, err = launcher.communicate(timeout=60)
+    assert launcher.returncode != 0 and "stopping the others" in err
+    assert subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True).stdout == b""
     data = json.loads((workdir / "checkpoints" / "10" / "data" / "metadata").read_text())
     assert data["positions"] == [160, 160]  # each process: 10 steps x 16 clips, none bad
     # The (8, 1, 1) checkpoint continues on a (2, 4, 1) mesh (data parallel x FSDP), this time
     # with the processes joining through the Slurm environment instead of flags.
-    out = _two_processes(repo_root, workdir, _by_slurm_environment, "--config.total_steps=20",
+    out = _two_processes(repo_root, workdir, _by_slurm_environment, "--config.total_steps=30",
                          "--config.mesh.data=2", "--config.mesh.fsdp=4", *common)
-    assert "resumed from step 10" in out and "stopped at step 20" in out
+    resumed = int(out.split("resumed from step ")[1].split()[0])
+    assert resumed in (10, 20) and "stopped at step 30" in out
     losses = _losses(workdir)
-    assert sorted(losses) == list(range(1, 21)) and all(np.isfinite(list(losses.values())))
+    assert sorted(losses) == list(range(1, 31)) and all(np.isfinite(list(losses.values())))
     # 40 held-out clips, 20 per process in 2 batches of 8 plus one padded batch each.
-    assert sorted(_losses(workdir, "eval_loss")) == [10, 20]
-    assert sorted(p.name for p in (workdir / "pictures").iterdir()) == ["step_0000010.png", "step_0000020.png"]
+    assert sorted(_losses(workdir, "eval_loss")) == [10, 20, 30]
+    assert sorted(p.name for p in (workdir / "pictures").iterdir()) == [f"step_00000{s}.png" for s in (10, 20, 30)]
 
 
 def test_repeated_non_finite_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_path):

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# N maepp.train processes on this machine, each with its own fake CPU devices, joined through
+# jax.distributed with the coordinator on 127.0.0.1: a pod slice's code path on one host.
+#
+#   launch/local.sh NPROC [--devices 4] [--port 12470] [--dry-run] -- TRAIN_FLAGS...
+#   launch/local.sh 2 -- --config configs/audiomaepp.py:micro --workdir runs/local
+#
+# If one process fails, the others are stopped at once (rather than waiting for it inside a
+# collective until JAX's heartbeat times out) and the launcher exits with that failure.
+# Running the same command again resumes from the workdir's newest checkpoint.
+set -euo pipefail
+
+usage() {
+  echo "usage: $0 NPROC [--devices N] [--port PORT] [--dry-run] -- TRAIN_FLAGS..." >&2
+  exit 2
+}
+
+[[ $# -ge 1 && $1 =~ ^[1-9][0-9]*$ ]] || usage
+processes=$1
+shift
+devices=4
+port=12470
+dry_run=0
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --devices) devices=$2; shift 2 ;;
+    --port) port=$2; shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    --) shift; break ;;
+    *) usage ;;
+  esac
+done
+python=${PYTHON:-python3}
+
+pids=()
+for ((i = 0; i < processes; i++)); do
+  command=(env "XLA_FLAGS=--xla_force_host_platform_device_count=${devices}" "$python" -m maepp.train
+    --coordinator "127.0.0.1:${port}" --num_processes "$processes" --process_id "$i" "$@")
+  if ((dry_run)); then
+    printf '%q ' "${command[@]}"
+    printf '\n'
+  else
+    "${command[@]}" &
+    pids+=($!)
+  fi
+done
+((dry_run)) && exit 0
+
+for _ in "${pids[@]}"; do
+  status=0
+  wait -n || status=$?
+  if ((status != 0)); then
+    echo "local.sh: a training process exited with status ${status}; stopping the others" >&2
+    kill "${pids[@]}" 2>/dev/null || true
+    wait || true
+    exit "$status"
+  fi
+done
