@@ -1,0 +1,24 @@
+"""docs/scaling.md is what maepp.scaling computes, and its arithmetic holds."""
+import math
+
+from maepp import scaling
+
+
+def test_docs_scaling_md_regenerates(repo_root):
+    assert (repo_root / "docs" / "scaling.md").read_text() == scaling.report(), (
+        "docs/scaling.md is stale: run python -m maepp.scaling > docs/scaling.md")
+
+
+def test_state_bytes_follow_the_sharding_rules():
+    params = scaling._logical_params("base")
+    n = sum(math.prod(shape) for shape, _ in params)
+    replicated = scaling.state_bytes_per_device(params, dict(data=8, fsdp=1, model=1))
+    assert replicated == 16 * n  # 4 float32 copies, nothing split
+    fsdp = scaling.state_bytes_per_device(params, dict(data=1, fsdp=8, model=1))
+    # Every matrix has an embed axis: only norms, biases and tokens of other axes stay whole.
+    assert replicated / 8 <= fsdp < replicated / 7
+    mesh = scaling.recommended_mesh(params, 64, 16)
+    assert mesh["data"] * mesh["fsdp"] == 64
+    huge = scaling._logical_params("huge")
+    tight = scaling.recommended_mesh(huge, 64, 16)
+    assert tight["fsdp"] > 1 and scaling.state_bytes_per_device(huge, tight) <= 0.25 * 16 * 2**30
