@@ -19,6 +19,8 @@ $(STAMP): requirements.txt setup.py
 	# The [hear] extra's validator, without its dependencies: it asks for the `tensorflow`
 	# distribution, which tensorflow-cpu above provides under another name.
 	$(PY) -m pip install --quiet --no-deps hearvalidator==2021.0.2
+	# The [tpu] extra: libtpu (about 700 MB) for maepp.compile_check, at the version jax names.
+	$(PY) -m pip install --quiet "jax[tpu]==$$(sed -n 's/^jax==//p' requirements.txt)"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -27,7 +29,7 @@ train: $(STAMP)
 	$(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadfile tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 summary: $(STAMP)
 	$(PY) -m maepp.summary --config configs/audiomaepp.py:base

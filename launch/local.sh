@@ -51,7 +51,9 @@ for _ in "${pids[@]}"; do
   wait -n || status=$?
   if ((status != 0)); then
     echo "local.sh: a training process exited with status ${status}; stopping the others" >&2
-    kill "${pids[@]}" 2>/dev/null || true
+    # SIGKILL, not SIGTERM: on SIGTERM maepp.train saves a checkpoint, a collective that can
+    # never finish without the process that died.
+    kill -KILL "${pids[@]}" 2>/dev/null || true
     wait || true
     exit "$status"
   fi

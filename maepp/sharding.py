@@ -78,9 +78,17 @@ def create_sharded_state(model: MaskedAutoencoder, optimizer: optax.GradientTran
     Nothing is materialised whole on one device: init runs under jit with out_shardings, so
     each device computes only its part.
     """
-    params_sharding = param_shardings(model, mesh)
     init_state = functools.partial(create_state, model, optimizer)
-    abstract = jax.eval_shape(init_state, rng)
+    _, shardings = abstract_state(model, optimizer, mesh)
+    state = jax.jit(init_state, out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def abstract_state(model: MaskedAutoencoder, optimizer: optax.GradientTransformation, mesh):
+    """-> (state shapes as ShapeDtypeStructs carrying their shardings, the shardings); nothing
+    is allocated, so the mesh may be made of devices this host does not have (AOT compiles)."""
+    params_sharding = param_shardings(model, mesh)
+    abstract = jax.eval_shape(functools.partial(create_state, model, optimizer), jax.random.key(0))
     opt_sharding = optax.tree_map_params(
         optimizer,
         lambda _, sharding: sharding,
@@ -89,8 +97,8 @@ def create_sharded_state(model: MaskedAutoencoder, optimizer: optax.GradientTran
         transform_non_params=lambda _: replicated(mesh),
     )
     shardings = TrainState(step=replicated(mesh), params=params_sharding, opt_state=opt_sharding)
-    state = jax.jit(init_state, out_shardings=shardings)(rng)
-    return state, shardings
+    placed = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    return placed, shardings
 
 
 def global_batch(local_batch, mesh):

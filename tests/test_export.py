@@ -13,6 +13,9 @@ from maepp import clip_export, embed, encoder, weights
 from maepp.audio.constants import SAMPLE_RATE
 from tests.helpers import model_and_params, spec_for
 
+# One xdist worker runs this whole module, so its module fixture is built once.
+pytestmark = pytest.mark.xdist_group("export")
+
 
 def test_frame_t_is_made_of_time_step_t_only():
     """With no attention (depth 0) a token sees only its own patch: changing log-mel frames

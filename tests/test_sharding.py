@@ -8,6 +8,9 @@ from maepp.models import MaskedAutoencoder
 from maepp.train_step import make_train_step
 from tests.helpers import CONFIG_FILES, spec_for
 
+# One xdist worker runs this whole module, so its module fixture is built once.
+pytestmark = pytest.mark.xdist_group("sharding")
+
 MESHES = [(8, 1, 1), (2, 4, 1), (2, 2, 2)]
 
 

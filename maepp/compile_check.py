@@ -1,0 +1,121 @@
+r"""Ahead-of-time compile of the real train step for a TPU slice this machine does not have,
+and its memory per device against the chip's HBM.
+
+    python -m maepp.compile_check --config configs/audiomaepp.py:large --topology v5e:4x4 \
+        [--config.mesh.fsdp=4] [--json]
+
+Needs libtpu at the version jax's `tpu` extra names (pip install -e .[tpu]; `make test`
+installs it). The step is lowered with the config's mesh over the topology's abstract
+devices and compiled by libtpu on this CPU; XLA's memory_analysis() gives the per-device
+bytes. Exits 1, naming the config change to try, when the step does not fit.
+"""
+import dataclasses
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+# libtpu looks for a TPU VM's metadata at start-up; these say there is none to find, and this
+# process computes on the CPU: the TPU is only a compile target.
+os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
+os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
+os.environ["JAX_PLATFORMS"] = "cpu"
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compile checks may run at once
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import topologies  # noqa: E402
+
+from maepp import optim, sharding  # noqa: E402
+from maepp.models import MaskedAutoencoder, ModelSpec  # noqa: E402
+from maepp.train_step import make_train_step  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:large")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4, v4:2x2x2, v5p:2x2x4.")
+_JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
+
+GIB = 2**30
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+
+
+@dataclasses.dataclass
+class MemoryReport:
+    topology: str
+    devices: int
+    mesh: tuple
+    per_device_batch: int
+    arguments_bytes: int  # the train state's shards and the batch's
+    temporaries_bytes: int  # activations, gradients, optimizer temporaries
+    peak_bytes: int  # arguments + outputs - donated aliases + temporaries
+    hbm_gib: float
+
+    @property
+    def peak_gib(self) -> float:
+        return self.peak_bytes / GIB
+
+    @property
+    def fits(self) -> bool:
+        return self.peak_bytes <= self.hbm_gib * GIB
+
+
+def compile_train_step(config, topology: str) -> MemoryReport:
+    chip = topology.split(":")[0]
+    if chip not in HBM_GIB:
+        raise ValueError(f"topology {topology!r}: chip {chip!r} unknown; use one of {', '.join(HBM_GIB)}")
+    devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    mesh = sharding.make_mesh(config.mesh, devices)
+    model = MaskedAutoencoder(ModelSpec.from_config(config.model))
+    optimizer = optim.optimizer(config)
+    state, shardings = sharding.abstract_state(model, optimizer, mesh)
+    if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ValueError(f"config.batch_size {config.batch_size} does not divide over data x fsdp = "
+                         f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
+    batch = jax.ShapeDtypeStruct((config.batch_size, *model.spec.input_size), jnp.float32,
+                                 sharding=sharding.batch_sharding(mesh))
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
+    step = sharding.sharded_train_step(make_train_step(model, optimizer), shardings, mesh)
+    memory = step.lower(state, batch, rng).compile().memory_analysis()
+    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
+            + memory.temp_size_in_bytes)
+    return MemoryReport(
+        topology=topology, devices=len(devices), mesh=tuple(mesh.shape.values()),
+        per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),
+        arguments_bytes=memory.argument_size_in_bytes, temporaries_bytes=memory.temp_size_in_bytes,
+        peak_bytes=peak, hbm_gib=HBM_GIB[chip],
+    )
+
+
+def advice(report: MemoryReport) -> str:
+    data, fsdp, _ = report.mesh
+    return (f"it needs {report.peak_gib:.1f} GiB per device of {report.hbm_gib} GiB: shard the state further "
+            f"(--config.mesh.fsdp={fsdp * 2} --config.mesh.data={max(data // 2, 1)}), or halve the per-device batch "
+            f"({report.per_device_batch}) with --config.optimizer.accumulate_steps=2 and half --config.batch_size")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    if _CONFIG.value is None or not _TOPOLOGY.value:
+        raise app.UsageError("--config and --topology are required")
+    try:
+        report = compile_train_step(_CONFIG.value, _TOPOLOGY.value)
+    except ValueError as error:
+        sys.exit(f"maepp.compile_check: {error}")
+    if not _JSON.value:
+        print(f"{report.topology}: {report.devices} devices, mesh (data, fsdp, model) = {report.mesh}, "
+              f"{report.per_device_batch} examples per device")
+        print(f"per device: state and batch {report.arguments_bytes / GIB:.3f} GiB, temporaries "
+              f"{report.temporaries_bytes / GIB:.3f} GiB, peak {report.peak_gib:.3f} GiB of {report.hbm_gib} GiB HBM")
+    print(json.dumps(dict(dataclasses.asdict(report), peak_gib=round(report.peak_gib, 3), fits=report.fits)))
+    if not report.fits:
+        sys.exit(f"maepp.compile_check: the train step does not fit on {report.topology}: {advice(report)}")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
