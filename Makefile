@@ -25,8 +25,10 @@ $(STAMP): requirements.txt setup.py
 
 venv: $(STAMP)
 
+# The demo runs on the CPU; without JAX_PLATFORMS, JAX would first probe the libtpu installed
+# for compile_check and log its complaints about finding no TPU.
 train: $(STAMP)
-	$(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
+	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
