@@ -4,9 +4,12 @@ Features of every clip of the task are exported once (maepp/clip_export.py, rest
 probes are trained on them for several seeds. Two references put the encoder's numbers in
 context: the same architecture at random init, and per-band mean and std of the log-mel.
 """
+import flax.linen as nn
+import jax
 import numpy as np
 
 from maepp import clip_export, encoder, probes
+from maepp.models import init_params
 from maepp.embed import Embedder
 from maepp.tasks import Task
 
@@ -26,14 +29,15 @@ class LogMelStats:
         return [np.concatenate([m.mean(axis=0), m.std(axis=0)])[None].astype(np.float32) for m in log_mels]
 
 
-def features_embedder(kind: str, model, params, random_params):
-    trained = encoder.local_embedder(model, params)
+def features_embedder(kind: str, model, params):
+    """The features to probe: the trained encoder, the same encoder at random init (its
+    parameters made only when asked for), or the log-mel statistics."""
     if kind == "encoder":
-        return trained
+        return encoder.local_embedder(model, params)
     if kind == "random_init":
-        return encoder.local_embedder(model, random_params)
+        return encoder.local_embedder(model, nn.meta.unbox(init_params(model, jax.random.key(0))))
     if kind == "log_mel_stats":
-        return LogMelStats(trained)
+        return LogMelStats(encoder.local_embedder(model, params))
     raise ValueError(f"features {kind!r} not understood; use one of {', '.join(FEATURES)}")
 
 

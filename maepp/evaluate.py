@@ -11,12 +11,9 @@ RUN/evaluations/<task>/<features>.npz (restartable, and reused by a later run).
 import json
 import sys
 
-import flax.linen as nn
-import jax
 from absl import app, flags, logging
 
 from maepp import checkpoints, downstream, weights
-from maepp.models import init_params
 from maepp.tasks import load_task
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.")
@@ -35,8 +32,7 @@ def main(argv):
     try:
         task = load_task(_TASK.value)
         model, params, _, loaded = weights.load_model(_WORKDIR.value, _STEP.value)
-        random_params = nn.meta.unbox(init_params(model, jax.random.key(0)))
-        embedder = downstream.features_embedder(_FEATURES.value, model, params, random_params)
+        embedder = downstream.features_embedder(_FEATURES.value, model, params)
         directory = checkpoints.workdir_path(_WORKDIR.value) / "evaluations" / task.name
         directory.mkdir(parents=True, exist_ok=True)
         features = downstream.task_features(task, embedder, directory / f"{_FEATURES.value}.npz", sys.stderr)

@@ -100,6 +100,7 @@ def train(config, workdir) -> dict:
         ))
     held_out = HeldOutEvaluation(config, model, mesh, state_shardings.params) if config.data.eval_source else None
 
+    schedule = optim.schedule(config)  # for the logged learning rate
     base_rng = jax.random.key(config.seed + 1)
     nonfinite_in_a_row, metrics = 0, {}
     step = first_step - 1
@@ -115,7 +116,7 @@ def train(config, workdir) -> dict:
         if step % config.log_every == 0 or step == first_step or skipped:
             scalars = {k: float(v) for k, v in metrics.items()}
             update = (step - 1) // config.optimizer.accumulate_steps
-            scalars.update(learning_rate=float(optim.schedule(config)(update)), skipped_clips=report.skips)
+            scalars.update(learning_rate=float(schedule(update)), skipped_clips=report.skips)
             writer.write_scalars(step, scalars)
         preempted = bool(stop) or ckpt.reached_preemption(step)
         if nonfinite_in_a_row >= config.max_nonfinite_steps:
