@@ -28,4 +28,4 @@ def test_summary_flops_follow_the_overrides(repo_root):
     base = flops()
     # A lower mask ratio means more visible tokens in the encoder: more work.
     assert flops("--config.model.mask_ratio=0.5") > 1.5 * base
-    assert base / 1e9 == pytest.approx(63.03, abs=0.01)
+    assert base / 1e9 == pytest.approx(62.67, abs=0.01)

@@ -54,7 +54,8 @@ def forward_flops(spec: ModelSpec) -> dict:
     Counted: every matrix multiply as 2*m*n*k (patch embedding of the visible patches, q/k/v,
     scores, attention-weighted values, output projections, FFN/SwiGLU, decoder embedding and
     prediction head), over the sequence lengths the model really runs: CLS + visible tokens in
-    the encoder, CLS + all tokens in the decoder. Not counted: LayerNorm, softmax, activations,
+    the encoder and the decoder embedding (mask tokens join after it), CLS + all tokens in the
+    decoder blocks and head. Not counted: LayerNorm, softmax, activations,
     additions, gathers (together well under 1% at base size).
     """
     cls = int(spec.use_cls_token)
@@ -62,7 +63,7 @@ def forward_flops(spec: ModelSpec) -> dict:
     return dict(
         patch_embed=2 * spec.n_visible * spec.patch_dim * spec.width,
         encoder=spec.depth * _block_forward_flops(spec.block_type, n_enc, spec.width),
-        decoder_embed=2 * n_dec * spec.width * spec.decoder_width,
+        decoder_embed=2 * n_enc * spec.width * spec.decoder_width,
         decoder=spec.decoder_depth * _block_forward_flops(spec.block_type, n_dec, spec.decoder_width),
         decoder_pred=2 * n_dec * spec.decoder_width * spec.patch_dim,
     )

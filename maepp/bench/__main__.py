@@ -1,0 +1,3 @@
+from maepp.bench import run
+
+run()

@@ -1,0 +1,112 @@
+"""`python -m maepp.bench step`: the real sharded train step (maepp.train_step, jitted as
+maepp.train runs it) on every device this process sees, timed on a device-resident batch of
+random log-mels, and its model FLOP utilisation against the chip's bfloat16 peak.
+
+    python -m maepp.bench step --config configs/audiomaepp.py:base --config.batch_size=256 \
+        [--config.model.dtype=bfloat16] [--steps 20] [--json]
+
+The input pipeline is left out on purpose: this is the ceiling the accelerator sets, which
+`maepp.bench data` then has to feed. Model FLOPs are counted from the traced model
+(maepp.models.counts, which tests/test_flops.py holds to the traced model exactly); XLA's own count of the compiled step is printed beside them. On the CPU the two
+agree (tests/test_flops.py); on a GPU, XLA's count leaves out the matrix products it hands to
+cuBLAS, so there it is far lower and says nothing about MFU.
+"""
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from maepp import optim, sharding
+from maepp.bench.report import report
+from maepp.models import MaskedAutoencoder, ModelSpec
+from maepp.models.counts import train_flops_per_example
+from maepp.train_step import make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/audiomaepp.py:base", "Experiment config.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps, after two warm-up steps.")
+
+# Dense bfloat16 matrix peak per chip, FLOP/s (vendor datasheets; H100/H200 SXM without
+# sparsity). MFU is quoted against this peak whatever the compute dtype, as is customary.
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+}
+
+
+def peak_flops(device_kind: str):
+    """The table's peak for a jax device_kind ("NVIDIA H100 80GB HBM3", "TPU v4", ...), or None."""
+    for name, peak in PEAK_BF16_FLOPS.items():
+        if name.lower() in device_kind.lower():
+            return peak
+    return None
+
+
+def _xla_flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis.get("flops", float("nan")))
+
+
+def bench_step(config, n_steps: int) -> dict:
+    devices = jax.devices()
+    mesh = sharding.make_mesh(config.mesh, devices)
+    model = MaskedAutoencoder(ModelSpec.from_config(config.model))
+    optimizer = optim.optimizer(config)
+    state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
+    batch_shape = (config.batch_size, *model.spec.input_size)  # [B, 200, 80]
+    batch = jax.device_put(np.random.default_rng(0).standard_normal(batch_shape, np.float32),
+                           sharding.batch_sharding(mesh))
+    step = sharding.sharded_train_step(make_train_step(model, optimizer), shardings, mesh)
+    rngs = [jax.device_put(jax.random.key(i), sharding.replicated(mesh)) for i in range(n_steps + 2)]
+
+    start = time.perf_counter()
+    compiled = step.lower(state, batch, rngs[0]).compile()
+    compile_s = time.perf_counter() - start
+    for rng in rngs[:2]:  # warm-up: first-run allocations and autotuning are not the step
+        state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for rng in rngs[2:]:
+        state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - start) / n_steps
+
+    model_flops = train_flops_per_example(model.spec) * config.batch_size
+    memory = compiled.memory_analysis()
+    peak = peak_flops(devices[0].device_kind)
+    achieved = model_flops / step_s / len(devices)
+    return dict(
+        width=model.spec.width, depth=model.spec.depth, dtype=config.model.dtype,
+        devices=f"{len(devices)} x {devices[0].device_kind}", mesh=list(mesh.shape.values()),
+        global_batch=config.batch_size, steps=n_steps, compile_s=round(compile_s, 1),
+        step_ms=round(step_s * 1e3, 2), clips_per_s=round(config.batch_size / step_s, 1),
+        model_tflop_per_step=round(model_flops / 1e12, 4),
+        xla_tflop_per_step=round(_xla_flops(compiled) / 1e12, 4),
+        achieved_tflops_per_device=round(achieved / 1e12, 2),
+        peak_bf16_tflops_per_device=peak and peak / 1e12,
+        mfu=peak and round(achieved / peak, 4),
+        memory_gib_per_device=memory and round((memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30, 3),
+        final_loss=float(metrics["loss"]),
+    )
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    if _STEPS.value < 1:
+        raise app.UsageError("--steps must be at least 1")
+    r = bench_step(_CONFIG.value, _STEPS.value)
+    mfu = f"MFU {r['mfu']:.1%} of {r['peak_bf16_tflops_per_device']:.0f} TFLOP/s" if r["mfu"] else "MFU n/a (no peak known)"
+    report(r,
+           f"train step, width {r['width']} depth {r['depth']} {r['dtype']}, global batch {r['global_batch']} "
+           f"on {r['devices']}, mesh {r['mesh']}: {r['step_ms']} ms ({r['clips_per_s']} clips/s)",
+           f"model {r['model_tflop_per_step']} TFLOP per step (XLA counts {r['xla_tflop_per_step']}): "
+           f"{r['achieved_tflops_per_device']} TFLOP/s per device, {mfu}")
