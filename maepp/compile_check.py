@@ -10,8 +10,10 @@ devices and compiled by libtpu on this CPU; XLA's memory_analysis() gives the pe
 bytes. Exits 1, naming the config change to try, when the step does not fit.
 """
 import dataclasses
+import importlib.util
 import json
 import os
+import pathlib
 import sys
 
 from absl import app, flags, logging
@@ -23,6 +25,15 @@ os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5litepod-4")
 os.environ["TPU_WORKER_HOSTNAMES"] = "localhost"
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compile checks may run at once
+# With no GPU to time candidates on, XLA's GPU compiler cannot autotune: take cuBLAS's default
+# GEMM algorithms instead of Triton tilings it would have to pick by timing (without this flag it
+# fails: "Couldn't find output tile sizes"). The flags mean nothing to the TPU and CPU compilers.
+os.environ["XLA_FLAGS"] = " ".join(
+    [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"]
+).strip()
+PLUGIN_DIR = pathlib.Path(os.environ.get("MAEPP_AOT_PLUGINS", pathlib.Path(__file__).parents[1] / ".venv" / "aot-plugins"))
+if PLUGIN_DIR.is_dir():
+    sys.path.insert(0, str(PLUGIN_DIR))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -37,7 +48,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4, v4:2
 _JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
 
 GIB = 2**30
-HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32}
+HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80}
+GPU_TARGETS = {"h100": pathlib.Path(__file__).parent / "targets" / "h100.pbtxt"}
 
 
 @dataclasses.dataclass
@@ -60,11 +72,26 @@ class MemoryReport:
         return self.peak_bytes <= self.hbm_gib * GIB
 
 
-def compile_train_step(config, topology: str) -> MemoryReport:
-    chip = topology.split(":")[0]
+def abstract_devices(topology: str) -> list:
+    """Devices of a TPU slice ("v5e:4x4") or of one node of N GPUs ("h100:8"), for compiling only."""
+    chip, _, shape = topology.partition(":")
     if chip not in HBM_GIB:
         raise ValueError(f"topology {topology!r}: chip {chip!r} unknown; use one of {', '.join(HBM_GIB)}")
-    devices = topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    plugin, extra = ("jax_plugins.xla_cuda12", "gpu-aot") if chip in GPU_TARGETS else ("libtpu", "tpu")
+    if importlib.util.find_spec(plugin) is None:
+        raise ValueError(f"compiling for {chip} needs {plugin}, which is not installed: run make (it installs "
+                         f"it into {PLUGIN_DIR}) or pip install -e .[{extra}]")
+    if chip in GPU_TARGETS:
+        if not shape.isdigit():
+            raise ValueError(f"topology {topology!r}: name the GPU count, e.g. {chip}:8")
+        return topologies.get_topology_desc(platform="cuda", topology_name="", topology=f"1x1x{shape}",
+                                            target_config=GPU_TARGETS[chip].read_text()).devices
+    return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+
+
+def compile_train_step(config, topology: str) -> MemoryReport:
+    chip = topology.split(":")[0]
+    devices = abstract_devices(topology)
     mesh = sharding.make_mesh(config.mesh, devices)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     optimizer = optim.optimizer(config)

@@ -1,16 +1,25 @@
 r"""docs/scaling.md: memory of the train state per device, and the recommended meshes.
 
     python -m maepp.scaling > docs/scaling.md
+    python -m maepp.scaling --check 8xH100 [--sizes base,large] >> docs/scaling_checks.jsonl
+
+--check compiles the train step ahead of time (maepp.compile_check) on each size's recommended
+mesh for that hardware and prints one JSON line per size; docs/scaling.md shows the lines
+collected in docs/scaling_checks.jsonl beside what the table predicts.
 
 Computed from the real parameter shapes (eval_shape, nothing allocated) and their logical axis
 names mapped by maepp.sharding.LOGICAL_RULES, so the table follows the model code. A test
 checks that the committed file is what this prints.
 """
+import json
 import math
+import pathlib
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
-from absl import app
+from absl import app, flags
 
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 from maepp.models.sizes import ENCODER_SIZES, model_config
@@ -25,6 +34,13 @@ STATE_COPIES = 4
 # The state may take this share of a device's memory; activations and XLA's buffers get the rest.
 STATE_SHARE = 0.25
 GLOBAL_BATCH = 1024
+# The compile targets of maepp.compile_check for the hardware above. v4 is missing: libtpu
+# describes a v4 slice per TensorCore, and jax.make_mesh wants one device per chip.
+TOPOLOGIES = {"v5e-64": "v5e:8x8", "v5p-128": "v5p:4x4x4", "8xH100": "h100:8"}
+CHECKS = pathlib.Path("docs/scaling_checks.jsonl")
+
+_CHECK = flags.DEFINE_enum("check", None, list(TOPOLOGIES), "Compile the recommended meshes for this hardware.")
+_SIZES = flags.DEFINE_list("sizes", SIZES, "Sizes to --check.")
 
 
 def _logical_params(size: str):
@@ -58,6 +74,58 @@ def recommended_mesh(params, devices: int, memory_gib: float) -> dict:
     ):
         fsdp *= 2
     return dict(data=devices // fsdp, fsdp=fsdp, model=1)
+
+
+def predicted_arguments_bytes(params, mesh: dict) -> int:
+    """What the compiled step's arguments should take per device: the state's shards without
+    the gradients (3 of the 4 copies: they are not arguments) plus the global batch's shard."""
+    per_device_batch = GLOBAL_BATCH // (mesh["data"] * mesh["fsdp"])
+    return state_bytes_per_device(params, mesh) * 3 // 4 + per_device_batch * 200 * 80 * 4
+
+
+def check(hardware: str, sizes) -> list:
+    """compile_check's report for each size on its recommended mesh (a subprocess each: the
+    compilers it loads are kept out of this process)."""
+    devices, memory = HARDWARE[hardware]
+    reports = []
+    for size in sizes:
+        mesh = recommended_mesh(_logical_params(size), devices, memory)
+        result = subprocess.run(
+            [sys.executable, "-m", "maepp.compile_check", "--config", f"configs/audiomaepp.py:{size}",
+             "--topology", TOPOLOGIES[hardware], f"--config.mesh.data={mesh['data']}",
+             f"--config.mesh.fsdp={mesh['fsdp']}", f"--config.batch_size={GLOBAL_BATCH}", "--json"],
+            capture_output=True, text=True)
+        lines = result.stdout.strip().splitlines()
+        if not lines:  # a compile that failed outright, not one that does not fit
+            raise RuntimeError(f"compile_check for {size} on {hardware} failed:\n{result.stderr[-2000:]}")
+        reports.append(dict(hardware=hardware, size=size, **json.loads(lines[-1])))
+    return reports
+
+
+def _checks_section(all_params) -> list:
+    if not CHECKS.exists():
+        return []
+    lines = [
+        "## Checked by compiling",
+        "",
+        f"`python -m maepp.scaling --check HARDWARE` compiled the train step at global batch {GLOBAL_BATCH}",
+        "on these recommended meshes with `maepp.compile_check` (libtpu, or XLA's GPU compiler with",
+        "`maepp/targets/h100.pbtxt`) and read XLA's `memory_analysis()` per device. Arguments are the",
+        "state's shards (without gradients) and the batch's; the prediction is this page's count of",
+        "them. Peak adds activations and temporaries, which the table above does not count.",
+        "",
+        "| hardware | size | mesh | batch per device | arguments (GiB) | predicted (GiB) | difference | peak (GiB) | fits |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for line in CHECKS.read_text().splitlines():
+        r = json.loads(line)
+        mesh = dict(zip(("data", "fsdp", "model"), r["mesh"]))
+        predicted = predicted_arguments_bytes(all_params[r["size"]], mesh)
+        lines.append(
+            f"| {r['hardware']} | {r['size']} | ({r['mesh'][0]},{r['mesh'][1]},{r['mesh'][2]}) | {r['per_device_batch']} "
+            f"| {r['arguments_bytes'] / GIB:.3f} | {predicted / GIB:.3f} | {r['arguments_bytes'] / predicted - 1:+.1%} "
+            f"| {r['peak_bytes'] / GIB:.2f} of {r['hbm_gib']} | {'yes' if r['fits'] else 'NO'} |")
+    return lines + [""]
 
 
 def report() -> str:
@@ -123,11 +191,15 @@ def report() -> str:
         "peak rate linearly, lr = 1.5e-4 x B / 256, as `maepp.optim.learning_rate` does.",
         "",
     ]
-    return "\n".join(lines)
+    return "\n".join(lines + _checks_section(all_params))
 
 
 def main(argv):
     del argv
+    if _CHECK.value:
+        for result in check(_CHECK.value, _SIZES.value):
+            print(json.dumps(result), flush=True)
+        return
     print(report(), end="")
 
 

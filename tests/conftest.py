@@ -12,7 +12,7 @@ if "MAEPP_TEST_JAX_CACHE" not in os.environ:
     os.environ["MAEPP_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="maepp-test-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["MAEPP_TEST_JAX_CACHE"], ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["MAEPP_TEST_JAX_CACHE"]
-# Tests compute on the CPU; with libtpu installed (for the AOT compile test) JAX would probe for a TPU.
+# Tests compute on the CPU (8 fake devices), also on a machine that has an accelerator.
 os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402  (after the cache variable, which jax reads at import)
