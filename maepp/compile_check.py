@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import sys
 
 from absl import app, flags, logging
@@ -49,6 +50,7 @@ _JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
 
 GIB = 2**30
 HBM_GIB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80}
+MEGACORE_CHIPS = ("v4", "v5p")
 GPU_TARGETS = {"h100": pathlib.Path(__file__).parent / "targets" / "h100.pbtxt"}
 
 
@@ -58,9 +60,10 @@ class MemoryReport:
     devices: int
     mesh: tuple
     per_device_batch: int
-    arguments_bytes: int  # the train state's shards and the batch's
+    arguments_bytes: int | None  # the train state's shards and the batch's (None: refused, see below)
     temporaries_bytes: int  # activations, gradients, optimizer temporaries
-    peak_bytes: int  # arguments + outputs - donated aliases + temporaries
+    peak_bytes: int  # arguments + outputs - donated aliases + temporaries; the temporaries alone
+    # when libtpu refused the program as over HBM (a lower bound)
     hbm_gib: float
 
     @property
@@ -86,7 +89,10 @@ def abstract_devices(topology: str) -> list:
             raise ValueError(f"topology {topology!r}: name the GPU count, e.g. {chip}:8")
         return topologies.get_topology_desc(platform="cuda", topology_name="", topology=f"1x1x{shape}",
                                             target_config=GPU_TARGETS[chip].read_text()).devices
-    return topologies.get_topology_desc(platform="tpu", topology_name=topology).devices
+    # v4 and v5p chips hold two TensorCores that JAX drives as one device ("megacore"), as on a
+    # real slice; libtpu's default description lists each core.
+    options = dict(chip_config_name="megacore") if chip in MEGACORE_CHIPS else {}
+    return topologies.get_topology_desc(platform="tpu", topology_name=topology, **options).devices
 
 
 def compile_train_step(config, topology: str) -> MemoryReport:
@@ -103,22 +109,33 @@ def compile_train_step(config, topology: str) -> MemoryReport:
                                  sharding=sharding.batch_sharding(mesh))
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
     step = sharding.sharded_train_step(make_train_step(model, optimizer), shardings, mesh)
-    memory = step.lower(state, batch, rng).compile().memory_analysis()
+    common = dict(topology=topology, devices=len(devices), mesh=tuple(mesh.shape.values()),
+                  per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),
+                  hbm_gib=HBM_GIB[chip])
+    try:
+        memory = step.lower(state, batch, rng).compile().memory_analysis()
+    except jax.errors.JaxRuntimeError as error:
+        # libtpu refuses a program over HBM at compile time, naming only its temporaries.
+        over = re.search(r"RESOURCE_EXHAUSTED: .*HLO temporaries \(([\d.]+)G\)", str(error))
+        if not over:
+            raise
+        temporaries = int(float(over.group(1)) * GIB)
+        return MemoryReport(**common, arguments_bytes=None, temporaries_bytes=temporaries, peak_bytes=temporaries)
     peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
             + memory.temp_size_in_bytes)
-    return MemoryReport(
-        topology=topology, devices=len(devices), mesh=tuple(mesh.shape.values()),
-        per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),
-        arguments_bytes=memory.argument_size_in_bytes, temporaries_bytes=memory.temp_size_in_bytes,
-        peak_bytes=peak, hbm_gib=HBM_GIB[chip],
-    )
+    return MemoryReport(**common, arguments_bytes=memory.argument_size_in_bytes,
+                        temporaries_bytes=memory.temp_size_in_bytes, peak_bytes=peak)
 
 
 def advice(report: MemoryReport) -> str:
     data, fsdp, _ = report.mesh
-    return (f"it needs {report.peak_gib:.1f} GiB per device of {report.hbm_gib} GiB: shard the state further "
-            f"(--config.mesh.fsdp={fsdp * 2} --config.mesh.data={max(data // 2, 1)}), or halve the per-device batch "
-            f"({report.per_device_batch}) with --config.optimizer.accumulate_steps=2 and half --config.batch_size")
+    shard = (f"shard the state further (--config.mesh.fsdp={fsdp * 2} --config.mesh.data={max(data // 2, 1)})")
+    halve = (f"halve the per-device batch ({report.per_device_batch}) with --config.optimizer.accumulate_steps=2 "
+             f"and half --config.batch_size")
+    # Whichever is larger, the state (arguments) or the activations (temporaries), goes first.
+    state_first = report.arguments_bytes is not None and report.arguments_bytes > report.temporaries_bytes
+    first, second = (shard, halve) if state_first else (halve, shard)
+    return f"it needs {report.peak_gib:.1f} GiB per device of {report.hbm_gib} GiB: {first}, or {second}"
 
 
 def main(argv):
@@ -133,8 +150,12 @@ def main(argv):
     if not _JSON.value:
         print(f"{report.topology}: {report.devices} devices, mesh (data, fsdp, model) = {report.mesh}, "
               f"{report.per_device_batch} examples per device")
-        print(f"per device: state and batch {report.arguments_bytes / GIB:.3f} GiB, temporaries "
-              f"{report.temporaries_bytes / GIB:.3f} GiB, peak {report.peak_gib:.3f} GiB of {report.hbm_gib} GiB HBM")
+        if report.arguments_bytes is None:
+            print(f"per device: libtpu refused the program: its temporaries alone take "
+                  f"{report.temporaries_bytes / GIB:.3f} GiB of {report.hbm_gib} GiB HBM")
+        else:
+            print(f"per device: state and batch {report.arguments_bytes / GIB:.3f} GiB, temporaries "
+                  f"{report.temporaries_bytes / GIB:.3f} GiB, peak {report.peak_gib:.3f} GiB of {report.hbm_gib} GiB HBM")
     print(json.dumps(dict(dataclasses.asdict(report), peak_gib=round(report.peak_gib, 3), fits=report.fits)))
     if not report.fits:
         sys.exit(f"maepp.compile_check: the train step does not fit on {report.topology}: {advice(report)}")

@@ -59,6 +59,30 @@ def test_micro_compiles_for_v5e_2x2_and_its_state_is_sharded(repo_root):
     assert expected <= report["arguments_bytes"] <= 2 * expected
 
 
+@needs_libtpu
+def test_a_step_over_hbm_exits_1_and_names_the_config_change(repo_root):
+    result = subprocess.run([sys.executable, "-m", "maepp.compile_check", "--config", "configs/audiomaepp.py:micro",
+                             "--topology", "v5e:2x2", "--config.batch_size=65536", "--json"],
+                            cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # libtpu refuses the program at compile time; its activations alone are over 16 GiB.
+    assert not report["fits"] and report["arguments_bytes"] is None and report["peak_gib"] > 16
+    # Activations dominate, so the advice starts with a smaller per-device batch.
+    assert "does not fit on v5e:2x2: it needs" in result.stderr
+    assert result.stderr.index("accumulate_steps=2") < result.stderr.index("--config.mesh.fsdp=2")
+
+
+@needs_libtpu
+def test_v4_and_v5p_slices_have_one_device_per_chip_as_jax_sees_them(repo_root):
+    # v4-8 is 4 chips of 2 TensorCores; JAX on the slice sees 4 devices (megacore), and so must
+    # the compile target, or jax.make_mesh refuses the mesh.
+    program = ("import maepp.compile_check as c; "
+               "print(*(len(c.abstract_devices(t)) for t in ('v4:2x2x1', 'v5p:2x2x2', 'v5e:2x2')))")
+    result = subprocess.run([sys.executable, "-c", program], cwd=repo_root, capture_output=True, text=True)
+    assert result.stdout.split() == ["4", "8", "4"], result.stderr[-2000:]
+
+
 @pytest.mark.parametrize("topology, message", [("v9x:2x2", "chip 'v9x' unknown"), ("h100:x8", "name the GPU count")])
 def test_an_unknown_target_is_a_clear_error(repo_root, topology, message):
     result = subprocess.run([sys.executable, "-m", "maepp.compile_check", "--config", "configs/audiomaepp.py:micro",
