@@ -1,13 +1,20 @@
-r"""Ahead-of-time compile of the real train step for a TPU slice this machine does not have,
+r"""Ahead-of-time compile of the real train step for accelerators this machine does not have,
 and its memory per device against the chip's HBM.
 
     python -m maepp.compile_check --config configs/audiomaepp.py:large --topology v5e:4x4 \
         [--config.mesh.fsdp=4] [--json]
+    python -m maepp.compile_check --config configs/audiomaepp.py:base --topology h100:8
 
-Needs libtpu at the version jax's `tpu` extra names (pip install -e .[tpu]; `make test`
-installs it). The step is lowered with the config's mesh over the topology's abstract
-devices and compiled by libtpu on this CPU; XLA's memory_analysis() gives the per-device
-bytes. Exits 1, naming the config change to try, when the step does not fit.
+TPU slices (v4, v5e, v5p, v6e) need libtpu at the version jax's `tpu` extra names; H100s
+(h100:N, N GPUs of one node) need jax's CUDA plugin at jax's version. `make` installs both into
+.venv/aot-plugins, which only this module puts on its path, so no other program loads them
+(`pip install -e .[tpu,gpu-aot]` puts them in the environment instead). The step is lowered
+with the config's mesh over the topology's abstract devices and compiled on this CPU: by
+libtpu, or by XLA's GPU compiler against maepp/targets/h100.pbtxt, the description XLA wrote
+of a real H100 80GB HBM3 (less the fields this jaxlib does not parse). XLA's memory_analysis()
+gives the per-device bytes. Exits 1, naming the config change to try, when the step does not
+fit: libtpu refuses such a program itself; XLA's GPU compiler does not, so the peak is compared
+with HBM here.
 """
 import dataclasses
 import importlib.util
@@ -45,7 +52,7 @@ from maepp.models import MaskedAutoencoder, ModelSpec  # noqa: E402
 from maepp.train_step import make_train_step  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:large")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice, e.g. v5e:4x4, v4:2x2x2, v5p:2x2x4.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice (v5e:4x4, v4:2x2x2, v5p:2x2x4) or GPUs of one node (h100:8).")
 _JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
 
 GIB = 2**30
