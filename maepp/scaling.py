@@ -83,11 +83,10 @@ def predicted_arguments_bytes(params, mesh: dict) -> int:
     return state_bytes_per_device(params, mesh) * 3 // 4 + per_device_batch * 200 * 80 * 4
 
 
-def check(hardware: str, sizes) -> list:
-    """compile_check's report for each size on its recommended mesh (a subprocess each: the
-    compilers it loads are kept out of this process)."""
+def check(hardware: str, sizes):
+    """Yields compile_check's report for each size on its recommended mesh, as each finishes (a
+    subprocess each: the compilers it loads are kept out of this process)."""
     devices, memory = HARDWARE[hardware]
-    reports = []
     for size in sizes:
         mesh = recommended_mesh(_logical_params(size), devices, memory)
         result = subprocess.run(
@@ -98,8 +97,7 @@ def check(hardware: str, sizes) -> list:
         lines = result.stdout.strip().splitlines()
         if not lines:  # a compile that failed outright, not one that does not fit
             raise RuntimeError(f"compile_check for {size} on {hardware} failed:\n{result.stderr[-2000:]}")
-        reports.append(dict(hardware=hardware, size=size, **json.loads(lines[-1])))
-    return reports
+        yield dict(hardware=hardware, size=size, **json.loads(lines[-1]))
 
 
 def _checks_section(all_params) -> list:
