@@ -19,6 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maepp import optim, sharding
+from maepp.peaks import peak_flops
 from maepp.bench.report import report
 from maepp.models import MaskedAutoencoder, ModelSpec
 from maepp.models.counts import train_flops_per_example
@@ -26,28 +27,6 @@ from maepp.train_step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/audiomaepp.py:base", "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps, after two warm-up steps.")
-
-# Dense bfloat16 matrix peak per chip, FLOP/s (vendor datasheets; H100/H200 SXM without
-# sparsity). MFU is quoted against this peak whatever the compute dtype, as is customary.
-PEAK_BF16_FLOPS = {
-    "H100": 989e12,
-    "H200": 989e12,
-    "A100": 312e12,
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-}
-
-
-def peak_flops(device_kind: str):
-    """The table's peak for a jax device_kind ("NVIDIA H100 80GB HBM3", "TPU v4", ...), or None."""
-    for name, peak in PEAK_BF16_FLOPS.items():
-        if name.lower() in device_kind.lower():
-            return peak
-    return None
-
 
 def _xla_flops(compiled) -> float:
     analysis = compiled.cost_analysis()
