@@ -76,10 +76,10 @@ def recommended_mesh(params, devices: int, memory_gib: float) -> dict:
     return dict(data=devices // fsdp, fsdp=fsdp, model=1)
 
 
-def predicted_arguments_bytes(params, mesh: dict) -> int:
+def predicted_arguments_bytes(params, mesh: dict, global_batch: int = GLOBAL_BATCH) -> int:
     """What the compiled step's arguments should take per device: the state's shards without
     the gradients (3 of the 4 copies: they are not arguments) plus the global batch's shard."""
-    per_device_batch = GLOBAL_BATCH // (mesh["data"] * mesh["fsdp"])
+    per_device_batch = global_batch // (mesh["data"] * mesh["fsdp"])
     return state_bytes_per_device(params, mesh) * 3 // 4 + per_device_batch * 200 * 80 * 4
 
 

@@ -25,14 +25,6 @@ needs_cuda_plugin = pytest.mark.skipif(not _installed("jax_plugins/xla_cuda12"),
                                        reason="jax's CUDA plugin (the [gpu-aot] extra) is not installed")
 
 
-def _table_arguments_bytes(size, mesh, global_batch):
-    """What the compiled step's arguments should take per device by scaling's count: the state's
-    shards (params and two Adam moments: 3 of scaling's 4 copies, which also count the
-    gradients) plus the batch's shard."""
-    state = scaling.state_bytes_per_device(scaling._logical_params(size), mesh) * 3 / 4
-    return state + global_batch // (mesh["data"] * mesh["fsdp"]) * 200 * 80 * 4
-
-
 def _compile_check(repo_root, *args):
     return json.loads(run_module(repo_root, "maepp.compile_check", "--config", "configs/audiomaepp.py:micro",
                                  *args, "--json").strip().splitlines()[-1])
@@ -44,7 +36,7 @@ def test_micro_compiles_for_two_h100s_and_its_state_matches_the_scaling_table(re
     assert report["devices"] == 2 and report["mesh"] == [1, 2, 1] and report["fits"] and report["hbm_gib"] == 80
     # GPU buffers are not padded: the table's count holds to within 1% (measured: 20 bytes over,
     # the step counter and Adam's count).
-    expected = _table_arguments_bytes("micro", dict(data=1, fsdp=2, model=1), 32)
+    expected = scaling.predicted_arguments_bytes(scaling._logical_params("micro"), dict(data=1, fsdp=2, model=1), 32)
     assert abs(report["arguments_bytes"] / expected - 1) < 0.01
 
 
@@ -55,7 +47,7 @@ def test_micro_compiles_for_v5e_2x2_and_its_state_is_sharded(repo_root):
     # TPU memory tiles the two minor dimensions to (8, 128), so micro's 64- and 32-wide arrays
     # take more than their elements (measured: 1.6x; small, 384 wide, is within 7.1%); the
     # bounds still tell a sharded state from a replicated one, which would need over 4x.
-    expected = _table_arguments_bytes("micro", dict(data=1, fsdp=4, model=1), 32)
+    expected = scaling.predicted_arguments_bytes(scaling._logical_params("micro"), dict(data=1, fsdp=4, model=1), 32)
     assert expected <= report["arguments_bytes"] <= 2 * expected
 
 

@@ -6,10 +6,11 @@ random log-mels, and its model FLOP utilisation against the chip's bfloat16 peak
         [--config.model.dtype=bfloat16] [--steps 20] [--json]
 
 The input pipeline is left out on purpose: this is the ceiling the accelerator sets, which
-`maepp.bench data` then has to feed. Model FLOPs are counted from the traced model
-(maepp.models.counts, which tests/test_flops.py holds to the traced model exactly); XLA's own count of the compiled step is printed beside them. On the CPU the two
-agree (tests/test_flops.py); on a GPU, XLA's count leaves out the matrix products it hands to
-cuBLAS, so there it is far lower and says nothing about MFU.
+`maepp.bench data` then has to feed. Model FLOPs are maepp.models.counts' analytic count, which
+tests/test_flops.py holds exactly to the matrix products traced from the model. XLA's own count
+of the compiled step is printed beside them: on the CPU the two agree (tests/test_bench.py); on a
+GPU, XLA's count leaves out the matrix products it hands to cuBLAS, so there it is far lower and
+says nothing about MFU.
 """
 import time
 
@@ -19,14 +20,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maepp import optim, sharding
-from maepp.peaks import peak_flops
 from maepp.bench.report import report
 from maepp.models import MaskedAutoencoder, ModelSpec
 from maepp.models.counts import train_flops_per_example
+from maepp.peaks import peak_flops
 from maepp.train_step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/audiomaepp.py:base", "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps, after two warm-up steps.")
+
 
 def _xla_flops(compiled) -> float:
     analysis = compiled.cost_analysis()
