@@ -52,7 +52,7 @@ class Embedder:
 
     def log_mel(self, waveform) -> np.ndarray:
         """16 kHz mono [samples] -> standardised log-mel [1 + samples // 160, 80], in float64."""
-        return standardized_log_mel(np.asarray(waveform, np.float64)[None], self.filterbank, np, np.float64)[0]
+        return standardized_log_mel(waveform, self.filterbank)
 
     def frames_of_log_mels(self, log_mels) -> list:
         """[T_i, 80] each -> frame embeddings [ceil(T_i / 4), E] each; all clips' chunks batched."""

@@ -1,15 +1,65 @@
-"""The log-mel front end in jax.numpy, to turn raw waveform crops into log-mels on the
-accelerator when the hosts' CPUs are the bottleneck. Same computation as maepp.audio.reference,
-in float32 (accelerators have no fast float64): a float32 FFT's rounding noise sits ~140 dB
-under a frame's peak, so in quiet bins of loud frames log-mel can differ from the float64-exact
-reference by a few 1e-4 (tests/test_frontend.py measures it).
-"""
-import jax.numpy as jnp
+"""The log-mel front end in jax.numpy, for the accelerator.
 
-from maepp.audio import reference
-from maepp.audio.stft import standardized_log_mel
+With config.data.frontend = "device" the hosts only decode audio and cut crops of raw samples
+(maepp.data.pipeline), and the jitted train step turns them into log-mels with crop_log_mel:
+hosts whose CPUs cannot keep up with the STFT hand it to the accelerator. Same computation as
+maepp.audio.reference. The DFT is maepp.audio.sliced_dft's float64-accurate bfloat16 products and
+the mel projection a full-precision float32 product, so the result matches the reference to
+~1e-6 (tests/test_frontend.py); a float32 FFT would be off by up to ~2e-4.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maepp.audio import reference, sliced_dft
+from maepp.audio.constants import HOP, LOG_EPS, N_FFT, STD_EPS
+
+
+def frames_log_mel(frames):
+    """Frames of 400 samples [..., 400] float32 -> log(mel + eps) [..., 80]."""
+    power = sliced_dft.power_spectrum(frames)  # [..., 201]
+    # Full float32: TF32 or one bfloat16 pass (GPU and TPU defaults) would cost ~1e-3 here.
+    mel = jnp.matmul(power, jnp.asarray(reference.mel_filterbank()), precision=jax.lax.Precision.HIGHEST)
+    return jnp.log(mel + LOG_EPS)
+
+
+def clip_stats(log_mels):
+    """[batch, frames, 80] -> per-clip (mean, unbiased std) [batch], as reference.clip_stats."""
+    # Shifting by one value first makes a constant (silent) clip exactly zero, so rounding noise
+    # in its mean is not divided by std + 1e-8 ~ 1e-8.
+    first = log_mels[:, 0, 0]
+    shifted = log_mels - first[:, None, None]
+    shift_mean = shifted.mean(axis=(1, 2))
+    n = log_mels.shape[1] * log_mels.shape[2]
+    std = jnp.sqrt(((shifted - shift_mean[:, None, None]) ** 2).sum(axis=(1, 2)) / (n - 1))
+    return first + shift_mean, std
+
+
+def standardize(log_mels, mean, std):
+    """[batch, frames, 80] with per-clip mean, std [batch] -> (x - mean) / (std + 1e-8)."""
+    return (log_mels - mean[:, None, None]) / (std[:, None, None] + STD_EPS)
 
 
 def log_mel(waveforms):
-    """16 kHz mono waveforms [batch, samples] -> standardised log-mels [batch, frames, 80] float32."""
-    return standardized_log_mel(waveforms, reference.mel_filterbank(), jnp, jnp.float32)
+    """Whole clips, 16 kHz mono [batch, samples] -> standardised log-mels [batch, 1 + samples // 160, 80]."""
+    half = N_FFT // 2
+    padded = jnp.pad(jnp.asarray(waveforms, jnp.float32), ((0, 0), (half, half)), mode="reflect")
+    n_frames = 1 + (padded.shape[1] - N_FFT) // HOP
+    frames = padded[:, np.arange(n_frames)[:, None] * HOP + np.arange(N_FFT)]  # [batch, frames, 400]
+    log_mels = frames_log_mel(frames)
+    return standardize(log_mels, *clip_stats(log_mels))
+
+
+def crop_log_mel(crops):
+    """A batch of waveform crops from maepp.data.pipeline (frontend "device") -> log-mels.
+
+    crops: samples [batch, span] float32 (the padded clip's samples the crop's frames cover),
+    frame_starts [batch, frames] int32 (where each frame starts in samples; short clips repeat
+    frames), mean and std [batch] (the whole clip's log-mel stats).
+    -> standardised log-mels [batch, frames, 80], equal to the host front end's crops.
+    """
+    def frames_of_one(samples, starts):
+        return samples[starts[:, None] + np.arange(N_FFT)]  # [frames, 400]
+
+    frames = jax.vmap(frames_of_one)(crops["samples"], crops["frame_starts"])
+    return standardize(frames_log_mel(frames), crops["mean"], crops["std"])

@@ -1,29 +1,25 @@
-"""The log-mel computation written once over an array module: jax.numpy on the accelerator
-(maepp.audio.jax_frontend, float32) or NumPy (maepp.embed, float64, with no librosa or TF)."""
+"""The log-mel computation in NumPy float64, for maepp.embed: frozen-encoder artifacts run it
+with nothing but NumPy and the filterbank they store (no librosa, no TensorFlow)."""
 import numpy as np
 
 from maepp.audio.constants import HOP, LOG_EPS, N_FFT, STD_EPS
 
 
-def standardized_log_mel(waveforms, filterbank, xp, dtype):
-    """16 kHz mono waveforms [batch, samples] -> standardised log-mels [batch, frames, 80].
+def standardized_log_mel(waveform, filterbank) -> np.ndarray:
+    """16 kHz mono waveform [samples] -> standardised log-mel [1 + samples // 160, 80] float32.
 
-    frames = 1 + samples // 160; each clip is standardised on its own. filterbank [201, 80].
+    filterbank [201, 80]; the clip is standardised over all its values.
     """
     n = np.arange(N_FFT)
-    window = xp.asarray(0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT), dtype)  # periodic Hann
-    waveforms = xp.asarray(waveforms, dtype)
+    window = 0.5 - 0.5 * np.cos(2 * np.pi * n / N_FFT)  # periodic Hann
     half = N_FFT // 2
-    padded = xp.pad(waveforms, ((0, 0), (half, half)), mode="reflect")
-    n_frames = 1 + (padded.shape[1] - N_FFT) // HOP
-    starts = np.arange(n_frames)[:, None] * HOP
-    frames = padded[:, starts + n[None, :]]  # [batch, frames, 400]
-    spectrum = xp.fft.rfft(frames * window, n=N_FFT)  # [batch, frames, 201]
+    padded = np.pad(np.asarray(waveform, np.float64), (half, half), mode="reflect")
+    n_frames = 1 + (len(padded) - N_FFT) // HOP
+    frames = padded[np.arange(n_frames)[:, None] * HOP + n[None, :]]  # [frames, 400]
+    spectrum = np.fft.rfft(frames * window, n=N_FFT)  # [frames, 201]
     power = spectrum.real**2 + spectrum.imag**2
-    log = xp.log(power @ xp.asarray(filterbank, dtype) + LOG_EPS)  # [batch, frames, 80]
+    log = np.log(power @ np.asarray(filterbank, np.float64) + LOG_EPS)  # [frames, 80]
     # Shifting by one value first changes nothing mathematically, but makes a constant (silent)
     # clip exactly zero, so rounding noise in its mean is not divided by std + 1e-8 ~ 1e-8.
-    log = log - log[:, :1, :1]
-    mean = log.mean(axis=(1, 2), keepdims=True)
-    std = xp.sqrt(((log - mean) ** 2).sum(axis=(1, 2), keepdims=True) / (log.shape[1] * log.shape[2] - 1))
-    return ((log - mean) / (std + STD_EPS)).astype(np.float32)
+    log = log - log[0, 0]
+    return ((log - log.mean()) / (log.std(ddof=1) + STD_EPS)).astype(np.float32)
