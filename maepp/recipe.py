@@ -16,7 +16,11 @@ def pretraining_config(size: str, block_type: str) -> ml_collections.ConfigDict:
     # "records:GLOB" (maepp.prepare's shards) or "tfds:NAME[:SPLIT]" (prepared in data_dir).
     # eval_source: held-out clips for the periodic reconstruction loss and pictures ("" = none);
     # "synthetic:256:1" is 256 procedural clips from a seed the training clips do not use.
-    config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir="", eval_source="synthetic:256:1"))
+    # frontend: where training crops become log-mels: "host" (tf.data) or "device" (in the train
+    # step; for hosts too slow for the STFT, best with records:, whose clip stats are stored).
+    config.data = ml_collections.ConfigDict(
+        dict(source="synthetic", data_dir="", eval_source="synthetic:256:1", frontend="host")
+    )
     config.batch_size = 1024  # global
     # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

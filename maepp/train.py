@@ -19,7 +19,8 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from ml_collections import config_flags
 
 from maepp import checkpoints, distributed, optim, sharding
-from maepp.data.pipeline import SkipReport, train_dataset
+from maepp.audio import jax_frontend
+from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.held_out import HeldOutEvaluation
 from maepp.models import MaskedAutoencoder, ModelSpec
@@ -83,8 +84,11 @@ def train(config, workdir) -> dict:
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         report=report,
+        frontend=config.data.frontend,
     ).as_numpy_iterator()
-    train_step = sharding.sharded_train_step(make_train_step(model, optimizer), state_shardings, mesh)
+    on_device = config.data.frontend == "device"
+    to_log_mel = jax_frontend.crop_log_mel if on_device else None
+    train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
     writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
     if jax.process_index() == 0:  # what maepp.export and maepp.hear rebuild the model from
@@ -107,8 +111,9 @@ def train(config, workdir) -> dict:
     for step in range(first_step, config.total_steps + 1):
         batch = next(batches)
         position = int(batch["position"][-1]) + 1
-        log_mel = sharding.global_batch(batch["log_mel"], mesh)
-        state, metrics = train_step(state, log_mel, jax.random.fold_in(base_rng, step))
+        inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if on_device else batch["log_mel"]
+        inputs = jax.tree.map(lambda rows: sharding.global_batch(rows, mesh), inputs)
+        state, metrics = train_step(state, inputs, jax.random.fold_in(base_rng, step))
         for hook in hooks:
             hook(step)
         skipped = int(metrics["skipped"])

@@ -19,8 +19,11 @@ def create_state(model: MaskedAutoencoder, optimizer: optax.GradientTransformati
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params))
 
 
-def make_train_step(model: MaskedAutoencoder, optimizer: optax.GradientTransformation):
-    """-> train_step(state, spectrograms [B, time, freq], rng) -> (state, metrics).
+def make_train_step(model: MaskedAutoencoder, optimizer: optax.GradientTransformation, to_log_mel=None):
+    """-> train_step(state, inputs, rng) -> (state, metrics).
+
+    inputs: log-mels [B, time, freq], or, with to_log_mel (e.g. maepp.audio.jax_frontend.crop_log_mel,
+    for config.data.frontend "device"), whatever it turns into them inside the step.
 
     A step whose loss or gradient is not finite leaves params and optimizer state untouched
     and reports skipped = 1; the caller decides when too many in a row end the run.
@@ -30,7 +33,8 @@ def make_train_step(model: MaskedAutoencoder, optimizer: optax.GradientTransform
         out = model.apply({"params": params}, spectrograms, rngs={MASKING_RNG: rng})
         return out["loss"]
 
-    def train_step(state: TrainState, spectrograms, rng):
+    def train_step(state: TrainState, inputs, rng):
+        spectrograms = inputs if to_log_mel is None else to_log_mel(inputs)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, spectrograms, rng)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from maepp.audio import reference
-from maepp.data.pipeline import ClipOrder, SkipReport, eval_dataset, train_dataset
+from maepp.audio import jax_frontend, reference
+from maepp.data.pipeline import WAVEFORM_CROP_KEYS, ClipOrder, SkipReport, eval_dataset, train_dataset
 from maepp.data.sources import FolderSource, source_from_string
 from maepp.data.synthetic import synthetic_clip
 
@@ -62,6 +62,24 @@ def test_bad_files_are_skipped_counted_and_named(messy_folder, caplog):
     assert "NaN" in report.reasons["nan.wav"] and "silent" in report.reasons["silent.wav"]
     assert report.skips >= 4
     assert "skipped clip corrupt.flac" in caplog.text
+
+
+def test_device_frontend_crops_equal_host_crops(messy_folder):
+    """Raw-sample crops turned into log-mels in JAX == the host's log-mel crops: long, resampled,
+    short (tiled) clips, crops at a clip's edge (reflect padding), bad files skipped alike."""
+    source = FolderSource(messy_folder)
+    host = _batches(train_dataset(source, seed=5, batch_size=6), 4)  # 24 clips: > 1 epoch
+    device = _batches(train_dataset(source, seed=5, batch_size=6, frontend="device"), 4)
+    for on_host, on_device in zip(host, device):
+        np.testing.assert_array_equal(on_device["position"], on_host["position"])
+        assert on_device["samples"].shape == (6, 199 * 160 + 400)
+        mel = np.asarray(jax_frontend.crop_log_mel({key: on_device[key] for key in WAVEFORM_CROP_KEYS}))
+        np.testing.assert_allclose(mel, on_host["log_mel"], atol=1e-4, rtol=0)
+
+
+def test_unknown_frontend_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown frontend 'gpu'.*config.data.frontend"):
+        train_dataset(source_from_string("synthetic:8"), seed=0, batch_size=2, frontend="gpu")
 
 
 def test_short_clips_are_tiled_to_the_crop(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import soundfile
 import tensorflow_datasets as tfds
 
-from maepp.audio import reference
+from maepp.audio import jax_frontend, reference
 from maepp.audio.decode import load_audio
-from maepp.data.pipeline import ClipOrder, random_offset, train_dataset
+from maepp.data.pipeline import WAVEFORM_CROP_KEYS, ClipOrder, random_offset, train_dataset
 from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
@@ -112,3 +112,7 @@ def test_crops_from_stored_stats_equal_crops_of_the_whole_standardised_clip(tmp_
             whole = reference.log_mel(source.load(index))
             offset = random_offset(len(whole), 200, np.random.default_rng([4, epoch, index]))
             np.testing.assert_allclose(mel, whole[offset : offset + 200], atol=1e-4, rtol=0)
+    # The device front end gets the same crops' samples and stored stats.
+    for host, device in zip(batches, train_dataset(source, seed=4, batch_size=4, frontend="device").take(3)):
+        mel = jax_frontend.crop_log_mel({key: device[key].numpy() for key in WAVEFORM_CROP_KEYS})
+        np.testing.assert_allclose(np.asarray(mel), host["log_mel"], atol=1e-4, rtol=0)

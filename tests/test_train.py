@@ -95,6 +95,16 @@ def test_resume_after_sigkill_is_exact(repo_root, uninterrupted, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_a_run_with_the_device_frontend_follows_the_host_run(repo_root, uninterrupted, tmp_path):
+    """config.data.frontend=device: raw samples in, log-mels made in the train step; the same
+    crops, masks and updates, so the same losses up to the front ends' ~1e-6 difference."""
+    workdir = tmp_path / "device"
+    train(repo_root, workdir, *RUN, "--config.total_steps=6", "--config.data.frontend=device")  # > warmup
+    device, host = _losses(workdir), _losses(uninterrupted)
+    for step in range(1, 6):  # the warm-up, whose learning rates do not depend on total_steps
+        assert device[step] == pytest.approx(host[step], abs=1e-4), step
+
+
 def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 

@@ -3,10 +3,12 @@ maepp.train runs it) on every device this process sees, timed on a device-reside
 random log-mels, and its model FLOP utilisation against the chip's bfloat16 peak.
 
     python -m maepp.bench step --config configs/audiomaepp.py:base --config.batch_size=256 \
-        [--config.model.dtype=bfloat16] [--steps 20] [--json]
+        [--config.model.dtype=bfloat16] [--config.data.frontend=device] [--steps 20] [--json]
 
 The input pipeline is left out on purpose: this is the ceiling the accelerator sets, which
-`maepp.bench data` then has to feed. Model FLOPs are maepp.models.counts' analytic count, which
+`maepp.bench data` then has to feed. With --config.data.frontend=device the batch is raw-sample
+crops and the step includes the log-mel front end (maepp.audio.jax_frontend), whose cost is then
+the difference to the host front end's step time; MFU still counts only the model's FLOPs. Model FLOPs are maepp.models.counts' analytic count, which
 tests/test_flops.py holds exactly to the matrix products traced from the model. XLA's own count
 of the compiled step is printed beside them: on the CPU the two agree (tests/test_bench.py); on a
 GPU, XLA's count leaves out the matrix products it hands to cuBLAS, so there it is far lower and
@@ -20,6 +22,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maepp import optim, sharding
+from maepp.audio import jax_frontend
+from maepp.audio.constants import HOP, N_FFT
 from maepp.bench.report import report
 from maepp.models import MaskedAutoencoder, ModelSpec
 from maepp.models.counts import train_flops_per_example
@@ -36,16 +40,31 @@ def _xla_flops(compiled) -> float:
     return float(analysis.get("flops", float("nan")))
 
 
+def _random_inputs(batch_size: int, input_size, waveforms: bool):
+    """Log-mels [B, 200, 80], or with waveforms the "device" front end's crops of raw samples."""
+    rng = np.random.default_rng(0)
+    if not waveforms:
+        return rng.standard_normal((batch_size, *input_size), np.float32)
+    frames = input_size[0]
+    samples = rng.standard_normal((batch_size, (frames - 1) * HOP + N_FFT), np.float32)
+    starts = np.arange(frames, dtype=np.int32) * HOP
+    first_clip = jax_frontend.frames_log_mel(samples[:1, starts[:, None] + np.arange(N_FFT)])  # [1, frames, 80]
+    # White noise: one clip's log-mel stats stand for all.
+    mean, std = (np.full(batch_size, float(stat[0]), np.float32) for stat in jax_frontend.clip_stats(first_clip))
+    return dict(samples=samples, frame_starts=np.tile(starts, (batch_size, 1)), mean=mean, std=std)
+
+
 def bench_step(config, n_steps: int) -> dict:
     devices = jax.devices()
     mesh = sharding.make_mesh(config.mesh, devices)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     optimizer = optim.optimizer(config)
     state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
-    batch_shape = (config.batch_size, *model.spec.input_size)  # [B, 200, 80]
-    batch = jax.device_put(np.random.default_rng(0).standard_normal(batch_shape, np.float32),
+    on_device = config.data.frontend == "device"
+    batch = jax.device_put(_random_inputs(config.batch_size, model.spec.input_size, on_device),
                            sharding.batch_sharding(mesh))
-    step = sharding.sharded_train_step(make_train_step(model, optimizer), shardings, mesh)
+    to_log_mel = jax_frontend.crop_log_mel if on_device else None
+    step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
     rngs = [jax.device_put(jax.random.key(i), sharding.replicated(mesh)) for i in range(n_steps + 2)]
 
     start = time.perf_counter()
@@ -65,7 +84,7 @@ def bench_step(config, n_steps: int) -> dict:
     peak = peak_flops(devices[0].device_kind)
     achieved = model_flops / step_s / len(devices)
     return dict(
-        width=model.spec.width, depth=model.spec.depth, dtype=config.model.dtype,
+        width=model.spec.width, depth=model.spec.depth, dtype=config.model.dtype, frontend=config.data.frontend,
         devices=f"{len(devices)} x {devices[0].device_kind}", mesh=list(mesh.shape.values()),
         global_batch=config.batch_size, steps=n_steps, compile_s=round(compile_s, 1),
         step_ms=round(step_s * 1e3, 2), clips_per_s=round(config.batch_size / step_s, 1),

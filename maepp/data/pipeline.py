@@ -14,6 +14,12 @@ Per clip: load (16 kHz mono) -> log-mel of the whole clip, standardised over the
 clip's log-mel stats (prepared records) skip most of that work: only the crop's frames are
 computed, from the samples they cover, and standardised with the stored stats; the result is
 the same crop of the same standardised log-mel.
+
+Where the crop's log-mel is computed is the `frontend` argument (config.data.frontend): "host"
+computes it here with tf.signal; "device" hands the accelerator the raw samples its frames cover
+(maepp.audio.jax_frontend.crop_log_mel, inside the jitted train step) with the clip's stats. With
+prepared records, whose stats are stored, the hosts then only decode; other sources still need
+the whole clip's log-mel on the host for its stats.
 """
 import threading
 
@@ -122,11 +128,56 @@ class CropReader:
         return padded, np.int64(offset), np.float32(mean), np.float32(std), True
 
 
-def _log_mel_crops(ids, read, crop_frames: int):
-    """ids: dataset of int64 -> dataset of {log_mel [crop_frames, 80], id}, bad clips dropped.
+FRONTENDS = ("host", "device")
+# What a "device" batch holds besides its position: maepp.audio.jax_frontend.crop_log_mel's input.
+WAVEFORM_CROP_KEYS = ("samples", "frame_starts", "mean", "std")
 
-    read(id) -> CropReader.read's tuple, run in Python (tf.numpy_function).
+
+def _clip_stats(example, whole_clip_log_mel):
+    """The clip's (mean, std): stored ones, or those of whole_clip_log_mel() [frames, 80]."""
+    return tf.cond(
+        tf.math.is_nan(example["mean"]),
+        lambda: tf_frontend.clip_stats(whole_clip_log_mel()),
+        lambda: (example["mean"], example["std"]),
+    )
+
+
+def _log_mel_crop(example, crop_frames: int):
+    """Host front end: -> log_mel [crop_frames, 80], standardised with the whole clip's stats."""
+    log = tf_frontend.frames_log_mel(example["padded"])  # [frames, 80]
+    mean, std = _clip_stats(example, lambda: log)
+    mel = tf_frontend.standardize(log, mean, std)
+    repeats = -(-crop_frames // tf.shape(mel)[0])  # tile short clips
+    mel = tf.tile(mel, [repeats, 1])[example["offset"] : example["offset"] + crop_frames]
+    mel.set_shape([crop_frames, 80])
+    return dict(log_mel=mel)
+
+
+def _waveform_crop(example, crop_frames: int):
+    """Device front end: -> the samples the crop's frames cover and where each frame starts.
+
+    samples [span] (zero-filled after a short clip's end), frame_starts [crop_frames] int32,
+    mean, std: the same frames, in the same order, as the host front end's crop of the clip.
     """
+    span = (crop_frames - 1) * HOP + N_FFT
+    padded = example["padded"]
+    n_frames = 1 + (tf.shape(padded, out_type=tf.int64)[0] - N_FFT) // HOP
+    frame_indices = (example["offset"] + tf.range(crop_frames, dtype=tf.int64)) % n_frames  # short clips repeat
+    first = tf.reduce_min(frame_indices) * HOP
+    samples = padded[first : first + span]
+    samples = tf.pad(samples, [[0, span - tf.shape(samples)[0]]])
+    samples.set_shape([span])
+    mean, std = _clip_stats(example, lambda: tf_frontend.frames_log_mel(padded))
+    return dict(samples=samples, frame_starts=tf.cast(frame_indices * HOP - first, tf.int32), mean=mean, std=std)
+
+
+def _crops(ids, read, crop_frames: int, frontend: str):
+    """ids: dataset of int64 -> dataset of crops (_log_mel_crop's or _waveform_crop's keys, and
+    id), bad clips dropped. read(id) -> CropReader.read's tuple, run in Python (tf.numpy_function).
+    """
+    if frontend not in FRONTENDS:
+        raise ValueError(f"unknown frontend {frontend!r}: use one of {FRONTENDS} (config.data.frontend)")
+    make_crop = _log_mel_crop if frontend == "host" else _waveform_crop
 
     def load_op(clip_id):
         padded, offset, mean, std, ok = tf.numpy_function(
@@ -136,17 +187,7 @@ def _log_mel_crops(ids, read, crop_frames: int):
         return dict(padded=padded, offset=offset, mean=mean, std=std, ok=ok, id=clip_id)
 
     def crop(example):
-        log = tf_frontend.frames_log_mel(example["padded"])  # [frames, 80]
-        mean, std = tf.cond(
-            tf.math.is_nan(example["mean"]),
-            lambda: tf_frontend.clip_stats(log),
-            lambda: (example["mean"], example["std"]),
-        )
-        mel = tf_frontend.standardize(log, mean, std)
-        repeats = -(-crop_frames // tf.shape(mel)[0])  # tile short clips
-        mel = tf.tile(mel, [repeats, 1])[example["offset"] : example["offset"] + crop_frames]
-        mel.set_shape([crop_frames, 80])
-        return dict(log_mel=mel, id=example["id"])
+        return dict(make_crop(example, crop_frames), id=example["id"])
 
     dataset = ids.map(load_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.filter(lambda example: example["ok"])
@@ -169,8 +210,10 @@ def check_usable_audio(source, order: ClipOrder, report: SkipReport):
 
 
 def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200, start_position: int = 0,
-                  process_index: int = 0, process_count: int = 1, report: SkipReport = None):
-    """-> tf.data.Dataset of dicts: log_mel [batch, crop_frames, 80] float32, position [batch] int64.
+                  process_index: int = 0, process_count: int = 1, report: SkipReport = None,
+                  frontend: str = "host"):
+    """-> tf.data.Dataset of dicts: position [batch] int64 and, by frontend, log_mel [batch,
+    crop_frames, 80] float32 ("host") or WAVEFORM_CROP_KEYS ("device", see _waveform_crop).
 
     `batch_size` is this process's share of the global batch. The position of the next clip
     after a batch is batch["position"][-1] + 1: what a checkpoint saves as start_position.
@@ -188,14 +231,15 @@ def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200,
 
         return reader.read(index, choose_offset)
 
-    crops = _log_mel_crops(tf.data.Dataset.range(start_position, _ENDLESS), read, crop_frames)
-    crops = crops.map(lambda example: dict(log_mel=example["log_mel"], position=example["id"]))
+    crops = _crops(tf.data.Dataset.range(start_position, _ENDLESS), read, crop_frames, frontend)
+    crops = crops.map(lambda example: {**{k: v for k, v in example.items() if k != "id"}, "position": example["id"]})
     return crops.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_index: int = 0,
                  process_count: int = 1, report: SkipReport = None):
-    """One pass over this process's share (every process_count-th clip) in index order.
+    """One pass over this process's share (every process_count-th clip) in index order, with
+    log-mels from the host front end (evaluation is too small to need the device's).
 
     -> dicts: log_mel [batch, crop_frames, 80] (centre crops), index [batch] int64 (clip index,
     -1 for padding), valid [batch] bool. Every batch has the full batch size, so a jitted eval
@@ -207,7 +251,7 @@ def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_ind
     def read(index):
         return reader.read(int(index), lambda n_frames: centre_offset(n_frames, crop_frames))
 
-    crops = _log_mel_crops(tf.data.Dataset.range(process_index, len(source), process_count), read, crop_frames)
+    crops = _crops(tf.data.Dataset.range(process_index, len(source), process_count), read, crop_frames, "host")
     crops = crops.map(lambda example: dict(log_mel=example["log_mel"], index=example["id"], valid=True))
     padding = tf.data.Dataset.from_tensors(
         dict(log_mel=tf.zeros([crop_frames, 80]), index=tf.constant(-1, tf.int64), valid=False)
