@@ -5,6 +5,7 @@ STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
 CONFIG ?= configs/audiomaepp.py:micro
 WORKDIR ?= runs/demo
+JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 
 .PHONY: train test venv summary clean
 
@@ -25,7 +26,7 @@ $(STAMP): requirements.txt setup.py
 	# they would make every other jax program probe for a TPU and a GPU at start-up.
 	$(PY) -m pip install --quiet --no-deps --target $(VENV)/aot-plugins \
 		"$$($(PY) -c 'import importlib.metadata as m; print(next(r.split(";")[0] for r in m.requires("jax") if r.startswith("libtpu")))')" \
-		"jax-cuda12-plugin==$$(sed -n 's/^jax==//p' requirements.txt)" "jax-cuda12-pjrt==$$(sed -n 's/^jax==//p' requirements.txt)"
+		"jax-cuda12-plugin==$(JAX_VERSION)" "jax-cuda12-pjrt==$(JAX_VERSION)"
 	touch $(STAMP)
 
 venv: $(STAMP)
