@@ -48,6 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
 from maepp import optim, sharding  # noqa: E402
+from maepp.audio import jax_frontend  # noqa: E402
 from maepp.models import MaskedAutoencoder, ModelSpec  # noqa: E402
 from maepp.train_step import make_train_step  # noqa: E402
 
@@ -112,10 +113,14 @@ def compile_train_step(config, topology: str) -> MemoryReport:
     if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ValueError(f"config.batch_size {config.batch_size} does not divide over data x fsdp = "
                          f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
-    batch = jax.ShapeDtypeStruct((config.batch_size, *model.spec.input_size), jnp.float32,
-                                 sharding=sharding.batch_sharding(mesh))
+    on_device = config.data.frontend == "device"  # raw-sample crops in, log-mels made in the step
+    inputs = (jax_frontend.crop_shapes(config.batch_size, model.spec.input_size[0]) if on_device
+              else jax.ShapeDtypeStruct((config.batch_size, *model.spec.input_size), jnp.float32))
+    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)),
+                         inputs)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-    step = sharding.sharded_train_step(make_train_step(model, optimizer), shardings, mesh)
+    to_log_mel = jax_frontend.crop_log_mel if on_device else None
+    step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
     common = dict(topology=topology, devices=len(devices), mesh=tuple(mesh.shape.values()),
                   per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),
                   hbm_gib=HBM_GIB[chip])

@@ -52,6 +52,18 @@ def test_micro_compiles_for_v5e_2x2_and_its_state_is_sharded(repo_root):
 
 
 @needs_libtpu
+def test_the_device_frontend_compiles_for_a_tpu_with_waveform_crops_as_arguments(repo_root):
+    report = _compile_check(repo_root, "--topology", "v5e:2x2", "--config.mesh.data=1", "--config.mesh.fsdp=4",
+                            "--config.data.frontend=device")
+    assert report["fits"]
+    rows = 32 // 4  # per device
+    log_mels, crops = rows * 200 * 80 * 4, rows * ((199 * 160 + 400) * 4 + 200 * 4 + 2 * 4)
+    expected = scaling.predicted_arguments_bytes(scaling._logical_params("micro"), dict(data=1, fsdp=4, model=1), 32)
+    expected += crops - log_mels
+    assert expected <= report["arguments_bytes"] <= 2 * expected  # TPU tiles, as above
+
+
+@needs_libtpu
 def test_a_step_over_hbm_exits_1_and_names_the_config_change(repo_root):
     result = subprocess.run([sys.executable, "-m", "maepp.compile_check", "--config", "configs/audiomaepp.py:micro",
                              "--topology", "v5e:2x2", "--config.batch_size=65536", "--json"],

@@ -50,6 +50,16 @@ def log_mel(waveforms):
     return standardize(log_mels, *clip_stats(log_mels))
 
 
+def crop_shapes(batch_size: int, crop_frames: int) -> dict:
+    """crop_log_mel's input, as shapes and dtypes (for ahead-of-time compilation)."""
+    return dict(
+        samples=jax.ShapeDtypeStruct((batch_size, (crop_frames - 1) * HOP + N_FFT), jnp.float32),
+        frame_starts=jax.ShapeDtypeStruct((batch_size, crop_frames), jnp.int32),
+        mean=jax.ShapeDtypeStruct((batch_size,), jnp.float32),
+        std=jax.ShapeDtypeStruct((batch_size,), jnp.float32),
+    )
+
+
 def crop_log_mel(crops):
     """A batch of waveform crops from maepp.data.pipeline (frontend "device") -> log-mels.
 
