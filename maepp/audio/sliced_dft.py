@@ -8,8 +8,9 @@ How (Ozaki et al., "Error-free transformations of matrix multiplication", 2012):
 matrix (float64, on the host) and each frame (scaled by a power of two to below 1 in magnitude)
 are cut into slices of 7-bit integers times a power of two. A product of two slices has at most
 14 bits and 400 of them sum to under 2^23, so each slice-by-slice matrix product is exact in
-float32 accumulation, in any order, on any backend. Only products down to 2^-35 of the frame's
-scale are kept, and they are added in double-float arithmetic (two-sum), smallest first. The
+float32 accumulation, in any order, on any backend. Slice pairs whose terms fall under 2^-35 of
+the frame's and the column's scales are dropped; the 14 kept products are added in double-float
+arithmetic (two-sum), smallest first. The
 result matches a float64 STFT to ~1e-6 in standardised log-mel (tests/test_frontend.py), for
 14 bfloat16 matrix products [frames, 400] x [400, 402], ~2.4 MFLOP per frame.
 """
