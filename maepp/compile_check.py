@@ -88,13 +88,13 @@ def abstract_devices(topology: str) -> list:
     chip, _, shape = topology.partition(":")
     if chip not in HBM_GIB:
         raise ValueError(f"topology {topology!r}: chip {chip!r} unknown; use one of {', '.join(HBM_GIB)}")
+    if chip in GPU_TARGETS and not shape.isdigit():
+        raise ValueError(f"topology {topology!r}: name the GPU count, e.g. {chip}:8")
     plugin, extra = ("jax_plugins.xla_cuda12", "gpu-aot") if chip in GPU_TARGETS else ("libtpu", "tpu")
     if importlib.util.find_spec(plugin) is None:
         raise ValueError(f"compiling for {chip} needs {plugin}, which is not installed: run make (it installs "
                          f"it into {PLUGIN_DIR}) or pip install -e .[{extra}]")
     if chip in GPU_TARGETS:
-        if not shape.isdigit():
-            raise ValueError(f"topology {topology!r}: name the GPU count, e.g. {chip}:8")
         return topologies.get_topology_desc(platform="cuda", topology_name="", topology=f"1x1x{shape}",
                                             target_config=GPU_TARGETS[chip].read_text()).devices
     # v4 and v5p chips hold two TensorCores that JAX drives as one device ("megacore"), as on a

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from maepp import optim, sharding
-from maepp.audio import jax_frontend
 from maepp.models import MaskedAutoencoder
 from maepp.train_step import make_train_step
 from tests.helpers import CONFIG_FILES, spec_for
@@ -77,29 +76,3 @@ def test_bad_mesh_configs_are_clear_errors():
         sharding.mesh_shape(dict(data=-1, fsdp=3, model=1), 8)
     assert sharding.mesh_shape(dict(data=-1, fsdp=2, model=2), 8) == (2, 2, 2)
 
-
-def test_train_step_with_the_device_frontend_equals_the_step_on_its_log_mels():
-    """The "device" front end: waveform crops sharded like log-mels, log-mels made in the step."""
-    config = CONFIG_FILES["macaron_swiglu"].get_config("micro")
-    model = MaskedAutoencoder(spec_for())
-    optimizer = optim.optimizer(config)
-    mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, (4, 2, 1))))
-    rng = np.random.default_rng(1)
-    crops = dict(
-        samples=rng.standard_normal((16, 199 * 160 + 400)).astype(np.float32),
-        frame_starts=np.tile(np.arange(200, dtype=np.int32) * 160, (16, 1)),
-        mean=rng.standard_normal(16).astype(np.float32),
-        std=rng.uniform(1, 3, 16).astype(np.float32),
-    )
-    results = []
-    for to_log_mel, inputs in [(None, np.asarray(jax_frontend.crop_log_mel(crops))),
-                               (jax_frontend.crop_log_mel, crops)]:
-        state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(0))
-        step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
-        state, metrics = step(state, jax.tree.map(lambda rows: sharding.global_batch(rows, mesh), inputs),
-                              jax.random.key(3))
-        results.append((float(metrics["loss"]), jax.tree.leaves(state.params)))
-    (host_loss, host_params), (device_loss, device_params) = results
-    np.testing.assert_allclose(device_loss, host_loss, rtol=1e-5)
-    for a, b in zip(device_params, host_params):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
