@@ -113,13 +113,12 @@ def compile_train_step(config, topology: str) -> MemoryReport:
     if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ValueError(f"config.batch_size {config.batch_size} does not divide over data x fsdp = "
                          f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
-    on_device = config.data.frontend == "device"  # raw-sample crops in, log-mels made in the step
-    inputs = (jax_frontend.crop_shapes(config.batch_size, model.spec.input_size[0]) if on_device
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend)  # raw-sample crops in, or log-mels
+    inputs = (jax_frontend.crop_shapes(config.batch_size, model.spec.input_size[0]) if to_log_mel
               else jax.ShapeDtypeStruct((config.batch_size, *model.spec.input_size), jnp.float32))
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)),
                          inputs)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
-    to_log_mel = jax_frontend.crop_log_mel if on_device else None
     step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
     common = dict(topology=topology, devices=len(devices), mesh=tuple(mesh.shape.values()),
                   per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),

@@ -86,8 +86,7 @@ def train(config, workdir) -> dict:
         report=report,
         frontend=config.data.frontend,
     ).as_numpy_iterator()
-    on_device = config.data.frontend == "device"
-    to_log_mel = jax_frontend.crop_log_mel if on_device else None
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend)
     train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
     writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
@@ -111,7 +110,7 @@ def train(config, workdir) -> dict:
     for step in range(first_step, config.total_steps + 1):
         batch = next(batches)
         position = int(batch["position"][-1]) + 1
-        inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if on_device else batch["log_mel"]
+        inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if to_log_mel else batch["log_mel"]
         inputs = jax.tree.map(lambda rows: sharding.global_batch(rows, mesh), inputs)
         state, metrics = train_step(state, inputs, jax.random.fold_in(base_rng, step))
         for hook in hooks:

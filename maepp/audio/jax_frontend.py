@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maepp.audio import reference, sliced_dft
-from maepp.audio.constants import HOP, LOG_EPS, N_FFT, STD_EPS
+from maepp.audio.constants import HOP, LOG_EPS, N_FFT, STD_EPS, crop_span
 
 
 def frames_log_mel(frames):
@@ -53,11 +53,17 @@ def log_mel(waveforms):
 def crop_shapes(batch_size: int, crop_frames: int) -> dict:
     """crop_log_mel's input, as shapes and dtypes (for ahead-of-time compilation)."""
     return dict(
-        samples=jax.ShapeDtypeStruct((batch_size, (crop_frames - 1) * HOP + N_FFT), jnp.float32),
+        samples=jax.ShapeDtypeStruct((batch_size, crop_span(crop_frames)), jnp.float32),
         frame_starts=jax.ShapeDtypeStruct((batch_size, crop_frames), jnp.int32),
         mean=jax.ShapeDtypeStruct((batch_size,), jnp.float32),
         std=jax.ShapeDtypeStruct((batch_size,), jnp.float32),
     )
+
+
+def in_train_step(frontend: str):
+    """What the train step applies to its inputs for config.data.frontend: crop_log_mel for
+    "device" (raw-sample crops in), None for "host" (the inputs are log-mels already)."""
+    return crop_log_mel if frontend == "device" else None
 
 
 def crop_log_mel(crops):

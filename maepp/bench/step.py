@@ -8,8 +8,9 @@ random log-mels, and its model FLOP utilisation against the chip's bfloat16 peak
 The input pipeline is left out on purpose: this is the ceiling the accelerator sets, which
 `maepp.bench data` then has to feed. With --config.data.frontend=device the batch is raw-sample
 crops and the step includes the log-mel front end (maepp.audio.jax_frontend), whose cost is then
-the difference to the host front end's step time; MFU still counts only the model's FLOPs. Model FLOPs are maepp.models.counts' analytic count, which
-tests/test_flops.py holds exactly to the matrix products traced from the model. XLA's own count
+the difference to the host front end's step time; MFU still counts only the model's FLOPs.
+Model FLOPs are maepp.models.counts' analytic count, which tests/test_flops.py holds exactly to
+the matrix products traced from the model. XLA's own count
 of the compiled step is printed beside them: on the CPU the two agree (tests/test_bench.py); on a
 GPU, XLA's count leaves out the matrix products it hands to cuBLAS, so there it is far lower and
 says nothing about MFU.
@@ -23,7 +24,7 @@ from ml_collections import config_flags
 
 from maepp import optim, sharding
 from maepp.audio import jax_frontend
-from maepp.audio.constants import HOP, N_FFT
+from maepp.audio.constants import HOP, N_FFT, crop_span
 from maepp.bench.report import report
 from maepp.models import MaskedAutoencoder, ModelSpec
 from maepp.models.counts import train_flops_per_example
@@ -46,7 +47,7 @@ def _random_inputs(batch_size: int, input_size, waveforms: bool):
     if not waveforms:
         return rng.standard_normal((batch_size, *input_size), np.float32)
     frames = input_size[0]
-    samples = rng.standard_normal((batch_size, (frames - 1) * HOP + N_FFT), np.float32)
+    samples = rng.standard_normal((batch_size, crop_span(frames)), np.float32)
     starts = np.arange(frames, dtype=np.int32) * HOP
     first_clip = jax_frontend.frames_log_mel(samples[:1, starts[:, None] + np.arange(N_FFT)])  # [1, frames, 80]
     # White noise: one clip's log-mel stats stand for all.
@@ -60,10 +61,9 @@ def bench_step(config, n_steps: int) -> dict:
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     optimizer = optim.optimizer(config)
     state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
-    on_device = config.data.frontend == "device"
-    batch = jax.device_put(_random_inputs(config.batch_size, model.spec.input_size, on_device),
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend)
+    batch = jax.device_put(_random_inputs(config.batch_size, model.spec.input_size, waveforms=bool(to_log_mel)),
                            sharding.batch_sharding(mesh))
-    to_log_mel = jax_frontend.crop_log_mel if on_device else None
     step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
     rngs = [jax.device_put(jax.random.key(i), sharding.replicated(mesh)) for i in range(n_steps + 2)]
 

@@ -28,6 +28,7 @@ import tensorflow as tf
 from absl import logging
 
 from maepp.audio import tf_frontend
+from maepp.audio.constants import crop_span
 from maepp.audio.decode import BadAudio
 from maepp.audio.reference import HOP, N_FFT
 
@@ -97,7 +98,7 @@ class CropReader:
         self.source, self.crop_frames, self.report = source, crop_frames, report
         # Frame f of a crop at `offset` covers padded samples [f * HOP, f * HOP + N_FFT), i.e.
         # clip samples [offset * HOP - N_FFT / 2, ...) over crop_span samples.
-        self.crop_span = (crop_frames - 1) * HOP + N_FFT
+        self.crop_span = crop_span(crop_frames)
         self._read = self._crop_only if hasattr(source, "clip_info") else self._whole_clip
 
     def _whole_clip(self, index, choose_offset):
@@ -159,7 +160,7 @@ def _waveform_crop(example, crop_frames: int):
     samples [span] (zero-filled after a short clip's end), frame_starts [crop_frames] int32,
     mean, std: the same frames, in the same order, as the host front end's crop of the clip.
     """
-    span = (crop_frames - 1) * HOP + N_FFT
+    span = crop_span(crop_frames)
     padded = example["padded"]
     n_frames = 1 + (tf.shape(padded, out_type=tf.int64)[0] - N_FFT) // HOP
     frame_indices = (example["offset"] + tf.range(crop_frames, dtype=tf.int64)) % n_frames  # short clips repeat
