@@ -35,7 +35,7 @@ train: $(STAMP)
 	$(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 tests
 
 summary: $(STAMP)
 	$(PY) -m maepp.summary --config configs/audiomaepp.py:base
