@@ -1,5 +1,5 @@
 """maepp.train end to end, as a user runs it: loss falls, held-out loss and pictures, profile,
-exact resume after SIGKILL, SIGTERM, two processes, stop after repeated non-finite steps."""
+exact resume after SIGKILL, the device front end and SIGTERM, two processes, stop after repeated non-finite steps."""
 import json
 import os
 import signal
@@ -43,8 +43,6 @@ def _image_steps(workdir, tag="reconstruction") -> list:
 def _final_params(workdir, step):
     restored = ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")
     return restored["params"]
-
-
 
 
 @pytest.fixture
@@ -95,24 +93,18 @@ def test_resume_after_sigkill_is_exact(repo_root, uninterrupted, tmp_path):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
-def test_a_run_with_the_device_frontend_follows_the_host_run(repo_root, uninterrupted, tmp_path):
-    """config.data.frontend=device: raw samples in, log-mels made in the train step; the same
-    crops, masks and updates, so the same losses up to the front ends' ~1e-6 difference."""
-    workdir = tmp_path / "device"
-    train(repo_root, workdir, *RUN, "--config.total_steps=6", "--config.data.frontend=device")  # > warmup
-    device, host = _losses(workdir), _losses(uninterrupted)
-    for step in range(1, 6):  # the warm-up, whose learning rates do not depend on total_steps
-        assert device[step] == pytest.approx(host[step], abs=1e-4), step
-
-
 def _leaves(tree):
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(repo_root, tmp_path):
+def test_a_device_frontend_run_follows_the_host_run_and_saves_its_step_on_sigterm(repo_root, uninterrupted,
+                                                                                   tmp_path):
+    """config.data.frontend=device: raw samples in, log-mels made in the train step; the same crops,
+    masks and updates as the host run, so the same losses up to the front ends' ~1e-6 difference.
+    Stopped by SIGTERM, the run saves the step it is on and exits cleanly."""
     workdir = tmp_path / "terminated"
     process = subprocess.Popen(
-        train_command(workdir, "--config.total_steps=100000", "--config.log_every=1"),
+        train_command(workdir, *RUN, "--config.total_steps=100000", "--config.data.frontend=device"),
         cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     deadline = time.time() + 300
@@ -126,6 +118,9 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(repo_root, tmp_path):
     assert stopped >= 5
     assert (workdir / "checkpoints" / str(stopped) / "state").is_dir()
     assert not list((workdir / "checkpoints").glob("*tmp*"))
+    device, host = _losses(workdir), _losses(uninterrupted)
+    for step in range(1, 6):  # the warm-up, whose learning rates do not depend on total_steps
+        assert device[step] == pytest.approx(host[step], abs=1e-4), step
 
 
 def _two_processes(repo_root, workdir, launch, *overrides):
