@@ -44,6 +44,7 @@ setup(
             "maepp-bench=maepp.bench:run",
             "maepp-export=maepp.export:run",
             "maepp-evaluate=maepp.evaluate:run",
+            "maepp-synthetic-task=maepp.synthetic_tasks:run",
             "maepp-compile-check=maepp.compile_check:run",
         ],
     },

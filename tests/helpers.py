@@ -4,11 +4,8 @@ import sys
 
 import flax.linen as nn
 import jax
-import numpy as np
-import soundfile
 
 from configs import audiomaepp, mae
-from maepp.data.synthetic import CLASSES, synthetic_clip
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 
 CONFIG_FILES = {"macaron_swiglu": audiomaepp, "vit": mae}
@@ -51,19 +48,3 @@ def train(repo_root, workdir, *overrides):
     result = subprocess.run(train_command(workdir, *overrides), cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
-
-
-def write_synthetic_task(directory, per_class: dict, seconds=2.0, seed=0):
-    """A labelled folder of the synthetic source's classes: directory/<split>/<class>/*.wav,
-    per_class = {"train": n, "test": m} clips of each class (drawn until each class has enough)."""
-    rng = np.random.default_rng(seed)
-    for split, wanted in per_class.items():
-        counts = dict.fromkeys(CLASSES, 0)
-        while min(counts.values()) < wanted:
-            waveform, label = synthetic_clip(rng, seconds=seconds)
-            name = CLASSES[label]
-            if counts[name] < wanted:
-                (directory / split / name).mkdir(parents=True, exist_ok=True)
-                soundfile.write(directory / split / name / f"{counts[name]:04d}.wav", waveform, 16000)
-                counts[name] += 1
-    return directory

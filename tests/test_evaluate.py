@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from maepp import probes
+from maepp import probes, synthetic_tasks
 from maepp.tasks import load_task
-from tests.helpers import run_module, write_synthetic_task
+from tests.helpers import run_module
 
 
 def _wav(path, seconds=0.3):
@@ -78,7 +78,7 @@ def test_scores_and_interval():
 
 
 def test_evaluate_cli_probes_a_trained_run_on_a_synthetic_task(repo_root, trained_run, tmp_path):
-    task = write_synthetic_task(tmp_path / "sounds", {"train": 12, "test": 6}, seconds=1.0)
+    task = synthetic_tasks.write_task(tmp_path / "sounds", "classes", {"train": 12, "test": 6}, seconds=1.0)
     out = run_module(repo_root, "maepp.evaluate", "--workdir", str(trained_run), "--task", str(task),
                      "--seeds", "2", "--probes", "linear")
     result = json.loads(out.strip().splitlines()[-1])
@@ -86,3 +86,22 @@ def test_evaluate_cli_probes_a_trained_run_on_a_synthetic_task(repo_root, traine
     assert len(result["linear"]["scores"]) == 2
     assert result["linear"]["mean"] > 0.4  # 5 classes: chance is 0.2
     assert (trained_run / "evaluations" / "sounds" / "encoder.npz").exists()
+
+
+@pytest.mark.parametrize("rate", synthetic_tasks.MODULATION_RATES_HZ)
+def test_modulated_noise_swings_at_its_rate(rate):
+    waveform = synthetic_tasks.modulated_noise(np.random.default_rng(int(rate)), rate, seconds=2.0)
+    frame_energy = (waveform[: 2 * 16000].reshape(400, 80) ** 2).mean(axis=1)  # 200 Hz energy envelope
+    spectrum = np.abs(np.fft.rfft(frame_energy - frame_energy.mean()))
+    assert np.fft.rfftfreq(400, 1 / 200)[np.argmax(spectrum)] == rate
+
+
+def test_synthetic_task_cli_writes_a_labelled_folder(repo_root, tmp_path):
+    out = run_module(repo_root, "maepp.synthetic_tasks", "--task", "modulation", "--output", str(tmp_path / "am"),
+                     "--train", "3", "--test", "2", "--seconds", "0.5")
+    assert "wrote the modulation task" in out
+    task = load_task(tmp_path / "am")
+    assert task.labels == sorted(f"am_{r:g}hz" for r in synthetic_tasks.MODULATION_RATES_HZ)
+    (fold,) = task.folds
+    assert len(fold.train) + len(fold.valid) == 12 and len(fold.test) == 8
+    assert soundfile.info(tmp_path / "am" / fold.test[0][0]).duration == 0.5
