@@ -9,6 +9,7 @@ modulation: coloured noise whose loudness swings at 2, 4, 8 or 16 Hz, with rando
     per-band log-mel means and stds are at chance by design; telling the classes apart needs
     the temporal pattern across frames, which masked reconstruction has to learn.
 """
+import collections
 import pathlib
 
 import numpy as np
@@ -66,12 +67,12 @@ def write_task(directory, task: str, per_split: dict, seconds: float = 2.0, seed
     directory = pathlib.Path(directory)
     rng = np.random.default_rng(seed)
     for split, wanted in per_split.items():
-        written = {}
+        written = collections.Counter()
         for label, waveform in TASKS[task](rng, wanted, seconds):
             folder = directory / split / label
             folder.mkdir(parents=True, exist_ok=True)
-            soundfile.write(folder / f"{written.get(label, 0):04d}.wav", waveform, SAMPLE_RATE)
-            written[label] = written.get(label, 0) + 1
+            soundfile.write(folder / f"{written[label]:04d}.wav", waveform, SAMPLE_RATE)
+            written[label] += 1
     return directory
 
 
