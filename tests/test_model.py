@@ -141,14 +141,13 @@ def test_every_parameter_has_logical_axis_names():
 
 def test_jitted_bfloat16_grad_step_runs():
     """float32 steps run in every sharding and training test; bfloat16 compute only here."""
-    dtype = "bfloat16"
     from maepp import optim
     from maepp.train_step import create_state, make_train_step
     from tests.helpers import CONFIG_FILES
 
     config = CONFIG_FILES["macaron_swiglu"].get_config("micro")
-    config.model.dtype = dtype
-    model = MaskedAutoencoder(spec_for(dtype=dtype))
+    config.model.dtype = "bfloat16"
+    model = MaskedAutoencoder(spec_for(dtype="bfloat16"))
     optimizer = optim.optimizer(config)
     state = create_state(model, optimizer, jax.random.key(0))
     before = jax.tree.map(np.asarray, state.params)
