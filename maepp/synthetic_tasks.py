@@ -88,9 +88,10 @@ def main(argv):
     del argv
     if not _OUTPUT.value:
         raise app.UsageError("--output is required")
-    if pathlib.Path(_OUTPUT.value).exists() and any(pathlib.Path(_OUTPUT.value).iterdir()):
-        raise app.UsageError(f"{_OUTPUT.value} is not empty; give a new directory")
-    directory = write_task(_OUTPUT.value, _TASK.value, {"train": _TRAIN.value, "test": _TEST.value},
+    output = pathlib.Path(_OUTPUT.value)
+    if output.exists() and any(output.iterdir()):
+        raise app.UsageError(f"{output} is not empty; give a new directory")
+    directory = write_task(output, _TASK.value, {"train": _TRAIN.value, "test": _TEST.value},
                            _SECONDS.value, _SEED.value)
     print(f"wrote the {_TASK.value} task to {directory}")
 
