@@ -1,5 +1,6 @@
 """Behaviour of the masked autoencoder: masking, patches, positions, loss, dtypes, switches."""
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -9,6 +10,7 @@ import pytest
 
 from maepp.models import MASKING_RNG, MaskedAutoencoder, init_params, reconstruction_loss
 from maepp.models.counts import forward_flops
+from maepp.models.layers import attention, padded_attention
 from maepp.models.patches import patchify, random_mask, unpatchify
 from maepp.models.position import sincos_1d, sincos_2d_table
 from tests.helpers import model_and_params, spec_for
@@ -217,6 +219,35 @@ def _base_loss():
     """The default micro model's loss on the ablation test's input, computed once per worker."""
     model, params = model_and_params(spec_for())
     return float(_apply(model, params, jax.random.normal(jax.random.key(0), (2, 200, 80)), seed=0)["loss"])
+
+
+@pytest.mark.parametrize("tokens,head_dim", [(51, 64), (251, 48)])  # base encoder, base decoder
+def test_attention_padded_for_cudnn_equals_plain_attention(tokens, head_dim):
+    """The padding cuDNN needs (to a multiple of 64, masked by sequence lengths) changes nothing,
+    forward or backward; checked through the same masking with XLA's implementation."""
+    q, k, v, cotangent = (jax.random.normal(jax.random.key(i), (3, tokens, 4, head_dim)) for i in range(4))
+
+    def value_and_grads(fn):
+        out, pullback = jax.vjp(fn, q, k, v)
+        return out, pullback(cotangent)
+
+    plain, plain_grads = value_and_grads(lambda q, k, v: attention(q, k, v, "xla"))
+    padded, padded_grads = value_and_grads(lambda q, k, v: padded_attention(q, k, v, "xla"))
+    assert padded.shape == plain.shape
+    np.testing.assert_allclose(padded, plain, atol=1e-6)
+    for a, b in zip(padded_grads, plain_grads):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # "auto" is XLA's on a CPU (cuDNN's needs a GPU and bfloat16).
+    np.testing.assert_array_equal(attention(q, k, v, "auto"), plain)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (dict(attention="flash"), "config.model.attention='flash'; choose one of"),
+    (dict(attention="cudnn"), "needs config.model.dtype='bfloat16'"),
+])
+def test_attention_setting_is_checked(overrides, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        spec_for(**overrides)
 
 
 def test_rope_uses_true_token_positions():

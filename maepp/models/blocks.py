@@ -19,11 +19,12 @@ class MacaronBlock(nn.Module):
     heads: int
     use_rope: bool = False
     dtype: Any = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x, positions):
         x = x + 0.5 * FeedForward("silu", self.dtype, name="ffn1")(layer_norm(self.dtype, "norm1")(x))
-        x = x + SelfAttention(self.heads, self.use_rope, self.dtype, name="attn")(
+        x = x + SelfAttention(self.heads, self.use_rope, self.dtype, self.attention, name="attn")(
             layer_norm(self.dtype, "norm2")(x), positions
         )
         return x + SwiGLU(self.dtype, name="ffn2")(layer_norm(self.dtype, "norm3")(x))
@@ -35,18 +36,20 @@ class ViTBlock(nn.Module):
     heads: int
     use_rope: bool = False
     dtype: Any = jnp.float32
+    attention: str = "auto"
 
     @nn.compact
     def __call__(self, x, positions):
-        x = x + SelfAttention(self.heads, self.use_rope, self.dtype, name="attn")(
+        x = x + SelfAttention(self.heads, self.use_rope, self.dtype, self.attention, name="attn")(
             layer_norm(self.dtype, "norm1")(x), positions
         )
         return x + FeedForward("gelu", self.dtype, name="mlp")(layer_norm(self.dtype, "norm2")(x))
 
 
-def make_block(block_type: str, heads: int, use_rope: bool, dtype, name: str) -> nn.Module:
-    if block_type == "macaron_swiglu":
-        return MacaronBlock(heads, use_rope, dtype, name=name)
-    if block_type == "vit":
-        return ViTBlock(heads, use_rope, dtype, name=name)
-    raise ValueError(f"unknown block_type {block_type!r}; choose one of {BLOCK_TYPES}")
+def make_block(spec, heads: int, use_rope: bool, name: str) -> nn.Module:
+    """A block of spec.block_type (spec: maepp.models.ModelSpec) with these heads and RoPE setting."""
+    if spec.block_type == "macaron_swiglu":
+        return MacaronBlock(heads, use_rope, spec.compute_dtype, spec.attention, name=name)
+    if spec.block_type == "vit":
+        return ViTBlock(heads, use_rope, spec.compute_dtype, spec.attention, name=name)
+    raise ValueError(f"unknown block_type {spec.block_type!r}; choose one of {BLOCK_TYPES}")

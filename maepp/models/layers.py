@@ -84,12 +84,49 @@ def rotary(x, positions):
     return rotated.reshape(x.shape).astype(x.dtype)
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+CUDNN_SEQUENCE_MULTIPLE = 64  # cuDNN's flash attention refuses the encoder's 51 tokens unpadded
+
+
+def padded_attention(q, k, v, implementation: str, multiple: int = CUDNN_SEQUENCE_MULTIPLE):
+    """Attention over [batch, n, heads, head_dim] with n padded up to a multiple of `multiple`.
+
+    The padding is masked out as keys by sequence lengths, and its query rows are dropped, so the
+    result is plain attention over the n tokens (tests check this with the "xla" implementation).
+    """
+    length = q.shape[1]
+    padded = -(-length // multiple) * multiple
+    pad = ((0, 0), (0, padded - length), (0, 0), (0, 0))
+    lengths = jnp.full((q.shape[0],), length, jnp.int32)
+    out = jax.nn.dot_product_attention(
+        *(jnp.pad(t, pad) for t in (q, k, v)),
+        query_seq_lengths=lengths,
+        key_value_seq_lengths=lengths,
+        implementation=implementation,
+    )
+    return out[:, :length]
+
+
+def attention(q, k, v, implementation: str = "auto"):
+    """Softmax attention over [batch, n, heads, head_dim].
+
+    "xla": XLA's own ops. "cudnn": cuDNN's fused flash attention (GPUs, bfloat16 inputs), 1.23x
+    the base model's train step on an H200 (docs/performance.md). "auto": cuDNN where it applies.
+    """
+    if implementation == "auto":
+        implementation = "cudnn" if q.dtype == jnp.bfloat16 and jax.default_backend() == "gpu" else "xla"
+    if implementation == "xla":
+        return jax.nn.dot_product_attention(q, k, v)
+    return padded_attention(q, k, v, implementation)
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; qkv laid out (3, heads, head_dim) as in the release."""
 
     heads: int
     use_rope: bool = False
     dtype: Any = jnp.float32
+    implementation: str = "auto"  # one of ATTENTION_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x, positions):  # x [batch, n, width], positions [batch, n]
@@ -99,7 +136,7 @@ class SelfAttention(nn.Module):
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # each [batch, n, heads, head_dim]
         if self.use_rope:
             q, k = rotary(q, positions), rotary(k, positions)
-        out = jax.nn.dot_product_attention(q, k, v)
+        out = attention(q, k, v, self.implementation)
         return Linear((width,), ("heads", "kv", "embed"), self.dtype, name="proj")(out)
 
 

@@ -29,7 +29,7 @@ class Encoder(nn.Module):
     def __call__(self, x, positions):  # x [B, n, D] -> [B, n, D]
         s = self.spec
         for i in range(s.depth):
-            x = make_block(s.block_type, s.heads, s.encoder_rope, s.compute_dtype, f"blocks_{i}")(x, positions)
+            x = make_block(s, s.heads, s.encoder_rope, f"blocks_{i}")(x, positions)
         return layer_norm(s.compute_dtype, "encoder_norm")(x)
 
 
@@ -52,7 +52,7 @@ class Decoder(nn.Module):
         x = x + jnp.asarray(sincos_1d_table(s.decoder_width, s.n_tokens, s.use_cls_token), dtype)
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (batch, x.shape[1]))
         for i in range(s.decoder_depth):
-            x = make_block(s.block_type, s.decoder_heads, s.decoder_rope, dtype, f"blocks_{i}")(x, positions)
+            x = make_block(s, s.decoder_heads, s.decoder_rope, f"blocks_{i}")(x, positions)
         x = layer_norm(dtype, "decoder_norm")(x)
         x = Linear((s.patch_dim,), ("decoder_embed", "patch"), dtype, name="decoder_pred")(x)
         return x[:, cls:].astype(jnp.float32)

@@ -41,5 +41,7 @@ def model_config(size: str, block_type: str) -> ml_collections.ConfigDict:
             use_cls_token=True,
             norm_pix_loss=False,  # off in the release (PAPER.md)
             dtype="float32",  # compute dtype; parameters are always float32
+            # "auto": cuDNN's fused attention on GPUs in bfloat16, XLA's elsewhere; "xla"; "cudnn".
+            attention="auto",
         )
     )

@@ -4,6 +4,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from maepp.models.blocks import BLOCK_TYPES
+from maepp.models.layers import ATTENTION_IMPLEMENTATIONS
 from maepp.models.patches import grid_shape, num_visible
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -26,6 +27,7 @@ class ModelSpec:
     use_cls_token: bool
     norm_pix_loss: bool
     dtype: str
+    attention: str = "auto"  # maepp.models.layers.attention: "auto", "xla" or "cudnn"
 
     @classmethod
     def from_config(cls, model) -> "ModelSpec":
@@ -46,6 +48,7 @@ class ModelSpec:
             use_cls_token=bool(model.use_cls_token),
             norm_pix_loss=bool(model.norm_pix_loss),
             dtype=model.dtype,
+            attention=model.get("attention", "auto"),  # configs saved before the switch lack it
         )
         spec.validate()
         return spec
@@ -55,6 +58,13 @@ class ModelSpec:
             raise ValueError(f"config.model.block_type={self.block_type!r}; choose one of {BLOCK_TYPES}")
         if self.dtype not in DTYPES:
             raise ValueError(f"config.model.dtype={self.dtype!r}; choose one of {sorted(DTYPES)}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"config.model.attention={self.attention!r}; choose one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.attention == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError(
+                f"config.model.attention='cudnn' needs config.model.dtype='bfloat16' (got {self.dtype!r}): "
+                "cuDNN's fused attention takes half-precision inputs only; use 'auto' or 'xla'"
+            )
         for part, width, heads in (("encoder", self.width, self.heads), ("decoder", self.decoder_width, self.decoder_heads)):
             if width % heads:
                 raise ValueError(f"config.model.{part}: width {width} is not divisible by heads {heads}")
