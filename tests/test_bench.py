@@ -1,10 +1,14 @@
 """The benchmarks run and print what they promise (their figures are for benchmarks, not tests)."""
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
+import pytest
 import soundfile
 
+from maepp.bench import profile, table
 from maepp.data.synthetic import synthetic_clip
 from tests.helpers import run_module
 
@@ -13,16 +17,78 @@ def _last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_bench_step_reports_model_flops_close_to_xlas_count(repo_root):
+def test_bench_step_reports_model_flops_and_where_the_time_goes(repo_root, tmp_path):
     out = run_module(repo_root, "maepp.bench", "step", "--config", "configs/audiomaepp.py:micro",
-                     "--config.batch_size=8", "--steps", "1", "--json")
-    result = _last_json(out)
+                     "--config.batch_size=8", "--steps", "1", "--json", "--variant", "batch_size=4",
+                     "--profile_dir", str(tmp_path))
+    result, variant = (json.loads(line) for line in out.strip().splitlines())
     assert result["global_batch"] == 8 and result["steps"] == 1 and result["devices"].endswith("cpu")
     assert result["mfu"] is None  # no peak is known for a CPU
     assert math.isfinite(result["final_loss"]) and result["step_ms"] > 0
     # On the CPU, XLA counts every dot (and the elementwise work and optimizer besides): the
     # model's matrix FLOPs must be most of it, never more.
     assert 0.8 * result["xla_tflop_per_step"] <= result["model_tflop_per_step"] <= result["xla_tflop_per_step"]
+    assert variant["variant"] == {"batch_size": "4"} and variant["global_batch"] == 4
+    assert variant["model_tflop_per_step"] == pytest.approx(result["model_tflop_per_step"] / 2, abs=1e-4)  # rounded
+    for profile in (result["profile"], variant["profile"]):
+        assert sum(profile["share"].values()) == pytest.approx(1, abs=0.01)
+        for category in ("matmul", "attention", "layernorm", "elementwise", "optimizer"):
+            assert profile["ms_per_step"][category] > 0, category
+        assert len(profile["top_kernels"]) == 10
+    assert (tmp_path / "run1" / "module.hlo.txt").exists()
+
+
+def test_bench_step_names_a_variant_field_the_config_lacks(repo_root):
+    result = subprocess.run([sys.executable, "-m", "maepp.bench", "step", "--config", "configs/audiomaepp.py:micro",
+                             "--variant", "model.widht=3"], cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode != 0 and "config has no field 'model.widht'" in result.stderr
+
+
+HLO = """HloModule jit_train_step
+
+%fused_computation.3 (param_0: f32[8]) -> f32[8] {
+  %param_0 = f32[8]{0} parameter(0)
+  ROOT %t = f32[8]{0} transpose(%param_0), dimensions={0}, metadata={op_name="jit(train_step)/transpose"}
+}
+
+ENTRY %main (p: f32[8]) -> f32[8] {
+  %p = f32[8]{0} parameter(0)
+  %loop_add_fusion.3 = f32[8]{0} fusion(%p), kind=kLoop, calls=%fused_computation.3, metadata={op_name="jit(train_step)/jvp(MaskedAutoencoder)/decoder/blocks_0/norm1/add"}
+  %gemm_fusion_dot.2 = f32[8]{0} fusion(%loop_add_fusion.3), kind=kCustom, calls=%fused_computation.3, metadata={op_name="jit(train_step)/transpose(jvp(MaskedAutoencoder))/decoder/blocks_0/attn/qkv/dot_general"}
+  ROOT %copy_fusion = f32[8]{0} fusion(%gemm_fusion_dot.2), kind=kLoop, calls=%fused_computation.3
+}
+"""
+
+
+def test_profile_joins_kernels_to_their_instructions_by_name():
+    instructions = profile.hlo_instructions(HLO)
+    # XLA's kernels carry their instruction's name, '.' written '_'; inside a CUDA graph every
+    # kernel's hlo_op is the graph's, which names nothing useful.
+    assert profile.kernel_instruction("loop_add_fusion_3", "command_buffer_1", instructions) == "loop_add_fusion.3"
+    assert profile.kernel_instruction("nvjet_sm90_tst_128x160", "command_buffer_1", instructions) == ""
+    categories = {name: profile.categorise(instructions[name], name) for name in ("loop_add_fusion.3", "copy_fusion")}
+    assert categories == {"loop_add_fusion.3": "layernorm", "copy_fusion": "copy/transpose"}
+    # Library kernels are known by name; an operand named gemm_* makes no matmul of its consumer.
+    assert profile.categorise(None, "nvjet_sm90_tst_128x160") == "matmul"
+    assert profile.categorise(None, "cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert profile._short(instructions["gemm_fusion_dot.2"].op_name) == "bwd decoder/blocks_0/attn/qkv/dot_general"
+
+
+def test_speed_table_compares_with_the_peer_of_the_same_run_and_batch():
+    rows = [
+        dict(run=1, variant={}, dtype="bfloat16", attention="auto", global_batch=512, step_ms=100.0,
+             clips_per_s=5120.0, mfu=0.33),
+        dict(run=1, peer="official-pytorch", batch=512, amp="bf16", sdpa=True, compile=True, step_s=0.128,
+             clips_per_s=4000.0),
+        dict(run=2, variant={"batch_size": "128"}, dtype="bfloat16", attention="auto", global_batch=128,
+             step_ms=25.0, clips_per_s=5120.0, mfu=0.3),
+        dict(run=2, variant={"model.attention": "bad"}, error="ValueError: ..."),
+    ]
+    lines = table.speed_table(rows).splitlines()
+    assert len(lines) == 2 + 3  # header, rule, three timed rows; the failed variant is left out
+    assert lines[2].endswith("| 1.28x |")  # 5120 / 4000, the peer of run 1 at 512
+    assert "official release, bf16 autocast + SDPA + torch.compile" in lines[3]
+    assert lines[4].endswith("|  |")  # run 2 timed no peer at 128: no ratio across runs
 
 
 def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(repo_root, tmp_path):

@@ -3,6 +3,7 @@ r"""Benchmarks that print figures; the last line of each is JSON.
     python -m maepp.bench data --source records:GLOB|folder:DIR [--clips 256] [--json]
     python -m maepp.bench export [--workdir RUN | --model_config configs/audiomaepp.py:base] [--json]
     python -m maepp.bench step [--config configs/audiomaepp.py:base] [--steps 10] [--json]
+    python -m maepp.bench table RESULTS.jsonl   (the README's speed table from a results file)
 
 Each subcommand is a module of this package and imports only what it times: `step` needs
 jax, flax and optax alone, so it runs on an accelerator machine without TensorFlow or librosa.
@@ -12,7 +13,7 @@ import sys
 
 from absl import app
 
-SUBCOMMANDS = ("data", "export", "step")
+SUBCOMMANDS = ("data", "export", "step", "table")
 
 
 def run():

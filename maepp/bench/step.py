@@ -3,7 +3,14 @@ maepp.train runs it) on every device this process sees, timed on a device-reside
 random log-mels, and its model FLOP utilisation against the chip's bfloat16 peak.
 
     python -m maepp.bench step --config configs/audiomaepp.py:base --config.batch_size=256 \
-        [--config.model.dtype=bfloat16] [--config.data.frontend=device] [--steps 20] [--json]
+        [--config.model.dtype=bfloat16] [--config.data.frontend=device] [--steps 20] [--json] \
+        [--variant model.attention=cudnn,batch_size=128 ...] [--profile_dir DIR]
+
+Each --variant is a set of overrides of the config (`key=value`, comma-separated) or of XLA's
+compiler options (keys starting `xla_`), timed in this one process after the config itself
+(in-process, so XLA's autotuning results carry over and later compiles are quicker). With
+--profile_dir, 3 more steps of each are traced with jax.profiler and broken down by category
+and kernel (maepp.bench.profile); the breakdown joins the JSON line.
 
 The input pipeline is left out on purpose: this is the ceiling the accelerator sets, which
 `maepp.bench data` then has to feed. With --config.data.frontend=device the batch is raw-sample
@@ -25,6 +32,7 @@ from ml_collections import config_flags
 from maepp import optim, sharding
 from maepp.audio import jax_frontend
 from maepp.audio.constants import HOP, N_FFT, crop_span
+from maepp.bench import profile
 from maepp.bench.report import report
 from maepp.models import MaskedAutoencoder, ModelSpec
 from maepp.models.counts import train_flops_per_example
@@ -33,6 +41,52 @@ from maepp.train_step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/audiomaepp.py:base", "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps, after two warm-up steps.")
+_VARIANTS = flags.DEFINE_multi_string(
+    "variant", [], "Overrides timed after the config: key=value[,key=value]; keys xla_* are XLA compiler options.")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "Trace 3 steps of each run here and print where the time goes.")
+PROFILED_STEPS = 3
+
+
+def parse_variant(text: str) -> dict:
+    """'model.attention=cudnn,xla_gpu_foo=true' -> {'model.attention': 'cudnn', 'xla_gpu_foo': 'true'}."""
+    overrides = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise app.UsageError(f"--variant {text!r}: {item!r} is not key=value")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _compiler_option(value: str):
+    """XLA's options are typed: 'true' -> True, '4' -> 4, anything else stays a string."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def apply_variant(config, overrides: dict):
+    """-> (a copy of config with the overrides, XLA compiler options); values take each field's type."""
+    config = config.copy_and_resolve_references()
+    compiler_options = {}
+    for key, value in overrides.items():
+        if key.startswith("xla_"):
+            compiler_options[key] = _compiler_option(value)
+            continue
+        *parents, field = key.split(".")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        if field not in section:
+            raise app.UsageError(f"--variant: config has no field {key!r}")
+        current = section[field]
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false"):
+                raise app.UsageError(f"--variant {key}={value!r}: expected true or false")
+            section[field] = value.lower() == "true"
+        else:
+            section[field] = type(current)(value)
+    return config, compiler_options
 
 
 def _xla_flops(compiled) -> float:
@@ -55,7 +109,7 @@ def _random_inputs(batch_size: int, input_size, waveforms: bool):
     return dict(samples=samples, frame_starts=np.tile(starts, (batch_size, 1)), mean=mean, std=std)
 
 
-def bench_step(config, n_steps: int) -> dict:
+def bench_step(config, n_steps: int, compiler_options=None, profile_dir: str = "") -> dict:
     devices = jax.devices()
     mesh = sharding.make_mesh(config.mesh, devices)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
@@ -68,7 +122,8 @@ def bench_step(config, n_steps: int) -> dict:
     rngs = [jax.device_put(jax.random.key(i), sharding.replicated(mesh)) for i in range(n_steps + 2)]
 
     start = time.perf_counter()
-    compiled = step.lower(state, batch, rngs[0]).compile()
+    lowered = step.lower(state, batch, rngs[0])
+    compiled = lowered.compile(compiler_options=compiler_options or None)
     compile_s = time.perf_counter() - start
     for rng in rngs[:2]:  # warm-up: first-run allocations and autotuning are not the step
         state, metrics = compiled(state, batch, rng)
@@ -78,6 +133,17 @@ def bench_step(config, n_steps: int) -> dict:
         state, metrics = compiled(state, batch, rng)
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / n_steps
+    breakdown = None
+    if profile_dir:
+        jax.profiler.start_trace(profile_dir)
+        for _ in range(PROFILED_STEPS):
+            state, metrics = compiled(state, batch, rngs[-1])
+        jax.block_until_ready((state, metrics))
+        jax.profiler.stop_trace()
+        hlo_text = compiled.as_text()
+        with open(f"{profile_dir}/module.hlo.txt", "w") as f:  # beside the trace: what its kernels ran
+            f.write(hlo_text)
+        breakdown = profile.summarise(profile.newest_xplane(profile_dir), hlo_text, PROFILED_STEPS)
 
     model_flops = train_flops_per_example(model.spec) * config.batch_size
     memory = compiled.memory_analysis()
@@ -94,7 +160,10 @@ def bench_step(config, n_steps: int) -> dict:
         peak_bf16_tflops_per_device=peak and peak / 1e12,
         mfu=peak and round(achieved / peak, 4),
         memory_gib_per_device=memory and round((memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30, 3),
+        attention=model.spec.attention,
+        compiler_options=compiler_options or {},
         final_loss=float(metrics["loss"]),
+        profile=breakdown,
     )
 
 
@@ -103,10 +172,21 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if _STEPS.value < 1:
         raise app.UsageError("--steps must be at least 1")
-    r = bench_step(_CONFIG.value, _STEPS.value)
-    mfu = f"MFU {r['mfu']:.1%} of {r['peak_bf16_tflops_per_device']:.0f} TFLOP/s" if r["mfu"] else "MFU n/a (no peak known)"
-    report(r,
-           f"train step, width {r['width']} depth {r['depth']} {r['dtype']}, global batch {r['global_batch']} "
-           f"on {r['devices']}, mesh {r['mesh']}: {r['step_ms']} ms ({r['clips_per_s']} clips/s)",
-           f"model {r['model_tflop_per_step']} TFLOP per step (XLA counts {r['xla_tflop_per_step']}): "
-           f"{r['achieved_tflops_per_device']} TFLOP/s per device, {mfu}")
+    variants = [{}] + [parse_variant(text) for text in _VARIANTS.value]
+    for i, overrides in enumerate(variants):
+        config, compiler_options = apply_variant(_CONFIG.value, overrides)
+        profile_dir = _PROFILE_DIR.value and f"{_PROFILE_DIR.value}/run{i}"
+        try:
+            r = dict(variant=overrides, **bench_step(config, _STEPS.value, compiler_options, profile_dir))
+        except Exception as error:  # one variant the backend refuses must not end a sweep on a rented GPU
+            report(dict(variant=overrides, error=f"{type(error).__name__}: {error}"[:2000]),
+                   f"train step {overrides}: failed: {type(error).__name__}: {str(error)[:500]}")
+            continue
+        mfu = f"MFU {r['mfu']:.1%} of {r['peak_bf16_tflops_per_device']:.0f} TFLOP/s" if r["mfu"] else "MFU n/a (no peak known)"
+        report(r,
+               f"train step {overrides or '(config)'}, width {r['width']} depth {r['depth']} {r['dtype']}, "
+               f"global batch {r['global_batch']} on {r['devices']}, mesh {r['mesh']}: {r['step_ms']} ms "
+               f"({r['clips_per_s']} clips/s), compiled in {r['compile_s']} s",
+               f"model {r['model_tflop_per_step']} TFLOP per step (XLA counts {r['xla_tflop_per_step']}): "
+               f"{r['achieved_tflops_per_device']} TFLOP/s per device, {mfu}",
+               *([profile.markdown(r["profile"])] if r["profile"] else []))
