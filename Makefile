@@ -20,7 +20,7 @@ $(STAMP): requirements.txt setup.py
 	# The [hear] extra's validator, without its dependencies: it asks for the `tensorflow`
 	# distribution, which tensorflow-cpu above provides under another name.
 	$(PY) -m pip install --quiet --no-deps hearvalidator==2021.0.2
-	# maepp.compile_check's compilers for hardware this machine lacks, at the versions jax names:
+	# maepp.tools.compile_check's compilers for hardware this machine lacks, at the versions jax names:
 	# libtpu (jax[tpu]) and the CUDA plugin without CUDA (jax[cuda12-local]), about 1.2 GB. They go
 	# to their own folder, which only compile_check puts on its path: in the environment itself
 	# they would make every other jax program probe for a TPU and a GPU at start-up.
@@ -38,7 +38,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 tests
 
 summary: $(STAMP)
-	$(PY) -m maepp.summary --config configs/audiomaepp.py:base
+	$(PY) -m maepp.tools.summary --config configs/audiomaepp.py:base
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -5,8 +5,11 @@ setup(
     name="maepp",
     version="0.1.0",
     description="AudioMAE++ masked audio autoencoders: pretraining, checkpoints and embeddings in JAX/Flax",
-    packages=find_packages(include=["maepp", "maepp.*"]),
-    package_data={"maepp": ["targets/*.pbtxt"]},
+    # The repository's configs/ ships inside the package as maepp.configs, so an installed maepp
+    # takes --config audiomaepp:base (maepp/config_files.py).
+    packages=find_packages(include=["maepp", "maepp.*"]) + ["maepp.configs"],
+    package_dir={"maepp.configs": "configs"},
+    package_data={"maepp.tools": ["targets/*.pbtxt"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.10",
@@ -25,11 +28,11 @@ setup(
         "scikit-learn>=1.3",
     ],
     extras_require={
-        # Reading released PyTorch checkpoints (maepp.convert).
+        # Reading released PyTorch checkpoints (maepp.weights.convert).
         "torch": ["torch>=2.3"],
         # The HEAR API (maepp.hear) and its validator, hear-validator.
         "hear": ["torch>=2.3", "hearvalidator>=2021.0.2"],
-        # Compilers for maepp.compile_check (the train step ahead of time, without the hardware):
+        # Compilers for maepp.tools.compile_check (the train step ahead of time, without the hardware):
         # libtpu for TPU slices, and jax's CUDA plugin without CUDA for H100s.
         "tpu": ["jax[tpu]"],
         "gpu-aot": ["jax[cuda12-local]"],
@@ -37,15 +40,16 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "maepp-summary=maepp.summary:run",
-            "maepp-convert=maepp.convert:run",
+            "maepp-summary=maepp.tools.summary:run",
+            "maepp-convert=maepp.weights.convert:run",
             "maepp-train=maepp.train:run",
-            "maepp-prepare=maepp.prepare:run",
-            "maepp-bench=maepp.bench:run",
-            "maepp-export=maepp.export:run",
-            "maepp-evaluate=maepp.evaluate:run",
-            "maepp-synthetic-task=maepp.synthetic_tasks:run",
-            "maepp-compile-check=maepp.compile_check:run",
+            "maepp-prepare=maepp.data.prepare:run",
+            "maepp-bench=maepp.tools.bench:run",
+            "maepp-export=maepp.export.cli:run",
+            "maepp-evaluate=maepp.downstream.evaluate:run",
+            "maepp-synthetic-task=maepp.downstream.synthetic_tasks:run",
+            "maepp-compile-check=maepp.tools.compile_check:run",
+            "maepp-scaling=maepp.tools.scaling:run",
         ],
     },
 )

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # maepp's train step and the official PyTorch release's (the peer), timed in one run on the same
 # GPU, in bfloat16, into one results file: one JSON line per program and batch (maepp:
-# `maepp.bench step`; peer: peer_bench.py with bf16 autocast, fused SDPA and torch.compile, the
+# `maepp.tools.bench step`; peer: peer_bench.py with bf16 autocast, fused SDPA and torch.compile, the
 # best the release gets with standard PyTorch switches).
 #   PEER_SRC=DIR benchmarks/peer.sh [RESULTS.jsonl]
 # DIR holds the release's src/ and peer_bench.py (../shared/bench/README.md says how to get both).
 # Environment: SIZE (default base), BATCHES (default "512 128"), DEVICE (default cuda), PYTHON,
-# MAEPP_ARGS (more `maepp.bench step` flags, e.g. "--variant model.attention=xla --profile_dir D").
+# MAEPP_ARGS (more `maepp.tools.bench step` flags, e.g. "--variant model.attention=xla --profile_dir D").
 # Default RESULTS: benchmarks/results/<gpu>_<date>.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +24,7 @@ results=$1
 mkdir -p "$(dirname "$results")"
 other_batches=()
 for batch in "${batches[@]:1}"; do other_batches+=(--variant "batch_size=$batch"); done
-"$python" -m maepp.bench step --config "configs/audiomaepp.py:$size" --config.model.dtype=bfloat16 \
+"$python" -m maepp.tools.bench step --config "configs/audiomaepp.py:$size" --config.model.dtype=bfloat16 \
   --config.batch_size="${batches[0]}" --steps 20 "${other_batches[@]}" "${maepp_args[@]}" |
   tee /dev/stderr | grep '^{' >>"$results"
 for batch in "${batches[@]}"; do

@@ -1,15 +1,63 @@
-r"""AudioMAE++ pretraining on log-mel spectrograms (PAPER.md: model table and recipe).
+r"""AudioMAE++ pretraining on log-mel spectrograms: every size, and the recipe (PAPER.md).
 
-    python -m maepp.summary --config configs/audiomaepp.py:base
-    python -m maepp.train --config configs/audiomaepp.py:base --workdir gs://BUCKET/runs/base
+    maepp-train --config audiomaepp:base --workdir gs://BUCKET/runs/base
     python -m maepp.train --config configs/audiomaepp.py:micro --workdir runs/demo   (CPU demo)
+    python -m maepp.tools.summary --config audiomaepp:base
 
-The argument after the colon picks the size: micro (CPU demo), tiny, small, medium, base,
-large, huge. Any field can be overridden on the command line, e.g. --config.model.dtype=bfloat16
-or --config.model.encoder.use_rope=True (the paper's ablation switches live in config.model).
+The argument after the colon picks the size: micro (CPU demo), tiny, small, medium, base, large,
+huge. Any field can be overridden on the command line, e.g. --config.model.dtype=bfloat16 or
+--config.model.encoder.use_rope=True (the paper's ablation switches live in config.model).
+The recipe shared with configs/mae.py is configs/common.py.
 """
-from maepp.recipe import pretraining_config
+import ml_collections
+
+from maepp.configs import common
+
+# name: (width D, depth, heads). Encoder sizes of the released code (PAPER.md, model table).
+ENCODER_SIZES = {
+    "micro": (64, 2, 2),  # not in the paper: a CPU-sized model for demos and tests
+    "tiny": (192, 12, 3),
+    "small": (384, 12, 6),
+    "medium": (512, 12, 8),
+    "base": (768, 12, 12),
+    "large": (1024, 24, 16),
+    "huge": (1280, 32, 16),
+}
+
+# name: (width, depth, heads) of the decoder paired with that encoder (PAPER.md, model table).
+DECODER_SIZES = {
+    "micro": (64, 1, 2),
+    "tiny": (384, 4, 8),
+    "small": (384, 4, 6),
+    "medium": (384, 4, 6),
+    "base": (384, 4, 8),
+    "large": (512, 4, 8),
+    "huge": (384, 4, 6),
+}
+
+
+def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collections.ConfigDict:
+    """The model section for one named size; block_type "vit" gives the plain-MAE baseline."""
+    if size not in ENCODER_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(ENCODER_SIZES)}")
+    width, depth, heads = ENCODER_SIZES[size]
+    dec_width, dec_depth, dec_heads = DECODER_SIZES[size]
+    return ml_collections.ConfigDict(
+        dict(
+            block_type=block_type,  # "macaron_swiglu" (AudioMAE++) or "vit" (plain MAE)
+            encoder=dict(width=width, depth=depth, heads=heads, use_rope=False),
+            decoder=dict(width=dec_width, depth=dec_depth, heads=dec_heads, use_rope=False),
+            input_size=(200, 80),  # (time frames, mel bins): 2 s at a 10 ms hop
+            patch_size=(4, 16),  # (time, frequency)
+            mask_ratio=0.8,
+            use_cls_token=True,
+            norm_pix_loss=False,  # off in the release (PAPER.md)
+            dtype="float32",  # compute dtype; parameters are always float32
+            # "auto": cuDNN's fused attention on GPUs in bfloat16, XLA's elsewhere; "xla"; "cudnn".
+            attention="auto",
+        )
+    )
 
 
 def get_config(size: str = "base"):
-    return pretraining_config(size, block_type="macaron_swiglu")
+    return common.pretraining_config(model_config(size), micro=size == "micro")

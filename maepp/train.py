@@ -18,13 +18,13 @@ from absl import app, flags, logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from ml_collections import config_flags
 
-from maepp import checkpoints, distributed, optim, sharding
+from maepp import checkpoints, config_files, distributed, optim, sharding
 from maepp.audio import jax_frontend
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
 from maepp.data.sources import source_from_string
-from maepp.held_out import HeldOutEvaluation
+from maepp.evaluators.held_out import HeldOutEvaluation
+from maepp.evaluators.pictures import reconstruction_grid, write_png
 from maepp.models import MaskedAutoencoder, ModelSpec
-from maepp.pictures import reconstruction_grid, write_png
 from maepp.train_step import make_train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
@@ -177,7 +177,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    app.run(main, argv=config_files.resolve_argv(sys.argv))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def make_train_step(model: MaskedAutoencoder, optimizer: optax.GradientTransform
     def train_step(state: TrainState, inputs, rng):
         spectrograms = inputs if to_log_mel is None else to_log_mel(inputs)
         loss, grads = jax.value_and_grad(loss_fn)(state.params, spectrograms, rng)
-        with jax.named_scope("optimizer"):  # names the update's ops in profiles (maepp.bench.profile)
+        with jax.named_scope("optimizer"):  # names the update's ops in profiles (maepp.tools.bench.profile)
             grad_norm = optax.tree.norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

@@ -2,7 +2,6 @@ import atexit
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
 # One compilation cache for the whole session, shared with the maepp processes tests start:
@@ -23,7 +22,6 @@ from filelock import FileLock  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the configs/ directory, imported as a package by the tests
 
 
 @pytest.fixture(scope="session")

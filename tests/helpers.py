@@ -5,7 +5,7 @@ import sys
 import flax.linen as nn
 import jax
 
-from configs import audiomaepp, mae
+from maepp.configs import audiomaepp, mae
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 
 CONFIG_FILES = {"macaron_swiglu": audiomaepp, "vit": mae}

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from maepp.bench import profile, table
 from maepp.data.synthetic import synthetic_clip
+from maepp.tools.bench import profile, table
 from tests.helpers import run_module
 
 
@@ -18,7 +18,7 @@ def _last_json(out):
 
 
 def test_bench_step_reports_model_flops_and_where_the_time_goes(repo_root, tmp_path):
-    out = run_module(repo_root, "maepp.bench", "step", "--config", "configs/audiomaepp.py:micro",
+    out = run_module(repo_root, "maepp.tools.bench", "step", "--config", "configs/audiomaepp.py:micro",
                      "--config.batch_size=8", "--steps", "1", "--json", "--variant", "batch_size=4",
                      "--profile_dir", str(tmp_path))
     result, variant = (json.loads(line) for line in out.strip().splitlines())
@@ -30,16 +30,16 @@ def test_bench_step_reports_model_flops_and_where_the_time_goes(repo_root, tmp_p
     assert 0.8 * result["xla_tflop_per_step"] <= result["model_tflop_per_step"] <= result["xla_tflop_per_step"]
     assert variant["variant"] == {"batch_size": "4"} and variant["global_batch"] == 4
     assert variant["model_tflop_per_step"] == pytest.approx(result["model_tflop_per_step"] / 2, abs=1e-4)  # rounded
-    for profile in (result["profile"], variant["profile"]):
-        assert sum(profile["share"].values()) == pytest.approx(1, abs=0.01)
+    for breakdown in (result["profile"], variant["profile"]):
+        assert sum(breakdown["share"].values()) == pytest.approx(1, abs=0.01)
         for category in ("matmul", "attention", "layernorm", "elementwise", "optimizer"):
-            assert profile["ms_per_step"][category] > 0, category
-        assert len(profile["top_kernels"]) == 10
+            assert breakdown["ms_per_step"][category] > 0, category
+        assert len(breakdown["top_kernels"]) == 10
     assert (tmp_path / "run1" / "module.hlo.txt").exists()
 
 
 def test_bench_step_names_a_variant_field_the_config_lacks(repo_root):
-    result = subprocess.run([sys.executable, "-m", "maepp.bench", "step", "--config", "configs/audiomaepp.py:micro",
+    result = subprocess.run([sys.executable, "-m", "maepp.tools.bench", "step", "--config", "configs/audiomaepp.py:micro",
                              "--variant", "model.widht=3"], cwd=repo_root, capture_output=True, text=True)
     assert result.returncode != 0 and "config has no field 'model.widht'" in result.stderr
 
@@ -95,7 +95,7 @@ def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(re
     rng = np.random.default_rng(0)
     for i in range(8):
         soundfile.write(tmp_path / f"{i}.wav", synthetic_clip(rng)[0], 16000)
-    result = _last_json(run_module(repo_root, "maepp.bench", "data", "--source", f"folder:{tmp_path}",
+    result = _last_json(run_module(repo_root, "maepp.tools.bench", "data", "--source", f"folder:{tmp_path}",
                                    "--clips", "16", "--batch_size", "4", "--json"))
     assert result["pipeline_crops_per_s_per_core"] > 0 and result["librosa_crops_per_s_per_core"] > 0
     ratio = result["pipeline_crops_per_s_per_core"] / result["librosa_crops_per_s_per_core"]
@@ -103,6 +103,6 @@ def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(re
 
 
 def test_bench_export_counts_the_clips_it_exports(repo_root):
-    result = _last_json(run_module(repo_root, "maepp.bench", "export", "--clips", "2", "--seconds", "3", "--json"))
+    result = _last_json(run_module(repo_root, "maepp.tools.bench", "export", "--clips", "2", "--seconds", "3", "--json"))
     assert result["clips"] == 2 and result["clips_per_s"] > 0
     assert math.isclose(result["audio_seconds_per_s"], 3 * result["clips_per_s"], rel_tol=0.05)

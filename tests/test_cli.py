@@ -11,7 +11,7 @@ from tests.helpers import run_module as _run
     [("configs/audiomaepp.py:base", 141_855_744, 12_158_528), ("configs/mae.py:huge", 629_765_120, None)],
 )
 def test_summary_prints_a_table_and_json_last(repo_root, config, encoder_params, decoder_params):
-    out = _run(repo_root, "maepp.summary", "--config", config).strip().splitlines()
+    out = _run(repo_root, "maepp.tools.summary", "--config", config).strip().splitlines()
     summary = json.loads(out[-1])
     assert set(summary) == {"encoder_params", "decoder_params", "train_flops_per_example"}
     assert summary["encoder_params"] == encoder_params
@@ -22,7 +22,7 @@ def test_summary_prints_a_table_and_json_last(repo_root, config, encoder_params,
 
 def test_summary_flops_follow_the_overrides(repo_root):
     def flops(*overrides):
-        out = _run(repo_root, "maepp.summary", "--config", "configs/audiomaepp.py:base", *overrides)
+        out = _run(repo_root, "maepp.tools.summary", "--config", "configs/audiomaepp.py:base", *overrides)
         return json.loads(out.strip().splitlines()[-1])["train_flops_per_example"]
 
     base = flops()

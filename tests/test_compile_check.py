@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from maepp import scaling
+from maepp.tools import scaling
 from tests.helpers import run_module
 
 REPO = pathlib.Path(__file__).parents[1]
@@ -26,7 +26,7 @@ needs_cuda_plugin = pytest.mark.skipif(not _installed("jax_plugins/xla_cuda12"),
 
 
 def _compile_check(repo_root, *args):
-    return json.loads(run_module(repo_root, "maepp.compile_check", "--config", "configs/audiomaepp.py:micro",
+    return json.loads(run_module(repo_root, "maepp.tools.compile_check", "--config", "configs/audiomaepp.py:micro",
                                  *args, "--json").strip().splitlines()[-1])
 
 
@@ -65,7 +65,7 @@ def test_the_device_frontend_compiles_for_a_tpu_with_waveform_crops_as_arguments
 
 @needs_libtpu
 def test_a_step_over_hbm_exits_1_and_names_the_config_change(repo_root):
-    result = subprocess.run([sys.executable, "-m", "maepp.compile_check", "--config", "configs/audiomaepp.py:micro",
+    result = subprocess.run([sys.executable, "-m", "maepp.tools.compile_check", "--config", "configs/audiomaepp.py:micro",
                              "--topology", "v5e:2x2", "--config.batch_size=65536", "--json"],
                             cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 1, result.stderr[-2000:]
@@ -81,7 +81,7 @@ def test_a_step_over_hbm_exits_1_and_names_the_config_change(repo_root):
 def test_v4_and_v5p_slices_have_one_device_per_chip_as_jax_sees_them(repo_root):
     # v4-8 is 4 chips of 2 TensorCores; JAX on the slice sees 4 devices (megacore), and so must
     # the compile target, or jax.make_mesh refuses the mesh.
-    program = ("import maepp.compile_check as c; "
+    program = ("import maepp.tools.compile_check as c; "
                "print(*(len(c.abstract_devices(t)) for t in ('v4:2x2x1', 'v5p:2x2x2', 'v5e:2x2')))")
     result = subprocess.run([sys.executable, "-c", program], cwd=repo_root, capture_output=True, text=True)
     assert result.stdout.split() == ["4", "8", "4"], result.stderr[-2000:]
@@ -89,14 +89,14 @@ def test_v4_and_v5p_slices_have_one_device_per_chip_as_jax_sees_them(repo_root):
 
 @pytest.mark.parametrize("topology, message", [("v9x:2x2", "chip 'v9x' unknown"), ("h100:x8", "name the GPU count")])
 def test_an_unknown_target_is_a_clear_error(repo_root, topology, message):
-    result = subprocess.run([sys.executable, "-m", "maepp.compile_check", "--config", "configs/audiomaepp.py:micro",
+    result = subprocess.run([sys.executable, "-m", "maepp.tools.compile_check", "--config", "configs/audiomaepp.py:micro",
                              "--topology", topology], cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 1 and message in result.stderr
 
 
 @needs_cuda_plugin
 def test_scaling_check_compiles_the_recommended_mesh_and_matches_the_prediction(repo_root):
-    out = run_module(repo_root, "maepp.scaling", "--check", "8xH100", "--sizes", "micro")
+    out = run_module(repo_root, "maepp.tools.scaling", "--check", "8xH100", "--sizes", "micro")
     report = json.loads(out.strip().splitlines()[-1])
     assert report["hardware"] == "8xH100" and report["size"] == "micro" and report["mesh"] == [8, 1, 1]
     assert report["per_device_batch"] == 1024 // 8 and report["fits"]

@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from maepp import torch_weights as convert
-from maepp import weights
 from maepp.models.blocks import MacaronBlock
+from maepp.weights import release as convert
+from maepp.weights import store
 from tests.helpers import model_and_params, run_module, spec_for
 
 
@@ -114,13 +114,13 @@ def test_cli_imports_a_pth_file_and_exports_it_back(tmp_path, repo_root):
     # As the release saves it: wrapped under "model", with other training state beside it.
     torch.save({"model": {k: torch.from_numpy(v) for k, v in state_dict.items()}, "epoch": 99}, pth)
     out = tmp_path / "imported"
-    run_module(repo_root, "maepp.convert", "--torch-checkpoint", str(pth), "--config", "configs/audiomaepp.py:micro",
+    run_module(repo_root, "maepp.weights.convert", "--torch-checkpoint", str(pth), "--config", "configs/audiomaepp.py:micro",
          "--output", str(out), "--ln3-from", "norm3")
-    loaded, loaded_config = weights.load(out)
+    loaded, loaded_config = store.load(out)
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     assert loaded_config.model.encoder.width == spec.width
     back = tmp_path / "back.pth"
-    run_module(repo_root, "maepp.convert", "--params", str(out), "--output-torch", str(back))
+    run_module(repo_root, "maepp.weights.convert", "--params", str(out), "--output-torch", str(back))
     reloaded = convert.load_torch_state_dict(back)
     assert set(reloaded) == set(state_dict)
     for key, value in state_dict.items():
@@ -135,7 +135,7 @@ def test_cli_names_the_missing_key(tmp_path, repo_root):
     pth = tmp_path / "broken.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, pth)
     result = subprocess.run(
-        [sys.executable, "-m", "maepp.convert", "--torch-checkpoint", str(pth), "--config",
+        [sys.executable, "-m", "maepp.weights.convert", "--torch-checkpoint", str(pth), "--config",
          "configs/audiomaepp.py:micro", "--output", str(tmp_path / "out")],
         cwd=repo_root, capture_output=True, text=True,
     )

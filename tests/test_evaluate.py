@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from maepp import probes, synthetic_tasks
-from maepp.tasks import load_task
+from maepp.downstream import probes, synthetic_tasks
+from maepp.downstream.tasks import load_task
 from tests.helpers import run_module
 
 
@@ -79,7 +79,7 @@ def test_scores_and_interval():
 
 def test_evaluate_cli_probes_a_trained_run_on_a_synthetic_task(repo_root, trained_run, tmp_path):
     task = synthetic_tasks.write_task(tmp_path / "sounds", "classes", {"train": 12, "test": 6}, seconds=1.0)
-    out = run_module(repo_root, "maepp.evaluate", "--workdir", str(trained_run), "--task", str(task),
+    out = run_module(repo_root, "maepp.downstream.evaluate", "--workdir", str(trained_run), "--task", str(task),
                      "--seeds", "2", "--probes", "linear")
     result = json.loads(out.strip().splitlines()[-1])
     assert result["task"] == "sounds" and result["metric"] == "accuracy" and result["clips"] == 90
@@ -97,7 +97,7 @@ def test_modulated_noise_swings_at_its_rate(rate):
 
 
 def test_synthetic_task_cli_writes_a_labelled_folder(repo_root, tmp_path):
-    out = run_module(repo_root, "maepp.synthetic_tasks", "--task", "modulation", "--output", str(tmp_path / "am"),
+    out = run_module(repo_root, "maepp.downstream.synthetic_tasks", "--task", "modulation", "--output", str(tmp_path / "am"),
                      "--train", "3", "--test", "2", "--seconds", "0.5")
     assert "wrote the modulation task" in out
     task = load_task(tmp_path / "am")

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from maepp import clip_export, embed, encoder, weights
 from maepp.audio.constants import SAMPLE_RATE
+from maepp.export import artifact, clips, embed
+from maepp.weights import store
 from tests.helpers import model_and_params, spec_for
 
 # One xdist worker runs this whole module, so its module fixture is built once.
@@ -21,7 +22,7 @@ def test_frame_t_is_made_of_time_step_t_only():
     """With no attention (depth 0) a token sees only its own patch: changing log-mel frames
     100-103 of a clip must change frame embedding 25 and nothing else, in the right chunk."""
     model, params = model_and_params(spec_for(**{"encoder.depth": 0}))
-    embedder = encoder.local_embedder(model, params, batch_size=8)
+    embedder = artifact.local_embedder(model, params, batch_size=8)
     log_mel = np.random.default_rng(0).normal(size=(450, 80)).astype(np.float32)
     changed = log_mel.copy()
     changed[300:304] += 1.0  # chunk 1 (frames 200-399), its time step 25 -> clip frame 75
@@ -48,8 +49,8 @@ def thousand_clips(tmp_path_factory):
     return folder
 
 
-def _export_command(run, clips, output, *extra):
-    return [sys.executable, "-m", "maepp.export", "--workdir", str(run), "--input", str(clips),
+def _export_command(run, inputs, output, *extra):
+    return [sys.executable, "-m", "maepp.export", "--workdir", str(run), "--input", str(inputs),
             "--output", str(output), "--block_clips", "100", *extra]
 
 
@@ -82,24 +83,24 @@ def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo
     # Rows stay aligned with paths around the skipped clip.
     assert got["embeddings"].shape == (999, 5 * 64) and "clip_0500.wav" not in got["paths"].tolist()
     assert got["skipped_paths"].tolist() == ["clip_0500.wav"]
-    model, params, _, _ = weights.load_model(trained_run)
-    alone = encoder.local_embedder(model, params)
+    model, params, _, _ = store.load_model(trained_run)
+    alone = artifact.local_embedder(model, params)
     row = got["paths"].tolist().index("clip_0501.wav")
     waveform, _ = soundfile.read(thousand_clips / "clip_0501.wav")
     np.testing.assert_allclose(got["embeddings"][row], alone.scene(waveform), atol=1e-5)
 
 
 def test_timestamps_and_csv_input(trained_run, tmp_path):
-    clips = tmp_path / "few"
-    clips.mkdir()
+    folder = tmp_path / "few"
+    folder.mkdir()
     rng = np.random.default_rng(1)
     for name, seconds in (("a.wav", 0.5), ("b.flac", 3.3)):
-        soundfile.write(clips / name, 0.1 * rng.normal(size=int(seconds * SAMPLE_RATE)), SAMPLE_RATE)
+        soundfile.write(folder / name, 0.1 * rng.normal(size=int(seconds * SAMPLE_RATE)), SAMPLE_RATE)
     (tmp_path / "list.csv").write_text("path,label\nfew/b.flac,x\nfew/a.wav,y\n")
-    model, params, _, _ = weights.load_model(trained_run)
-    embedder = encoder.local_embedder(model, params, batch_size=8)
-    source = clip_export.input_source(str(tmp_path / "list.csv"))
-    clip_export.export(source, embedder, tmp_path / "out.npz", timestamps=True)
+    model, params, _, _ = store.load_model(trained_run)
+    embedder = artifact.local_embedder(model, params, batch_size=8)
+    source = clips.input_source(str(tmp_path / "list.csv"))
+    clips.export(source, embedder, tmp_path / "out.npz", timestamps=True)
     out = np.load(tmp_path / "out.npz")
     assert out["paths"].tolist() == ["few/b.flac", "few/a.wav"]
     lengths = [int(np.ceil((1 + int(s * SAMPLE_RATE) // 160) / 4)) for s in (3.3, 0.5)]  # 83, 13
@@ -110,20 +111,20 @@ def test_timestamps_and_csv_input(trained_run, tmp_path):
 
 
 def test_artifact_runs_with_only_jax_and_numpy(repo_root, trained_run, tmp_path):
-    model, params, config, _ = weights.load_model(trained_run)
-    directory = encoder.write_artifact(tmp_path / "artifact", model, params, config)
+    model, params, config, _ = store.load_model(trained_run)
+    directory = artifact.write_artifact(tmp_path / "artifact", model, params, config)
     with pytest.raises(FileExistsError):
-        encoder.write_artifact(directory, model, params, config)
+        artifact.write_artifact(directory, model, params, config)
     waveform = np.random.default_rng(2).uniform(-1, 1, size=int(4.2 * SAMPLE_RATE))
     np.save(tmp_path / "wave.npy", waveform)
-    want = encoder.local_embedder(model, params).frames(waveform)
+    want = artifact.local_embedder(model, params).frames(waveform)
     # A fresh interpreter where the training stack cannot be imported at all.
     script = f"""
 import sys
 for name in ("flax", "optax", "orbax", "tensorflow", "librosa", "maepp.models", "maepp.train"):
     sys.modules[name] = None
 import numpy as np
-from maepp import embed
+from maepp.export import embed
 frames = embed.load({str(directory)!r}).frames(np.load({str(tmp_path / "wave.npy")!r}))
 np.save({str(tmp_path / "frames.npy")!r}, frames)
 """

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from maepp import hear
+from maepp.export import hear
 
 needs_validator = pytest.mark.skipif(importlib.util.find_spec("hearvalidator") is None,
                                      reason="the [hear] extra (hearvalidator) is not installed")

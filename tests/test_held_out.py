@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow as tf
 
-from maepp.eval_step import make_eval_step
+from maepp.evaluators.held_out_step import make_eval_step
+from maepp.evaluators.pictures import GAP, reconstruction_grid, write_png
 from maepp.models import MASKING_RNG
 from maepp.models.patches import patchify
-from maepp.pictures import GAP, reconstruction_grid, write_png
 from tests.helpers import model_and_params, spec_for
 
 

@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import audiomaepp
 from maepp import optim
+from maepp.configs import audiomaepp
 from maepp.models import MASKING_RNG
 from maepp.train_step import create_state, make_train_step
 from tests.helpers import model_and_params, spec_for

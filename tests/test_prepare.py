@@ -1,4 +1,4 @@
-"""maepp.prepare: shards, manifest, TFDS loading, resuming, and the records: source."""
+"""maepp.data.prepare: shards, manifest, TFDS loading, resuming, and the records: source."""
 import json
 
 import numpy as np
@@ -12,7 +12,7 @@ from maepp.data.pipeline import WAVEFORM_CROP_KEYS, ClipOrder, random_offset, tr
 from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
-from maepp.data.preparation import prepare
+from maepp.data.writer import prepare
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_records_source_feeds_the_training_pipeline(audio_folder, tmp_path):
 
 
 def test_records_source_without_shards_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="maepp.prepare"):
+    with pytest.raises(FileNotFoundError, match="maepp.data.prepare"):
         source_from_string(f"records:{tmp_path}/*.array_record-*")
 
 

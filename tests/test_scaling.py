@@ -1,12 +1,12 @@
-"""docs/scaling.md is what maepp.scaling computes, and its arithmetic holds."""
+"""docs/scaling.md is what maepp.tools.scaling computes, and its arithmetic holds."""
 import math
 
-from maepp import scaling
+from maepp.tools import scaling
 
 
 def test_docs_scaling_md_regenerates(repo_root):
     assert (repo_root / "docs" / "scaling.md").read_text() == scaling.report(), (
-        "docs/scaling.md is stale: run python -m maepp.scaling > docs/scaling.md")
+        "docs/scaling.md is stale: run python -m maepp.tools.scaling > docs/scaling.md")
 
 
 def test_state_bytes_follow_the_sharding_rules():

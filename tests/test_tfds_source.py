@@ -10,7 +10,7 @@ from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
 from maepp.data.tfds_source import TfdsAudioSource
-from maepp.data.preparation import prepare
+from maepp.data.writer import prepare
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,7 @@ def test_two_processes_survive_a_killed_process_and_resume_on_another_mesh(repo_
 
 
 def test_repeated_non_finite_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_path):
-    from configs import audiomaepp
+    from maepp.configs import audiomaepp
     from maepp.train import train as train_in_process
 
     config = audiomaepp.get_config("micro")

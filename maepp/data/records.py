@@ -46,10 +46,10 @@ class RecordsSource:
     """Clips of prepared ArrayRecord shards, by a glob over shard files."""
 
     def __init__(self, pattern: str):
-        # ".tmp" files are shards still being written by maepp.prepare.
+        # ".tmp" files are shards still being written by maepp.data.prepare.
         self.files = sorted(f for f in glob.glob(pattern) if not f.endswith(".tmp"))
         if not self.files:
-            raise FileNotFoundError(f"no record shards match {pattern!r}; write them with python -m maepp.prepare")
+            raise FileNotFoundError(f"no record shards match {pattern!r}; write them with python -m maepp.data.prepare")
         self._records = array_record_data_source.ArrayRecordDataSource(self.files)
         self._last = threading.local()
         if len(self._records) == 0:
@@ -75,7 +75,7 @@ class RecordsSource:
         return self._example(index)["flac"].bytes_list.value[0]
 
     def clip_info(self, index: int):
-        """(num_samples, mean, std of the whole clip's log-mel), as stored by maepp.prepare."""
+        """(num_samples, mean, std of the whole clip's log-mel), as stored by maepp.data.prepare."""
         example = self._example(index)
         return (
             example["num_samples"].int64_list.value[0],

@@ -3,7 +3,7 @@
     synthetic          procedural audio made on the fly (the embedded default, no download)
     synthetic:N[:SEED] the same with N distinct clips per epoch (from SEED: another set of clips)
     folder:PATH        any tree of wav/flac/ogg/mp3 files, any rate and channel count
-    records:GLOB       ArrayRecord shards written by `python -m maepp.prepare`
+    records:GLOB       ArrayRecord shards written by `python -m maepp.data.prepare`
     tfds:NAME[:SPLIT]  a TFDS audio dataset prepared (as ArrayRecord) in data_dir, maybe gs://
 
 A source maps a clip index to a 16 kHz mono waveform, or raises BadAudio. Random access lets

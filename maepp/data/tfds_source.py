@@ -1,7 +1,7 @@
 """The `tfds:NAME[:SPLIT]` source: a TFDS audio dataset already prepared in a data_dir.
 
 Random access needs TFDS's ArrayRecord format (`tfds.data_source`); data_dir may be a local
-path or gs://. Datasets written by maepp.prepare are read through their shards (with the fast
+path or gs://. Datasets written by maepp.data.prepare are read through their shards (with the fast
 crop path); any other dataset's `audio` feature is converted to 16 kHz mono floats.
 """
 import numpy as np
@@ -21,7 +21,7 @@ class TfdsAudioSource:
             first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
             raise ValueError(
                 f"{self.label} (data_dir {data_dir or 'TFDS default'}) cannot be read for random access: {first_line} "
-                "Prepare it with file_format='array_record' (or use python -m maepp.prepare)."
+                "Prepare it with file_format='array_record' (or use python -m maepp.data.prepare)."
             ) from error
         audio = builder.info.features["audio"] if "audio" in builder.info.features else None
         if audio is None:
@@ -43,7 +43,7 @@ class TfdsAudioSource:
 
 
 def tfds_source(name: str, split: str = "train", data_dir=None):
-    """A maepp.prepare dataset as a RecordsSource, any other TFDS audio dataset as TfdsAudioSource."""
+    """A maepp.data.prepare dataset as a RecordsSource, any other TFDS audio dataset as TfdsAudioSource."""
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         features = set(builder.info.features)

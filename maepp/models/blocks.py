@@ -12,7 +12,7 @@ BLOCK_TYPES = ("macaron_swiglu", "vit")
 class MacaronBlock(nn.Module):
     """PAPER.md, "Model (as released)":
         x = x + 0.5 * FFN(LN1(x));  x = x + MHSA(LN2(x));  x = x + SwiGLU(LN3(x))
-    LN3 is its own LayerNorm here; the release applies LN2 in its place, which maepp.convert
+    LN3 is its own LayerNorm here; the release applies LN2 in its place, which maepp.weights.convert
     reproduces by giving LN3 LN2's values.
     """
 

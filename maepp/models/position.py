@@ -1,7 +1,7 @@
 """Fixed sin-cos position tables (not parameters: never trained, never weight-decayed).
 
 Laid out exactly as the MAE / AudioMAE++ release builds them, so imported weights see the
-same positions they were trained with (maepp.convert checks this against the checkpoint).
+same positions they were trained with (maepp.weights.convert checks this against the checkpoint).
 """
 import numpy as np
 

@@ -1,0 +1,54 @@
+"""What every experiment config shares: PAPER.md's pretraining recipe and the micro CPU mode.
+
+Numbers from PAPER.md, "Pretraining recipe": AdamW betas (0.9, 0.95), weight decay 0.05,
+lr = 1.5e-4 x global batch / 256, global batch 1024, 100 epochs of AudioSet, 10 of them warmup.
+"""
+import ml_collections
+
+
+def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) -> ml_collections.ConfigDict:
+    """The experiment config around a model section; micro: the CPU demo's batch and schedule."""
+    config = ml_collections.ConfigDict()
+    config.model = model
+    config.seed = 0
+    # source: "synthetic" (embedded procedural audio), "synthetic:N", "folder:PATH",
+    # "records:GLOB" (maepp.data.prepare's shards) or "tfds:NAME[:SPLIT]" (prepared in data_dir).
+    # eval_source: held-out clips for the periodic reconstruction loss and pictures ("" = none);
+    # "synthetic:256:1" is 256 procedural clips from a seed the training clips do not use.
+    # frontend: where training crops become log-mels: "host" (tf.data) or "device" (in the train
+    # step; for hosts too slow for the STFT, best with records:, whose clip stats are stored).
+    config.data = ml_collections.ConfigDict(
+        dict(source="synthetic", data_dir="", eval_source="synthetic:256:1", frontend="host")
+    )
+    config.batch_size = 1024  # global
+    # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    config.optimizer = ml_collections.ConfigDict(
+        dict(base_learning_rate=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip=0.0, accumulate_steps=1)
+    )
+    # AudioSet: ~2.05M clips / 1024 = 2002 steps per epoch; 100 epochs, 10 of them warmup.
+    config.total_steps = 200_200
+    config.warmup_steps = 20_020
+    config.log_every = 100
+    config.checkpoint_every = 2000
+    config.keep_checkpoints = 3  # the newest ones...
+    config.keep_period = 20_000  # ...and every keep_period-th step
+    config.max_nonfinite_steps = 10  # non-finite steps in a row before the run stops
+    config.eval_every = 10_000  # and at the last step
+    config.eval_batch_size = 1024  # global
+    # clu's Profile action: a jax.profiler trace of num_steps steps from first_step (0 = never),
+    # then again every every_secs; it lands in WORKDIR/tensorboard (TensorBoard's profile tab).
+    config.profile = ml_collections.ConfigDict(dict(first_step=100, num_steps=5, every_secs=3600.0))
+    if micro:
+        # CPU demo: a small batch; the tiny model takes a higher rate (peak lr 1e-3).
+        config.batch_size = 32
+        config.optimizer.base_learning_rate = 8e-3
+        config.total_steps = 300
+        config.warmup_steps = 30
+        config.log_every = 10
+        config.checkpoint_every = 100
+        config.keep_period = 0
+        config.eval_every = 100
+        config.eval_batch_size = 32
+        config.profile.first_step = 20
+    return config

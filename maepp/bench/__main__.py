@@ -1,3 +1,0 @@
-from maepp.bench import run
-
-run()

@@ -1,0 +1,46 @@
+r"""Turns a folder of audio into ArrayRecord shards of FLAC 16 kHz clips plus TFDS metadata.
+
+    python -m maepp.data.prepare --input DIR --output DIR [--workers N] [--clips_per_shard 1024]
+
+Every wav/flac/ogg/mp3 under --input (AudioSet as users download it, any rate or channel
+count) is resampled to 16 kHz mono and stored as FLAC; bad files are skipped and listed with
+the reason in manifest.json. Re-running the same command resumes: finished shards are kept.
+Layout and reading: maepp/data/records.py; writing and resume rules: maepp/data/writer.py.
+"""
+import os
+import pathlib
+import sys
+
+from absl import app, flags
+
+from maepp.data import records
+from maepp.data.writer import prepare
+
+_INPUT = flags.DEFINE_string("input", None, "Folder of audio files (searched recursively).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write NAME/1.0.0/ with the shards.")
+_NAME = flags.DEFINE_string("name", "audio_clips", "Dataset name (TFDS name of the result).")
+_SPLIT = flags.DEFINE_string("split", "train", "Split name.")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Processes writing shards in parallel.")
+_CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 1024, "Input files per shard.")
+
+
+def main(argv):
+    del argv
+    if not _INPUT.value or not _OUTPUT.value:
+        raise app.UsageError("--input and --output are required")
+    try:
+        manifest = prepare(_INPUT.value, _OUTPUT.value, _NAME.value, _SPLIT.value, _WORKERS.value, _CLIPS_PER_SHARD.value)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"maepp.data.prepare: {error}")
+    out = pathlib.Path(_OUTPUT.value).absolute() / _NAME.value / records.VERSION
+    print(f"{manifest['clips']} clips ({manifest['hours']:.2f} h) in {len(manifest['shards'])} shards under {out}; "
+          f"{len(manifest['skipped'])} files skipped (listed in manifest.json)")
+    print(f"train on them with --config.data.source='records:{out}/{_NAME.value}-{_SPLIT.value}.array_record-*'")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,57 @@
+r"""Linear and HEAR-MLP probes on a frozen encoder's embeddings of a labelled task.
+
+    python -m maepp.downstream.evaluate --workdir RUN --task DIR [--features encoder|random_init|log_mel_stats] \
+        [--seeds 5] [--probes linear,mlp]
+
+DIR is a labelled folder (train/<label>/*, test/<label>/*) or a HEAR task (maepp/downstream/tasks.py).
+Prints accuracy (mAP for multi-label tasks) per probe as the mean over seeds with its 95%
+interval; the last line is JSON. The features are exported first into
+RUN/evaluations/<task>/<features>.npz (restartable, and reused by a later run).
+"""
+import json
+import sys
+
+from absl import app, flags, logging
+
+from maepp import checkpoints
+from maepp.downstream import features
+from maepp.downstream.tasks import load_task
+from maepp.weights import store
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_TASK = flags.DEFINE_string("task", None, "Task directory.")
+_FEATURES = flags.DEFINE_enum("features", "encoder", features.FEATURES, "What to probe.")
+_SEEDS = flags.DEFINE_integer("seeds", 5, "Probe seeds (HEAR uses 10).")
+_PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linear, mlp.")
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
+    del argv
+    if not (_WORKDIR.value and _TASK.value):
+        raise app.UsageError("--workdir and --task are required")
+    try:
+        task = load_task(_TASK.value)
+        model, params, _, loaded = store.load_model(_WORKDIR.value, _STEP.value)
+        embedder = features.features_embedder(_FEATURES.value, model, params)
+        directory = checkpoints.workdir_path(_WORKDIR.value) / "evaluations" / task.name
+        directory.mkdir(parents=True, exist_ok=True)
+        clip_features = features.task_features(task, embedder, directory / f"{_FEATURES.value}.npz", sys.stderr)
+        results = features.evaluate(task, clip_features, _SEEDS.value, tuple(_PROBES.value))
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        sys.exit(f"maepp.downstream.evaluate: {error}")
+    metric = "mAP" if task.multilabel else "accuracy"
+    for name, result in results.items():
+        print(f"{task.name} {_FEATURES.value} {name} probe: {metric} {result['mean']:.4f} "
+              f"+- {result['ci95']:.4f} (95%, {_SEEDS.value} seeds)")
+    print(json.dumps(dict(task=task.name, model=loaded, features=_FEATURES.value, metric=metric,
+                          clips=len(clip_features), **results)))
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,81 @@
+"""Judging an encoder by probes on a labelled task (maepp.downstream.evaluate's library).
+
+Features of every clip of the task are exported once (maepp/export/clips.py, restartable) and
+probes are trained on them for several seeds. Two references put the encoder's numbers in
+context: the same architecture at random init, and per-band mean and std of the log-mel.
+"""
+import flax.linen as nn
+import jax
+import numpy as np
+
+from maepp.downstream import probes
+from maepp.downstream.tasks import Task
+from maepp.export import artifact, clips
+from maepp.export.embed import Embedder
+from maepp.models import init_params
+
+FEATURES = ("encoder", "random_init", "log_mel_stats")
+PROBES = {"linear": probes.LINEAR, "mlp": probes.HEAR_MLP}
+
+
+class LogMelStats:
+    """The baseline: each clip's 80 band means and 80 band stds of its standardised log-mel."""
+
+    frame_size = 160
+
+    def __init__(self, embedder: Embedder):
+        self.log_mel = embedder.log_mel
+
+    def frames_of_log_mels(self, log_mels) -> list:
+        return [np.concatenate([m.mean(axis=0), m.std(axis=0)])[None].astype(np.float32) for m in log_mels]
+
+
+def features_embedder(kind: str, model, params):
+    """The features to probe: the trained encoder, the same encoder at random init (its
+    parameters made only when asked for), or the log-mel statistics."""
+    if kind == "encoder":
+        return artifact.local_embedder(model, params)
+    if kind == "random_init":
+        return artifact.local_embedder(model, nn.meta.unbox(init_params(model, jax.random.key(0))))
+    if kind == "log_mel_stats":
+        return LogMelStats(artifact.local_embedder(model, params))
+    raise ValueError(f"features {kind!r} not understood; use one of {', '.join(FEATURES)}")
+
+
+def task_features(task: Task, embedder, output, log) -> dict:
+    """-> {clip path: scene features}, through an export to `output` (.npz)."""
+    source = clips.FileListSource(task.root, task.paths())
+    clips.export(source, embedder, output, log=log)
+    exported = np.load(output)
+    return dict(zip(exported["paths"].tolist(), exported["embeddings"]))
+
+
+def _split(labelled, features: dict, labels: list, multilabel: bool) -> probes.Split:
+    labelled = [(path, values) for path, values in labelled if path in features]  # unreadable clips were skipped
+    x = np.stack([features[path] for path, _ in labelled]).astype(np.float32)
+    index = {label: i for i, label in enumerate(labels)}
+    if multilabel:
+        y = np.zeros((len(labelled), len(labels)), np.float32)
+        for row, (_, values) in enumerate(labelled):
+            y[row, [index[v] for v in values]] = 1.0
+    else:
+        y = np.array([index[values[0]] for _, values in labelled], np.int32)
+    return probes.Split(x, y)
+
+
+def evaluate(task: Task, features: dict, seeds: int, probe_names=("linear", "mlp")) -> dict:
+    """-> {probe: {mean, ci95, scores}}: per seed, the score averaged over the task's folds."""
+    results = {}
+    for name in probe_names:
+        scores = []
+        for seed in range(seeds):
+            per_fold = []
+            for fold in task.folds:
+                train, valid, test = (_split(s, features, task.labels, task.multilabel)
+                                      for s in (fold.train, fold.valid, fold.test))
+                per_fold.append(probes.evaluate_probe(train, valid, test, len(task.labels), task.multilabel,
+                                                      PROBES[name], seed))
+            scores.append(float(np.mean(per_fold)))
+        mean, half = probes.mean_and_interval(scores)
+        results[name] = dict(mean=round(mean, 4), ci95=round(half, 4), scores=[round(s, 4) for s in scores])
+    return results

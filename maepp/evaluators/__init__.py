@@ -1,0 +1,1 @@
+"""What a training run evaluates as it goes: the held-out reconstruction loss and its pictures."""

@@ -1,0 +1,3 @@
+from maepp.export.cli import run
+
+run()

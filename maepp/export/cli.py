@@ -1,0 +1,57 @@
+r"""Frozen-encoder embeddings of many clips, or the encoder itself as a portable artifact.
+
+    python -m maepp.export --workdir RUN [--step N] --input DIR|LIST.csv|tfds:NAME[:SPLIT] \
+        --output OUT.npz [--timestamps] [--batch_size 64] [--block_clips 256]
+    python -m maepp.export --workdir RUN [--step N] --artifact DIR
+
+--workdir is a training workdir (its newest checkpoint, or --step) or a weights directory
+(maepp.weights.convert). Clips of any length, rate and channel count are resampled to 16 kHz mono and
+cut into 200-frame chunks (maepp/export/embed.py); OUT.npz's layout is in maepp/export/clips.py. A
+killed export restarts where it stopped when run again with the same arguments. --artifact
+writes the encoder as a jax.export function plus weights, which maepp.embed.load(DIR) runs
+with only jax and numpy installed.
+"""
+import sys
+
+from absl import app, flags, logging
+
+from maepp.export import artifact, clips
+from maepp.weights import store
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
+_INPUT = flags.DEFINE_string("input", None, "Folder of audio, CSV list of files, or tfds:NAME[:SPLIT].")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for --input tfds:... (may be gs://).")
+_OUTPUT = flags.DEFINE_string("output", None, "The .npz to write.")
+_TIMESTAMPS = flags.DEFINE_bool("timestamps", False, "Also write every frame embedding and its time.")
+_BATCH = flags.DEFINE_integer("batch_size", 64, "200-frame chunks per encoder call (over all local devices).")
+_BLOCK = flags.DEFINE_integer("block_clips", 256, "Clips per restartable block.")
+_ARTIFACT = flags.DEFINE_string("artifact", None, "Write the encoder artifact to this new directory instead.")
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
+    del argv
+    if not _WORKDIR.value or not (_ARTIFACT.value or (_INPUT.value and _OUTPUT.value)):
+        raise app.UsageError("--workdir with --input and --output, or with --artifact, are required")
+    try:
+        model, params, config, loaded = store.load_model(_WORKDIR.value, _STEP.value)
+        if _ARTIFACT.value:
+            directory = artifact.write_artifact(_ARTIFACT.value, model, params, config)
+            print(f"encoder of {loaded} written to {directory}; load it with maepp.embed.load({str(directory)!r})")
+            return
+        source = clips.input_source(_INPUT.value, _DATA_DIR.value)
+        embedder = artifact.local_embedder(model, params, _BATCH.value)
+        counts = clips.export(source, embedder, _OUTPUT.value, timestamps=_TIMESTAMPS.value,
+                                    block_clips=_BLOCK.value, model=loaded)
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        sys.exit(f"maepp.export: {error}")
+    print(f"{counts['clips']} clips embedded with {loaded} into {counts['output']}, {counts['skipped']} skipped")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

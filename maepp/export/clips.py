@@ -1,0 +1,154 @@
+"""Embeddings of every clip of a folder, CSV list or TFDS dataset into one .npz, restartably.
+
+Clips are taken in blocks of block_clips; each finished block is written whole to
+OUT.npz.parts/ (written, then renamed), so a restarted export recomputes nothing it finished
+and a killed one leaves no half block. The blocks are put together into OUT.npz at the end:
+
+    embeddings       [N, E] float32  scene embedding (mean of the frame embeddings) per clip
+    paths            [N] str         the clips as the input names them (relative to a folder)
+    skipped_paths    [K] str         clips that could not be read, with skipped_reasons [K]
+  with timestamps:
+    frame_embeddings [F, E] float32  every clip's frame embeddings, clip after clip
+    frame_offsets    [N + 1] int64   clip i's frames are rows frame_offsets[i]:frame_offsets[i+1]
+    timestamps_ms    [F] float64     centre of each frame embedding in its clip
+"""
+import csv
+import hashlib
+import json
+import pathlib
+import shutil
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from maepp.audio.decode import BadAudio, load_audio
+from maepp.data.sources import FolderSource
+from maepp.data.tfds_source import tfds_source
+from maepp.export.embed import Embedder
+
+
+class FileListSource:
+    """Audio files named relative to a root directory (or absolute), in a given order."""
+
+    def __init__(self, root, names):
+        self.root, self.names = pathlib.Path(root), list(names)
+
+    def __len__(self):
+        return len(self.names)
+
+    def name(self, index: int) -> str:
+        return self.names[index]
+
+    def load(self, index: int) -> np.ndarray:
+        return load_audio(self.root / self.names[index])
+
+
+def csv_source(csv_path) -> FileListSource:
+    """Clips listed in a CSV: the 'path' column (or the first one); relative paths are taken
+    from the CSV's directory, and named as written."""
+    csv_path = pathlib.Path(csv_path)
+    with csv_path.open(newline="") as file:
+        rows = [row for row in csv.reader(file) if row]
+    column = 0
+    if rows and "path" in rows[0]:  # a header row
+        column, rows = rows[0].index("path"), rows[1:]
+    names = [row[column] for row in rows]
+    if not names:
+        raise ValueError(f"{csv_path} lists no clips")
+    return FileListSource(csv_path.parent, names)
+
+
+def input_source(spec: str, data_dir=None):
+    """--input: a folder of audio, a .csv list of files, or tfds:NAME[:SPLIT]."""
+    if spec.startswith("tfds:"):
+        name, _, split = spec[len("tfds:"):].partition(":")
+        return tfds_source(name, split or "train", data_dir)
+    if spec.endswith(".csv"):
+        return csv_source(spec)
+    return FolderSource(spec)
+
+
+def _plan(source, block_clips: int, timestamps: bool, model: str) -> dict:
+    names = hashlib.sha256("\n".join(source.name(i) for i in range(len(source))).encode()).hexdigest()
+    return dict(n_clips=len(source), names_sha256=names, block_clips=block_clips, timestamps=timestamps, model=model)
+
+
+def _save_npz(path: pathlib.Path, **arrays):
+    partial = path.with_name(path.name + ".tmp")
+    with partial.open("wb") as file:
+        np.savez(file, **arrays)
+    partial.rename(path)
+
+
+def _embed_block(source, embedder: Embedder, indices, timestamps: bool, workers: ThreadPoolExecutor) -> dict:
+    def read(index):
+        try:
+            return embedder.log_mel(source.load(index)), None
+        except BadAudio as error:
+            return None, error.reason
+
+    read_back = list(workers.map(read, indices))
+    good = [i for i, (log_mel, _) in zip(indices, read_back) if log_mel is not None]
+    frames = embedder.frames_of_log_mels([log_mel for log_mel, _ in read_back if log_mel is not None])
+    size = embedder.frame_size
+    block = dict(
+        embeddings=np.stack([f.mean(axis=0) for f in frames]) if frames else np.zeros((0, size), np.float32),
+        paths=np.array([source.name(i) for i in good], dtype=str),
+        skipped_paths=np.array([source.name(i) for i, (lm, _) in zip(indices, read_back) if lm is None], dtype=str),
+        skipped_reasons=np.array([reason for lm, reason in read_back if lm is None], dtype=str),
+    )
+    if timestamps:
+        block["frame_embeddings"] = np.concatenate(frames) if frames else np.zeros((0, size), np.float32)
+        block["frame_counts"] = np.array([len(f) for f in frames], np.int64)
+        block["timestamps_ms"] = (np.concatenate([embedder.timestamps_ms(len(f)) for f in frames])
+                                  if frames else np.zeros((0,)))
+    return block
+
+
+def _assemble(blocks: list, timestamps: bool) -> dict:
+    out = {key: np.concatenate([b[key] for b in blocks]) for key in ("embeddings", "paths", "skipped_paths",
+                                                                       "skipped_reasons")}
+    if timestamps:
+        out["frame_embeddings"] = np.concatenate([b["frame_embeddings"] for b in blocks])
+        counts = np.concatenate([b["frame_counts"] for b in blocks])
+        out["frame_offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        out["timestamps_ms"] = np.concatenate([b["timestamps_ms"] for b in blocks])
+    return out
+
+
+def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=256, model="", workers=4,
+           log=sys.stderr) -> dict:
+    """Embeds every clip of source into output (.npz); -> counts. Resumes an interrupted export."""
+    output = pathlib.Path(output)
+    parts = output.with_name(output.name + ".parts")
+    plan = _plan(source, block_clips, timestamps, model)
+    parts.mkdir(parents=True, exist_ok=True)
+    plan_path = parts / "plan.json"
+    if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
+        raise ValueError(f"{parts} holds an unfinished export of other clips or settings; delete it to start over")
+    plan_path.write_text(json.dumps(plan))
+    n_blocks = -(-len(source) // block_clips)
+    started, done_now = time.time(), 0
+    with ThreadPoolExecutor(workers) as pool:
+        for number in range(n_blocks):
+            path = parts / f"block_{number:06d}.npz"
+            if path.exists():
+                continue
+            indices = range(number * block_clips, min(len(source), (number + 1) * block_clips))
+            _save_npz(path, **_embed_block(source, embedder, list(indices), timestamps, pool))
+            done_now += len(indices)
+            rate = done_now / (time.time() - started)
+            print(f"\rembedded {indices[-1] + 1}/{len(source)} clips ({rate:.1f} clips/s)", end="", file=log, flush=True)
+    print(file=log)
+    blocks = []
+    for number in range(n_blocks):
+        with np.load(parts / f"block_{number:06d}.npz") as block:
+            blocks.append(dict(block))
+    result = _assemble(blocks, timestamps)
+    _save_npz(output, **result)
+    shutil.rmtree(parts)
+    for name, reason in zip(result["skipped_paths"], result["skipped_reasons"]):
+        print(f"skipped {name}: {reason}", file=log)
+    return dict(clips=len(result["paths"]), skipped=len(result["skipped_paths"]), output=str(output))

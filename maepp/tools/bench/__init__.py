@@ -1,0 +1,26 @@
+r"""Benchmarks that print figures; the last line of each is JSON.
+
+    python -m maepp.tools.bench data --source records:GLOB|folder:DIR [--clips 256] [--json]
+    python -m maepp.tools.bench export [--workdir RUN | --model_config configs/audiomaepp.py:base] [--json]
+    python -m maepp.tools.bench step [--config configs/audiomaepp.py:base] [--steps 10] [--json]
+    python -m maepp.tools.bench table RESULTS.jsonl   (the README's speed table from a results file)
+
+Each subcommand is a module of this package and imports only what it times: `step` needs
+jax, flax and optax alone, so it runs on an accelerator machine without TensorFlow or librosa.
+"""
+import importlib
+import sys
+
+from absl import app
+
+from maepp import config_files
+
+SUBCOMMANDS = ("data", "export", "step", "table")
+
+
+def run():
+    if len(sys.argv) < 2 or sys.argv[1] not in SUBCOMMANDS:
+        sys.exit(f"usage: python -m maepp.tools.bench {{{'|'.join(SUBCOMMANDS)}}} [flags]; "
+                 f"`python -m maepp.tools.bench SUBCOMMAND --help` lists a subcommand's flags")
+    module = importlib.import_module(f"maepp.tools.bench.{sys.argv[1]}")
+    app.run(module.main, argv=config_files.resolve_argv([f"{sys.argv[0]} {sys.argv[1]}", *sys.argv[2:]]))

@@ -1,0 +1,3 @@
+from maepp.tools.bench import run
+
+run()

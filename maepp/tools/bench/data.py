@@ -1,0 +1,81 @@
+"""`python -m maepp.tools.bench data`: 2 s log-mel crops per second per host core from the tf.data
+pipeline, against a plain librosa loop (load + melspectrogram per clip, one core) over the same
+clips in the same run. The pipeline uses every core this process may run on, so its rate is
+divided by that count. With --frontend device the hosts only decode and cut raw-sample crops,
+leaving the STFT to the accelerator (config.data.frontend), so that rate is the hosts' alone."""
+import io
+import os
+import time
+
+import librosa
+import numpy as np
+from absl import app, flags, logging
+
+from maepp.audio import reference
+from maepp.data.pipeline import FRONTENDS, train_dataset
+from maepp.data.sources import source_from_string
+from maepp.tools.bench.report import report
+
+_SOURCE = flags.DEFINE_string("source", None, "Data source: records:GLOB or folder:DIR.")
+_CLIPS = flags.DEFINE_integer("clips", 256, "Crops to time in each method.")
+_BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
+_FRONTEND = flags.DEFINE_enum("frontend", "host", FRONTENDS, "Where the pipeline's crops become log-mels.")
+
+CROP_FRAMES = 200
+def pipeline_rate(source, n_crops: int, batch_size: int, frontend: str) -> float:
+    """Crops per second from the training pipeline, after one warm-up batch."""
+    batches = train_dataset(source, seed=0, batch_size=batch_size, frontend=frontend).as_numpy_iterator()
+    next(batches)  # graph tracing and thread start-up are not throughput
+    n_batches = max(1, n_crops // batch_size)
+    start = time.perf_counter()
+    for _ in range(n_batches):
+        next(batches)
+    return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def librosa_crop(encoded: bytes, rng: np.random.Generator) -> np.ndarray:
+    """What a plain loop does per clip: librosa.load, melspectrogram, log, standardise, crop."""
+    waveform, _ = librosa.load(io.BytesIO(encoded), sr=reference.SAMPLE_RATE, mono=True)
+    mel = reference.log_mel(waveform)
+    start = rng.integers(max(len(mel) - CROP_FRAMES, 0) + 1)
+    return mel[start : start + CROP_FRAMES]
+
+
+def librosa_rate(source, n_crops: int) -> float:
+    rng = np.random.default_rng(0)
+    librosa_crop(source.encoded(0), rng)  # numba compiles librosa's kernels on first use
+    start = time.perf_counter()
+    for i in range(n_crops):
+        librosa_crop(source.encoded(i % len(source)), rng)
+    return n_crops / (time.perf_counter() - start)
+
+
+def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = "host") -> dict:
+    source = source_from_string(source_spec)
+    if not hasattr(source, "encoded"):
+        raise app.UsageError(f"bench data needs a records: or folder: source, not {source_spec!r}")
+    cores = len(os.sched_getaffinity(0))
+    pipeline = pipeline_rate(source, n_crops, batch_size, frontend)
+    baseline = librosa_rate(source, n_crops)
+    return dict(
+        source=source_spec,
+        frontend=frontend,
+        host_cores=cores,
+        pipeline_crops_per_s=round(pipeline, 2),
+        pipeline_crops_per_s_per_core=round(pipeline / cores, 2),
+        librosa_crops_per_s_per_core=round(baseline, 2),
+        ratio_per_core=round(pipeline / cores / baseline, 2),
+    )
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    if not _SOURCE.value:
+        raise app.UsageError("--source is required")
+    result = bench_data(_SOURCE.value, _CLIPS.value, _BATCH.value, _FRONTEND.value)
+    report(result,
+           f"pipeline ({_FRONTEND.value} front end): {result['pipeline_crops_per_s']} crops/s on {result['host_cores']} cores = "
+           f"{result['pipeline_crops_per_s_per_core']} per core",
+           f"librosa loop: {result['librosa_crops_per_s_per_core']} crops/s on one core",
+           f"ratio per core: {result['ratio_per_core']}x")

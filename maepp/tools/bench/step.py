@@ -1,0 +1,192 @@
+"""`python -m maepp.tools.bench step`: the real sharded train step (maepp.train_step, jitted as
+maepp.train runs it) on every device this process sees, timed on a device-resident batch of
+random log-mels, and its model FLOP utilisation against the chip's bfloat16 peak.
+
+    python -m maepp.tools.bench step --config configs/audiomaepp.py:base --config.batch_size=256 \
+        [--config.model.dtype=bfloat16] [--config.data.frontend=device] [--steps 20] [--json] \
+        [--variant model.attention=cudnn,batch_size=128 ...] [--profile_dir DIR]
+
+Each --variant is a set of overrides of the config (`key=value`, comma-separated) or of XLA's
+compiler options (keys starting `xla_`), timed in this one process after the config itself
+(in-process, so XLA's autotuning results carry over and later compiles are quicker). With
+--profile_dir, 3 more steps of each are traced with jax.profiler and broken down by category
+and kernel (maepp.tools.bench.profile); the breakdown joins the JSON line.
+
+The input pipeline is left out on purpose: this is the ceiling the accelerator sets, which
+`maepp.tools.bench data` then has to feed. With --config.data.frontend=device the batch is raw-sample
+crops and the step includes the log-mel front end (maepp.audio.jax_frontend), whose cost is then
+the difference to the host front end's step time; MFU still counts only the model's FLOPs.
+Model FLOPs are maepp.models.counts' analytic count, which tests/test_flops.py holds exactly to
+the matrix products traced from the model. XLA's own count
+of the compiled step is printed beside them: on the CPU the two agree (tests/test_bench.py); on a
+GPU, XLA's count leaves out the matrix products it hands to cuBLAS, so there it is far lower and
+says nothing about MFU.
+"""
+import time
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from maepp import config_files, optim, sharding
+from maepp.audio import jax_frontend
+from maepp.audio.constants import HOP, N_FFT, crop_span
+from maepp.models import MaskedAutoencoder, ModelSpec
+from maepp.models.counts import train_flops_per_example
+from maepp.tools.bench import profile
+from maepp.tools.bench.report import report
+from maepp.tools.hardware import peak_flops
+from maepp.train_step import make_train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", config_files.installed("audiomaepp:base"), "Experiment config.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps, after two warm-up steps.")
+_VARIANTS = flags.DEFINE_multi_string(
+    "variant", [], "Overrides timed after the config: key=value[,key=value]; keys xla_* are XLA compiler options.")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "Trace 3 steps of each run here and print where the time goes.")
+PROFILED_STEPS = 3
+
+
+def parse_variant(text: str) -> dict:
+    """'model.attention=cudnn,xla_gpu_foo=true' -> {'model.attention': 'cudnn', 'xla_gpu_foo': 'true'}."""
+    overrides = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise app.UsageError(f"--variant {text!r}: {item!r} is not key=value")
+        overrides[key.strip()] = value.strip()
+    return overrides
+
+
+def _compiler_option(value: str):
+    """XLA's options are typed: 'true' -> True, '4' -> 4, anything else stays a string."""
+    if value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def apply_variant(config, overrides: dict):
+    """-> (a copy of config with the overrides, XLA compiler options); values take each field's type."""
+    config = config.copy_and_resolve_references()
+    compiler_options = {}
+    for key, value in overrides.items():
+        if key.startswith("xla_"):
+            compiler_options[key] = _compiler_option(value)
+            continue
+        *parents, field = key.split(".")
+        section = config
+        for parent in parents:
+            section = section[parent]
+        if field not in section:
+            raise app.UsageError(f"--variant: config has no field {key!r}")
+        current = section[field]
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false"):
+                raise app.UsageError(f"--variant {key}={value!r}: expected true or false")
+            section[field] = value.lower() == "true"
+        else:
+            section[field] = type(current)(value)
+    return config, compiler_options
+
+
+def _xla_flops(compiled) -> float:
+    analysis = compiled.cost_analysis()
+    analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+    return float(analysis.get("flops", float("nan")))
+
+
+def _random_inputs(batch_size: int, input_size, waveforms: bool):
+    """Log-mels [B, 200, 80], or with waveforms the "device" front end's crops of raw samples."""
+    rng = np.random.default_rng(0)
+    if not waveforms:
+        return rng.standard_normal((batch_size, *input_size), np.float32)
+    frames = input_size[0]
+    samples = rng.standard_normal((batch_size, crop_span(frames)), np.float32)
+    starts = np.arange(frames, dtype=np.int32) * HOP
+    first_clip = jax_frontend.frames_log_mel(samples[:1, starts[:, None] + np.arange(N_FFT)])  # [1, frames, 80]
+    # White noise: one clip's log-mel stats stand for all.
+    mean, std = (np.full(batch_size, float(stat[0]), np.float32) for stat in jax_frontend.clip_stats(first_clip))
+    return dict(samples=samples, frame_starts=np.tile(starts, (batch_size, 1)), mean=mean, std=std)
+
+
+def bench_step(config, n_steps: int, compiler_options=None, profile_dir: str = "") -> dict:
+    devices = jax.devices()
+    mesh = sharding.make_mesh(config.mesh, devices)
+    model = MaskedAutoencoder(ModelSpec.from_config(config.model))
+    optimizer = optim.optimizer(config)
+    state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend)
+    batch = jax.device_put(_random_inputs(config.batch_size, model.spec.input_size, waveforms=bool(to_log_mel)),
+                           sharding.batch_sharding(mesh))
+    step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
+    rngs = [jax.device_put(jax.random.key(i), sharding.replicated(mesh)) for i in range(n_steps + 2)]
+
+    start = time.perf_counter()
+    lowered = step.lower(state, batch, rngs[0])
+    compiled = lowered.compile(compiler_options=compiler_options or None)
+    compile_s = time.perf_counter() - start
+    for rng in rngs[:2]:  # warm-up: first-run allocations and autotuning are not the step
+        state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for rng in rngs[2:]:
+        state, metrics = compiled(state, batch, rng)
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - start) / n_steps
+    breakdown = None
+    if profile_dir:
+        jax.profiler.start_trace(profile_dir)
+        for _ in range(PROFILED_STEPS):
+            state, metrics = compiled(state, batch, rngs[-1])
+        jax.block_until_ready((state, metrics))
+        jax.profiler.stop_trace()
+        hlo_text = compiled.as_text()
+        with open(f"{profile_dir}/module.hlo.txt", "w") as f:  # beside the trace: what its kernels ran
+            f.write(hlo_text)
+        breakdown = profile.summarise(profile.newest_xplane(profile_dir), hlo_text, PROFILED_STEPS)
+
+    model_flops = train_flops_per_example(model.spec) * config.batch_size
+    memory = compiled.memory_analysis()
+    peak = peak_flops(devices[0].device_kind)
+    achieved = model_flops / step_s / len(devices)
+    return dict(
+        width=model.spec.width, depth=model.spec.depth, dtype=config.model.dtype, frontend=config.data.frontend,
+        devices=f"{len(devices)} x {devices[0].device_kind}", mesh=list(mesh.shape.values()),
+        global_batch=config.batch_size, steps=n_steps, compile_s=round(compile_s, 1),
+        step_ms=round(step_s * 1e3, 2), clips_per_s=round(config.batch_size / step_s, 1),
+        model_tflop_per_step=round(model_flops / 1e12, 4),
+        xla_tflop_per_step=round(_xla_flops(compiled) / 1e12, 4),
+        achieved_tflops_per_device=round(achieved / 1e12, 2),
+        peak_bf16_tflops_per_device=peak and peak / 1e12,
+        mfu=peak and round(achieved / peak, 4),
+        memory_gib_per_device=memory and round((memory.argument_size_in_bytes + memory.temp_size_in_bytes) / 2**30, 3),
+        attention=model.spec.attention,
+        compiler_options=compiler_options or {},
+        final_loss=float(metrics["loss"]),
+        profile=breakdown,
+    )
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    if _STEPS.value < 1:
+        raise app.UsageError("--steps must be at least 1")
+    variants = [{}] + [parse_variant(text) for text in _VARIANTS.value]
+    for i, overrides in enumerate(variants):
+        config, compiler_options = apply_variant(_CONFIG.value, overrides)
+        profile_dir = _PROFILE_DIR.value and f"{_PROFILE_DIR.value}/run{i}"
+        try:
+            r = dict(variant=overrides, **bench_step(config, _STEPS.value, compiler_options, profile_dir))
+        except Exception as error:  # one variant the backend refuses must not end a sweep on a rented GPU
+            report(dict(variant=overrides, error=f"{type(error).__name__}: {error}"[:2000]),
+                   f"train step {overrides}: failed: {type(error).__name__}: {str(error)[:500]}")
+            continue
+        mfu = f"MFU {r['mfu']:.1%} of {r['peak_bf16_tflops_per_device']:.0f} TFLOP/s" if r["mfu"] else "MFU n/a (no peak known)"
+        report(r,
+               f"train step {overrides or '(config)'}, width {r['width']} depth {r['depth']} {r['dtype']}, "
+               f"global batch {r['global_batch']} on {r['devices']}, mesh {r['mesh']}: {r['step_ms']} ms "
+               f"({r['clips_per_s']} clips/s), compiled in {r['compile_s']} s",
+               f"model {r['model_tflop_per_step']} TFLOP per step (XLA counts {r['xla_tflop_per_step']}): "
+               f"{r['achieved_tflops_per_device']} TFLOP/s per device, {mfu}",
+               *([profile.markdown(r["profile"])] if r["profile"] else []))

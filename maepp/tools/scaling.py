@@ -1,0 +1,211 @@
+r"""docs/scaling.md: memory of the train state per device, and the recommended meshes.
+
+    python -m maepp.tools.scaling > docs/scaling.md
+    python -m maepp.tools.scaling --check 8xH100 [--sizes base,large] >> docs/scaling_checks.jsonl
+
+--check compiles the train step ahead of time (maepp.tools.compile_check) on each size's recommended
+mesh for that hardware and prints one JSON line per size; docs/scaling.md shows the lines
+collected in docs/scaling_checks.jsonl beside what the table predicts.
+
+Computed from the real parameter shapes (eval_shape, nothing allocated) and their logical axis
+names mapped by maepp.sharding.LOGICAL_RULES, so the table follows the model code. A test
+checks that the committed file is what this prints.
+"""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+from absl import app, flags
+
+from maepp.configs.audiomaepp import ENCODER_SIZES, model_config
+from maepp.models import MaskedAutoencoder, ModelSpec, init_params
+from maepp.sharding import LOGICAL_RULES
+from maepp.tools.hardware import SYSTEMS, system_chip, topology_devices
+
+GIB = 2**30
+SIZES = [size for size in ENCODER_SIZES if size != "micro"]
+# name: (devices JAX sees, memory per device in GiB)
+HARDWARE = {name: (topology_devices(topology), system_chip(name).memory_gib) for name, topology in SYSTEMS.items()}
+# fp32 master weights + fp32 gradients + AdamW's two fp32 moments: 4 copies of every parameter.
+STATE_COPIES = 4
+# The state may take this share of a device's memory; activations and XLA's buffers get the rest.
+STATE_SHARE = 0.25
+GLOBAL_BATCH = 1024
+CHECKS = pathlib.Path("docs/scaling_checks.jsonl")
+
+_CHECK = flags.DEFINE_enum("check", None, list(SYSTEMS), "Compile the recommended meshes for this hardware.")
+_SIZES = flags.DEFINE_list("sizes", SIZES, "Sizes to --check.")
+
+
+def _logical_params(size: str):
+    """[(shape, logical axis names)] of every parameter of configs/audiomaepp.py:<size>."""
+    model = MaskedAutoencoder(ModelSpec.from_config(model_config(size, "macaron_swiglu")))
+    boxed = jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0))
+    leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    return [(leaf.value.shape, leaf.names) for leaf in leaves]
+
+
+def state_bytes_per_device(params, mesh: dict) -> int:
+    """Bytes of the train state on one device of a {data, fsdp, model} mesh (largest shard)."""
+    rules = dict(LOGICAL_RULES)
+    total = 0
+    for shape, names in params:
+        elements = 1
+        for dim, name in zip(shape, names):
+            axes = rules.get(name)
+            axes = (axes,) if isinstance(axes, str) else (axes or ())
+            elements *= math.ceil(dim / math.prod(mesh[axis] for axis in axes))
+        total += elements * 4 * STATE_COPIES
+    return total
+
+
+def recommended_mesh(params, devices: int, memory_gib: float) -> dict:
+    """The least FSDP (a power of two) that fits the state in STATE_SHARE of memory; data
+    parallel over the rest. Tensor parallelism is not needed at these widths."""
+    fsdp = 1
+    while fsdp < devices and state_bytes_per_device(params, dict(data=devices // fsdp, fsdp=fsdp, model=1)) > (
+        STATE_SHARE * memory_gib * GIB
+    ):
+        fsdp *= 2
+    return dict(data=devices // fsdp, fsdp=fsdp, model=1)
+
+
+def predicted_arguments_bytes(params, mesh: dict, global_batch: int = GLOBAL_BATCH) -> int:
+    """What the compiled step's arguments should take per device: the state's shards without
+    the gradients (3 of the 4 copies: they are not arguments) plus the global batch's shard."""
+    per_device_batch = global_batch // (mesh["data"] * mesh["fsdp"])
+    return state_bytes_per_device(params, mesh) * 3 // 4 + per_device_batch * 200 * 80 * 4
+
+
+def check(hardware: str, sizes):
+    """Yields compile_check's report for each size on its recommended mesh, as each finishes (a
+    subprocess each: the compilers it loads are kept out of this process)."""
+    devices, memory = HARDWARE[hardware]
+    for size in sizes:
+        mesh = recommended_mesh(_logical_params(size), devices, memory)
+        result = subprocess.run(
+            [sys.executable, "-m", "maepp.tools.compile_check", "--config", f"audiomaepp:{size}",
+             "--topology", SYSTEMS[hardware], f"--config.mesh.data={mesh['data']}",
+             f"--config.mesh.fsdp={mesh['fsdp']}", f"--config.batch_size={GLOBAL_BATCH}", "--json"],
+            capture_output=True, text=True)
+        lines = result.stdout.strip().splitlines()
+        if not lines:  # a compile that failed outright, not one that does not fit
+            raise RuntimeError(f"compile_check for {size} on {hardware} failed:\n{result.stderr[-2000:]}")
+        yield dict(hardware=hardware, size=size, **json.loads(lines[-1]))
+
+
+def _checks_section(all_params) -> list:
+    if not CHECKS.exists():
+        return []
+    lines = [
+        "## Checked by compiling",
+        "",
+        f"`python -m maepp.tools.scaling --check HARDWARE` compiled the train step at global batch {GLOBAL_BATCH}",
+        "on these recommended meshes with `maepp.tools.compile_check` (libtpu, or XLA's GPU compiler with",
+        "`maepp/targets/h100.pbtxt`) and read XLA's `memory_analysis()` per device. Arguments are the",
+        "state's shards (without gradients) and the batch's; the prediction is this page's count of",
+        "them. Peak adds activations and temporaries, which the table above does not count.",
+        "",
+        "| hardware | size | mesh | batch per device | arguments (GiB) | predicted (GiB) | difference | peak (GiB) | fits |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for line in CHECKS.read_text().splitlines():
+        r = json.loads(line)
+        mesh = dict(zip(("data", "fsdp", "model"), r["mesh"]))
+        predicted = predicted_arguments_bytes(all_params[r["size"]], mesh)
+        if r["arguments_bytes"] is None:  # refused by libtpu as over HBM: only its temporaries are known
+            measured, peak = f"- | {predicted / GIB:.3f} | -", f"over {r['peak_bytes'] / GIB:.2f}"
+        else:
+            measured = f"{r['arguments_bytes'] / GIB:.3f} | {predicted / GIB:.3f} | {r['arguments_bytes'] / predicted - 1:+.1%}"
+            peak = f"{r['peak_bytes'] / GIB:.2f}"
+        lines.append(
+            f"| {r['hardware']} | {r['size']} | ({r['mesh'][0]},{r['mesh'][1]},{r['mesh'][2]}) | {r['per_device_batch']} "
+            f"| {measured} | {peak} of {r['hbm_gib']} | {'yes' if r['fits'] else 'NO'} |")
+    return lines + [""]
+
+
+def report() -> str:
+    lines = [
+        "# Scaling maepp: memory per device and recommended meshes",
+        "",
+        "Generated by `python -m maepp.tools.scaling > docs/scaling.md` from the real parameter shapes of",
+        "`configs/audiomaepp.py:<size>` (encoder and decoder) and `maepp.sharding.LOGICAL_RULES`; do not",
+        "edit by hand. The train state is counted as 4 float32 copies of every parameter: master",
+        "weights, gradients, and AdamW's two moments. bfloat16 compute casts on the fly and adds no",
+        "stored copy. Activations come on top and are not counted here: they scale with the",
+        "per-device batch, which is why the recommendation below leaves 75% of each device to them.",
+        "",
+        "## Train state per device (GiB) on 8 devices",
+        "",
+        "| size | parameters | data parallel (8,1,1) | FSDP (1,8,1) | tensor parallel (1,1,8) | FSDP x TP (1,4,2) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    meshes = [dict(data=8, fsdp=1, model=1), dict(data=1, fsdp=8, model=1), dict(data=1, fsdp=1, model=8),
+              dict(data=1, fsdp=4, model=2)]
+    all_params = {size: _logical_params(size) for size in SIZES}
+    for size, params in all_params.items():
+        n = sum(math.prod(shape) for shape, _ in params)
+        cells = [f"{state_bytes_per_device(params, mesh) / GIB:.2f}" for mesh in meshes]
+        lines.append(f"| {size} | {n / 1e6:.1f}M | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Recommended meshes",
+        "",
+        f"The smallest FSDP degree that keeps the state under {STATE_SHARE:.0%} of a device's memory,",
+        "data parallel over the remaining devices, `mesh.model=1`. Set them with",
+        "`--config.mesh.data=D --config.mesh.fsdp=F`.",
+        "",
+        "| size | " + " | ".join(f"{name} ({devices} x {memory} GiB)" for name, (devices, memory) in HARDWARE.items())
+        + " |",
+        "| --- |" + " --- |" * len(HARDWARE),
+    ]
+    for size, params in all_params.items():
+        cells = []
+        for devices, memory in HARDWARE.values():
+            mesh = recommended_mesh(params, devices, memory)
+            state = state_bytes_per_device(params, mesh) / GIB
+            cells.append(f"({mesh['data']},{mesh['fsdp']},1): {state:.2f} GiB")
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Batch and learning rate",
+        "",
+        f"PAPER.md's recipe uses a global batch of {GLOBAL_BATCH} at lr 1.5e-4 x batch / 256 = 6e-4. The",
+        "global batch (`config.batch_size`) is split over data x fsdp, so it must divide by their product",
+        "and by the number of processes. Keep the global batch when the device count changes; the",
+        "per-device batch shrinks or grows with it:",
+        "",
+        "| hardware | devices | per-device batch at 1024 |",
+        "| --- | ---: | ---: |",
+    ]
+    lines += [f"| {name} | {devices} | {GLOBAL_BATCH // devices} |" for name, (devices, _) in HARDWARE.items()]
+    lines += [
+        "",
+        "If a per-device batch does not fit, use `config.optimizer.accumulate_steps=k` with",
+        "`batch_size = 1024 / k`: the effective batch stays 1024 and so does the learning rate (it is",
+        "computed from batch_size x accumulate_steps). Changing the effective batch B scales the",
+        "peak rate linearly, lr = 1.5e-4 x B / 256, as `maepp.optim.learning_rate` does.",
+        "",
+    ]
+    return "\n".join(lines + _checks_section(all_params))
+
+
+def main(argv):
+    del argv
+    if _CHECK.value:
+        for result in check(_CHECK.value, _SIZES.value):
+            print(json.dumps(result), flush=True)
+        return
+    print(report(), end="")
+
+
+def run():
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,66 @@
+r"""Prints a model's parameter table and FLOPs; the last line is JSON.
+
+    python -m maepp.tools.summary --config configs/audiomaepp.py:base
+"""
+import json
+import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from maepp import config_files
+from maepp.models.counts import forward_flops, parameter_counts, train_flops_per_example
+from maepp.models.spec import ModelSpec
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
+
+
+def summarize(spec: ModelSpec) -> dict:
+    counts = parameter_counts(spec)
+    return dict(
+        encoder_params=counts["encoder"],
+        decoder_params=counts["decoder"],
+        train_flops_per_example=train_flops_per_example(spec),
+    )
+
+
+def format_table(spec: ModelSpec) -> str:
+    counts = parameter_counts(spec)
+    flops = forward_flops(spec)
+    n_time, n_freq = spec.grid
+    lines = [
+        f"block {spec.block_type}, dtype {spec.dtype}; input {spec.input_size[0]}x{spec.input_size[1]}, "
+        f"patches {spec.patch_size[0]}x{spec.patch_size[1]} -> {n_time}x{n_freq} = {spec.n_tokens} tokens, "
+        f"{spec.n_visible} visible (mask ratio {spec.mask_ratio})",
+        f"encoder {spec.width} wide x {spec.depth} deep, {spec.heads} heads, RoPE {spec.encoder_rope}; "
+        f"decoder {spec.decoder_width} x {spec.decoder_depth}, {spec.decoder_heads} heads, RoPE {spec.decoder_rope}",
+        "",
+        f"{'parameters':<28}{'count':>16}",
+    ]
+    lines += [f"{name:<28}{n:>16,}" for name, n in counts["groups"].items()]
+    lines += [
+        f"{'encoder total':<28}{counts['encoder']:>16,}",
+        f"{'decoder total':<28}{counts['decoder']:>16,}",
+        "",
+        f"{'forward FLOPs / example':<28}{'GFLOP':>16}",
+    ]
+    lines += [f"{stage:<28}{n / 1e9:>16.3f}" for stage, n in flops.items()]
+    lines.append(f"{'train step (3x forward)':<28}{train_flops_per_example(spec) / 1e9:>16.3f}")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    if _CONFIG.value is None:
+        raise app.UsageError("--config is required, e.g. --config configs/audiomaepp.py:base")
+    spec = ModelSpec.from_config(_CONFIG.value.model)
+    print(format_table(spec))
+    print(json.dumps(summarize(spec)))
+
+
+def run():
+    app.run(main, argv=config_files.resolve_argv(sys.argv))
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,67 @@
+r"""Import released PyTorch AudioMAE++ / MAE weights into maepp, and export them back.
+
+    python -m maepp.weights.convert --torch-checkpoint FILE.pth --config configs/audiomaepp.py:base --output DIR
+    python -m maepp.weights.convert --params DIR --output-torch FILE.pth
+
+Needs the [torch] extra (pip install -e .[torch]). Checkpoints are read with weights_only=True.
+The released block applies LN2 where LN3 stands; by default the import gives maepp's LN3 the
+values of norm2, which reproduces the released model exactly; --ln3-from=norm3 takes the stored
+norm3 instead. Key names and layouts: maepp/weights/release.py.
+"""
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from maepp import config_files
+from maepp.models.spec import ModelSpec
+from maepp.weights import store
+from maepp.weights.release import (
+    StateDictMismatch,
+    load_torch_state_dict,
+    params_to_state_dict,
+    save_torch_state_dict,
+    state_dict_to_params,
+)
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the checkpoint's model, e.g. configs/audiomaepp.py:base")
+_TORCH_CHECKPOINT = flags.DEFINE_string("torch-checkpoint", None, "Released PyTorch checkpoint (.pth) to import.")
+_OUTPUT = flags.DEFINE_string("output", None, "Directory to write the maepp weights to (must not hold weights).")
+_LN3_FROM = flags.DEFINE_enum("ln3-from", "norm2", ["norm2", "norm3"], "Where maepp's LN3 takes its values from.")
+_PARAMS = flags.DEFINE_string("params", None, "maepp weights directory to export (with --output-torch).")
+_OUTPUT_TORCH = flags.DEFINE_string("output-torch", None, "PyTorch state-dict file to write from --params.")
+
+
+def main(argv):
+    del argv
+    try:
+        _convert()
+    except (StateDictMismatch, FileNotFoundError, FileExistsError) as error:
+        sys.exit(f"maepp.weights.convert: {error}")
+
+
+def _convert():
+    if _TORCH_CHECKPOINT.value:
+        if _CONFIG.value is None or not _OUTPUT.value:
+            raise app.UsageError("--torch-checkpoint needs --config and --output")
+        spec = ModelSpec.from_config(_CONFIG.value.model)
+        params = state_dict_to_params(load_torch_state_dict(_TORCH_CHECKPOINT.value), spec, _LN3_FROM.value)
+        out = store.save(_OUTPUT.value, params, _CONFIG.value)
+        print(f"wrote maepp weights of {_TORCH_CHECKPOINT.value} to {out} (LN3 from {_LN3_FROM.value})")
+    elif _PARAMS.value:
+        if not _OUTPUT_TORCH.value:
+            raise app.UsageError("--params needs --output-torch")
+        params, config = store.load(_PARAMS.value)
+        spec = ModelSpec.from_config(config.model)
+        save_torch_state_dict(params_to_state_dict(params, spec), _OUTPUT_TORCH.value)
+        print(f"wrote a PyTorch state dict of {_PARAMS.value} to {_OUTPUT_TORCH.value}")
+    else:
+        raise app.UsageError("give --torch-checkpoint (import) or --params (export)")
+
+
+def run():
+    app.run(main, argv=config_files.resolve_argv(sys.argv))
+
+
+if __name__ == "__main__":
+    run()
