@@ -6,7 +6,8 @@ r"""Linear and HEAR-MLP probes on a frozen encoder's embeddings of a labelled ta
 DIR is a labelled folder (train/<label>/*, test/<label>/*) or a HEAR task (maepp/downstream/tasks.py).
 Prints accuracy (mAP for multi-label tasks) per probe as the mean over seeds with its 95%
 interval; the last line is JSON. The features are exported first into
-RUN/evaluations/<task>/<features>.npz (restartable, and reused by a later run).
+RUN/evaluations/<task>/<features>.npz: a killed run restarts that export where it stopped, but
+each new run computes the features afresh (the checkpoint may have changed).
 """
 import json
 import sys
