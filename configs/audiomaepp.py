@@ -55,6 +55,8 @@ def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collection
             dtype="float32",  # compute dtype; parameters are always float32
             # "auto": cuDNN's fused attention on GPUs in bfloat16, XLA's elsewhere; "xla"; "cudnn".
             attention="auto",
+            # False: the release's block, LN2 applied where LN3 stands (PAPER.md); True: LN3 of its own.
+            separate_norm3=False,
         )
     )
 

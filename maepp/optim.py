@@ -1,15 +1,17 @@
-"""The optimizer of PAPER.md's recipe: AdamW, weight decay only on weight matrices."""
+"""The optimizer of PAPER.md's recipe: AdamW, weight decay as the release applies it."""
 import flax.linen as nn
 import jax
 import optax
 
-# Parameters that are never weight-decayed (PAPER.md: none on biases and 1-D params; MAE also
-# exempts the CLS and mask tokens).
-_NO_DECAY_NAMES = ("bias", "scale", "cls_token", "mask_token")
+# The release decays every tensor of more than one dimension that is not a bias (timm's
+# param_groups_weight_decay, no skip list; PAPER.md): kernels, and the CLS and mask tokens too.
+# Its 1-D tensors are the biases and LayerNorm scales; maepp's qkv bias is [3, heads, head_dim],
+# so the rule goes by name here, not by rank.
+_NO_DECAY_NAMES = ("bias", "scale")
 
 
 def decay_mask(params):
-    """True for parameters that get weight decay: kernels of Linear layers."""
+    """True for parameters that get weight decay: kernels and the CLS and mask tokens."""
     params = nn.meta.unbox(params)
     return jax.tree_util.tree_map_with_path(
         lambda path, _: getattr(path[-1], "key", None) not in _NO_DECAY_NAMES, params

@@ -31,8 +31,8 @@ def test_round_trip_params_state_dict_params(block_type):
     jax.tree.map(np.testing.assert_array_equal, back, params)
 
 
-def test_default_import_gives_ln3_the_released_norm2_values():
-    spec = spec_for()
+def test_a_separate_ln3_model_imports_ln3_from_the_released_norm2():
+    spec = spec_for(separate_norm3=True)
     state_dict = convert.params_to_state_dict(_random_params(spec), spec)
     params = convert.state_dict_to_params(state_dict, spec)
     block = params["encoder"]["blocks_1"]
@@ -91,18 +91,33 @@ def _released_block_forward(torch, sd, prefix, x, heads):
     return x + lin("ffn2.project", ln("ffn2.ln", swiglu))
 
 
-def test_imported_block_computes_what_the_released_block_computes():
+@pytest.mark.parametrize("separate_norm3", [False, True])
+def test_imported_block_computes_what_the_released_block_computes(separate_norm3):
     torch = pytest.importorskip("torch")
-    spec = spec_for()
+    spec = spec_for(separate_norm3=separate_norm3)
     state_dict = convert.params_to_state_dict(_random_params(spec, seed=1), spec)
     # Scaled weights keep activations moderate; the fixed position tables stay as they are.
     state_dict = {k: v if "pos_embed" in k else 0.2 * v for k, v in state_dict.items()}
-    params = convert.state_dict_to_params(state_dict, spec)  # LN3 <- norm2, the released behaviour
+    params = convert.state_dict_to_params(state_dict, spec)  # separate LN3 <- norm2, the released behaviour
     x = np.random.default_rng(0).standard_normal((2, 11, spec.width)).astype(np.float32)
-    ours = MacaronBlock(spec.heads).apply({"params": params["encoder"]["blocks_0"]}, x, np.zeros((2, 11)))
+    block = MacaronBlock(spec.heads, separate_norm3=separate_norm3)
+    ours = block.apply({"params": params["encoder"]["blocks_0"]}, x, np.zeros((2, 11)))
     sd = {k: torch.from_numpy(v) for k, v in state_dict.items()}
     theirs = _released_block_forward(torch, sd, "encoder.blocks.0", torch.from_numpy(x), spec.heads).numpy()
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-5, rtol=1e-4)
+
+
+def test_a_block_trained_under_the_release_switch_exports_to_what_the_release_computes():
+    """maepp's default block, with every weight moved as training would (norm2 learning from both
+    paths), exported as it is: the released block computes maepp's outputs from that state dict."""
+    torch = pytest.importorskip("torch")
+    spec = spec_for()
+    params = jax.tree.map(lambda p: 0.2 * p, _random_params(spec, seed=2))
+    x = np.random.default_rng(3).standard_normal((2, 7, spec.width)).astype(np.float32)
+    ours = MacaronBlock(spec.heads).apply({"params": params["decoder"]["blocks_0"]}, x, np.zeros((2, 7)))
+    sd = {k: torch.from_numpy(v) for k, v in convert.params_to_state_dict(params, spec).items()}
+    theirs = _released_block_forward(torch, sd, "decoder.decoder_blocks.0", torch.from_numpy(x), spec.decoder_heads)
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-5, rtol=1e-4)
 
 
 def test_cli_imports_a_pth_file_and_exports_it_back(tmp_path, repo_root):

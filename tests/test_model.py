@@ -10,6 +10,7 @@ import pytest
 
 from maepp.models import MASKING_RNG, MaskedAutoencoder, init_params, reconstruction_loss
 from maepp.models.counts import forward_flops
+from maepp.models.blocks import MacaronBlock
 from maepp.models.layers import attention, padded_attention
 from maepp.models.patches import patchify, random_mask, unpatchify
 from maepp.models.position import sincos_1d, sincos_2d_table
@@ -36,10 +37,17 @@ def test_visible_count_is_exact():
     assert np.all(np.sort(np.asarray(restore), axis=1) == np.arange(250))
 
 
-@pytest.mark.parametrize("ratio,visible", [(0.8, 50), (0.75, 62), (0.5, 125), (0.9, 25)])
-def test_visible_count_rounds(ratio, visible):
+@pytest.mark.parametrize("ratio,visible", [(0.65, 87), (0.8, 50), (0.85, 37), (0.95, 12), (0.75, 62)])
+def test_visible_count_follows_the_release(ratio, visible):
+    """The release keeps int(L * (100 - 100 r) / 100) tokens: 87 at 0.65, where round() gives 88."""
     _, _, mask = random_mask(jax.random.key(1), 2, 250, ratio)
-    assert int((1 - mask[0]).sum()) == visible == round(250 * (1 - ratio))
+    assert int((1 - mask[0]).sum()) == visible
+
+
+@pytest.mark.parametrize("ratio", [0.0, 1.0, 0.999])
+def test_a_mask_ratio_that_leaves_nothing_to_see_or_predict_is_refused(ratio):
+    with pytest.raises(ValueError, match=re.escape(f"config.model.mask_ratio={ratio} leaves")):
+        spec_for(mask_ratio=ratio)
 
 
 def test_masks_differ_across_examples_and_rngs():
@@ -164,7 +172,10 @@ def test_jitted_bfloat16_grad_step_runs():
     for leaf in jax.tree.leaves(state.params):
         assert leaf.dtype == jnp.float32  # master weights stay float32
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - b).max()), state.params, before)
-    assert min(jax.tree.leaves(moved)) > 0  # every parameter got a gradient
+    moved = {"/".join(k.key for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(moved)}
+    unused = {name for name in moved if "/norm3/" in name}  # the release's norm3: in the weights, never applied
+    assert unused and all(moved[name] == 0 for name in unused)
+    assert min(v for name, v in moved.items() if name not in unused) > 0  # every other parameter learned
 
 
 def test_bfloat16_computes_in_bfloat16():
@@ -248,6 +259,19 @@ def test_attention_padded_for_cudnn_equals_plain_attention(tokens, head_dim):
 def test_attention_setting_is_checked(overrides, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         spec_for(**overrides)
+
+
+@pytest.mark.parametrize("separate_norm3", [False, True])
+def test_norm3_is_used_only_when_separate(separate_norm3):
+    """The release's block applies LN2 on the SwiGLU path too; its norm3 exists but does nothing."""
+    block = MacaronBlock(2, separate_norm3=separate_norm3)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 16))
+    params = block.init(jax.random.key(1), x, jnp.zeros((2, 5)))["params"]
+    assert set(params["norm3"]) == {"scale", "bias"}  # in the weights either way (release layout)
+    moved = {**params, "norm3": jax.tree.map(lambda p: p + 0.5, params["norm3"])}
+    changed = not np.allclose(block.apply({"params": params}, x, jnp.zeros((2, 5))),
+                              block.apply({"params": moved}, x, jnp.zeros((2, 5))))
+    assert changed == separate_norm3
 
 
 def test_rope_uses_true_token_positions():

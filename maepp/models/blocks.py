@@ -12,22 +12,25 @@ BLOCK_TYPES = ("macaron_swiglu", "vit")
 class MacaronBlock(nn.Module):
     """PAPER.md, "Model (as released)":
         x = x + 0.5 * FFN(LN1(x));  x = x + MHSA(LN2(x));  x = x + SwiGLU(LN3(x))
-    LN3 is its own LayerNorm here; the release applies LN2 in its place, which maepp.weights.convert
-    reproduces by giving LN3 LN2's values.
+    The release applies LN2 where LN3 stands, so LN2 learns from both paths; its norm3 is in the
+    weights but never used. That is the default here too (norm3 kept, untouched, for the weights'
+    layout and parameter counts); separate_norm3 gives LN3 a life of its own, as the paper reads.
     """
 
     heads: int
     use_rope: bool = False
     dtype: Any = jnp.float32
     attention: str = "auto"
+    separate_norm3: bool = False
 
     @nn.compact
     def __call__(self, x, positions):
         x = x + 0.5 * FeedForward("silu", self.dtype, name="ffn1")(layer_norm(self.dtype, "norm1")(x))
-        x = x + SelfAttention(self.heads, self.use_rope, self.dtype, self.attention, name="attn")(
-            layer_norm(self.dtype, "norm2")(x), positions
-        )
-        return x + SwiGLU(self.dtype, name="ffn2")(layer_norm(self.dtype, "norm3")(x))
+        norm2, norm3 = layer_norm(self.dtype, "norm2"), layer_norm(self.dtype, "norm3")
+        x = x + SelfAttention(self.heads, self.use_rope, self.dtype, self.attention, name="attn")(norm2(x), positions)
+        if not self.separate_norm3 and self.is_initializing():
+            norm3(x)  # creates the release's unused norm3
+        return x + SwiGLU(self.dtype, name="ffn2")((norm3 if self.separate_norm3 else norm2)(x))
 
 
 class ViTBlock(nn.Module):
@@ -49,7 +52,7 @@ class ViTBlock(nn.Module):
 def make_block(spec, heads: int, use_rope: bool, name: str) -> nn.Module:
     """A block of spec.block_type (spec: maepp.models.ModelSpec) with these heads and RoPE setting."""
     if spec.block_type == "macaron_swiglu":
-        return MacaronBlock(heads, use_rope, spec.compute_dtype, spec.attention, name=name)
+        return MacaronBlock(heads, use_rope, spec.compute_dtype, spec.attention, spec.separate_norm3, name=name)
     if spec.block_type == "vit":
         return ViTBlock(heads, use_rope, spec.compute_dtype, spec.attention, name=name)
     raise ValueError(f"unknown block_type {spec.block_type!r}; choose one of {BLOCK_TYPES}")

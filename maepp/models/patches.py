@@ -36,10 +36,15 @@ def unpatchify(patches, input_size, patch_size):
 
 
 def num_visible(n_tokens: int, mask_ratio: float) -> int:
-    """How many tokens the encoder sees: round(n_tokens * (1 - mask_ratio)), at least one."""
-    if not 0.0 <= mask_ratio < 1.0:
-        raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    return max(1, round(n_tokens * (1.0 - mask_ratio)))
+    """How many tokens the encoder sees: the release's int(L * (100 - 100 r) / 100), float rounding
+    included (0.65 of 250 keeps 87, not round()'s 88). At least one must be seen and one masked."""
+    n_keep = int(n_tokens * (100 - mask_ratio * 100) / 100)
+    if not 0 < n_keep < n_tokens:
+        raise ValueError(
+            f"config.model.mask_ratio={mask_ratio} leaves {n_keep} of {n_tokens} tokens visible; the loss needs "
+            "some masked and the encoder some visible: use a ratio in (0, 1), e.g. 0.8"
+        )
+    return n_keep
 
 
 def random_mask(rng, batch: int, n_tokens: int, mask_ratio: float):

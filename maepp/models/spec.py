@@ -28,6 +28,7 @@ class ModelSpec:
     norm_pix_loss: bool
     dtype: str
     attention: str = "auto"  # maepp.models.layers.attention: "auto", "xla" or "cudnn"
+    separate_norm3: bool = False  # Macaron blocks: LN3 of its own, or the release's LN2 in its place
 
     @classmethod
     def from_config(cls, model) -> "ModelSpec":
@@ -48,7 +49,10 @@ class ModelSpec:
             use_cls_token=bool(model.use_cls_token),
             norm_pix_loss=bool(model.norm_pix_loss),
             dtype=model.dtype,
-            attention=model.get("attention", "auto"),  # configs saved before the switch lack it
+            # Configs saved before these switches lack them: those models were trained with XLA's
+            # attention (same function) and a separate LN3.
+            attention=model.get("attention", "auto"),
+            separate_norm3=bool(model.get("separate_norm3", True)),
         )
         spec.validate()
         return spec

@@ -4,9 +4,10 @@ r"""Import released PyTorch AudioMAE++ / MAE weights into maepp, and export them
     python -m maepp.weights.convert --params DIR --output-torch FILE.pth
 
 Needs the [torch] extra (pip install -e .[torch]). Checkpoints are read with weights_only=True.
-The released block applies LN2 where LN3 stands; by default the import gives maepp's LN3 the
-values of norm2, which reproduces the released model exactly; --ln3-from=norm3 takes the stored
-norm3 instead. Key names and layouts: maepp/weights/release.py.
+The released block applies LN2 where LN3 stands, and so does maepp's by default: every tensor is
+copied as it is, and the imported model computes what the release computes. For a model with
+config.model.separate_norm3=True, LN3 takes norm2's values (the released forward pass);
+--ln3-from=norm3 takes the stored norm3 instead. Key names and layouts: maepp/weights/release.py.
 """
 import sys
 
@@ -27,7 +28,8 @@ from maepp.weights.release import (
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the checkpoint's model, e.g. configs/audiomaepp.py:base")
 _TORCH_CHECKPOINT = flags.DEFINE_string("torch-checkpoint", None, "Released PyTorch checkpoint (.pth) to import.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the maepp weights to (must not hold weights).")
-_LN3_FROM = flags.DEFINE_enum("ln3-from", "norm2", ["norm2", "norm3"], "Where maepp's LN3 takes its values from.")
+_LN3_FROM = flags.DEFINE_enum("ln3-from", None, ["norm2", "norm3"],
+                              "Where a separate-LN3 model's LN3 comes from (default norm2; the release's block: norm3).")
 _PARAMS = flags.DEFINE_string("params", None, "maepp weights directory to export (with --output-torch).")
 _OUTPUT_TORCH = flags.DEFINE_string("output-torch", None, "PyTorch state-dict file to write from --params.")
 
@@ -47,7 +49,7 @@ def _convert():
         spec = ModelSpec.from_config(_CONFIG.value.model)
         params = state_dict_to_params(load_torch_state_dict(_TORCH_CHECKPOINT.value), spec, _LN3_FROM.value)
         out = store.save(_OUTPUT.value, params, _CONFIG.value)
-        print(f"wrote maepp weights of {_TORCH_CHECKPOINT.value} to {out} (LN3 from {_LN3_FROM.value})")
+        print(f"wrote maepp weights of {_TORCH_CHECKPOINT.value} to {out}")
     elif _PARAMS.value:
         if not _OUTPUT_TORCH.value:
             raise app.UsageError("--params needs --output-torch")

@@ -4,9 +4,10 @@ The library behind `python -m maepp.weights.convert`. State-dict names and layou
 "Official PyTorch state-dict names": PyTorch Linear weights are [out, in]; qkv's output is laid
 out (3, heads, head_dim); in SwiGLU linear1 is the value path and linear2 the gate.
 
-The released block applies LN2 where LN3 stands (norm3 is in the weights but unused). By default
-the import gives maepp's LN3 the values of norm2, which reproduces the released model exactly;
-ln3_from="norm3" takes norm3 as stored (for state dicts written by maepp's own export).
+The released block applies LN2 where LN3 stands (norm3 is in the weights but unused), and so does
+maepp's by default (config.model.separate_norm3 False): then every tensor maps as it is, both
+ways. A separate-LN3 model takes LN3 from norm2 on import, which reproduces the released forward
+pass; ln3_from="norm3" takes norm3 as stored (state dicts written by maepp's own export).
 """
 import dataclasses
 import math
@@ -135,8 +136,14 @@ class StateDictMismatch(ValueError):
     pass
 
 
-def state_dict_to_params(state_dict: dict, spec: ModelSpec, ln3_from: str = "norm2") -> dict:
-    """{name: array} of the released model -> maepp params (nested dict of float32 numpy)."""
+def state_dict_to_params(state_dict: dict, spec: ModelSpec, ln3_from: str | None = None) -> dict:
+    """{name: array} of the released model -> maepp params (nested dict of float32 numpy).
+
+    ln3_from: where maepp's norm3 comes from. By default "norm3" (as stored) for the release's
+    block (spec.separate_norm3 False), which computes exactly what the release computes; "norm2"
+    for a separate-LN3 model, which then reproduces the release's forward pass.
+    """
+    ln3_from = ln3_from or ("norm2" if spec.separate_norm3 else "norm3")
     if ln3_from not in ("norm2", "norm3"):
         raise ValueError(f"ln3_from must be 'norm2' or 'norm3', got {ln3_from!r}")
     state_dict = {k: np.asarray(v, np.float32) for k, v in state_dict.items()}
