@@ -17,8 +17,9 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     # "synthetic:256:1" is 256 procedural clips from a seed the training clips do not use.
     # frontend: where training crops become log-mels: "host" (tf.data) or "device" (in the train
     # step; for hosts too slow for the STFT, best with records:, whose clip stats are stored).
+    # prefetch: global batches made ahead on a background thread and placed on the devices.
     config.data = ml_collections.ConfigDict(
-        dict(source="synthetic", data_dir="", eval_source="synthetic:256:1", frontend="host")
+        dict(source="synthetic", data_dir="", eval_source="synthetic:256:1", frontend="host", prefetch=2)
     )
     config.batch_size = 1024  # global
     # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
@@ -33,7 +34,8 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config.checkpoint_every = 2000
     config.keep_checkpoints = 3  # the newest ones...
     config.keep_period = 20_000  # ...and every keep_period-th step
-    config.max_nonfinite_steps = 10  # non-finite steps in a row before the run stops
+    config.max_nonfinite_steps = 10  # non-finite steps in a row before the run stops (checked at log steps)
+    config.steps_in_flight = 2  # dispatched steps the host may run ahead of the devices
     config.eval_every = 10_000  # and at the last step
     config.eval_batch_size = 1024  # global
     # clu's Profile action: a jax.profiler trace of num_steps steps from first_step (0 = never),
@@ -50,5 +52,5 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
         config.keep_period = 0
         config.eval_every = 100
         config.eval_batch_size = 32
-        config.profile.first_step = 20
+        config.profile.first_step = 0  # a trace is 36 MB here: on a small disk it crowds out checkpoints
     return config

@@ -37,7 +37,8 @@ def run_module(repo_root, *args):
 MICRO = "configs/audiomaepp.py:micro"
 # The run tests share (conftest's trained_run): 60 steps, checkpoints and held-out evaluation at 30 and 60.
 TRAINED_RUN = ["--config.total_steps=60", "--config.checkpoint_every=30", "--config.log_every=1",
-               "--config.warmup_steps=5", "--config.eval_every=30", "--config.data.eval_source=synthetic:64:1"]
+               "--config.warmup_steps=5", "--config.eval_every=30", "--config.data.eval_source=synthetic:64:1",
+               "--config.profile.first_step=20"]
 
 
 def train_command(workdir, *overrides):

@@ -6,9 +6,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
+from maepp.hardware import peak_flops
 from maepp.models import MASKING_RNG, MaskedAutoencoder
 from maepp.models.counts import abstract_params, forward_flops
-from maepp.tools.hardware import peak_flops
 from tests.helpers import spec_for
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from maepp.models import MASKING_RNG, MaskedAutoencoder, init_params, reconstruction_loss
-from maepp.models.counts import forward_flops
 from maepp.models.blocks import MacaronBlock
+from maepp.models.counts import forward_flops
 from maepp.models.layers import attention, padded_attention
 from maepp.models.patches import patchify, random_mask, unpatchify
 from maepp.models.position import sincos_1d, sincos_2d_table

@@ -1,2 +1,2 @@
 """Tools around training: parameter summary, memory and mesh guide (scaling), ahead-of-time
-compiles for absent hardware (compile_check), benchmarks (bench), and the hardware they know."""
+compiles for absent hardware (compile_check) and benchmarks (bench)."""

@@ -49,8 +49,8 @@ from jax.experimental import topologies  # noqa: E402
 
 from maepp import config_files, optim, sharding  # noqa: E402
 from maepp.audio import jax_frontend  # noqa: E402
+from maepp.hardware import CHIPS  # noqa: E402
 from maepp.models import MaskedAutoencoder, ModelSpec  # noqa: E402
-from maepp.tools.hardware import CHIPS  # noqa: E402
 from maepp.train_step import make_train_step  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:large")

@@ -22,9 +22,9 @@ import jax
 from absl import app, flags
 
 from maepp.configs.audiomaepp import ENCODER_SIZES, model_config
+from maepp.hardware import SYSTEMS, system_chip, topology_devices
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 from maepp.sharding import LOGICAL_RULES
-from maepp.tools.hardware import SYSTEMS, system_chip, topology_devices
 
 GIB = 2**30
 SIZES = [size for size in ENCODER_SIZES if size != "micro"]

@@ -1,0 +1,176 @@
+"""The train loop: config -> mesh -> data -> state (fresh or resumed) -> step -> loop, as
+`python -m maepp.train` (maepp/train.py, its flags and messages) runs it."""
+import collections
+import signal
+import threading
+
+import jax
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+
+from maepp import checkpoints, optim, progress, sharding
+from maepp.audio import jax_frontend
+from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
+from maepp.data.sources import source_from_string
+from maepp.evaluators.held_out import HeldOutEvaluation
+from maepp.evaluators.pictures import reconstruction_grid, write_png
+from maepp.models import MaskedAutoencoder, ModelSpec
+from maepp.models.counts import train_flops_per_example
+from maepp.prefetch import Prefetcher
+from maepp.progress import Throughput
+from maepp.train_step import make_train_step
+
+
+class StopRequest:
+    """SIGTERM in a single-process run; the loop checks it between steps, saves and exits.
+
+    A multi-process job leaves SIGTERM to JAX: its preemption notifier tells every process, and
+    they agree on one step to save at (checkpoints' reached_preemption). A handler of ours would
+    replace JAX's, and each process would stop at a step of its own.
+    """
+
+    def __init__(self):
+        self._event = threading.Event()
+        if jax.process_count() == 1:
+            signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+
+    def __bool__(self):
+        return self._event.is_set()
+
+
+def say(message: str):
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def train(config, workdir) -> dict:
+    """Trains to config.total_steps (or until stopped); returns the last log step's figures and
+    the run's throughput after its first step (compilation)."""
+    workdir = checkpoints.workdir_path(workdir)
+    stop = StopRequest()
+    # Mesh.
+    mesh = sharding.make_mesh(config.mesh)
+    if config.batch_size % jax.process_count():
+        raise ValueError(f"config.batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
+    # Model and state: resumed from the newest checkpoint, or fresh.
+    spec = ModelSpec.from_config(config.model)
+    model = MaskedAutoencoder(spec)
+    optimizer = optim.optimizer(config)
+    state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
+    ckpt = checkpoints.manager(workdir, keep=config.keep_checkpoints, keep_period=config.keep_period or None)
+    position, first_step = 0, 1
+    restored = checkpoints.restore_latest(ckpt, state, state_shardings)
+    if restored is not None:
+        done_step, state, position = restored
+        first_step = done_step + 1
+        say(f"resumed from step {done_step} of {ckpt.directory} (data position {position})")
+    # Data: this process's share of every global batch, made into global arrays on a background
+    # thread, config.data.prefetch batches ahead of the step.
+    report = SkipReport()
+    batches = train_dataset(
+        source_from_string(config.data.source, config.data.data_dir or None),
+        seed=config.seed,
+        batch_size=config.batch_size // jax.process_count(),
+        crop_frames=spec.input_size[0],
+        start_position=position,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        report=report,
+        frontend=config.data.frontend,
+    ).as_numpy_iterator()
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend)
+
+    def next_global_batch():
+        batch = next(batches)
+        inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if to_log_mel else batch["log_mel"]
+        # The position after this batch: what a checkpoint taken after its step records.
+        return jax.tree.map(lambda rows: sharding.global_batch(rows, mesh), inputs), int(batch["position"][-1]) + 1
+
+    train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
+    # Reporting: process 0 writes TensorBoard events; the others only log.
+    writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
+    if jax.process_index() == 0:  # what maepp.export and maepp.hear rebuild the model from
+        (workdir / "config.json").write_text(config.to_json(indent=2))
+    if first_step == 1:
+        parameter_overview.log_parameter_overview(state.params)
+        writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
+    hooks = []
+    if config.profile.first_step and jax.process_index() == 0:
+        hooks.append(periodic_actions.Profile(
+            logdir=workdir / "tensorboard", first_profile=config.profile.first_step,
+            num_profile_steps=config.profile.num_steps, every_secs=config.profile.every_secs,
+        ))
+    held_out = HeldOutEvaluation(config, model, mesh, state_shardings.params) if config.data.eval_source else None
+
+    schedule = optim.schedule(config)  # for the logged learning rate
+    base_rng = jax.random.key(config.seed + 1)
+    throughput = Throughput(train_flops_per_example(spec) * config.batch_size, config.batch_size,
+                            config.total_steps, mesh.devices.flatten())
+    window = progress.new_window(sharding.replicated(mesh))
+    # Steps in flight are bounded: the host waits for the step `in_flight` before the newest.
+    in_flight = collections.deque()
+    prefetch = Prefetcher(next_global_batch, depth=config.data.prefetch)
+    means, rates = {}, {}
+    step = first_step - 1
+    try:
+        for step in range(first_step, config.total_steps + 1):
+            inputs, position = next(prefetch)
+            state, metrics = train_step(state, inputs, jax.random.fold_in(base_rng, step))
+            window = progress.accumulate(window, metrics)
+            in_flight.append(metrics["loss"])
+            if len(in_flight) > config.steps_in_flight:
+                in_flight.popleft().block_until_ready()
+            for hook in hooks:
+                hook(step)
+            preempted = bool(stop) or ckpt.reached_preemption(step)
+            interval = step % config.checkpoint_every == 0
+            last = step == config.total_steps
+            # The host reads the devices only here: at log steps, and where a save decides on the streak.
+            if step % config.log_every and step != first_step and not (interval or preempted or last):
+                continue
+            means = progress.window_means(window)
+            window = progress.new_window(sharding.replicated(mesh), streak=means["nonfinite_in_a_row"])
+            if step == first_step:  # compilation is not the run's speed
+                throughput.start(step, prefetch.wait_s)
+            else:
+                rates = throughput.report(step, prefetch.wait_s)
+            update = (step - 1) // config.optimizer.accumulate_steps
+            writer.write_scalars(step, dict(
+                loss=means["loss"], grad_norm=means["grad_norm"], skipped=means["skipped"],
+                learning_rate=float(schedule(update)), skipped_clips=report.skips, **rates))
+            say(progress.console_line(step, config.total_steps, means, rates))
+            if means["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
+                ckpt.wait_until_finished()
+                raise FloatingPointError(
+                    f"{means['nonfinite_in_a_row']} steps in a row had a non-finite loss or gradient (last: step "
+                    f"{step}); parameters were not updated by them. The last good checkpoint is step "
+                    f"{ckpt.latest_step()} in {ckpt.directory}; lower the learning rate or enable "
+                    "config.optimizer.grad_clip"
+                )
+            if held_out and not preempted and (step % config.eval_every == 0 or last):
+                evaluate(held_out, state.params, step, writer, workdir)
+                throughput.start(step, prefetch.wait_s)  # evaluation time is not training speed
+            # No interval saves during a non-finite streak: the newest checkpoint stays before it.
+            if (interval and not means["nonfinite_in_a_row"]) or preempted or last:
+                checkpoints.save(ckpt, step, state, position)
+            if preempted:
+                say(f"stop requested: saved step {step}, exiting")
+                break
+    finally:
+        prefetch.close()
+    ckpt.wait_until_finished()
+    ckpt.close()
+    writer.flush()
+    if report.skips:
+        logging.warning("%d clips skipped (%d distinct files): %s", report.skips, len(report.reasons), report.reasons)
+    return dict(step=step, **means, **rates, **throughput.run_rates())
+
+
+def evaluate(held_out: HeldOutEvaluation, params, step: int, writer, workdir):
+    """Held-out loss to TensorBoard; pictures to TensorBoard and WORKDIR/pictures (process 0)."""
+    loss, pictures = held_out(params)
+    writer.write_scalars(step, dict(eval_loss=loss, eval_skipped_clips=held_out.report.skips))
+    if jax.process_index() == 0:
+        grid = reconstruction_grid(pictures)
+        writer.write_images(step, dict(reconstruction=grid[None]))
+        write_png(workdir / "pictures" / f"step_{step:07d}.png", grid)

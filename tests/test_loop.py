@@ -1,0 +1,81 @@
+"""The train loop's parts: input made ahead on a thread, metrics kept on the devices between log steps."""
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from maepp import progress
+from maepp.prefetch import Prefetcher
+
+
+def test_the_next_batches_are_made_while_the_step_runs():
+    """While the consumer holds item 0 (a slow step), the thread makes items 1 and 2; made one
+    after the other, the consumer would wait here forever (the events time out instead)."""
+    made = [threading.Event() for _ in range(4)]
+    counter = iter(range(4))
+
+    def make_item():
+        i = next(counter)
+        made[i].set()
+        return i
+
+    prefetch = Prefetcher(make_item, depth=2)
+    assert next(prefetch) == 0
+    assert made[1].wait(10) and made[2].wait(10)  # queued ahead of the step in progress
+    assert [next(prefetch) for _ in range(3)] == [1, 2, 3]
+    with pytest.raises(StopIteration):
+        next(prefetch)
+    prefetch.close()
+
+
+def test_an_input_error_reaches_the_loop_at_its_batch():
+    def make_item(items=iter([0, 1])):
+        item = next(items, None)
+        if item is None:
+            raise ValueError("clip 2 of shard 7 is not audio")
+        return item
+
+    prefetch = Prefetcher(make_item, depth=1)
+    assert [next(prefetch), next(prefetch)] == [0, 1]
+    for _ in range(2):  # and again, not a hang
+        with pytest.raises(ValueError, match="clip 2 of shard 7"):
+            next(prefetch)
+    prefetch.close()
+
+
+def _metrics(loss, skipped):
+    return dict(loss=np.float32(loss), grad_norm=np.float32(2 * loss), skipped=np.int32(skipped))
+
+
+def test_the_window_averages_finite_steps_and_counts_the_non_finite_run():
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    window = progress.new_window(sharding)
+    for loss, skipped in ((1.0, 0), (3.0, 0), (np.nan, 1), (np.inf, 1)):
+        window = progress.accumulate(window, _metrics(loss, skipped))
+    means = progress.window_means(window)
+    assert means == dict(loss=2.0, grad_norm=4.0, skipped=2, nonfinite_in_a_row=2)
+    # The next window starts from zero sums but keeps the run of non-finite steps going.
+    window = progress.new_window(sharding, streak=means["nonfinite_in_a_row"])
+    window = progress.accumulate(window, _metrics(np.nan, 1))
+    means = progress.window_means(window)
+    assert means["nonfinite_in_a_row"] == 3 and means["skipped"] == 1 and np.isnan(means["loss"])
+    window = progress.accumulate(window, _metrics(0.5, 0))
+    assert progress.window_means(window)["nonfinite_in_a_row"] == 0
+
+
+def test_throughput_is_measured_between_reports_and_named_on_the_console():
+    devices = [type("Device", (), {"device_kind": "NVIDIA H100 80GB HBM3"})()] * 2
+    throughput = progress.Throughput(flops_per_step=989e12, batch_size=64, total_steps=100, devices=devices)
+    throughput.start(10, wait_s=0.0)
+    throughput._last = (10, throughput._last[1] - 4.0, 0.0)  # as if 4 s had passed since step 10
+    rates = throughput.report(20, wait_s=1.0)
+    assert rates["steps_per_s"] == pytest.approx(2.5, rel=0.01)
+    assert rates["clips_per_s"] == pytest.approx(160, rel=0.01)
+    assert rates["mfu"] == pytest.approx(2.5 / 2, rel=0.01)  # one peak's FLOPs per step over 2 devices
+    assert rates["input_wait"] == pytest.approx(0.25, rel=0.01)
+    assert rates["eta_s"] == pytest.approx(32, rel=0.01)
+    line = progress.console_line(20, 100, dict(loss=0.25, skipped=0), rates)
+    assert line.startswith("step 20/100 | loss 0.2500 | 160.0 clips/s") and "MFU 125.0%" in line
+    assert line.endswith("input wait 25% | ETA 0m32s")
+    assert throughput.run_rates()["run_steps_per_s"] == pytest.approx(2.5, rel=0.01)
