@@ -1,5 +1,7 @@
 """maepp.data.prepare: shards, manifest, TFDS loading, resuming, and the records: source."""
 import json
+import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -8,7 +10,14 @@ import tensorflow_datasets as tfds
 
 from maepp.audio import jax_frontend, reference
 from maepp.audio.decode import load_audio
-from maepp.data.pipeline import WAVEFORM_CROP_KEYS, ClipOrder, random_offset, train_dataset
+from maepp.data.pipeline import (
+    WAVEFORM_CROP_KEYS,
+    ClipOrder,
+    crop_fractions,
+    eval_dataset,
+    random_offset,
+    train_dataset,
+)
 from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
@@ -33,7 +42,7 @@ def _shards(out):
 
 
 def test_prepare_writes_shards_manifest_and_tfds_metadata(audio_folder, tmp_path):
-    manifest = prepare(audio_folder, tmp_path, clips_per_shard=4, workers=2)
+    manifest = prepare(audio_folder, tmp_path, clips_per_shard=4, workers=2, store="flac")
     out = tmp_path / "audio_clips" / "1.0.0"
     assert manifest["files"] == 11 and manifest["clips"] == 9
     assert manifest["skipped"].keys() == {"broken.wav", "silent.wav"}
@@ -50,10 +59,19 @@ def test_prepare_writes_shards_manifest_and_tfds_metadata(audio_folder, tmp_path
 
     # The stored audio is the input resampled to 16 kHz mono (up to 16-bit FLAC quantisation).
     source = RecordsSource(str(out / "audio_clips-train.array_record-*"))
+    assert source.store == manifest["store"] == "flac"
     names = [source.name(i) for i in range(len(source))]
     assert sorted(names) == sorted(f"{'nested/' if i % 2 else ''}clip_{i}.flac" for i in range(9))
     for i in (0, 5):
         np.testing.assert_allclose(source.load(i), load_audio(audio_folder / names[i]), atol=1e-4)
+    # The pcm store keeps the very same 16-bit samples, uncompressed, and the same clip stats.
+    prepare(audio_folder, tmp_path / "pcm", clips_per_shard=4, workers=1, store="pcm")
+    pcm = RecordsSource(str(tmp_path / "pcm" / "audio_clips" / "1.0.0" / "*.array_record-*"))
+    assert pcm.store == "pcm" and [pcm.name(i) for i in range(9)] == names
+    for i in (0, 5):
+        np.testing.assert_array_equal(pcm.load(i), source.load(i))
+        np.testing.assert_array_equal(pcm.load_segment(i, 1000, 5000), source.load(i)[1000:5000])
+        assert pcm.clip_info(i) == pytest.approx(source.clip_info(i))
 
 
 def test_second_run_skips_finished_shards_and_redoes_interrupted_ones(audio_folder, tmp_path):
@@ -77,10 +95,12 @@ def test_second_run_skips_finished_shards_and_redoes_interrupted_ones(audio_fold
     assert len(RecordsSource(str(out / "*.array_record-*"))) == 9
 
 
-def test_resuming_with_other_files_is_refused(audio_folder, tmp_path):
+def test_resuming_with_other_files_sharding_or_store_is_refused(audio_folder, tmp_path):
     prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
-    with pytest.raises(ValueError, match="other files or sharding"):
+    with pytest.raises(ValueError, match="other files, sharding or store"):
         prepare(audio_folder, tmp_path, clips_per_shard=5, workers=1)
+    with pytest.raises(ValueError, match="other files, sharding or store"):
+        prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1, store="pcm")
 
 
 def test_records_source_feeds_the_training_pipeline(audio_folder, tmp_path):
@@ -102,7 +122,7 @@ def test_crops_from_stored_stats_equal_crops_of_the_whole_standardised_clip(tmp_
     rng = np.random.default_rng(1)
     for i in range(4):
         soundfile.write(root / f"long_{i}.flac", synthetic_clip(rng, 7.0)[0], 16000)
-    prepare(root, tmp_path / "out", clips_per_shard=2, workers=1)
+    prepare(root, tmp_path / "out", clips_per_shard=2, workers=1, store="flac")
     source = RecordsSource(str(tmp_path / "out" / "audio_clips" / "1.0.0" / "*.array_record-*"))
     order = ClipOrder(len(source), seed=4)
     batches = list(train_dataset(source, seed=4, batch_size=4).take(3).as_numpy_iterator())
@@ -116,3 +136,88 @@ def test_crops_from_stored_stats_equal_crops_of_the_whole_standardised_clip(tmp_
     for host, device in zip(batches, train_dataset(source, seed=4, batch_size=4, frontend="device").take(3)):
         mel = jax_frontend.crop_log_mel({key: device[key].numpy() for key in WAVEFORM_CROP_KEYS})
         np.testing.assert_allclose(np.asarray(mel), host["log_mel"], atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def log_mel_store(tmp_path_factory):
+    """A log_mel-store preparation of 6 clips: five of 2.5-9 s, one of 0.5 s (tiled when stored)."""
+    root = tmp_path_factory.mktemp("log_mel_in")
+    rng = np.random.default_rng(2)
+    for i, seconds in enumerate((2.5, 9.0, 4.0, 0.5, 6.0, 3.0)):
+        soundfile.write(root / f"clip_{i}.wav", synthetic_clip(rng, seconds)[0], 16000)
+    out = tmp_path_factory.mktemp("log_mel_out")
+    manifest = prepare(root, out, clips_per_shard=4, workers=1)  # the default store
+    source = RecordsSource(str(out / "audio_clips" / "1.0.0" / "*.array_record-*"))
+    whole = [reference.log_mel(load_audio(root / source.name(i))) for i in range(len(source))]
+    return manifest, source, whole
+
+
+def _within_float16(got, expected):
+    """float16 storage rounds each value to 11 significant bits: |error| <= 2^-11 |value|."""
+    assert np.all(np.abs(got - expected) <= np.abs(expected) * 2.0**-11 + 1e-7), np.abs(got - expected).max()
+
+
+def test_log_mel_store_crops_are_slices_of_the_clips_standardised_log_mel(log_mel_store):
+    manifest, source, whole = log_mel_store
+    assert manifest["store"] == source.store == "log_mel"
+    order = ClipOrder(len(source), seed=3)
+    batches = list(train_dataset(source, seed=3, batch_size=4).take(4).as_numpy_iterator())
+    for batch in batches:
+        assert batch["log_mel"].shape == (4, 200, 80) and batch["log_mel"].dtype == np.float32
+        for mel, position in zip(batch["log_mel"], batch["position"]):
+            epoch, index = order.epoch_and_clip(position)
+            n = len(whole[index])
+            offset = int(crop_fractions(3, [epoch], [index])[0] * (max(n - 200, 0) + 1))  # 0 for the 0.5 s clip
+            clip = np.tile(whole[index], (-(-200 // n), 1))  # which is tiled
+            _within_float16(mel, clip[offset : offset + 200])
+    # 16 positions over 6 clips: every clip, over several epochs, at crops that move.
+    assert np.concatenate([b["position"] for b in batches]).tolist() == list(range(16))
+    # Resuming from a position gives exactly the batches that follow it.
+    resumed = next(train_dataset(source, seed=3, batch_size=4, start_position=8).as_numpy_iterator())
+    np.testing.assert_array_equal(resumed["log_mel"], batches[2]["log_mel"])
+
+
+def test_log_mel_store_evaluates_centre_crops_and_pads_the_last_batch(log_mel_store):
+    _, source, whole = log_mel_store
+    batches = list(eval_dataset(source, batch_size=4).as_numpy_iterator())
+    assert [b["valid"].tolist() for b in batches] == [[True] * 4, [True, True, False, False]]
+    assert batches[1]["index"].tolist() == [4, 5, -1, -1] and not batches[1]["log_mel"][2:].any()
+    for batch in batches:
+        for mel, index, valid in zip(batch["log_mel"], batch["index"], batch["valid"]):
+            if valid:
+                n = len(whole[index])
+                offset = max(n - 200, 0) // 2
+                _within_float16(mel, np.tile(whole[index], (-(-200 // n), 1))[offset : offset + 200])
+
+
+def test_log_mel_store_refuses_what_needs_audio(log_mel_store):
+    _, source, _ = log_mel_store
+    with pytest.raises(ValueError, match="config.data.frontend='device' needs audio"):
+        train_dataset(source, seed=0, batch_size=2, frontend="device")
+    with pytest.raises(ValueError, match="crops of 300 frames"):
+        train_dataset(source, seed=0, batch_size=2, crop_frames=300)
+
+
+def test_training_reads_records_from_a_non_local_filesystem_and_resumes(log_mel_store, tmp_path):
+    """records: takes any tf.io.gfile path (gs:// in real runs; TensorFlow's in-memory ram://
+    here): the shards are copied to a local cache that ArrayRecord can open."""
+    import tensorflow as tf
+
+    from maepp.configs import audiomaepp
+    from maepp.train_loop import train
+
+    _, source, _ = log_mel_store
+    for shard in source.files:
+        tf.io.gfile.copy(shard, f"ram://records/{pathlib.Path(shard).name}", overwrite=True)
+    config = audiomaepp.get_config("micro")
+    config.update(batch_size=8, total_steps=2, warmup_steps=1, checkpoint_every=2, log_every=1)
+    config.data.source = "records:ram://records/*.array_record-*"
+    config.data.eval_source = ""
+    os.environ["MAEPP_RECORDS_CACHE"] = str(tmp_path / "cache")
+    first = train(config, tmp_path / "run")
+    config.total_steps = 4
+    resumed = train(config, tmp_path / "run")
+    assert (first["step"], resumed["step"]) == (2, 4) and np.isfinite(resumed["loss"])
+    positions = json.loads((tmp_path / "run" / "checkpoints" / "4" / "data" / "metadata").read_text())
+    assert positions["positions"] == [32]  # 4 steps of 8 clips: the resumed run went on from clip 16
+    assert len(list((tmp_path / "cache").iterdir())) == len(source.files)

@@ -15,6 +15,10 @@ clip's log-mel stats (prepared records) skip most of that work: only the crop's 
 computed, from the samples they cover, and standardised with the stored stats; the result is
 the same crop of the same standardised log-mel.
 
+Records of the log_mel store (maepp/data/records.py) hold each clip's standardised log-mel, so
+their crops are slices: a batch of records is read in one call and parsed, cropped and decoded by
+tf.data graph ops over the whole batch, with no Python per clip (`_stored_log_mel_batches`).
+
 Where the crop's log-mel is computed is the `frontend` argument (config.data.frontend): "host"
 computes it here with tf.signal; "device" hands the accelerator the raw samples its frames cover
 (maepp.audio.jax_frontend.crop_log_mel, inside the jitted train step) with the clip's stats. With
@@ -28,9 +32,10 @@ import tensorflow as tf
 from absl import logging
 
 from maepp.audio import tf_frontend
-from maepp.audio.constants import crop_span
+from maepp.audio.constants import N_MELS, crop_span
 from maepp.audio.decode import BadAudio
 from maepp.audio.reference import HOP, N_FFT
+from maepp.data import records
 
 _ENDLESS = 2**62
 
@@ -75,6 +80,23 @@ class SkipReport:
             self.reasons[name] = reason
         if first_time:
             logging.warning("skipped clip %s: %s (%d bad clips so far)", name, reason, len(self.reasons))
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise over uint64."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def crop_fractions(seed: int, epochs, indices) -> np.ndarray:
+    """Uniform in [0, 1) for each (seed, epoch, clip): where in its clip a crop starts. A hash,
+    so a whole batch is one numpy expression; float64 [n]."""
+    with np.errstate(over="ignore"):
+        z = _mix(np.full(len(indices), seed, np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+        z = _mix(z ^ np.asarray(epochs, np.uint64))
+        z = _mix(z ^ np.asarray(indices, np.uint64))
+    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def random_offset(n_frames: int, crop_frames: int, rng: np.random.Generator) -> int:
@@ -195,6 +217,55 @@ def _crops(ids, read, crop_frames: int, frontend: str):
     return dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def _stored_log_mel_crops(serialized, fractions, crop_frames: int, centre: bool = False):
+    """Records of the log_mel store [batch] -> crops [batch, crop_frames, 80] float32, in graph ops.
+
+    A crop starts at floor(fraction * (frames - crop_frames + 1)), or in the middle (centre), of
+    the clip's own frames, as the audio stores' crops do (random_offset, centre_offset); short
+    clips start at 0 and were tiled to records.MIN_FRAMES when stored, so every crop is whole.
+    """
+    parsed = tf.io.parse_example(serialized, {"log_mel": tf.io.FixedLenFeature([], tf.string),
+                                              "num_frames": tf.io.FixedLenFeature([], tf.int64)})
+    stored = parsed["log_mel"]
+    row_bytes = N_MELS * np.dtype(records.LOG_MEL_DTYPE).itemsize
+    room = tf.maximum(parsed["num_frames"] - crop_frames, 0)
+    offset = room // 2 if centre else tf.cast(tf.floor(fractions * tf.cast(room + 1, tf.float64)), tf.int64)
+    start = tf.minimum(offset, room) * row_bytes
+    crop = tf.strings.substr(stored, start, tf.fill(tf.shape(start), tf.constant(crop_frames * row_bytes, tf.int64)))
+    mel = tf.io.decode_raw(crop, tf.as_dtype(records.LOG_MEL_DTYPE))
+    return tf.reshape(tf.cast(mel, tf.float32), [-1, crop_frames, N_MELS])
+
+
+def _check_log_mel_store(source, crop_frames: int, frontend: str):
+    if frontend != "host":
+        raise ValueError(
+            f"config.data.frontend={frontend!r} needs audio, and {source.files[0]} holds log-mels (the log_mel "
+            "store): use frontend 'host' (a crop is then a slice), or prepare with --store pcm or flac"
+        )
+    if crop_frames > records.MIN_FRAMES:
+        raise ValueError(f"crops of {crop_frames} frames: the log_mel store keeps short clips tiled to "
+                         f"{records.MIN_FRAMES} frames only; prepare with --store pcm for longer crops")
+
+
+def _stored_log_mel_batches(source, order: ClipOrder, seed: int, batch_size: int, crop_frames: int,
+                            start_position: int):
+    """train_dataset for the log_mel store: per batch, one Python call reads the records of its
+    positions; parsing, cropping and decoding are graph ops over the batch."""
+
+    def read(positions):
+        epochs, indices = np.array([order.epoch_and_clip(p) for p in positions]).T
+        return np.array(source.serialized(indices), dtype=object), crop_fractions(seed, epochs, indices)
+
+    def load(positions):
+        serialized, fractions = tf.numpy_function(read, [positions], [tf.string, tf.float64], stateful=False)
+        serialized.set_shape([batch_size])
+        fractions.set_shape([batch_size])
+        return dict(log_mel=_stored_log_mel_crops(serialized, fractions, crop_frames), position=positions)
+
+    positions = tf.data.Dataset.range(start_position, _ENDLESS).batch(batch_size, drop_remainder=True)
+    return positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+
+
 def check_usable_audio(source, order: ClipOrder, report: SkipReport):
     """Reads this process's clips until one is usable; a clear error if none is."""
     for position in range(order.per_epoch):
@@ -220,6 +291,9 @@ def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200,
     after a batch is batch["position"][-1] + 1: what a checkpoint saves as start_position.
     """
     order = ClipOrder(len(source), seed, process_index, process_count)
+    if getattr(source, "store", None) == "log_mel":
+        _check_log_mel_store(source, crop_frames, frontend)
+        return _stored_log_mel_batches(source, order, seed, batch_size, crop_frames, start_position)
     report = report if report is not None else SkipReport()
     check_usable_audio(source, order, report)  # fail before any compilation starts
     reader = CropReader(source, crop_frames, report)
@@ -246,6 +320,9 @@ def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_ind
     -1 for padding), valid [batch] bool. Every batch has the full batch size, so a jitted eval
     step compiles once: the last one is padded with zeros and valid=False.
     """
+    if getattr(source, "store", None) == "log_mel":
+        _check_log_mel_store(source, crop_frames, "host")
+        return _stored_log_mel_eval_batches(source, batch_size, crop_frames, process_index, process_count)
     report = report if report is not None else SkipReport()
     reader = CropReader(source, crop_frames, report)
 
@@ -260,3 +337,22 @@ def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_ind
     # Append padding, then drop the batch made only of padding.
     batches = crops.concatenate(padding).batch(batch_size, drop_remainder=True)
     return batches.filter(lambda batch: batch["valid"][0]).prefetch(tf.data.AUTOTUNE)
+
+
+def _stored_log_mel_eval_batches(source, batch_size: int, crop_frames: int, process_index: int, process_count: int):
+    """eval_dataset for the log_mel store: centre crops, a batch of records per call, the last
+    batch padded (index -1, valid False, zeros)."""
+
+    def read(indices):
+        return np.array(source.serialized(np.maximum(indices, 0)), dtype=object)  # padding reads clip 0
+
+    def load(indices):
+        indices = tf.pad(indices, [[0, batch_size - tf.shape(indices)[0]]], constant_values=-1)
+        serialized = tf.numpy_function(read, [indices], tf.string, stateful=False)
+        serialized.set_shape([batch_size])
+        valid = indices >= 0
+        mel = _stored_log_mel_crops(serialized, tf.zeros([batch_size], tf.float64), crop_frames, centre=True)
+        return dict(log_mel=tf.where(valid[:, None, None], mel, 0.0), index=indices, valid=valid)
+
+    indices = tf.data.Dataset.range(process_index, len(source), process_count).batch(batch_size)
+    return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -1,10 +1,14 @@
-r"""Turns a folder of audio into ArrayRecord shards of FLAC 16 kHz clips plus TFDS metadata.
+r"""Turns a folder of audio into ArrayRecord shards of 16 kHz clips plus TFDS metadata.
 
-    python -m maepp.data.prepare --input DIR --output DIR [--workers N] [--clips_per_shard 1024]
+    python -m maepp.data.prepare --input DIR --output DIR [--store log_mel|pcm|flac] [--workers N] \
+        [--clips_per_shard 1024]
 
 Every wav/flac/ogg/mp3 under --input (AudioSet as users download it, any rate or channel
-count) is resampled to 16 kHz mono and stored as FLAC; bad files are skipped and listed with
-the reason in manifest.json. Re-running the same command resumes: finished shards are kept.
+count) is resampled to 16 kHz mono and stored as --store keeps it: log_mel (the default; each
+clip's standardised log-mel, so training crops are slices), pcm or flac (audio, for the device
+front end or longer crops). Bad files are skipped and listed with the reason in manifest.json.
+A progress line shows files read, rate and ETA. Re-running the same command resumes: finished
+shards are kept.
 Layout and reading: maepp/data/records.py; writing and resume rules: maepp/data/writer.py.
 """
 import os
@@ -22,6 +26,7 @@ _NAME = flags.DEFINE_string("name", "audio_clips", "Dataset name (TFDS name of t
 _SPLIT = flags.DEFINE_string("split", "train", "Split name.")
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Processes writing shards in parallel.")
 _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 1024, "Input files per shard.")
+_STORE = flags.DEFINE_enum("store", "log_mel", records.STORES, "What each record keeps (maepp/data/records.py).")
 
 
 def main(argv):
@@ -29,7 +34,8 @@ def main(argv):
     if not _INPUT.value or not _OUTPUT.value:
         raise app.UsageError("--input and --output are required")
     try:
-        manifest = prepare(_INPUT.value, _OUTPUT.value, _NAME.value, _SPLIT.value, _WORKERS.value, _CLIPS_PER_SHARD.value)
+        manifest = prepare(_INPUT.value, _OUTPUT.value, _NAME.value, _SPLIT.value, _WORKERS.value, _CLIPS_PER_SHARD.value,
+                           _STORE.value)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"maepp.data.prepare: {error}")
     out = pathlib.Path(_OUTPUT.value).absolute() / _NAME.value / records.VERSION

@@ -8,6 +8,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from maepp.audio.decode import to_mono_16k
+from maepp.data import records
 from maepp.data.records import RecordsSource
 
 
@@ -49,6 +50,6 @@ def tfds_source(name: str, split: str = "train", data_dir=None):
         features = set(builder.info.features)
     except Exception:
         return TfdsAudioSource(name, split, data_dir)  # raises the clear error
-    if {"flac", "log_mel_mean", "log_mel_std"} <= features:
+    if any(set(records.features(store)) == features for store in records.STORES):
         return RecordsSource(str(builder.data_path / f"{name}-{split}.array_record-*"))
     return TfdsAudioSource(name, split, data_dir)

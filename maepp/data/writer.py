@@ -1,8 +1,9 @@
-"""Writing prepared datasets: ArrayRecord shards of FLAC 16 kHz clips plus TFDS metadata.
+"""Writing prepared datasets: ArrayRecord shards of 16 kHz clips plus TFDS metadata.
 
 The library behind `python -m maepp.data.prepare` (which documents the layout and the resume rules).
-Every wav/flac/ogg/mp3 under the input is resampled to 16 kHz mono and stored as FLAC with its
-clip stats; bad files are skipped and listed with the reason in manifest.json.
+Every wav/flac/ogg/mp3 under the input is resampled to 16 kHz mono and stored as the chosen store
+keeps it (maepp/data/records.py: its standardised log-mel, or 16-bit PCM or FLAC with its clip
+stats); bad files are skipped and listed with the reason in manifest.json.
 
 Resumable: a second run skips finished shards. A shard is written under a temporary name and
 renamed when closed, and counts as finished only once its progress file exists (written after
@@ -14,7 +15,10 @@ import json
 import multiprocessing
 import os
 import pathlib
+import sys
+import time
 
+import numpy as np
 from absl import logging
 
 from maepp.audio import reference
@@ -30,26 +34,39 @@ def _write_atomically(path: pathlib.Path, text: str):
     os.replace(tmp, path)
 
 
-def write_shard(input_root: str, paths: list, shard_path: str, progress_path: str) -> dict:
-    """Writes one shard; returns and records its summary. Runs in a worker process."""
+def _record(store: str, waveform: np.ndarray, relative: str) -> dict:
+    """What a record of `store` holds for one clip (maepp/data/records.py)."""
+    if store == "log_mel":
+        log_mel = reference.log_mel(waveform)
+        return {"log_mel": records.stored_log_mel(log_mel), "num_frames": len(log_mel), "path": relative}
+    pcm = np.clip(np.round(waveform * 32768.0), -32768, 32767).astype(np.int16)
+    audio = pcm.tobytes() if store == "pcm" else encode_flac(waveform)
+    # Stats of what training will read back: the 16-bit audio, not the float input.
+    decoded = pcm.astype(np.float32) / 32768.0 if store == "pcm" else decode_audio(audio, relative)
+    mean, std = reference.clip_stats(reference.unstandardized_log_mel(decoded))
+    return {store: audio, "num_samples": len(waveform), "log_mel_mean": mean, "log_mel_std": std, "path": relative}
+
+
+def write_shard(input_root: str, paths: list, shard_path: str, progress_path: str, store: str, done=None) -> dict:
+    """Writes one shard; returns and records its summary. Runs in a worker process; puts a 1
+    on the `done` queue for every clip it has read."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
-    features = records.features()
+    features = records.features(store)
     tmp = shard_path + ".tmp"
-    writer = ArrayRecordWriter(tmp, "group_size:1")
+    # Uncompressed: log-mels and PCM hardly compress (6% with zstd here) and FLAC already is, while
+    # decompressing a 10 s clip's record cost 3x its read.
+    writer = ArrayRecordWriter(tmp, "group_size:1,uncompressed")
     clips, samples, skipped = 0, 0, {}
     for relative in paths:
+        if done is not None:
+            done.put(1)
         try:
             waveform = load_audio(pathlib.Path(input_root) / relative)
         except BadAudio as bad:
             skipped[relative] = bad.reason
             continue
-        flac = encode_flac(waveform)
-        # Stats of what training will decode: the 16-bit FLAC audio, not the float input.
-        mean, std = reference.clip_stats(reference.unstandardized_log_mel(decode_audio(flac, relative)))
-        writer.write(features.serialize_example(
-            {"flac": flac, "path": relative, "num_samples": len(waveform), "log_mel_mean": mean, "log_mel_std": std}
-        ))
+        writer.write(features.serialize_example(_record(store, waveform, relative)))
         clips += 1
         samples += len(waveform)
     writer.close()
@@ -59,6 +76,24 @@ def write_shard(input_root: str, paths: list, shard_path: str, progress_path: st
     return summary
 
 
+class _ProgressLine:
+    """One line, rewritten in place at most once a second: files read, rate, ETA."""
+
+    def __init__(self, total: int):
+        self.total, self.done, self.start, self.shown = total, 0, time.perf_counter(), 0.0
+
+    def add(self, n: int, force=False):
+        self.done += n
+        now = time.perf_counter()
+        if not force and now - self.shown < 1.0:
+            return
+        self.shown = now
+        rate = self.done / max(now - self.start, 1e-9)
+        eta = (self.total - self.done) / rate if rate else float("inf")
+        sys.stderr.write(f"\rprepare: {self.done:,}/{self.total:,} files, {rate:,.1f} files/s, ETA {eta:,.0f} s ")
+        sys.stderr.flush()
+
+
 def list_audio(root: pathlib.Path) -> list:
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
     if not files:
@@ -66,29 +101,32 @@ def list_audio(root: pathlib.Path) -> list:
     return files
 
 
-def _check_plan(progress: pathlib.Path, files: list, clips_per_shard: int):
-    """A resumed run must be the same preparation: same files, same sharding."""
-    plan = dict(clips_per_shard=clips_per_shard, files=len(files),
+def _check_plan(progress: pathlib.Path, files: list, clips_per_shard: int, store: str):
+    """A resumed run must be the same preparation: same files, same sharding, same store."""
+    plan = dict(clips_per_shard=clips_per_shard, files=len(files), store=store,
                 files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest())
     plan_path = progress / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise ValueError(
-            f"{progress.parent} holds a preparation of other files or sharding ({plan_path}); "
-            "use a new --output, or the same --input and --clips_per_shard to resume"
+            f"{progress.parent} holds a preparation of other files, sharding or store ({plan_path}); "
+            "use a new --output, or the same --input, --clips_per_shard and --store to resume"
         )
     _write_atomically(plan_path, json.dumps(plan))
 
 
-def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1, clips_per_shard=1024) -> dict:
+def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1, clips_per_shard=1024,
+            store="log_mel") -> dict:
     """Writes (or finishes) the prepared dataset; returns the manifest."""
     import tensorflow_datasets as tfds
 
+    if store not in records.STORES:
+        raise ValueError(f"--store {store!r}: use one of {records.STORES}")
     input_root = pathlib.Path(input_dir).absolute()
     files = list_audio(input_root)
     out = pathlib.Path(output_dir).absolute() / name / records.VERSION
     progress = out / PROGRESS_DIR
     progress.mkdir(parents=True, exist_ok=True)
-    _check_plan(progress, files, clips_per_shard)
+    _check_plan(progress, files, clips_per_shard, store)
     for leftover in out.glob("*.tmp"):  # a writer killed mid-shard; its shard is written again
         leftover.unlink()
 
@@ -98,16 +136,24 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         shard_path = out / records.shard_name(name, split, shard, len(chunks))
         progress_path = progress / f"{shard_path.name}.json"
         if not progress_path.exists():
-            jobs[shard] = (str(input_root), chunk, str(shard_path), str(progress_path))
+            jobs[shard] = (str(input_root), chunk, str(shard_path), str(progress_path), store)
     logging.info("%d shards, %d already finished, %d to write", len(chunks), len(chunks) - len(jobs), len(jobs))
     # spawn, not fork: the parent may already hold TensorFlow's threads.
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=context) as pool:
-        futures = [pool.submit(write_shard, *job) for job in jobs.values()]
-        for done, future in enumerate(concurrent.futures.as_completed(futures), 1):
-            summary = future.result()
-            print(f"shard {summary['shard']}: {summary['clips']} clips, {len(summary['skipped'])} skipped "
-                  f"({done}/{len(jobs)})", flush=True)
+    with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=context) as pool:
+        done = manager.Queue()
+        line = _ProgressLine(sum(len(job[1]) for job in jobs.values()))
+        pending = {pool.submit(write_shard, *job, done) for job in jobs.values()}
+        while pending:
+            finished, pending = concurrent.futures.wait(pending, timeout=0.5)
+            for future in finished:
+                future.result()  # a worker's error stops the preparation here
+            read = 0
+            while not done.empty():
+                read += done.get()
+            line.add(read, force=not pending)
+        if jobs:
+            sys.stderr.write("\n")
 
     summaries = [
         json.loads((progress / f"{records.shard_name(name, split, s, len(chunks))}.json").read_text())
@@ -116,6 +162,7 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
     manifest = dict(
         name=name,
         split=split,
+        store=store,
         input=str(input_root),
         files=len(files),
         clips=sum(s["clips"] for s in summaries),
@@ -127,8 +174,8 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         name=split, shard_lengths=[s["clips"] for s in summaries], num_bytes=0, filename_template=None
     )
     tfds.folder_dataset.write_metadata(
-        data_dir=out, features=records.features(), split_infos=[split_info], check_data=False,
-        description=f"16 kHz mono FLAC clips prepared by maepp.data.prepare from {input_root}",
+        data_dir=out, features=records.features(store), split_infos=[split_info], check_data=False,
+        description=f"16 kHz mono clips ({store} store) prepared by maepp.data.prepare from {input_root}",
     )
     _write_atomically(out / "manifest.json", json.dumps(manifest, indent=2))
     return manifest

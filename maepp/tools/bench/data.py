@@ -2,9 +2,15 @@
 pipeline, against a plain librosa loop (load + melspectrogram per clip, one core) over the same
 clips in the same run. The pipeline uses every core this process may run on, so its rate is
 divided by that count. With --frontend device the hosts only decode and cut raw-sample crops,
-leaving the STFT to the accelerator (config.data.frontend), so that rate is the hosts' alone."""
+leaving the STFT to the accelerator (config.data.frontend), so that rate is the hosts' alone.
+
+For prepared records it also prints the store's bytes per hour of audio and the largest
+difference of its centre crops (eval pipeline) from librosa's on the same audio. The log_mel
+store holds no audio: the librosa side reads the original files (manifest.json's input folder)."""
 import io
+import json
 import os
+import pathlib
 import time
 
 import librosa
@@ -12,7 +18,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from maepp.audio import reference
-from maepp.data.pipeline import FRONTENDS, train_dataset
+from maepp.data.pipeline import FRONTENDS, centre_offset, eval_dataset, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.tools.bench.report import report
 
@@ -41,24 +47,56 @@ def librosa_crop(encoded: bytes, rng: np.random.Generator) -> np.ndarray:
     return mel[start : start + CROP_FRAMES]
 
 
-def librosa_rate(source, n_crops: int) -> float:
+def librosa_rate(audio_bytes, n_clips: int, n_crops: int) -> float:
     rng = np.random.default_rng(0)
-    librosa_crop(source.encoded(0), rng)  # numba compiles librosa's kernels on first use
+    librosa_crop(audio_bytes(0), rng)  # numba compiles librosa's kernels on first use
     start = time.perf_counter()
     for i in range(n_crops):
-        librosa_crop(source.encoded(i % len(source)), rng)
+        librosa_crop(audio_bytes(i % n_clips), rng)
     return n_crops / (time.perf_counter() - start)
+
+
+def _audio_bytes(source):
+    """index -> the bytes of the clip's audio file as a plain loop reads it: for prepared records
+    the original file (manifest.json's input folder), whatever the store; else the file itself."""
+    if not hasattr(source, "store"):
+        return source.encoded
+    manifest = pathlib.Path(source.files[0]).with_name("manifest.json")
+    root = pathlib.Path(json.loads(manifest.read_text())["input"])
+    if not root.is_dir():
+        raise app.UsageError(f"the librosa loop reads the original files of the records, {root} (from {manifest}), "
+                             "which are not here")
+    return lambda index: (root / source.name(index)).read_bytes()
+
+
+def max_error(source, audio_bytes, n_clips: int = 64) -> float:
+    """Largest |pipeline - librosa| over the centre crops of the first n_clips (eval pipeline)."""
+    worst = 0.0
+    for batch in eval_dataset(source, batch_size=16, crop_frames=CROP_FRAMES).as_numpy_iterator():
+        for mel, index, valid in zip(batch["log_mel"], batch["index"], batch["valid"]):
+            if not valid or index >= n_clips:
+                continue
+            waveform, _ = librosa.load(io.BytesIO(audio_bytes(int(index))), sr=reference.SAMPLE_RATE, mono=True)
+            expected = reference.log_mel(waveform)
+            offset = centre_offset(len(expected), CROP_FRAMES)  # short clips: 0, then tiled
+            expected = np.tile(expected, (-(-CROP_FRAMES // len(expected)), 1))[offset : offset + CROP_FRAMES]
+            worst = max(worst, float(np.abs(mel - expected).max()))
+        if batch["index"].max() >= n_clips:
+            break
+    return worst
 
 
 def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = "host") -> dict:
     source = source_from_string(source_spec)
     if not hasattr(source, "encoded"):
         raise app.UsageError(f"bench data needs a records: or folder: source, not {source_spec!r}")
+    audio_bytes = _audio_bytes(source)
     cores = len(os.sched_getaffinity(0))
     pipeline = pipeline_rate(source, n_crops, batch_size, frontend)
-    baseline = librosa_rate(source, n_crops)
-    return dict(
+    baseline = librosa_rate(audio_bytes, len(source), n_crops)
+    result = dict(
         source=source_spec,
+        store=getattr(source, "store", None),
         frontend=frontend,
         host_cores=cores,
         pipeline_crops_per_s=round(pipeline, 2),
@@ -66,6 +104,11 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
         librosa_crops_per_s_per_core=round(baseline, 2),
         ratio_per_core=round(pipeline / cores / baseline, 2),
     )
+    if hasattr(source, "store"):
+        manifest = json.loads(pathlib.Path(source.files[0]).with_name("manifest.json").read_text())
+        result.update(bytes_per_hour=round(sum(os.path.getsize(f) for f in source.files) / manifest["hours"]),
+                      max_error_vs_librosa=max_error(source, audio_bytes))
+    return result
 
 
 def main(argv):
@@ -78,4 +121,6 @@ def main(argv):
            f"pipeline ({_FRONTEND.value} front end): {result['pipeline_crops_per_s']} crops/s on {result['host_cores']} cores = "
            f"{result['pipeline_crops_per_s_per_core']} per core",
            f"librosa loop: {result['librosa_crops_per_s_per_core']} crops/s on one core",
-           f"ratio per core: {result['ratio_per_core']}x")
+           f"ratio per core: {result['ratio_per_core']}x",
+           *([f"{result['store']} store: {result['bytes_per_hour'] / 1e6:.1f} MB per hour of audio, centre crops within "
+              f"{result['max_error_vs_librosa']:.2g} of librosa"] if result["store"] else []))
