@@ -3,14 +3,24 @@
     WORKDIR/checkpoints/<step>/state   the sharded TrainState (each process writes its shards)
     WORKDIR/checkpoints/<step>/data    {"positions": [next clip of process 0, 1, ...]}
 
-Orbax writes a step under a temporary name and renames it when complete, so the latest step
-on disk is always whole. Mask rngs are not saved: they are fold_in(seed, step).
+Orbax writes a step under a temporary name and renames it when complete, so the newest step on
+disk was whole when written. Disks and people still damage them: restoring walks back from the
+newest step to the newest one that restores completely, on every process, and moves the damaged
+ones aside (WORKDIR/checkpoints/<step>.damaged), saying which and why. Mask rngs are not saved:
+they are fold_in(seed, step).
 """
+import time
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+
+
+class CheckpointSaveError(RuntimeError):
+    """A save failed (disk full, permissions, ...): the run stops, the older checkpoints stand."""
 
 
 def workdir_path(workdir) -> epath.Path:
@@ -30,41 +40,96 @@ def manager(workdir, *, keep: int, keep_period: int = None) -> ocp.CheckpointMan
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, position: int):
-    """Starts an asynchronous save of the state and every process's next data position."""
+    """Starts an asynchronous save of the state and every process's next data position; raises
+    CheckpointSaveError if this or an earlier asynchronous save failed."""
+    check_saves(checkpoints)
     positions = multihost_utils.process_allgather(np.asarray([position], np.int64)).reshape(-1)
-    checkpoints.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"positions": positions.tolist()})
-        ),
-        force=True,
-    )
+    try:
+        checkpoints.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"positions": positions.tolist()})
+            ),
+            force=True,
+        )
+    except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+        raise CheckpointSaveError(_save_failure(checkpoints, step, error)) from error
+
+
+def check_saves(checkpoints: ocp.CheckpointManager):
+    """Raises CheckpointSaveError if an asynchronous save has failed since the last check."""
+    try:
+        checkpoints.check_for_errors()
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointSaveError(_save_failure(checkpoints, None, error)) from error
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's first line; a long one keeps its start and its end, where the OS's reason is."""
+    text = str(error).strip().splitlines()
+    line = text[0] if text else ""
+    if len(line) > 300:
+        line = f"{line[:120]} ... {line[-160:]}"
+    return f"{type(error).__name__}: {line}" if line else type(error).__name__
+
+
+def _save_failure(checkpoints, step, error) -> str:
+    checkpoints.reload()
+    saved = [s for s in checkpoints.all_steps() if s != step]
+    newest = f"step {max(saved)}" if saved else "none"
+    # Asynchronous: the save that failed may be an earlier one than `step`; the error names its files.
+    return (f"saving checkpoints failed ({_one_line(error)}); the newest "
+            f"complete checkpoint is {newest} in {checkpoints.directory}. Free space or fix the directory, then "
+            "re-run the same command to resume from it")
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings):
-    """-> (step, state, this process's data position), or None without a checkpoint.
+    """-> (step, state, this process's data position), or None without a checkpoint that restores.
 
     `state` gives shapes and dtypes, `shardings` the target layout: a checkpoint saved on one
-    mesh restores onto another.
+    mesh restores onto another. Steps that do not restore completely on every process are
+    skipped, newest first, and moved aside.
     """
-    step = checkpoints.latest_step()
-    if step is None:
-        return None
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-    restored = checkpoints.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
-    )
-    positions = restored["data"]["positions"]
-    if len(positions) != jax.process_count():
-        raise ValueError(
-            f"checkpoint {step} was saved by {len(positions)} processes, this job has {jax.process_count()}: "
-            "the data positions cannot be mapped; resume with the same process count"
-        )
-    return step, restored["state"], int(positions[jax.process_index()])
+    checkpoints.reload()
+    for step in sorted(checkpoints.all_steps(), reverse=True):
+        try:
+            restored = checkpoints.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
+            )
+            positions = restored["data"]["positions"]
+            reason = ""
+        except Exception as error:  # noqa: BLE001 - a damaged step fails in TensorStore, JSON or Orbax
+            reason = _one_line(error)
+        # Every process must agree: each reads its own shards, and one bad file fails one process.
+        failed = multihost_utils.process_allgather(np.asarray([bool(reason)])).reshape(-1)
+        if not failed.any():
+            if len(positions) != jax.process_count():
+                raise ValueError(
+                    f"checkpoint {step} was saved by {len(positions)} processes, this job has {jax.process_count()}: "
+                    "the data positions cannot be mapped; resume with the same process count"
+                )
+            return step, restored["state"], int(positions[jax.process_index()])
+        _set_aside(checkpoints, step, reason or f"it does not restore on process {int(np.argmax(failed))}")
+    return None
+
+
+def _set_aside(checkpoints: ocp.CheckpointManager, step: int, reason: str):
+    """Moves a damaged step out of Orbax's sight (never deletes it) and says so."""
+    directory = epath.Path(checkpoints.directory)
+    if jax.process_index() == 0:
+        aside = directory / f"{step}.damaged-{int(time.time())}"
+        (directory / str(step)).rename(aside)
+        message = f"checkpoint step {step} is damaged ({reason}); skipped it, moved to {aside}"
+        logging.warning(message)
+        print(message, flush=True)
+    multihost_utils.sync_global_devices(f"maepp_set_aside_{step}")
+    checkpoints.reload()
 
 
 def restore_params(workdir, abstract_params, step: int = None):
-    """-> (step, params) of a run's checkpoint (the newest by default), without its optimizer state.
+    """-> (step, params) of a run's checkpoint (the newest that restores, by default), without its
+    optimizer state.
 
     abstract_params: ShapeDtypeStructs (with shardings) of the parameter tree to read into.
     """
@@ -72,14 +137,22 @@ def restore_params(workdir, abstract_params, step: int = None):
     steps = ocp.CheckpointManager(directory).all_steps() if directory.exists() else []
     if not steps:
         raise FileNotFoundError(f"no checkpoints in {directory}: train there first (python -m maepp.train)")
-    step = max(steps) if step is None else step
-    if step not in steps:
+    if step is not None and step not in steps:
         raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; there are steps {sorted(steps)}")
     target = {"params": abstract_params}
-    restored = ocp.PyTreeCheckpointer().restore(
-        directory / str(step) / "state",
-        args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
-        ),
-    )
-    return step, restored["params"]
+    candidates = [step] if step is not None else sorted(steps, reverse=True)
+    reasons = []
+    for candidate in candidates:
+        try:
+            restored = ocp.PyTreeCheckpointer().restore(
+                directory / str(candidate) / "state",
+                args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+                ),
+            )
+            if reasons:
+                print(f"skipped damaged checkpoints: {'; '.join(reasons)}", flush=True)
+            return candidate, restored["params"]
+        except Exception as error:  # noqa: BLE001
+            reasons.append(f"step {candidate} ({_one_line(error)})")
+    raise FileNotFoundError(f"no checkpoint in {directory} restores: {'; '.join(reasons)}")

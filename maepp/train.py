@@ -9,7 +9,9 @@ sees exactly the batches and masks the uninterrupted run would have. SIGTERM (an
 preemption notice) saves a checkpoint at the current step and exits cleanly. The loop itself
 is maepp/train_loop.py.
 """
+import os
 import sys
+import traceback
 
 import numpy as np
 from absl import app, flags, logging
@@ -17,6 +19,7 @@ from ml_collections import config_flags
 
 from maepp import checkpoints, config_files, distributed
 from maepp.train_loop import say, train
+from maepp.workdir_lock import WorkdirInUse
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
@@ -28,6 +31,16 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "Open MPI jobs of several tasks are detected without it.")
 
 
+def _exit_now(message: str):
+    """Prints the message and exits with status 1 without running destructors: after a failure a
+    tf.data iterator can deadlock in its destructor, waiting for map workers that need the GIL it
+    holds. Every file that matters is already closed or complete (checkpoints are atomic)."""
+    sys.stdout.flush()
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
 def main(argv):
     del argv
     if _CONFIG.value is None or not _WORKDIR.value:
@@ -37,8 +50,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         final = train(_CONFIG.value, _WORKDIR.value)
-    except (FloatingPointError, ValueError, FileNotFoundError) as error:
-        sys.exit(f"maepp.train: {error}")
+    except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse) as error:
+        _exit_now(f"maepp.train: {error}")
+    except Exception:  # noqa: BLE001 - a bug: its traceback, then the same prompt exit
+        _exit_now(traceback.format_exc().rstrip())
     workdir = checkpoints.workdir_path(_WORKDIR.value)
     say(f"stopped at step {final['step']}, loss {final.get('loss', np.nan):.4f}")
     say(f"checkpoints: {workdir / 'checkpoints'}")
@@ -48,7 +63,7 @@ def main(argv):
 
 
 def run():
-    app.run(main, argv=config_files.resolve_argv(sys.argv))
+    config_files.run_cli(main, "maepp.train")
 
 
 if __name__ == "__main__":

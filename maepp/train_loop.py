@@ -5,11 +5,14 @@ import signal
 import threading
 
 import jax
+import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
+from jax.experimental import multihost_utils
 
 from maepp import checkpoints, optim, progress, sharding
 from maepp.audio import jax_frontend
+from maepp.config_checks import check_train_config
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.evaluators.held_out import HeldOutEvaluation
@@ -19,6 +22,7 @@ from maepp.models.counts import train_flops_per_example
 from maepp.prefetch import Prefetcher
 from maepp.progress import Throughput
 from maepp.train_step import make_train_step
+from maepp.workdir_lock import WorkdirInUse, WorkdirLock
 
 
 class StopRequest:
@@ -45,15 +49,44 @@ def say(message: str):
 
 def train(config, workdir) -> dict:
     """Trains to config.total_steps (or until stopped); returns the last log step's figures and
-    the run's throughput after its first step (compilation)."""
+    the run's throughput after its first step (compilation).
+
+    Everything a user can get wrong in the config is checked first, before the workdir is taken
+    (one run per workdir, maepp/workdir_lock.py) and anything is compiled.
+    """
     workdir = checkpoints.workdir_path(workdir)
-    stop = StopRequest()
-    # Mesh.
+    # Mesh and config.
     mesh = sharding.make_mesh(config.mesh)
-    if config.batch_size % jax.process_count():
-        raise ValueError(f"config.batch_size {config.batch_size} is not divisible by {jax.process_count()} processes")
-    # Model and state: resumed from the newest checkpoint, or fresh.
+    check_train_config(config, mesh.size, jax.process_count(), mesh.shape["data"] * mesh.shape["fsdp"])
     spec = ModelSpec.from_config(config.model)
+    sources = {}
+    for field in ("source", "eval_source"):
+        if field == "source" or config.data.eval_source:
+            try:
+                sources[field] = source_from_string(config.data[field], config.data.data_dir or None)
+            except (ValueError, FileNotFoundError) as error:
+                raise ValueError(f"config.data.{field}={config.data[field]!r}: {error}") from None
+    lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
+    refusal = ""
+    if lock is not None:
+        try:
+            lock.acquire()
+        except WorkdirInUse as error:
+            refusal = str(error)
+    if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(refusal))):
+        refusal = refusal or f"{workdir} is in use by another run (process 0 found it taken)"
+    if refusal:
+        raise WorkdirInUse(refusal)
+    try:
+        return _train(config, workdir, mesh, spec, sources)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config, workdir, mesh, spec, sources) -> dict:
+    stop = StopRequest()
+    # Model and state: resumed from the newest checkpoint, or fresh.
     model = MaskedAutoencoder(spec)
     optimizer = optim.optimizer(config)
     state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
@@ -68,7 +101,7 @@ def train(config, workdir) -> dict:
     # thread, config.data.prefetch batches ahead of the step.
     report = SkipReport()
     batches = train_dataset(
-        source_from_string(config.data.source, config.data.data_dir or None),
+        sources["source"],
         seed=config.seed,
         batch_size=config.batch_size // jax.process_count(),
         crop_frames=spec.input_size[0],
@@ -100,7 +133,8 @@ def train(config, workdir) -> dict:
             logdir=workdir / "tensorboard", first_profile=config.profile.first_step,
             num_profile_steps=config.profile.num_steps, every_secs=config.profile.every_secs,
         ))
-    held_out = HeldOutEvaluation(config, model, mesh, state_shardings.params) if config.data.eval_source else None
+    held_out = HeldOutEvaluation(config, model, mesh, state_shardings.params, sources["eval_source"]) \
+        if config.data.eval_source else None
 
     schedule = optim.schedule(config)  # for the logged learning rate
     base_rng = jax.random.key(config.seed + 1)
@@ -128,6 +162,7 @@ def train(config, workdir) -> dict:
             # The host reads the devices only here: at log steps, and where a save decides on the streak.
             if step % config.log_every and step != first_step and not (interval or preempted or last):
                 continue
+            checkpoints.check_saves(ckpt)  # a failed asynchronous save stops the run here, in one line
             means = progress.window_means(window)
             window = progress.new_window(sharding.replicated(mesh), streak=means["nonfinite_in_a_row"])
             if step == first_step:  # compilation is not the run's speed
@@ -159,6 +194,7 @@ def train(config, workdir) -> dict:
     finally:
         prefetch.close()
     ckpt.wait_until_finished()
+    checkpoints.check_saves(ckpt)
     ckpt.close()
     writer.flush()
     if report.skips:

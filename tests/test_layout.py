@@ -1,5 +1,6 @@
 """The layout as users meet it: every README command names a real module, flag and file, and the
 package installed elsewhere trains from a config named by its installed name."""
+import concurrent.futures
 import os
 import pathlib
 import re
@@ -45,9 +46,14 @@ def test_readme_names_only_modules_flags_and_files_that_exist(repo_root):
     modules = _python_modules(commands)
     assert {"maepp.train", "maepp.data.prepare", "maepp.export", "maepp.downstream.evaluate",
             "maepp.weights.convert", "maepp.tools.summary", "maepp.tools.bench step"} <= set(modules)
+    def helpfull(module):
+        return subprocess.run([sys.executable, "-m", *module.split(), "--helpfull"], cwd=repo_root,
+                              capture_output=True, text=True, timeout=300)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = dict(zip(modules, pool.map(helpfull, modules)))
     for module, flags in modules.items():
-        result = subprocess.run([sys.executable, "-m", *module.split(), "--helpfull"], cwd=repo_root,
-                                capture_output=True, text=True, timeout=300)
+        result = results[module]
         assert result.returncode in (0, 1) and "--" in result.stdout, (module, result.stderr[-2000:])  # absl exits 1
         for flag in flags:
             assert re.search(rf"--(\[no\])?{flag}:", result.stdout), f"README passes --{flag} to {module}"

@@ -46,7 +46,7 @@ def test_visible_count_follows_the_release(ratio, visible):
 
 @pytest.mark.parametrize("ratio", [0.0, 1.0, 0.999])
 def test_a_mask_ratio_that_leaves_nothing_to_see_or_predict_is_refused(ratio):
-    with pytest.raises(ValueError, match=re.escape(f"config.model.mask_ratio={ratio} leaves")):
+    with pytest.raises(ValueError, match=re.escape(f"config.model.mask_ratio={ratio!r}: leaves")):
         spec_for(mask_ratio=ratio)
 
 

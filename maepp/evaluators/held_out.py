@@ -19,8 +19,8 @@ N_PICTURES = 4
 
 
 class HeldOutEvaluation:
-    def __init__(self, config, model, mesh, params_shardings):
-        self.source = source_from_string(config.data.eval_source, config.data.data_dir or None)
+    def __init__(self, config, model, mesh, params_shardings, source=None):
+        self.source = source or source_from_string(config.data.eval_source, config.data.data_dir or None)
         if config.eval_batch_size % jax.process_count():
             raise ValueError(f"config.eval_batch_size {config.eval_batch_size} is not divisible by "
                              f"{jax.process_count()} processes")

@@ -26,9 +26,10 @@ def reconstruction_grid(pictures) -> np.ndarray:
 
 
 def write_png(path, image: np.ndarray):
-    """uint8 [H, W, 1|3] -> a PNG file at path (local or gs://); written whole, then renamed."""
+    """uint8 [H, W, 1|3] -> a PNG file at path (local or gs://); written whole, then moved over
+    whatever is there (a resumed run redraws the pictures of steps it repeats)."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".tmp")
     partial.write_bytes(tf.io.encode_png(image).numpy())
-    partial.rename(path)
+    partial.replace(path)

@@ -173,7 +173,7 @@ def main(argv):
 
 
 def run():
-    app.run(main, argv=config_files.resolve_argv(sys.argv))
+    config_files.run_cli(main, "maepp.tools.compile_check")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ r"""Prints a model's parameter table and FLOPs; the last line is JSON.
     python -m maepp.tools.summary --config configs/audiomaepp.py:base
 """
 import json
-import sys
 
 from absl import app
 from ml_collections import config_flags
@@ -59,7 +58,7 @@ def main(argv):
 
 
 def run():
-    app.run(main, argv=config_files.resolve_argv(sys.argv))
+    config_files.run_cli(main, "maepp.tools.summary")
 
 
 if __name__ == "__main__":

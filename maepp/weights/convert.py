@@ -62,7 +62,7 @@ def _convert():
 
 
 def run():
-    app.run(main, argv=config_files.resolve_argv(sys.argv))
+    config_files.run_cli(main, "maepp.weights.convert")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,236 @@
+"""Faults injected into real runs, one test each, and the table of them in docs/reliability.md.
+
+The table is made from FAULTS below (`python -m tests.test_faults > docs/reliability.md`), and a
+test holds the file to it, so the page cannot drift from what is tested.
+"""
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from maepp import checkpoints, optim, sharding
+from maepp.configs import audiomaepp
+from maepp.models import MaskedAutoencoder, ModelSpec
+from maepp.train_loop import train
+from maepp.workdir_lock import WorkdirInUse, WorkdirLock
+from tests.helpers import TRAINED_RUN, train_command
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    fault: str
+    user_sees: str
+    survives: str
+    test: str
+
+
+# (field, value, the start of what maepp.train says)
+BAD_CONFIGS = [
+    ("log_every", 0, "must be a whole number of at least 1"),
+    ("checkpoint_every", 0, "must be a whole number of at least 1"),
+    ("eval_every", 0, "must be a whole number of at least 1"),
+    ("keep_checkpoints", 0, "must be a whole number of at least 1"),
+    ("batch_size", 0, "must be a whole number of clips"),
+    ("batch_size", -4, "must be a whole number of clips"),
+    ("optimizer.base_learning_rate", -0.1, "must be a positive number"),
+    ("model.mask_ratio", 0.0, "leaves 250 of 250 tokens visible"),
+    ("data.eval_source", "folder:/nonexistent", "folder source /nonexistent is not a directory"),
+]
+
+FAULTS = [
+    Fault("resume after the checkpoint that follows an evaluation was lost (SIGKILL mid-save, or deleted)",
+          "the run resumes from the step before and redraws that evaluation's picture", "everything",
+          "test_resume_redraws_the_pictures_of_steps_it_repeats"),
+    Fault("a second run started on a workdir in use", "`maepp.train: W is in use by another run (pid P on H, "
+          "started T) ...` before anything is compiled; the first run goes on", "the first run, untouched",
+          "test_a_second_run_on_a_workdir_in_use_is_refused"),
+    Fault("the run holding a workdir was killed (SIGKILL) without letting go", "the next run takes the workdir over",
+          "all checkpoints", "test_a_killed_runs_workdir_is_taken_over"),
+    Fault("newest checkpoint damaged: truncated array file", "a line naming the step and why; resumes from the one "
+          "before, the damaged one moved to `<step>.damaged-<time>`", "every older step; the damaged one, set aside",
+          "test_a_damaged_newest_checkpoint_is_skipped[truncated]"),
+    Fault("newest checkpoint damaged: garbage in `state/_METADATA`", "as above", "as above",
+          "test_a_damaged_newest_checkpoint_is_skipped[metadata]"),
+    Fault("newest checkpoint damaged: an empty step directory", "as above", "as above",
+          "test_a_damaged_newest_checkpoint_is_skipped[empty]"),
+    Fault("export or hear with the newest checkpoint damaged", "a line naming the skipped step; the newest that "
+          "restores is used", "everything", "test_export_weights_skip_a_damaged_newest_checkpoint"),
+    Fault("the disk fills while a checkpoint is written (files capped at 1 MB)", "one line: which save failed, the "
+          "newest complete checkpoint, and to re-run the same command after freeing space; exit status 1",
+          "every complete checkpoint", "test_a_failed_save_stops_the_run_in_one_line"),
+    Fault("a batch that does not divide over the devices (4 fake devices)", "one line naming config.batch_size and "
+          "the multiple it needs; the process exits at once", "nothing was written", "test_bad_config_fails_fast"),
+    *[Fault(f"`--config.{field}={value}`", f"one line: `config.{field}={value!r}: {message} ...`, before compilation",
+            "nothing was written", f"test_bad_configs_are_one_line_before_compilation[{field}={value}]")
+      for field, value, message in BAD_CONFIGS],
+    Fault("`--config.model.widht=3` (a misspelt field)", "`maepp.train: --config.model.widht: the config has no field "
+          "'model.widht'; check its spelling ...`", "nothing was written", "test_a_misspelt_config_field_is_one_line"),
+    Fault("SIGTERM to one of two processes", "both stop at one agreed step, save it and exit 0",
+          "the saved step; the run resumes from it on another mesh",
+          "tests/test_train.py::test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh"),
+    Fault("SIGKILL after a checkpoint", "re-running resumes", "the run: its resumed losses equal the uninterrupted "
+          "run's exactly", "tests/test_train.py::test_resume_after_sigkill_is_exact"),
+]
+
+
+def reliability_page() -> str:
+    lines = ["# Faults tried, what the user sees, and what survives", "",
+             "Made from `tests/test_faults.py` (`python -m tests.test_faults > docs/reliability.md`); each row is "
+             "a test that injects the fault into a real run and checks the outcome.", "",
+             "| fault | what the user sees | what survives | test |", "| --- | --- | --- | --- |"]
+    for f in FAULTS:
+        test = f.test if "::" in f.test else f"tests/test_faults.py::{f.test}"
+        lines.append(f"| {f.fault} | {f.user_sees} | {f.survives} | `{test}` |")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_reliability_page_is_made_from_this_table(repo_root):
+    assert (repo_root / "docs" / "reliability.md").read_text() == reliability_page(), \
+        "docs/reliability.md is stale: python -m tests.test_faults > docs/reliability.md"
+
+
+def _copy_run(trained_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_run, workdir, ignore=shutil.ignore_patterns("lock", "lock.json", "plugins"))
+    return workdir
+
+
+def test_resume_redraws_the_pictures_of_steps_it_repeats(repo_root, trained_run, tmp_path):
+    workdir = _copy_run(trained_run, tmp_path)
+    shutil.rmtree(workdir / "checkpoints" / "60")
+    result = subprocess.run(train_command(workdir, *TRAINED_RUN), cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed from step 30" in result.stdout and "stopped at step 60" in result.stdout
+    assert sorted(p.name for p in (workdir / "pictures").iterdir()) == ["step_0000030.png", "step_0000060.png"]
+
+
+def test_a_second_run_on_a_workdir_in_use_is_refused(repo_root, tmp_path):
+    with WorkdirLock(tmp_path / "busy"):  # the first run, holding the workdir
+        result = subprocess.run(train_command(tmp_path / "busy"), cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"maepp.train: {tmp_path / 'busy'} is in use by another run (pid {os.getpid()} on ")
+    assert not (tmp_path / "busy" / "checkpoints").exists()
+
+
+def test_a_killed_runs_workdir_is_taken_over(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from maepp.workdir_lock import WorkdirLock; "
+                               f"lock = WorkdirLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); time.sleep(600)"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(WorkdirInUse, match=f"pid {holder.pid} on "):
+        WorkdirLock(tmp_path).acquire()
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with WorkdirLock(tmp_path) as lock:  # the kernel let go of the dead run's lease
+        assert json.loads((tmp_path / "lock.json").read_text())["pid"] == os.getpid() == lock.me["pid"]
+    assert not (tmp_path / "lock.json").exists()
+
+
+def _damage(step_dir, how: str):
+    if how == "truncated":
+        array_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.stat().st_size > 10_000]
+        for path in array_files:
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+        assert array_files
+    elif how == "metadata":
+        (step_dir / "state" / "_METADATA").write_text("not json {")
+    else:
+        shutil.rmtree(step_dir)
+        step_dir.mkdir()
+
+
+@pytest.mark.parametrize("how", ["truncated", "metadata", "empty"])
+def test_a_damaged_newest_checkpoint_is_skipped(trained_run, tmp_path, how, capsys):
+    workdir = _copy_run(trained_run, tmp_path)
+    _damage(workdir / "checkpoints" / "60", how)
+    config = audiomaepp.get_config("micro")
+    mesh = sharding.make_mesh(config.mesh)
+    model = MaskedAutoencoder(ModelSpec.from_config(config.model))
+    state, shardings = sharding.abstract_state(model, optim.optimizer(config), mesh)
+    manager = checkpoints.manager(workdir, keep=3)
+    step, restored, position = checkpoints.restore_latest(manager, state, shardings)
+    assert (step, position) == (30, 30 * 32)
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored.params))
+    printed = capsys.readouterr().out
+    assert printed.startswith("checkpoint step 60 is damaged (") and "skipped it, moved to" in printed
+    aside = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith("60.damaged-")]
+    assert len(aside) == 1 and manager.all_steps(read=True) == [30]
+
+
+def test_export_weights_skip_a_damaged_newest_checkpoint(trained_run, tmp_path, capsys):
+    from maepp.weights import store
+
+    workdir = _copy_run(trained_run, tmp_path)
+    _damage(workdir / "checkpoints" / "60", "truncated")
+    _, _, _, loaded = store.load_model(workdir)
+    assert "step 30" in loaded
+    assert "skipped damaged checkpoints: step 60 (" in capsys.readouterr().out
+
+
+def test_a_failed_save_stops_the_run_in_one_line(repo_root, tmp_path):
+    """Files capped at 1 MB (ulimit -f): the TensorBoard events fit, a checkpoint's arrays do not,
+    as on a full disk. SIGXFSZ ignored, so a too-large write fails (EFBIG) instead of killing."""
+    command = " ".join(shlex.quote(word) for word in train_command(
+        tmp_path / "full", "--config.total_steps=40", "--config.checkpoint_every=10", "--config.log_every=5",
+        "--config.data.eval_source=", "--config.batch_size=8"))
+    env = dict(os.environ, JAX_COMPILATION_CACHE_DIR="")  # the cache's files would hit the cap too
+    result = subprocess.run(["bash", "-c", f"ulimit -f 977; trap '' XFSZ; exec {command}"], cwd=repo_root,
+                            capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("maepp.train: saving checkpoints failed (") and "File too large" in last
+    assert last.endswith("re-run the same command to resume from it")
+    newest = last.split("the newest complete checkpoint is ")[1].split(" in ")[0]  # "none" or "step N"
+    assert newest == "none" or (tmp_path / "full" / "checkpoints" / newest.split()[1] / "state").is_dir()
+    assert "stopped at step" not in result.stdout
+
+
+@pytest.mark.parametrize("field,value,message", BAD_CONFIGS, ids=[f"{f}={v}" for f, v, _ in BAD_CONFIGS])
+def test_bad_configs_are_one_line_before_compilation(tmp_path, field, value, message):
+    config = audiomaepp.get_config("micro")
+    node = config
+    *parents, leaf = field.split(".")
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+    start = time.perf_counter()
+    with pytest.raises(ValueError) as error:
+        train(config, tmp_path / "w")
+    assert str(error.value).startswith(f"config.{field}={value!r}: {message}"), str(error.value)
+    assert "\n" not in str(error.value)
+    assert time.perf_counter() - start < 30 and not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_bad_config_fails_fast(repo_root, tmp_path):
+    """On 4 fake devices a batch of 6 cannot be split: one line, and the process exits (it used to
+    hang in the tf.data iterator's destructor)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run(train_command(tmp_path / "w", "--config.batch_size=6"), cwd=repo_root, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "maepp.train: config.batch_size=6: must be a multiple of 4: the mesh splits a batch 4 ways over 4 devices "
+        "in 1 process(es)")
+
+
+def test_a_misspelt_config_field_is_one_line(repo_root, tmp_path):
+    result = subprocess.run(train_command(tmp_path / "w", "--config.model.widht=3"), cwd=repo_root,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "maepp.train: --config.model.widht: the config has no field 'model.widht'; check its spelling")
+
+
+if __name__ == "__main__":
+    sys.stdout.write(reliability_page())
