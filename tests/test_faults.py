@@ -74,6 +74,25 @@ FAULTS = [
       for field, value, message in BAD_CONFIGS],
     Fault("`--config.model.widht=3` (a misspelt field)", "`maepp.train: --config.model.widht: the config has no field "
           "'model.widht'; check its spelling ...`", "nothing was written", "test_a_misspelt_config_field_is_one_line"),
+    Fault("export `--output` naming a file export did not write (a text file)", "one line before any work: "
+          "`... exists and was not written by maepp.export; pass --overwrite ...`", "the file",
+          "test_export_refuses_outputs_it_did_not_write[file]"),
+    Fault("export `--output` naming an existing directory", "one line before any work", "the directory",
+          "test_export_refuses_outputs_it_did_not_write[directory]"),
+    Fault("a leftover `OUT.npz.parts/` holding someone's files (no plan.json)", "one line before any work: move it "
+          "away", "the folder and its files (export never deletes a folder it did not make)",
+          "test_export_refuses_outputs_it_did_not_write[parts]"),
+    Fault("a file name that is not valid UTF-8, and a symlink loop, in prepare's or export's input folder",
+          "both left out, each named with the reason (manifest.json's `skipped`, and the log)",
+          "every other file, prepared", "test_odd_file_names_and_symlink_loops_are_left_out_by_name"),
+    Fault("`prepare --name ../../x`", "one line: `--name '../../x': use lower-case letters, digits and _ ...`",
+          "nothing is written outside `--output`", "test_prepare_names_stay_inside_the_output"),
+    Fault("`maepp.weights.convert` of a checkpoint as the release's trainer writes it "
+          "(`{'model': ..., 'args': argparse.Namespace(...)}`)", "it imports; the Namespace is read as inert data",
+          "everything", "test_convert_reads_trainer_checkpoints_and_refuses_code[trainer]"),
+    Fault("`maepp.weights.convert` of a pickle that would run code (`os.system`)", "one line: `... asks to run "
+          "posix.system when loaded ...; refusing it`", "nothing runs, nothing is written",
+          "test_convert_reads_trainer_checkpoints_and_refuses_code[malicious]"),
     Fault("SIGTERM to one of two processes", "both stop at one agreed step, save it and exit 0",
           "the saved step; the run resumes from it on another mesh",
           "tests/test_train.py::test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh"),
@@ -230,6 +249,90 @@ def test_a_misspelt_config_field_is_one_line(repo_root, tmp_path):
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         "maepp.train: --config.model.widht: the config has no field 'model.widht'; check its spelling")
+
+
+@pytest.mark.parametrize("what", ["file", "directory", "parts"])
+def test_export_refuses_outputs_it_did_not_write(repo_root, trained_run, tmp_path, what):
+    output = tmp_path / "out.npz"
+    if what == "file":
+        output.write_text("my notes")
+    elif what == "directory":
+        output.mkdir()
+    else:
+        (tmp_path / "out.npz.parts").mkdir()
+        (tmp_path / "out.npz.parts" / "mine.txt").write_text("keep me")
+    result = subprocess.run([sys.executable, "-m", "maepp.export", "--workdir", str(trained_run), "--input",
+                             str(tmp_path / "nowhere"), "--output", str(output)],
+                            cwd=repo_root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("maepp.export: ") and ("move it away" if what == "parts" else "--output") in last
+    if what == "file":
+        assert "--overwrite" in last and output.read_text() == "my notes"
+    if what == "parts":
+        assert (tmp_path / "out.npz.parts" / "mine.txt").read_text() == "keep me"
+
+
+def test_odd_file_names_and_symlink_loops_are_left_out_by_name(tmp_path):
+    import soundfile
+
+    from maepp.data.sources import FolderSource
+    from maepp.data.synthetic import synthetic_clip
+    from maepp.data.writer import prepare
+
+    root = tmp_path / "in"
+    (root / "sub").mkdir(parents=True)
+    for name in ("good.wav", "sub/also_good.wav"):
+        soundfile.write(root / name, synthetic_clip(np.random.default_rng(0), 2.5)[0], 16000)
+    odd = os.fsencode(str(root)) + b"/caf\xe9.wav"  # Latin-1, not UTF-8
+    shutil.copy(root / "good.wav", odd)
+    os.symlink(root, root / "sub" / "loop")
+    manifest = prepare(root, tmp_path / "out", workers=1)
+    assert manifest["clips"] == 2
+    assert manifest["skipped"]["caf\\xe9.wav"].startswith("the file name is not valid UTF-8")
+    assert manifest["skipped"]["sub/loop"].startswith("a symlink loop")
+    folder = FolderSource(root)
+    assert len(folder) == 2 and set(folder.left_out) == {"caf\\xe9.wav", "sub/loop"}
+
+
+def test_prepare_names_stay_inside_the_output(tmp_path):
+    from maepp.data.writer import prepare
+
+    with pytest.raises(ValueError, match=r"--name '\.\./\.\./x': use lower-case letters"):
+        prepare(tmp_path, tmp_path / "out" / "deep", name="../../x")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("kind", ["trainer", "malicious"])
+def test_convert_reads_trainer_checkpoints_and_refuses_code(repo_root, tmp_path, kind):
+    import argparse
+
+    torch = pytest.importorskip("torch")
+    from maepp.weights import release
+    from tests.helpers import model_and_params, spec_for
+
+    spec = spec_for()
+    _, params = model_and_params(spec)
+    state_dict = {k: torch.from_numpy(v) for k, v in release.params_to_state_dict(params, spec).items()}
+    extra = argparse.Namespace(lr=1e-4, model="mae_plusplus_micro") if kind == "trainer" else _Pwn()
+    torch.save({"model": state_dict, "args": extra, "epoch": 99}, tmp_path / "ckpt.pth")
+    result = subprocess.run([sys.executable, "-m", "maepp.weights.convert", "--torch-checkpoint",
+                             str(tmp_path / "ckpt.pth"), "--config", "audiomaepp:micro", "--output",
+                             str(tmp_path / "imported")], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    if kind == "trainer":
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (tmp_path / "imported" / "config.json").exists()
+    else:
+        assert result.returncode == 1 and not (tmp_path / "pwned").exists()
+        assert result.stderr.strip().splitlines()[-1].endswith(
+            "asks to run posix.system when loaded, which is neither weights nor a known trainer record; refusing it "
+            "(only tensors, containers and argparse / ml_collections configs load)")
+        assert not (tmp_path / "imported").exists()
+
+
+class _Pwn:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
 
 
 if __name__ == "__main__":

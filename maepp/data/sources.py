@@ -13,8 +13,10 @@ position number, not a saved shuffle buffer (STACK.md, "Resumable input").
 import pathlib
 
 import numpy as np
+from absl import logging
 
 from maepp.audio.decode import AUDIO_EXTENSIONS, load_audio
+from maepp.data.listing import list_audio_files
 from maepp.data.records import RecordsSource
 from maepp.data.synthetic import synthetic_clip
 from maepp.data.tfds_source import tfds_source
@@ -41,7 +43,10 @@ class FolderSource:
         self.root = pathlib.Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"folder source {self.root} is not a directory")
-        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+        names, self.left_out = list_audio_files(self.root)
+        for name, reason in self.left_out.items():
+            logging.warning("left out %s: %s", name, reason)
+        self.files = [self.root / name for name in names]
         if not self.files:
             raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {self.root}")
 

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import pathlib
+import re
 import sys
 import time
 
@@ -24,6 +25,7 @@ from absl import logging
 from maepp.audio import reference
 from maepp.audio.decode import AUDIO_EXTENSIONS, BadAudio, decode_audio, encode_flac, load_audio
 from maepp.data import records
+from maepp.data.listing import list_audio_files
 
 PROGRESS_DIR = ".progress"
 
@@ -94,11 +96,12 @@ class _ProgressLine:
         sys.stderr.flush()
 
 
-def list_audio(root: pathlib.Path) -> list:
-    files = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+def list_audio(root: pathlib.Path) -> tuple:
+    """-> (the audio files to prepare, {file: reason} of those left out: see maepp/data/listing.py)."""
+    files, left_out = list_audio_files(root)
     if not files:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {root}")
-    return files
+    return files, left_out
 
 
 def _check_plan(progress: pathlib.Path, files: list, clips_per_shard: int, store: str):
@@ -121,8 +124,11 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
 
     if store not in records.STORES:
         raise ValueError(f"--store {store!r}: use one of {records.STORES}")
+    for flag, value in (("--name", name), ("--split", split)):
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", value):  # TFDS's rule, and no way out of --output
+            raise ValueError(f"{flag} {value!r}: use lower-case letters, digits and _ (a TFDS name), e.g. audio_clips")
     input_root = pathlib.Path(input_dir).absolute()
-    files = list_audio(input_root)
+    files, left_out = list_audio(input_root)
     out = pathlib.Path(output_dir).absolute() / name / records.VERSION
     progress = out / PROGRESS_DIR
     progress.mkdir(parents=True, exist_ok=True)
@@ -168,7 +174,7 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         clips=sum(s["clips"] for s in summaries),
         hours=sum(s["seconds"] for s in summaries) / 3600,
         shards=[dict(file=s["shard"], clips=s["clips"], seconds=s["seconds"]) for s in summaries],
-        skipped={path: reason for s in summaries for path, reason in s["skipped"].items()},
+        skipped={**left_out, **{path: reason for s in summaries for path, reason in s["skipped"].items()}},
     )
     split_info = tfds.core.SplitInfo(
         name=split, shard_lengths=[s["clips"] for s in summaries], num_bytes=0, filename_template=None

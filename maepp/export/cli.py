@@ -27,6 +27,7 @@ _TIMESTAMPS = flags.DEFINE_bool("timestamps", False, "Also write every frame emb
 _BATCH = flags.DEFINE_integer("batch_size", 64, "200-frame chunks per encoder call (over all local devices).")
 _BLOCK = flags.DEFINE_integer("block_clips", 256, "Clips per restartable block.")
 _ARTIFACT = flags.DEFINE_string("artifact", None, "Write the encoder artifact to this new directory instead.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an --output file that maepp.export did not write.")
 
 
 def main(argv):
@@ -35,6 +36,8 @@ def main(argv):
     if not _WORKDIR.value or not (_ARTIFACT.value or (_INPUT.value and _OUTPUT.value)):
         raise app.UsageError("--workdir with --input and --output, or with --artifact, are required")
     try:
+        if not _ARTIFACT.value:
+            clips.check_output(_OUTPUT.value, _OVERWRITE.value)  # before any work
         model, params, config, loaded = store.load_model(_WORKDIR.value, _STEP.value)
         if _ARTIFACT.value:
             directory = artifact.write_artifact(_ARTIFACT.value, model, params, config)
@@ -43,7 +46,7 @@ def main(argv):
         source = clips.input_source(_INPUT.value, _DATA_DIR.value)
         embedder = artifact.local_embedder(model, params, _BATCH.value)
         counts = clips.export(source, embedder, _OUTPUT.value, timestamps=_TIMESTAMPS.value,
-                                    block_clips=_BLOCK.value, model=loaded)
+                              block_clips=_BLOCK.value, model=loaded, overwrite=_OVERWRITE.value)
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         sys.exit(f"maepp.export: {error}")
     print(f"{counts['clips']} clips embedded with {loaded} into {counts['output']}, {counts['skipped']} skipped")

@@ -15,8 +15,8 @@ and a killed one leaves no half block. The blocks are put together into OUT.npz 
 import csv
 import hashlib
 import json
+import os
 import pathlib
-import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -75,11 +75,34 @@ def _plan(source, block_clips: int, timestamps: bool, model: str) -> dict:
     return dict(n_clips=len(source), names_sha256=names, block_clips=block_clips, timestamps=timestamps, model=model)
 
 
+WRITTEN_BY = "maepp.export"  # kept in every npz it writes: the files it may overwrite
+
+
 def _save_npz(path: pathlib.Path, **arrays):
     partial = path.with_name(path.name + ".tmp")
     with partial.open("wb") as file:
         np.savez(file, **arrays)
-    partial.rename(path)
+    os.replace(partial, path)
+
+
+def check_output(output, overwrite: bool = False):
+    """Refuses, before any work, an --output that is a directory, or a file export did not write
+    (unless overwrite), or a leftover OUT.parts folder that is not an export's."""
+    output = pathlib.Path(output)
+    if output.is_dir():
+        raise FileExistsError(f"--output {output} is a directory; name the .npz file to write")
+    if output.exists() and not overwrite:
+        try:
+            with np.load(output) as existing:
+                ours = str(existing.get("written_by", "")) == WRITTEN_BY
+        except Exception:  # noqa: BLE001 - not an npz at all
+            ours = False
+        if not ours:
+            raise FileExistsError(f"--output {output} exists and was not written by maepp.export; "
+                                  "pass --overwrite to replace it, or name another file")
+    parts = output.with_name(output.name + ".parts")
+    if parts.exists() and any(parts.iterdir()) and not (parts / "plan.json").exists():
+        raise FileExistsError(f"{parts} exists and is not an unfinished export (no plan.json); move it away")
 
 
 def _embed_block(source, embedder: Embedder, indices, timestamps: bool, workers: ThreadPoolExecutor) -> dict:
@@ -119,9 +142,10 @@ def _assemble(blocks: list, timestamps: bool) -> dict:
 
 
 def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=256, model="", workers=4,
-           log=sys.stderr) -> dict:
+           log=sys.stderr, overwrite=False) -> dict:
     """Embeds every clip of source into output (.npz); -> counts. Resumes an interrupted export."""
     output = pathlib.Path(output)
+    check_output(output, overwrite)
     parts = output.with_name(output.name + ".parts")
     plan = _plan(source, block_clips, timestamps, model)
     parts.mkdir(parents=True, exist_ok=True)
@@ -147,8 +171,12 @@ def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=
         with np.load(parts / f"block_{number:06d}.npz") as block:
             blocks.append(dict(block))
     result = _assemble(blocks, timestamps)
-    _save_npz(output, **result)
-    shutil.rmtree(parts)
+    _save_npz(output, **result, written_by=np.array(WRITTEN_BY))
+    for number in range(n_blocks):  # only what this export wrote; a folder with more stays
+        (parts / f"block_{number:06d}.npz").unlink()
+    plan_path.unlink()
+    if not any(parts.iterdir()):
+        parts.rmdir()
     for name, reason in zip(result["skipped_paths"], result["skipped_reasons"]):
         print(f"skipped {name}: {reason}", file=log)
     return dict(clips=len(result["paths"]), skipped=len(result["skipped_paths"]), output=str(output))

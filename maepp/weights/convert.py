@@ -19,6 +19,7 @@ from maepp.models.spec import ModelSpec
 from maepp.weights import store
 from maepp.weights.release import (
     StateDictMismatch,
+    UnsafeCheckpoint,
     load_torch_state_dict,
     params_to_state_dict,
     save_torch_state_dict,
@@ -38,7 +39,7 @@ def main(argv):
     del argv
     try:
         _convert()
-    except (StateDictMismatch, FileNotFoundError, FileExistsError) as error:
+    except (StateDictMismatch, UnsafeCheckpoint, FileNotFoundError, FileExistsError) as error:
         sys.exit(f"maepp.weights.convert: {error}")
 
 

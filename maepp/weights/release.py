@@ -11,6 +11,8 @@ pass; ln3_from="norm3" takes norm3 as stored (state dicts written by maepp's own
 """
 import dataclasses
 import math
+import pickle
+import re
 from typing import Callable
 
 import flax.linen as nn
@@ -202,13 +204,42 @@ def params_to_state_dict(params: dict, spec: ModelSpec) -> dict:
     return state_dict
 
 
+class InertRecord:
+    """Stands in for the objects a release trainer pickles beside its weights (its argparse
+    arguments, an ml_collections config): their state is kept as data, no code of theirs runs."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+# What the release's trainer saves beside "model" ({'model': ..., 'args': Namespace(...), ...}).
+# torch's weights_only unpickler still refuses every other global.
+TRAINER_GLOBALS = ("argparse.Namespace", "ml_collections.config_dict.config_dict.ConfigDict",
+                   "ml_collections.config_dict.config_dict.FieldReference")
+
+
+class UnsafeCheckpoint(ValueError):
+    pass
+
+
 def load_torch_state_dict(path) -> dict:
     """Reads a .pth file (weights only) -> {name: numpy}; unwraps {"model": state_dict} and DDP's 'module.'."""
     try:
         import torch
     except ImportError as e:
         raise ImportError("reading PyTorch checkpoints needs the torch extra: pip install -e .[torch]") from e
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals([(InertRecord, name) for name in TRAINER_GLOBALS]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        refused = re.search(r"GLOBAL ([\w.]+)", str(error))
+        raise UnsafeCheckpoint(
+            f"{path} asks to run {refused.group(1) if refused else 'code'} when loaded, which is neither weights nor "
+            "a known trainer record; refusing it (only tensors, containers and argparse / ml_collections configs load)"
+        ) from None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not checkpoint:

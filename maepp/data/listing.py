@@ -1,0 +1,43 @@
+"""The audio files under a folder, and every one left out with the reason (nothing is dropped
+silently): names that are not valid UTF-8, and directories reached again through a symlink loop."""
+import os
+import pathlib
+
+from maepp.audio.decode import AUDIO_EXTENSIONS
+
+
+def _printable(path: str) -> str:
+    """The path as it can be printed: bytes that are not UTF-8 written \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _undecodable(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+        return False
+    except UnicodeEncodeError:  # os.fsdecode's surrogate escapes of bytes that are not UTF-8
+        return True
+
+
+def list_audio_files(root) -> tuple:
+    """-> (relative paths of the audio files under root, sorted; {printable path: reason} of the
+    ones left out). Follows symlinks, each directory once."""
+    root = pathlib.Path(root)
+    files, left_out, seen = [], {}, set()
+    for directory, subdirectories, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(directory)
+        relative_dir = os.path.relpath(directory, root)
+        if real in seen:
+            left_out[_printable(relative_dir)] = f"a symlink loop: {relative_dir} leads back to a folder already read"
+            subdirectories.clear()
+            continue
+        seen.add(real)
+        for name in names:
+            relative = os.path.normpath(os.path.join(relative_dir, name))
+            if os.path.splitext(name)[1].lower() not in AUDIO_EXTENSIONS:
+                continue
+            if _undecodable(relative):
+                left_out[_printable(relative)] = "the file name is not valid UTF-8; rename it to include it"
+            elif os.path.isfile(os.path.join(directory, name)):
+                files.append(relative)
+    return sorted(files), left_out
