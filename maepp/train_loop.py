@@ -159,8 +159,10 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
             preempted = bool(stop) or ckpt.reached_preemption(step)
             interval = step % config.checkpoint_every == 0
             last = step == config.total_steps
-            # The host reads the devices only here: at log steps, and where a save decides on the streak.
-            if step % config.log_every and step != first_step and not (interval or preempted or last):
+            evaluate_now = held_out is not None and not preempted and (step % config.eval_every == 0 or last)
+            # The host reads the devices only here: at log steps, evaluations, and where a save
+            # decides on the streak.
+            if step % config.log_every and step != first_step and not (interval or preempted or last or evaluate_now):
                 continue
             checkpoints.check_saves(ckpt)  # a failed asynchronous save stops the run here, in one line
             means = progress.window_means(window)
@@ -182,7 +184,7 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
                     f"{ckpt.latest_step()} in {ckpt.directory}; lower the learning rate or enable "
                     "config.optimizer.grad_clip"
                 )
-            if held_out and not preempted and (step % config.eval_every == 0 or last):
+            if evaluate_now:
                 evaluate(held_out, state.params, step, writer, workdir)
                 throughput.start(step, prefetch.wait_s)  # evaluation time is not training speed
             # No interval saves during a non-finite streak: the newest checkpoint stays before it.

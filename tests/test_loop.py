@@ -79,3 +79,19 @@ def test_throughput_is_measured_between_reports_and_named_on_the_console():
     assert line.startswith("step 20/100 | loss 0.2500 | 160.0 clips/s") and "MFU 125.0%" in line
     assert line.endswith("input wait 25% | ETA 0m32s")
     assert throughput.run_rates()["run_steps_per_s"] == pytest.approx(2.5, rel=0.01)
+
+
+def test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps(tmp_path):
+    """The loop reads the devices only at log steps, except where a save or an evaluation is due."""
+    from maepp.configs import audiomaepp
+    from maepp.train_loop import train
+    from tests.test_train import _losses
+
+    config = audiomaepp.get_config("micro")
+    config.update(batch_size=8, total_steps=10, warmup_steps=1, log_every=7, checkpoint_every=4, eval_every=5)
+    config.data.eval_source = "synthetic:16:1"
+    config.eval_batch_size = 8
+    train(config, tmp_path)
+    assert sorted(_losses(tmp_path)) == [1, 4, 5, 7, 8, 10]  # first, saves, evaluation, log step, last
+    assert sorted(_losses(tmp_path, "eval_loss")) == [5, 10]
+    assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 8, 10]
