@@ -133,3 +133,4 @@ np.save({str(tmp_path / "frames.npy")!r}, frames)
     assert got.shape == want.shape == (106, 5 * 64)  # ceil((1 + 67200 // 160) / 4)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert embed.load(directory).frame_size == 320
+

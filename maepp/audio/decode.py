@@ -4,12 +4,12 @@ A file that cannot be used raises BadAudio with the reason; pipelines skip it, c
 name it in the log, so one corrupt file in two million never stops a run.
 """
 import io
-import pathlib
 import struct
 
 import librosa
 import numpy as np
 import soundfile
+from etils import epath
 
 from maepp.audio.reference import SAMPLE_RATE
 
@@ -99,9 +99,9 @@ def decode_segment(data: bytes, name, start: int, stop: int) -> np.ndarray:
 def load_audio(path) -> np.ndarray:
     """Any wav/flac/ogg/mp3 file -> 16 kHz mono float32 [samples]; raises BadAudio."""
     try:
-        data = pathlib.Path(path).read_bytes()
+        data = epath.Path(path).read_bytes()  # local, gs:// or any tf.io.gfile filesystem
     except OSError as error:
-        raise BadAudio(path, f"unreadable ({error.strerror})") from error
+        raise BadAudio(path, f"unreadable ({error.strerror or error})") from error
     return decode_audio(data, path)
 
 

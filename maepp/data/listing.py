@@ -19,9 +19,22 @@ def _undecodable(name: str) -> bool:
         return True
 
 
+def _remote_audio_files(root: str) -> list:
+    """Audio files under a gs:// (or other tf.io.gfile) folder, relative to it."""
+    import tensorflow as tf
+
+    files = []
+    for directory, _, names in tf.io.gfile.walk(root):
+        relative_dir = directory[len(root.rstrip("/")) + 1:]
+        files += [os.path.join(relative_dir, n) for n in names if os.path.splitext(n)[1].lower() in AUDIO_EXTENSIONS]
+    return sorted(files)
+
+
 def list_audio_files(root) -> tuple:
     """-> (relative paths of the audio files under root, sorted; {printable path: reason} of the
-    ones left out). Follows symlinks, each directory once."""
+    ones left out). Local folders: follows symlinks, each directory once; others: tf.io.gfile."""
+    if "://" in str(root):
+        return _remote_audio_files(str(root)), {}
     root = pathlib.Path(root)
     files, left_out, seen = [], {}, set()
     for directory, subdirectories, names in os.walk(root, followlinks=True):

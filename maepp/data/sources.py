@@ -10,10 +10,10 @@ A source maps a clip index to a 16 kHz mono waveform, or raises BadAudio. Random
 the pipeline's order be a pure function of (seed, epoch, position), so resuming needs only a
 position number, not a saved shuffle buffer (STACK.md, "Resumable input").
 """
-import pathlib
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from maepp.audio.decode import AUDIO_EXTENSIONS, load_audio
 from maepp.data.listing import list_audio_files
@@ -40,12 +40,13 @@ class SyntheticSource:
 
 class FolderSource:
     def __init__(self, root):
-        self.root = pathlib.Path(root)
+        self.root = epath.Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"folder source {self.root} is not a directory")
         names, self.left_out = list_audio_files(self.root)
         for name, reason in self.left_out.items():
             logging.warning("left out %s: %s", name, reason)
+        self._names = names
         self.files = [self.root / name for name in names]
         if not self.files:
             raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {self.root}")
@@ -54,7 +55,7 @@ class FolderSource:
         return len(self.files)
 
     def name(self, index: int) -> str:
-        return str(self.files[index].relative_to(self.root))
+        return self._names[index]
 
     def encoded(self, index: int) -> bytes:
         """The file's bytes as stored."""

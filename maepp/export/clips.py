@@ -15,13 +15,12 @@ and a killed one leaves no half block. The blocks are put together into OUT.npz 
 import csv
 import hashlib
 import json
-import os
-import pathlib
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from etils import epath
 
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.data.sources import FolderSource
@@ -33,7 +32,7 @@ class FileListSource:
     """Audio files named relative to a root directory (or absolute), in a given order."""
 
     def __init__(self, root, names):
-        self.root, self.names = pathlib.Path(root), list(names)
+        self.root, self.names = epath.Path(root), list(names)
 
     def __len__(self):
         return len(self.names)
@@ -48,8 +47,8 @@ class FileListSource:
 def csv_source(csv_path) -> FileListSource:
     """Clips listed in a CSV: the 'path' column (or the first one); relative paths are taken
     from the CSV's directory, and named as written."""
-    csv_path = pathlib.Path(csv_path)
-    with csv_path.open(newline="") as file:
+    csv_path = epath.Path(csv_path)
+    with csv_path.open() as file:
         rows = [row for row in csv.reader(file) if row]
     column = 0
     if rows and "path" in rows[0]:  # a header row
@@ -78,23 +77,27 @@ def _plan(source, block_clips: int, timestamps: bool, model: str) -> dict:
 WRITTEN_BY = "maepp.export"  # kept in every npz it writes: the files it may overwrite
 
 
-def _save_npz(path: pathlib.Path, **arrays):
+def _save_npz(path: epath.Path, **arrays):
     partial = path.with_name(path.name + ".tmp")
     with partial.open("wb") as file:
         np.savez(file, **arrays)
-    os.replace(partial, path)
+    partial.replace(path)
+
+
+def _load_npz(path: epath.Path) -> dict:
+    with path.open("rb") as file, np.load(file) as arrays:
+        return dict(arrays)
 
 
 def check_output(output, overwrite: bool = False):
     """Refuses, before any work, an --output that is a directory, or a file export did not write
     (unless overwrite), or a leftover OUT.parts folder that is not an export's."""
-    output = pathlib.Path(output)
+    output = epath.Path(output)
     if output.is_dir():
         raise FileExistsError(f"--output {output} is a directory; name the .npz file to write")
     if output.exists() and not overwrite:
         try:
-            with np.load(output) as existing:
-                ours = str(existing.get("written_by", "")) == WRITTEN_BY
+            ours = str(_load_npz(output).get("written_by", "")) == WRITTEN_BY
         except Exception:  # noqa: BLE001 - not an npz at all
             ours = False
         if not ours:
@@ -144,7 +147,7 @@ def _assemble(blocks: list, timestamps: bool) -> dict:
 def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=256, model="", workers=4,
            log=sys.stderr, overwrite=False) -> dict:
     """Embeds every clip of source into output (.npz); -> counts. Resumes an interrupted export."""
-    output = pathlib.Path(output)
+    output = epath.Path(output)  # local, gs:// or any tf.io.gfile filesystem
     check_output(output, overwrite)
     parts = output.with_name(output.name + ".parts")
     plan = _plan(source, block_clips, timestamps, model)
@@ -166,10 +169,7 @@ def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=
             rate = done_now / (time.time() - started)
             print(f"\rembedded {indices[-1] + 1}/{len(source)} clips ({rate:.1f} clips/s)", end="", file=log, flush=True)
     print(file=log)
-    blocks = []
-    for number in range(n_blocks):
-        with np.load(parts / f"block_{number:06d}.npz") as block:
-            blocks.append(dict(block))
+    blocks = [_load_npz(parts / f"block_{number:06d}.npz") for number in range(n_blocks)]
     result = _assemble(blocks, timestamps)
     _save_npz(output, **result, written_by=np.array(WRITTEN_BY))
     for number in range(n_blocks):  # only what this export wrote; a folder with more stays
