@@ -10,7 +10,7 @@ TPU slices (v4, v5e, v5p, v6e) need libtpu at the version jax's `tpu` extra name
 .venv/aot-plugins, which only this module puts on its path, so no other program loads them
 (`pip install -e .[tpu,gpu-aot]` puts them in the environment instead). The step is lowered
 with the config's mesh over the topology's abstract devices and compiled on this CPU: by
-libtpu, or by XLA's GPU compiler against maepp/targets/h100.pbtxt, the description XLA wrote
+libtpu, or by XLA's GPU compiler against maepp/tools/targets/h100.pbtxt, the description XLA wrote
 of a real H100 80GB HBM3 (less the fields this jaxlib does not parse). XLA's memory_analysis()
 gives the per-device bytes. Exits 1, naming the config change to try, when the step does not
 fit: libtpu refuses such a program itself; XLA's GPU compiler does not, so the peak is compared

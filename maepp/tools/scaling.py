@@ -106,7 +106,7 @@ def _checks_section(all_params) -> list:
         "",
         f"`python -m maepp.tools.scaling --check HARDWARE` compiled the train step at global batch {GLOBAL_BATCH}",
         "on these recommended meshes with `maepp.tools.compile_check` (libtpu, or XLA's GPU compiler with",
-        "`maepp/targets/h100.pbtxt`) and read XLA's `memory_analysis()` per device. Arguments are the",
+        "`maepp/tools/targets/h100.pbtxt`) and read XLA's `memory_analysis()` per device. Arguments are the",
         "state's shards (without gradients) and the batch's; the prediction is this page's count of",
         "them. Peak adds activations and temporaries, which the table above does not count.",
         "",
