@@ -21,6 +21,9 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config.data = ml_collections.ConfigDict(
         dict(source="synthetic", data_dir="", eval_source="synthetic:256:1", frontend="host", prefetch=2)
     )
+    # The mel filterbank of every log-mel (maepp/audio/filterbanks.py): "torchaudio", as the release
+    # built it, or "librosa"; prepared records must have been made with the same one.
+    config.audio = ml_collections.ConfigDict(dict(filterbank="torchaudio"))
     config.batch_size = 1024  # global
     # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))

@@ -2,6 +2,8 @@
 one line naming the field, its value and what it must be."""
 import math
 
+from maepp.audio import filterbanks
+
 
 def _fail(field: str, value, must: str):
     raise ValueError(f"config.{field}={value!r}: {must}")
@@ -38,3 +40,4 @@ def check_train_config(config, n_devices: int, n_processes: int, batch_devices: 
             _fail(f"optimizer.{field}", opt[field], "must be in [0, 1)")
     if not opt.grad_clip >= 0:
         _fail("optimizer.grad_clip", opt.grad_clip, "must be 0 (off) or a positive norm")
+    filterbanks.from_config(config)

@@ -11,7 +11,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
 from maepp import checkpoints, optim, progress, sharding
-from maepp.audio import jax_frontend
+from maepp.audio import filterbanks, jax_frontend
 from maepp.config_checks import check_train_config
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
 from maepp.data.sources import source_from_string
@@ -110,8 +110,9 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
         process_count=jax.process_count(),
         report=report,
         frontend=config.data.frontend,
+        filterbank=filterbanks.from_config(config),
     ).as_numpy_iterator()
-    to_log_mel = jax_frontend.in_train_step(config.data.frontend)
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))
 
     def next_global_batch():
         batch = next(batches)

@@ -44,6 +44,7 @@ BAD_CONFIGS = [
     ("optimizer.base_learning_rate", -0.1, "must be a positive number"),
     ("model.mask_ratio", 0.0, "leaves 250 of 250 tokens visible"),
     ("data.eval_source", "folder:/nonexistent", "folder source /nonexistent is not a directory"),
+    ("audio.filterbank", "htk", "use one of ('torchaudio', 'librosa')"),
 ]
 
 FAULTS = [

@@ -95,19 +95,24 @@ def test_second_run_skips_finished_shards_and_redoes_interrupted_ones(audio_fold
     assert len(RecordsSource(str(out / "*.array_record-*"))) == 9
 
 
-def test_resuming_with_other_files_sharding_or_store_is_refused(audio_folder, tmp_path):
+def test_resuming_with_other_files_sharding_store_or_filterbank_is_refused(audio_folder, tmp_path):
     prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
-    with pytest.raises(ValueError, match="other files, sharding or store"):
-        prepare(audio_folder, tmp_path, clips_per_shard=5, workers=1)
-    with pytest.raises(ValueError, match="other files, sharding or store"):
-        prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1, store="pcm")
+    for change in (dict(clips_per_shard=5), dict(store="pcm"), dict(filterbank="librosa")):
+        with pytest.raises(ValueError, match="other files, sharding, store or filterbank"):
+            prepare(audio_folder, tmp_path, **{"clips_per_shard": 4, "workers": 1, **change})
 
 
 def test_records_source_feeds_the_training_pipeline(audio_folder, tmp_path):
     prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
     pattern = str(tmp_path / "audio_clips" / "1.0.0" / "audio_clips-train.array_record-*")
-    batches = list(train_dataset(source_from_string(f"records:{pattern}"), seed=0, batch_size=4).take(3).as_numpy_iterator())
+    source = source_from_string(f"records:{pattern}")
+    batches = list(train_dataset(source, seed=0, batch_size=4).take(3).as_numpy_iterator())
     assert all(b["log_mel"].shape == (4, 200, 80) for b in batches)
+    # Its log-mels were made with the default filterbank; training with the other is refused.
+    assert source.filterbank == "torchaudio"
+    with pytest.raises(ValueError, match="prepared with the 'torchaudio' filterbank and config.audio.filterbank is "
+                                         "'librosa': train with --config.audio.filterbank=torchaudio"):
+        train_dataset(source, seed=0, batch_size=4, filterbank="librosa")
 
 
 def test_records_source_without_shards_is_a_clear_error(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import soundfile
 from etils import epath
 
-from maepp.audio.reference import SAMPLE_RATE
+from maepp.audio.constants import SAMPLE_RATE
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 

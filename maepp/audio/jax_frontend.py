@@ -7,19 +7,21 @@ maepp.audio.reference. The DFT is maepp.audio.sliced_dft's float64-accurate bflo
 the mel projection a full-precision float32 product, so the result matches the reference to
 ~1e-6 (tests/test_frontend.py); a float32 FFT would be off by up to ~2e-4.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maepp.audio import reference, sliced_dft
+from maepp.audio import filterbanks, sliced_dft
 from maepp.audio.constants import HOP, LOG_EPS, N_FFT, STD_EPS, crop_span
 
 
-def frames_log_mel(frames):
+def frames_log_mel(frames, filterbank: str = filterbanks.DEFAULT):
     """Frames of 400 samples [..., 400] float32 -> log(mel + eps) [..., 80]."""
     power = sliced_dft.power_spectrum(frames)  # [..., 201]
     # Full float32: TF32 or one bfloat16 pass (GPU and TPU defaults) would cost ~1e-3 here.
-    mel = jnp.matmul(power, jnp.asarray(reference.mel_filterbank()), precision=jax.lax.Precision.HIGHEST)
+    mel = jnp.matmul(power, jnp.asarray(filterbanks.mel_filterbank(filterbank)), precision=jax.lax.Precision.HIGHEST)
     return jnp.log(mel + LOG_EPS)
 
 
@@ -40,13 +42,13 @@ def standardize(log_mels, mean, std):
     return (log_mels - mean[:, None, None]) / (std[:, None, None] + STD_EPS)
 
 
-def log_mel(waveforms):
+def log_mel(waveforms, filterbank: str = filterbanks.DEFAULT):
     """Whole clips, 16 kHz mono [batch, samples] -> standardised log-mels [batch, 1 + samples // 160, 80]."""
     half = N_FFT // 2
     padded = jnp.pad(jnp.asarray(waveforms, jnp.float32), ((0, 0), (half, half)), mode="reflect")
     n_frames = 1 + (padded.shape[1] - N_FFT) // HOP
     frames = padded[:, np.arange(n_frames)[:, None] * HOP + np.arange(N_FFT)]  # [batch, frames, 400]
-    log_mels = frames_log_mel(frames)
+    log_mels = frames_log_mel(frames, filterbank)
     return standardize(log_mels, *clip_stats(log_mels))
 
 
@@ -60,13 +62,13 @@ def crop_shapes(batch_size: int, crop_frames: int) -> dict:
     )
 
 
-def in_train_step(frontend: str):
+def in_train_step(frontend: str, filterbank: str = filterbanks.DEFAULT):
     """What the train step applies to its inputs for config.data.frontend: crop_log_mel for
     "device" (raw-sample crops in), None for "host" (the inputs are log-mels already)."""
-    return crop_log_mel if frontend == "device" else None
+    return functools.partial(crop_log_mel, filterbank=filterbank) if frontend == "device" else None
 
 
-def crop_log_mel(crops):
+def crop_log_mel(crops, filterbank: str = filterbanks.DEFAULT):
     """A batch of waveform crops from maepp.data.pipeline (frontend "device") -> log-mels.
 
     crops: samples [batch, span] float32 (the padded clip's samples the crop's frames cover),
@@ -78,4 +80,4 @@ def crop_log_mel(crops):
         return samples[starts[:, None] + np.arange(N_FFT)]  # [frames, 400]
 
     frames = jax.vmap(frames_of_one)(crops["samples"], crops["frame_starts"])
-    return standardize(frames_log_mel(frames), crops["mean"], crops["std"])
+    return standardize(frames_log_mel(frames, filterbank), crops["mean"], crops["std"])

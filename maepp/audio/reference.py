@@ -1,22 +1,15 @@
 """The log-mel front end in NumPy/librosa: the reference the fast versions are tested against.
 
 PAPER.md, "Input": 16 kHz, n_fft 400, periodic Hann window 400, hop 160, 80 HTK mel bins
-50-8000 Hz without filter normalisation, power 2, centred frames with reflect padding (as
-torchaudio), log(mel + float32 eps), then per-clip standardisation with the unbiased std.
+50-8000 Hz without filter normalisation (maepp.audio.filterbanks), power 2, centred frames with
+reflect padding (as torchaudio), log(mel + float32 eps), then per-clip standardisation with the
+unbiased std. The STFT is librosa's, in float32 as torchaudio's.
 """
-import functools
-
 import librosa
 import numpy as np
 
-from maepp.audio.constants import F_MAX, F_MIN, HOP, LOG_EPS, N_FFT, N_MELS, SAMPLE_RATE, STD_EPS
-
-
-@functools.cache
-def mel_filterbank() -> np.ndarray:
-    """[N_FFT // 2 + 1, N_MELS] float32 HTK filterbank, no normalisation."""
-    fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=F_MIN, fmax=F_MAX, htk=True, norm=None)
-    return fb.T.astype(np.float32)
+from maepp.audio import filterbanks
+from maepp.audio.constants import HOP, LOG_EPS, N_FFT, STD_EPS
 
 
 def clip_stats(log_mel: np.ndarray):
@@ -36,27 +29,14 @@ def standardize(log_mel: np.ndarray, stats=None) -> np.ndarray:
     return ((log_mel - mean) / (std + STD_EPS)).astype(np.float32)
 
 
-def unstandardized_log_mel(waveform: np.ndarray) -> np.ndarray:
+def unstandardized_log_mel(waveform: np.ndarray, filterbank: str = filterbanks.DEFAULT) -> np.ndarray:
     """16 kHz mono waveform [samples] -> log(mel + eps) [frames, 80] float32, time-major."""
-    mel = librosa.feature.melspectrogram(
-        y=np.asarray(waveform, np.float32),
-        sr=SAMPLE_RATE,
-        n_fft=N_FFT,
-        hop_length=HOP,
-        win_length=N_FFT,
-        window="hann",
-        center=True,
-        pad_mode="reflect",
-        power=2.0,
-        n_mels=N_MELS,
-        fmin=F_MIN,
-        fmax=F_MAX,
-        htk=True,
-        norm=None,
-    )
-    return np.log(mel + LOG_EPS).T.astype(np.float32)
+    spectrum = librosa.stft(np.asarray(waveform, np.float32), n_fft=N_FFT, hop_length=HOP, win_length=N_FFT,
+                            window="hann", center=True, pad_mode="reflect")  # [201, frames] complex64
+    power = (np.abs(spectrum) ** 2).T  # [frames, 201]
+    return np.log(power @ filterbanks.mel_filterbank(filterbank) + LOG_EPS).astype(np.float32)
 
 
-def log_mel(waveform: np.ndarray) -> np.ndarray:
+def log_mel(waveform: np.ndarray, filterbank: str = filterbanks.DEFAULT) -> np.ndarray:
     """16 kHz mono waveform [samples] -> standardised log-mel [frames, 80] float32, time-major."""
-    return standardize(unstandardized_log_mel(waveform))
+    return standardize(unstandardized_log_mel(waveform, filterbank))

@@ -1,21 +1,15 @@
 """The log-mel front end in TensorFlow ops, for tf.data pipelines on the hosts' CPUs.
 
-Same computation as maepp.audio.reference (PAPER.md, "Input"); the HTK filterbank is built
-once with librosa and used as a constant, since tf.signal's own mel matrix differs from
-torchaudio's by ~0.014 in log-mel (STACK.md).
+Same computation as maepp.audio.reference (PAPER.md, "Input"), with a filterbank of
+maepp.audio.filterbanks as a constant: tf.signal's own mel matrix differs from torchaudio's by
+~0.014 in log-mel (STACK.md).
 """
 import functools
 
-import numpy as np
 import tensorflow as tf
 
-from maepp.audio import reference
-
-
-@functools.lru_cache(maxsize=None)
-def _filterbank() -> np.ndarray:
-    # Cached as NumPy: a cached tf.constant made while tracing one graph cannot enter another.
-    return reference.mel_filterbank().astype(np.float64)  # [201, 80]
+from maepp.audio import filterbanks
+from maepp.audio.constants import HOP, LOG_EPS, N_FFT, STD_EPS
 
 
 def clip_stats(log_mel):
@@ -30,10 +24,10 @@ def clip_stats(log_mel):
 
 def standardize(log_mel, mean, std):
     """(x - mean) / (std + 1e-8); with the clip's own stats a silent clip gives zeros, not NaN."""
-    return (log_mel - mean) / (std + reference.STD_EPS)
+    return (log_mel - mean) / (std + STD_EPS)
 
 
-def frames_log_mel(padded):
+def frames_log_mel(padded, filterbank: str = filterbanks.DEFAULT):
     """Already padded 16 kHz samples -> log(mel + eps) [frames, 80] float32, one frame per hop.
 
     The STFT runs in float64 on the host: a float32 FFT's rounding noise sits ~140 dB under a
@@ -41,22 +35,22 @@ def frames_log_mel(padded):
     """
     spectrum = tf.signal.stft(
         tf.cast(padded, tf.float64),
-        frame_length=reference.N_FFT,
-        frame_step=reference.HOP,
-        fft_length=reference.N_FFT,
+        frame_length=N_FFT,
+        frame_step=HOP,
+        fft_length=N_FFT,
         window_fn=functools.partial(tf.signal.hann_window, dtype=tf.float64),  # periodic, as librosa's "hann"
         pad_end=False,
     )
     power = tf.math.real(spectrum) ** 2 + tf.math.imag(spectrum) ** 2  # [frames, 201]
-    mel = tf.matmul(power, tf.constant(_filterbank()))
-    return tf.cast(tf.math.log(mel + reference.LOG_EPS), tf.float32)
+    mel = tf.matmul(power, tf.constant(filterbanks.mel_filterbank(filterbank), tf.float64))  # [201, 80]
+    return tf.cast(tf.math.log(mel + LOG_EPS), tf.float32)
 
 
-def log_mel(waveform):
+def log_mel(waveform, filterbank: str = filterbanks.DEFAULT):
     """16 kHz mono waveform [samples] float32 -> standardised log-mel [frames, 80].
 
     frames = 1 + samples // 160 (centred frames, reflect padding of n_fft / 2 each side).
     """
-    half = reference.N_FFT // 2
-    log = frames_log_mel(tf.pad(waveform, [[half, half]], mode="REFLECT"))
+    half = N_FFT // 2
+    log = frames_log_mel(tf.pad(waveform, [[half, half]], mode="REFLECT"), filterbank)
     return standardize(log, *clip_stats(log))

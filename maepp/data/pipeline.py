@@ -8,9 +8,9 @@ A process's `position` counts the clips it has drawn, bad ones included, so
 (seed, process, position) fixes everything that follows; a checkpoint saves the position of
 the next clip and a resumed run sees exactly the batches an uninterrupted run would have.
 
-Per clip: load (16 kHz mono) -> log-mel of the whole clip, standardised over the clip
-(PAPER.md, "Input") -> a 200-frame crop, random for training and central for evaluation
-(short clips are tiled). Sources that store each
+Per clip: load (16 kHz mono) -> log-mel of the whole clip with config.audio.filterbank
+(`filterbank`), standardised over the clip (PAPER.md, "Input") -> a 200-frame crop, random for
+training and central for evaluation (short clips are tiled). Sources that store each
 clip's log-mel stats (prepared records) skip most of that work: only the crop's frames are
 computed, from the samples they cover, and standardised with the stored stats; the result is
 the same crop of the same standardised log-mel.
@@ -31,10 +31,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from maepp.audio import tf_frontend
-from maepp.audio.constants import N_MELS, crop_span
+from maepp.audio import filterbanks, tf_frontend
+from maepp.audio.constants import HOP, N_FFT, N_MELS, crop_span
 from maepp.audio.decode import BadAudio
-from maepp.audio.reference import HOP, N_FFT
 from maepp.data import records
 
 _ENDLESS = 2**62
@@ -165,9 +164,9 @@ def _clip_stats(example, whole_clip_log_mel):
     )
 
 
-def _log_mel_crop(example, crop_frames: int):
+def _log_mel_crop(example, crop_frames: int, filterbank: str):
     """Host front end: -> log_mel [crop_frames, 80], standardised with the whole clip's stats."""
-    log = tf_frontend.frames_log_mel(example["padded"])  # [frames, 80]
+    log = tf_frontend.frames_log_mel(example["padded"], filterbank)  # [frames, 80]
     mean, std = _clip_stats(example, lambda: log)
     mel = tf_frontend.standardize(log, mean, std)
     repeats = -(-crop_frames // tf.shape(mel)[0])  # tile short clips
@@ -176,7 +175,7 @@ def _log_mel_crop(example, crop_frames: int):
     return dict(log_mel=mel)
 
 
-def _waveform_crop(example, crop_frames: int):
+def _waveform_crop(example, crop_frames: int, filterbank: str):
     """Device front end: -> the samples the crop's frames cover and where each frame starts.
 
     samples [span] (zero-filled after a short clip's end), frame_starts [crop_frames] int32,
@@ -190,11 +189,11 @@ def _waveform_crop(example, crop_frames: int):
     samples = padded[first : first + span]
     samples = tf.pad(samples, [[0, span - tf.shape(samples)[0]]])
     samples.set_shape([span])
-    mean, std = _clip_stats(example, lambda: tf_frontend.frames_log_mel(padded))
+    mean, std = _clip_stats(example, lambda: tf_frontend.frames_log_mel(padded, filterbank))
     return dict(samples=samples, frame_starts=tf.cast(frame_indices * HOP - first, tf.int32), mean=mean, std=std)
 
 
-def _crops(ids, read, crop_frames: int, frontend: str):
+def _crops(ids, read, crop_frames: int, frontend: str, filterbank: str):
     """ids: dataset of int64 -> dataset of crops (_log_mel_crop's or _waveform_crop's keys, and
     id), bad clips dropped. read(id) -> CropReader.read's tuple, run in Python (tf.numpy_function).
     """
@@ -210,7 +209,7 @@ def _crops(ids, read, crop_frames: int, frontend: str):
         return dict(padded=padded, offset=offset, mean=mean, std=std, ok=ok, id=clip_id)
 
     def crop(example):
-        return dict(make_crop(example, crop_frames), id=example["id"])
+        return dict(make_crop(example, crop_frames, filterbank), id=example["id"])
 
     dataset = ids.map(load_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.filter(lambda example: example["ok"])
@@ -234,6 +233,17 @@ def _stored_log_mel_crops(serialized, fractions, crop_frames: int, centre: bool 
     crop = tf.strings.substr(stored, start, tf.fill(tf.shape(start), tf.constant(crop_frames * row_bytes, tf.int64)))
     mel = tf.io.decode_raw(crop, tf.as_dtype(records.LOG_MEL_DTYPE))
     return tf.reshape(tf.cast(mel, tf.float32), [-1, crop_frames, N_MELS])
+
+
+def _check_filterbank(source, filterbank: str):
+    """Prepared records hold log-mels or log-mel stats made with one filterbank."""
+    stored = getattr(source, "filterbank", filterbank)
+    if stored != filterbank:
+        raise ValueError(
+            f"{source.files[0]} was prepared with the {stored!r} filterbank and config.audio.filterbank is "
+            f"{filterbank!r}: train with --config.audio.filterbank={stored}, "
+            f"or prepare again with --filterbank {filterbank}"
+        )
 
 
 def _check_log_mel_store(source, crop_frames: int, frontend: str):
@@ -283,13 +293,14 @@ def check_usable_audio(source, order: ClipOrder, report: SkipReport):
 
 def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200, start_position: int = 0,
                   process_index: int = 0, process_count: int = 1, report: SkipReport = None,
-                  frontend: str = "host"):
+                  frontend: str = "host", filterbank: str = filterbanks.DEFAULT):
     """-> tf.data.Dataset of dicts: position [batch] int64 and, by frontend, log_mel [batch,
     crop_frames, 80] float32 ("host") or WAVEFORM_CROP_KEYS ("device", see _waveform_crop).
 
     `batch_size` is this process's share of the global batch. The position of the next clip
     after a batch is batch["position"][-1] + 1: what a checkpoint saves as start_position.
     """
+    _check_filterbank(source, filterbank)
     order = ClipOrder(len(source), seed, process_index, process_count)
     if getattr(source, "store", None) == "log_mel":
         _check_log_mel_store(source, crop_frames, frontend)
@@ -306,13 +317,13 @@ def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200,
 
         return reader.read(index, choose_offset)
 
-    crops = _crops(tf.data.Dataset.range(start_position, _ENDLESS), read, crop_frames, frontend)
+    crops = _crops(tf.data.Dataset.range(start_position, _ENDLESS), read, crop_frames, frontend, filterbank)
     crops = crops.map(lambda example: {**{k: v for k, v in example.items() if k != "id"}, "position": example["id"]})
     return crops.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_index: int = 0,
-                 process_count: int = 1, report: SkipReport = None):
+                 process_count: int = 1, report: SkipReport = None, filterbank: str = filterbanks.DEFAULT):
     """One pass over this process's share (every process_count-th clip) in index order, with
     log-mels from the host front end (evaluation is too small to need the device's).
 
@@ -320,6 +331,7 @@ def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_ind
     -1 for padding), valid [batch] bool. Every batch has the full batch size, so a jitted eval
     step compiles once: the last one is padded with zeros and valid=False.
     """
+    _check_filterbank(source, filterbank)
     if getattr(source, "store", None) == "log_mel":
         _check_log_mel_store(source, crop_frames, "host")
         return _stored_log_mel_eval_batches(source, batch_size, crop_frames, process_index, process_count)
@@ -329,7 +341,8 @@ def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_ind
     def read(index):
         return reader.read(int(index), lambda n_frames: centre_offset(n_frames, crop_frames))
 
-    crops = _crops(tf.data.Dataset.range(process_index, len(source), process_count), read, crop_frames, "host")
+    crops = _crops(tf.data.Dataset.range(process_index, len(source), process_count), read, crop_frames, "host",
+                   filterbank)
     crops = crops.map(lambda example: dict(log_mel=example["log_mel"], index=example["id"], valid=True))
     padding = tf.data.Dataset.from_tensors(
         dict(log_mel=tf.zeros([crop_frames, 80]), index=tf.constant(-1, tf.int64), valid=False)

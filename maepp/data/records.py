@@ -12,6 +12,8 @@ What a record holds besides `path` (as found under the input folder), by store:
     pcm      `pcm`: 16-bit samples; `num_samples`; the whole clip's log-mel `log_mel_mean` and
              unbiased `log_mel_std`, so a crop's log-mel is computed from its samples alone.
     flac     as pcm, the samples FLAC-compressed in `flac` (about half the bytes, a decode per crop).
+Every record also names the `filterbank` (maepp.audio.filterbanks) its log-mel or stats were made
+with; records written before that field existed used "librosa".
 ArrayRecord gives random access, so the pipeline's order stays a pure function of the seed.
 The directory loads with `tfds.data_source(NAME, split=SPLIT, data_dir=OUTPUT)` and
 `tfds.builder_from_directory(...)`; TFDS reads ArrayRecord through data sources only.
@@ -26,6 +28,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from array_record.python import array_record_data_source
 
+from maepp.audio import filterbanks
 from maepp.audio.decode import decode_audio, decode_segment
 
 VERSION = "1.0.0"
@@ -45,7 +48,7 @@ def features(store: str = "log_mel") -> tfds.features.FeaturesDict:
                   "num_samples": tfds.features.Scalar(dtype=np.int64),
                   "log_mel_mean": tfds.features.Scalar(dtype=np.float32),
                   "log_mel_std": tfds.features.Scalar(dtype=np.float32)}
-    return tfds.features.FeaturesDict({**fields, "path": tfds.features.Text()})
+    return tfds.features.FeaturesDict({**fields, "filterbank": tfds.features.Text(), "path": tfds.features.Text()})
 
 
 def stored_log_mel(log_mel: np.ndarray) -> bytes:
@@ -96,6 +99,8 @@ class RecordsSource:
         if len(stored) != 1:
             raise ValueError(f"{self.files[0]} holds none of the stores {STORES}: not written by maepp.data.prepare")
         self.store = stored.pop()  # log_mel: no audio; the pipeline slices crops in the graph
+        named = self._example(0).get("filterbank")
+        self.filterbank = named.bytes_list.value[0].decode() if named else filterbanks.BEFORE_THE_OPTION
 
     def __len__(self):
         return len(self._records)

@@ -22,7 +22,8 @@ import time
 import numpy as np
 from absl import logging
 
-from maepp.audio import reference
+from maepp.audio import filterbanks, reference
+from maepp.audio.constants import SAMPLE_RATE
 from maepp.audio.decode import AUDIO_EXTENSIONS, BadAudio, decode_audio, encode_flac, load_audio
 from maepp.data import records
 from maepp.data.listing import list_audio_files
@@ -36,20 +37,22 @@ def _write_atomically(path: pathlib.Path, text: str):
     os.replace(tmp, path)
 
 
-def _record(store: str, waveform: np.ndarray, relative: str) -> dict:
+def _record(store: str, filterbank: str, waveform: np.ndarray, relative: str) -> dict:
     """What a record of `store` holds for one clip (maepp/data/records.py)."""
+    named = {"filterbank": filterbank, "path": relative}
     if store == "log_mel":
-        log_mel = reference.log_mel(waveform)
-        return {"log_mel": records.stored_log_mel(log_mel), "num_frames": len(log_mel), "path": relative}
+        log_mel = reference.log_mel(waveform, filterbank)
+        return {"log_mel": records.stored_log_mel(log_mel), "num_frames": len(log_mel), **named}
     pcm = np.clip(np.round(waveform * 32768.0), -32768, 32767).astype(np.int16)
     audio = pcm.tobytes() if store == "pcm" else encode_flac(waveform)
     # Stats of what training will read back: the 16-bit audio, not the float input.
     decoded = pcm.astype(np.float32) / 32768.0 if store == "pcm" else decode_audio(audio, relative)
-    mean, std = reference.clip_stats(reference.unstandardized_log_mel(decoded))
-    return {store: audio, "num_samples": len(waveform), "log_mel_mean": mean, "log_mel_std": std, "path": relative}
+    mean, std = reference.clip_stats(reference.unstandardized_log_mel(decoded, filterbank))
+    return {store: audio, "num_samples": len(waveform), "log_mel_mean": mean, "log_mel_std": std, **named}
 
 
-def write_shard(input_root: str, paths: list, shard_path: str, progress_path: str, store: str, done=None) -> dict:
+def write_shard(input_root: str, paths: list, shard_path: str, progress_path: str, store: str, filterbank: str,
+                done=None) -> dict:
     """Writes one shard; returns and records its summary. Runs in a worker process; puts a 1
     on the `done` queue for every clip it has read."""
     from array_record.python.array_record_module import ArrayRecordWriter
@@ -68,12 +71,12 @@ def write_shard(input_root: str, paths: list, shard_path: str, progress_path: st
         except BadAudio as bad:
             skipped[relative] = bad.reason
             continue
-        writer.write(features.serialize_example(_record(store, waveform, relative)))
+        writer.write(features.serialize_example(_record(store, filterbank, waveform, relative)))
         clips += 1
         samples += len(waveform)
     writer.close()
     os.replace(tmp, shard_path)  # complete under its final name, or not there at all
-    summary = dict(shard=os.path.basename(shard_path), clips=clips, seconds=samples / reference.SAMPLE_RATE, skipped=skipped)
+    summary = dict(shard=os.path.basename(shard_path), clips=clips, seconds=samples / SAMPLE_RATE, skipped=skipped)
     _write_atomically(pathlib.Path(progress_path), json.dumps(summary))
     return summary
 
@@ -104,26 +107,28 @@ def list_audio(root: pathlib.Path) -> tuple:
     return files, left_out
 
 
-def _check_plan(progress: pathlib.Path, files: list, clips_per_shard: int, store: str):
-    """A resumed run must be the same preparation: same files, same sharding, same store."""
-    plan = dict(clips_per_shard=clips_per_shard, files=len(files), store=store,
+def _check_plan(progress: pathlib.Path, files: list, clips_per_shard: int, store: str, filterbank: str):
+    """A resumed run must be the same preparation: same files, same sharding, same store and filterbank."""
+    plan = dict(clips_per_shard=clips_per_shard, files=len(files), store=store, filterbank=filterbank,
                 files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest())
     plan_path = progress / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise ValueError(
-            f"{progress.parent} holds a preparation of other files, sharding or store ({plan_path}); "
-            "use a new --output, or the same --input, --clips_per_shard and --store to resume"
+            f"{progress.parent} holds a preparation of other files, sharding, store or filterbank ({plan_path}); "
+            "use a new --output, or the same --input, --clips_per_shard, --store and --filterbank to resume"
         )
     _write_atomically(plan_path, json.dumps(plan))
 
 
 def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1, clips_per_shard=1024,
-            store="log_mel") -> dict:
+            store="log_mel", filterbank=filterbanks.DEFAULT) -> dict:
     """Writes (or finishes) the prepared dataset; returns the manifest."""
     import tensorflow_datasets as tfds
 
     if store not in records.STORES:
         raise ValueError(f"--store {store!r}: use one of {records.STORES}")
+    if filterbank not in filterbanks.NAMES:
+        raise ValueError(f"--filterbank {filterbank!r}: use one of {filterbanks.NAMES}")
     for flag, value in (("--name", name), ("--split", split)):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", value):  # TFDS's rule, and no way out of --output
             raise ValueError(f"{flag} {value!r}: use lower-case letters, digits and _ (a TFDS name), e.g. audio_clips")
@@ -132,7 +137,7 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
     out = pathlib.Path(output_dir).absolute() / name / records.VERSION
     progress = out / PROGRESS_DIR
     progress.mkdir(parents=True, exist_ok=True)
-    _check_plan(progress, files, clips_per_shard, store)
+    _check_plan(progress, files, clips_per_shard, store, filterbank)
     for leftover in out.glob("*.tmp"):  # a writer killed mid-shard; its shard is written again
         leftover.unlink()
 
@@ -142,7 +147,7 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         shard_path = out / records.shard_name(name, split, shard, len(chunks))
         progress_path = progress / f"{shard_path.name}.json"
         if not progress_path.exists():
-            jobs[shard] = (str(input_root), chunk, str(shard_path), str(progress_path), store)
+            jobs[shard] = (str(input_root), chunk, str(shard_path), str(progress_path), store, filterbank)
     logging.info("%d shards, %d already finished, %d to write", len(chunks), len(chunks) - len(jobs), len(jobs))
     # spawn, not fork: the parent may already hold TensorFlow's threads.
     context = multiprocessing.get_context("spawn")
@@ -169,6 +174,7 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         name=name,
         split=split,
         store=store,
+        filterbank=filterbank,
         input=str(input_root),
         files=len(files),
         clips=sum(s["clips"] for s in summaries),

@@ -15,6 +15,7 @@ import sys
 from absl import app, flags, logging
 
 from maepp import checkpoints
+from maepp.audio import filterbanks
 from maepp.downstream import features
 from maepp.downstream.tasks import load_task
 from maepp.weights import store
@@ -34,8 +35,8 @@ def main(argv):
         raise app.UsageError("--workdir and --task are required")
     try:
         task = load_task(_TASK.value)
-        model, params, _, loaded = store.load_model(_WORKDIR.value, _STEP.value)
-        embedder = features.features_embedder(_FEATURES.value, model, params)
+        model, params, config, loaded = store.load_model(_WORKDIR.value, _STEP.value)
+        embedder = features.features_embedder(_FEATURES.value, model, params, filterbanks.from_config(config))
         directory = checkpoints.workdir_path(_WORKDIR.value) / "evaluations" / task.name
         directory.mkdir(parents=True, exist_ok=True)
         clip_features = features.task_features(task, embedder, directory / f"{_FEATURES.value}.npz", sys.stderr)

@@ -30,15 +30,17 @@ class LogMelStats:
         return [np.concatenate([m.mean(axis=0), m.std(axis=0)])[None].astype(np.float32) for m in log_mels]
 
 
-def features_embedder(kind: str, model, params):
+def features_embedder(kind: str, model, params, filterbank: str):
     """The features to probe: the trained encoder, the same encoder at random init (its
-    parameters made only when asked for), or the log-mel statistics."""
+    parameters made only when asked for), or the log-mel statistics; all from log-mels made
+    with the encoder's filterbank."""
     if kind == "encoder":
-        return artifact.local_embedder(model, params)
+        return artifact.local_embedder(model, params, filterbank=filterbank)
     if kind == "random_init":
-        return artifact.local_embedder(model, nn.meta.unbox(init_params(model, jax.random.key(0))))
+        random_params = nn.meta.unbox(init_params(model, jax.random.key(0)))
+        return artifact.local_embedder(model, random_params, filterbank=filterbank)
     if kind == "log_mel_stats":
-        return LogMelStats(artifact.local_embedder(model, params))
+        return LogMelStats(artifact.local_embedder(model, params, filterbank=filterbank))
     raise ValueError(f"features {kind!r} not understood; use one of {', '.join(FEATURES)}")
 
 

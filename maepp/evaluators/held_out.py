@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from maepp import sharding
+from maepp.audio import filterbanks
 from maepp.data.pipeline import SkipReport, eval_dataset
 from maepp.data.sources import source_from_string
 from maepp.evaluators.held_out_step import make_eval_step
@@ -31,6 +32,7 @@ class HeldOutEvaluation:
         self.mesh = mesh
         self.rng = jax.random.key(config.seed + 2)
         self.report = SkipReport()
+        self.filterbank = filterbanks.from_config(config)
         rows = sharding.batch_sharding(mesh)
         self.step = jax.jit(
             make_eval_step(model, min(N_PICTURES, config.eval_batch_size)),
@@ -43,6 +45,7 @@ class HeldOutEvaluation:
         batches = eval_dataset(
             self.source, batch_size=self.local_batch, crop_frames=self.crop_frames,
             process_index=jax.process_index(), process_count=jax.process_count(), report=self.report,
+            filterbank=self.filterbank,
         ).as_numpy_iterator()
         padding = dict(log_mel=np.zeros((self.local_batch, self.crop_frames, 80), np.float32),
                        valid=np.zeros((self.local_batch,), bool))

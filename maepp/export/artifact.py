@@ -14,7 +14,8 @@ import numpy as np
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from maepp.audio import reference
+from maepp.audio import filterbanks
+from maepp.audio.constants import SAMPLE_RATE
 from maepp.export import embed
 from maepp.models import MaskedAutoencoder
 
@@ -38,8 +39,10 @@ def chunk_frames_function(model: MaskedAutoencoder):
     return chunk_frames
 
 
-def local_embedder(model: MaskedAutoencoder, params, batch_size: int = 64) -> embed.Embedder:
-    """An Embedder running the jitted encoder with its batch split over this host's devices."""
+def local_embedder(model: MaskedAutoencoder, params, batch_size: int = 64,
+                   filterbank: str = filterbanks.DEFAULT) -> embed.Embedder:
+    """An Embedder running the jitted encoder with its batch split over this host's devices;
+    filterbank: the one the encoder trained with (maepp.audio.filterbanks.from_config)."""
     devices = jax.local_devices()
     batch_size = -(-batch_size // len(devices)) * len(devices)
     mesh = Mesh(np.array(devices), ("data",))
@@ -47,7 +50,8 @@ def local_embedder(model: MaskedAutoencoder, params, batch_size: int = 64) -> em
     params = jax.device_put(params, replicated)
     step = jax.jit(chunk_frames_function(model), in_shardings=(replicated, rows), out_shardings=rows)
     return embed.Embedder(
-        lambda batch: step(params, batch), frame_size=frame_size(model.spec), filterbank=reference.mel_filterbank(),
+        lambda batch: step(params, batch), frame_size=frame_size(model.spec),
+        filterbank=filterbanks.mel_filterbank(filterbank),
         chunk_length=model.spec.input_size[0], patch_frames=model.spec.patch_size[0], batch_size=batch_size,
     )
 
@@ -76,9 +80,9 @@ def write_artifact(directory, model: MaskedAutoencoder, params, config) -> epath
     (partial / embed.ENCODER_FILE).write_bytes(bytes(exported.serialize()))
     weights = {f"w{i:04d}": np.asarray(leaf, np.float32) for i, leaf in enumerate(leaves)}
     with (partial / embed.WEIGHTS_FILE).open("wb") as file:
-        np.savez(file, filterbank=reference.mel_filterbank(), **weights)
+        np.savez(file, filterbank=filterbanks.mel_filterbank(filterbanks.from_config(config)), **weights)
     meta = dict(frame_size=frame_size(spec), chunk_length=spec.input_size[0], patch_frames=spec.patch_size[0],
-                n_weights=len(leaves), sample_rate=reference.SAMPLE_RATE, config=config.to_dict())
+                n_weights=len(leaves), sample_rate=SAMPLE_RATE, config=config.to_dict())
     (partial / embed.META_FILE).write_text(json.dumps(meta, indent=2))
     partial.rename(directory)
     return directory

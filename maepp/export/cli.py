@@ -15,6 +15,7 @@ import sys
 
 from absl import app, flags, logging
 
+from maepp.audio import filterbanks
 from maepp.export import artifact, clips
 from maepp.weights import store
 
@@ -44,7 +45,7 @@ def main(argv):
             print(f"encoder of {loaded} written to {directory}; load it with maepp.embed.load({str(directory)!r})")
             return
         source = clips.input_source(_INPUT.value, _DATA_DIR.value)
-        embedder = artifact.local_embedder(model, params, _BATCH.value)
+        embedder = artifact.local_embedder(model, params, _BATCH.value, filterbanks.from_config(config))
         counts = clips.export(source, embedder, _OUTPUT.value, timestamps=_TIMESTAMPS.value,
                               block_clips=_BLOCK.value, model=loaded, overwrite=_OVERWRITE.value)
     except (FileNotFoundError, FileExistsError, ValueError) as error:

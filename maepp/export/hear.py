@@ -32,11 +32,12 @@ def load_model(model_file_path: str = "") -> HearModel:
     if (pathlib.Path(model_file_path) / embed.META_FILE).exists():
         return HearModel(embed.load(model_file_path))
     # The training code, needed unless an artifact is given.
+    from maepp.audio import filterbanks
     from maepp.export import artifact
     from maepp.weights import store
 
-    model, params, _, _ = store.load_model(model_file_path)
-    return HearModel(artifact.local_embedder(model, params))
+    model, params, config, _ = store.load_model(model_file_path)
+    return HearModel(artifact.local_embedder(model, params, filterbank=filterbanks.from_config(config)))
 
 
 def _frames(audio: torch.Tensor, model: HearModel) -> np.ndarray:

@@ -48,7 +48,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
 from maepp import config_files, optim, sharding  # noqa: E402
-from maepp.audio import jax_frontend  # noqa: E402
+from maepp.audio import filterbanks, jax_frontend  # noqa: E402
 from maepp.hardware import CHIPS  # noqa: E402
 from maepp.models import MaskedAutoencoder, ModelSpec  # noqa: E402
 from maepp.train_step import make_train_step  # noqa: E402
@@ -113,7 +113,7 @@ def compile_train_step(config, topology: str) -> MemoryReport:
     if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ValueError(f"config.batch_size {config.batch_size} does not divide over data x fsdp = "
                          f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
-    to_log_mel = jax_frontend.in_train_step(config.data.frontend)  # raw-sample crops in, or log-mels
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))  # raw-sample crops in, or log-mels
     inputs = (jax_frontend.crop_shapes(config.batch_size, model.spec.input_size[0]) if to_log_mel
               else jax.ShapeDtypeStruct((config.batch_size, *model.spec.input_size), jnp.float32))
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)),

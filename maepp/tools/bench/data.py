@@ -17,7 +17,8 @@ import librosa
 import numpy as np
 from absl import app, flags, logging
 
-from maepp.audio import reference
+from maepp.audio import filterbanks, reference
+from maepp.audio.constants import SAMPLE_RATE
 from maepp.data.pipeline import FRONTENDS, centre_offset, eval_dataset, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.tools.bench.report import report
@@ -28,9 +29,15 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 _FRONTEND = flags.DEFINE_enum("frontend", "host", FRONTENDS, "Where the pipeline's crops become log-mels.")
 
 CROP_FRAMES = 200
+def _filterbank(source) -> str:
+    """Prepared records' own filterbank; files are read with the default one."""
+    return getattr(source, "filterbank", filterbanks.DEFAULT)
+
+
 def pipeline_rate(source, n_crops: int, batch_size: int, frontend: str) -> float:
     """Crops per second from the training pipeline, after one warm-up batch."""
-    batches = train_dataset(source, seed=0, batch_size=batch_size, frontend=frontend).as_numpy_iterator()
+    batches = train_dataset(source, seed=0, batch_size=batch_size, frontend=frontend,
+                            filterbank=_filterbank(source)).as_numpy_iterator()
     next(batches)  # graph tracing and thread start-up are not throughput
     n_batches = max(1, n_crops // batch_size)
     start = time.perf_counter()
@@ -40,8 +47,8 @@ def pipeline_rate(source, n_crops: int, batch_size: int, frontend: str) -> float
 
 
 def librosa_crop(encoded: bytes, rng: np.random.Generator) -> np.ndarray:
-    """What a plain loop does per clip: librosa.load, melspectrogram, log, standardise, crop."""
-    waveform, _ = librosa.load(io.BytesIO(encoded), sr=reference.SAMPLE_RATE, mono=True)
+    """What a plain loop does per clip: librosa.load, STFT, mel, log, standardise, crop."""
+    waveform, _ = librosa.load(io.BytesIO(encoded), sr=SAMPLE_RATE, mono=True)
     mel = reference.log_mel(waveform)
     start = rng.integers(max(len(mel) - CROP_FRAMES, 0) + 1)
     return mel[start : start + CROP_FRAMES]
@@ -72,12 +79,14 @@ def _audio_bytes(source):
 def max_error(source, audio_bytes, n_clips: int = 64) -> float:
     """Largest |pipeline - librosa| over the centre crops of the first n_clips (eval pipeline)."""
     worst = 0.0
-    for batch in eval_dataset(source, batch_size=16, crop_frames=CROP_FRAMES).as_numpy_iterator():
+    filterbank = _filterbank(source)
+    batches = eval_dataset(source, batch_size=16, crop_frames=CROP_FRAMES, filterbank=filterbank)
+    for batch in batches.as_numpy_iterator():
         for mel, index, valid in zip(batch["log_mel"], batch["index"], batch["valid"]):
             if not valid or index >= n_clips:
                 continue
-            waveform, _ = librosa.load(io.BytesIO(audio_bytes(int(index))), sr=reference.SAMPLE_RATE, mono=True)
-            expected = reference.log_mel(waveform)
+            waveform, _ = librosa.load(io.BytesIO(audio_bytes(int(index))), sr=SAMPLE_RATE, mono=True)
+            expected = reference.log_mel(waveform, filterbank)
             offset = centre_offset(len(expected), CROP_FRAMES)  # short clips: 0, then tiled
             expected = np.tile(expected, (-(-CROP_FRAMES // len(expected)), 1))[offset : offset + CROP_FRAMES]
             worst = max(worst, float(np.abs(mel - expected).max()))

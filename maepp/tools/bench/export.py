@@ -16,7 +16,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from maepp import config_files
-from maepp.audio import reference
+from maepp.audio.constants import SAMPLE_RATE
 from maepp.data.sources import FolderSource
 from maepp.data.synthetic import synthetic_clip
 from maepp.export import artifact, clips
@@ -47,7 +47,7 @@ def bench_export(n_clips: int, seconds: float) -> dict:
         folder.mkdir()
         rng = np.random.default_rng(0)
         for i in range(n_clips + 1):
-            soundfile.write(folder / f"{i:05d}.wav", synthetic_clip(rng, seconds=seconds)[0], reference.SAMPLE_RATE)
+            soundfile.write(folder / f"{i:05d}.wav", synthetic_clip(rng, seconds=seconds)[0], SAMPLE_RATE)
         warm_up = folder / "00000.wav"
         embedder.scene(soundfile.read(warm_up)[0])  # compiles the encoder
         warm_up.unlink()

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 
 from maepp import optim, sharding
-from maepp.audio import jax_frontend
+from maepp.audio import filterbanks, jax_frontend
 from maepp.audio.constants import HOP, N_FFT, crop_span
 from maepp.hardware import peak_flops
 from maepp.models import MaskedAutoencoder, ModelSpec
@@ -43,7 +43,7 @@ def bench_step(config, n_steps: int, compiler_options=None, profile_dir: str = "
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     optimizer = optim.optimizer(config)
     state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
-    to_log_mel = jax_frontend.in_train_step(config.data.frontend)
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))
     batch = jax.device_put(_random_inputs(config.batch_size, model.spec.input_size, waveforms=bool(to_log_mel)),
                            sharding.batch_sharding(mesh))
     step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
