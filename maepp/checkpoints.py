@@ -30,11 +30,14 @@ def workdir_path(workdir) -> epath.Path:
 
 
 def manager(workdir, *, keep: int, keep_period: int = None) -> ocp.CheckpointManager:
-    """The caller decides when to save (interval, preemption, end); Orbax keeps and prunes."""
+    """The training run's manager (it holds the workdir lock). The caller decides when to save
+    (interval, preemption, end); Orbax keeps and prunes, and removes the unfinished steps a
+    killed run left (their names carry a suffix, so they were never taken for complete ones)."""
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep,
         keep_period=keep_period,  # also keep every keep_period-th step
         enable_async_checkpointing=True,
+        cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options)
 
@@ -81,6 +84,14 @@ def _save_failure(checkpoints, step, error) -> str:
     return (f"saving checkpoints failed ({_one_line(error)}); the newest "
             f"complete checkpoint is {newest} in {checkpoints.directory}. Free space or fix the directory, then "
             "re-run the same command to resume from it")
+
+
+def newest_complete(workdir) -> str:
+    """"step N in DIR" (or "none in DIR"): the newest step Orbax finished writing, read from the
+    directory names alone (unfinished ones carry a suffix), so it works after any failure."""
+    directory = workdir_path(workdir) / "checkpoints"
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
+    return f"{f'step {max(steps)}' if steps else 'none'} in {directory}"
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings):

@@ -10,6 +10,7 @@ preemption notice) saves a checkpoint at the current step and exits cleanly. The
 is maepp/train_loop.py.
 """
 import os
+import shlex
 import sys
 import traceback
 
@@ -41,6 +42,13 @@ def _exit_now(message: str):
     os._exit(1)
 
 
+def _what_survived() -> str:
+    """After an unexpected error: what is on disk, and the command that resumes from it."""
+    command = shlex.join([sys.executable, "-m", "maepp.train", *sys.argv[1:]])
+    return (f"maepp.train: stopped by the error above. The newest complete checkpoint is "
+            f"{checkpoints.newest_complete(_WORKDIR.value)}; once the cause is fixed, resume from it with: {command}")
+
+
 def main(argv):
     del argv
     if _CONFIG.value is None or not _WORKDIR.value:
@@ -52,8 +60,8 @@ def main(argv):
         final = train(_CONFIG.value, _WORKDIR.value)
     except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse) as error:
         _exit_now(f"maepp.train: {error}")
-    except Exception:  # noqa: BLE001 - a bug: its traceback, then the same prompt exit
-        _exit_now(traceback.format_exc().rstrip())
+    except Exception:  # noqa: BLE001 - a fault or a bug: its traceback, what survived, the same prompt exit
+        _exit_now(f"{traceback.format_exc().rstrip()}\n{_what_survived()}")
     workdir = checkpoints.workdir_path(_WORKDIR.value)
     say(f"stopped at step {final['step']}, loss {final.get('loss', np.nan):.4f}")
     say(f"checkpoints: {workdir / 'checkpoints'}")

@@ -194,6 +194,9 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
             if preempted:
                 say(f"stop requested: saved step {step}, exiting")
                 break
+    except BaseException:
+        _finish_saves_in_flight(ckpt)
+        raise
     finally:
         prefetch.close()
     ckpt.wait_until_finished()
@@ -203,6 +206,18 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
     if report.skips:
         logging.warning("%d clips skipped (%d distinct files): %s", report.skips, len(report.reasons), report.reasons)
     return dict(step=step, **means, **rates, **throughput.run_rates())
+
+
+def _finish_saves_in_flight(ckpt):
+    """After a failure in one process: let an asynchronous save already under way complete, so
+    the step it holds survives. (With several processes it needs them all, and they may be
+    stuck: then the save is left, and the newest complete step before it is what survives.)"""
+    if jax.process_count() > 1:
+        return
+    try:
+        ckpt.wait_until_finished()
+    except Exception as error:  # noqa: BLE001 - the failure being raised matters more
+        logging.warning("a checkpoint save in flight failed too: %s", error)
 
 
 def evaluate(held_out: HeldOutEvaluation, params, step: int, writer, workdir):

@@ -1,9 +1,11 @@
-"""Small builders the tests share."""
+"""Small builders and readers the tests share."""
+import os
 import subprocess
 import sys
 
 import flax.linen as nn
 import jax
+import numpy as np
 
 from maepp.configs import audiomaepp, mae
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params
@@ -49,3 +51,29 @@ def train(repo_root, workdir, *overrides):
     result = subprocess.run(train_command(workdir, *overrides), cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def logged_scalars(workdir, tag="loss") -> dict:
+    """step -> value of a scalar from a run's TensorBoard event files; a step logged twice (a
+    resumed run repeats the steps after its checkpoint) keeps its last value."""
+    from tensorboard.backend.event_processing import event_accumulator
+    from tensorboard.util import tensor_util
+
+    values = {}
+    for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*"), key=os.path.getmtime):
+        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
+        events.Reload()
+        if tag in events.Tags()["tensors"]:
+            for event in events.Tensors(tag):
+                values[event.step] = float(tensor_util.make_ndarray(event.tensor_proto))
+    return values
+
+
+def saved_params(workdir, step):
+    import orbax.checkpoint as ocp
+
+    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")["params"]
+
+
+def leaves(tree) -> list:
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]

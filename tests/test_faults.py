@@ -6,11 +6,13 @@ test holds the file to it, so the page cannot drift from what is tested.
 import dataclasses
 import json
 import os
+import random
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -22,7 +24,7 @@ from maepp.configs import audiomaepp
 from maepp.models import MaskedAutoencoder, ModelSpec
 from maepp.train_loop import train
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock
-from tests.helpers import TRAINED_RUN, train_command
+from tests.helpers import TRAINED_RUN, leaves, logged_scalars, saved_params, train_command
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,8 +99,16 @@ FAULTS = [
     Fault("SIGTERM to one of two processes", "both stop at one agreed step, save it and exit 0",
           "the saved step; the run resumes from it on another mesh",
           "tests/test_train.py::test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh"),
-    Fault("SIGKILL after a checkpoint", "re-running resumes", "the run: its resumed losses equal the uninterrupted "
-          "run's exactly", "tests/test_train.py::test_resume_after_sigkill_is_exact"),
+    Fault("a storm of 5 SIGKILLs: at a random moment of start-up, during an asynchronous save, after a random "
+          "step, right after an evaluation, during another save", "each re-run resumes from the newest complete "
+          "checkpoint; unfinished saves are removed", "the run: every step's loss, both held-out losses and the "
+          "final parameters equal the uninterrupted run's bit for bit",
+          "test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run"),
+    Fault("an internal fault mid-run (the pictures folder's path taken by a file, found at the first evaluation)",
+          "its traceback, then one line: `stopped by the error above. The newest complete checkpoint is step N in "
+          "DIR; once the cause is fixed, resume from it with: COMMAND`; a save in flight is let finish",
+          "every complete checkpoint; the printed command resumes",
+          "test_an_internal_fault_names_what_survived_and_the_command_that_resumes"),
 ]
 
 
@@ -213,6 +223,96 @@ def test_a_failed_save_stops_the_run_in_one_line(repo_root, tmp_path):
     newest = last.split("the newest complete checkpoint is ")[1].split(" in ")[0]  # "none" or "step N"
     assert newest == "none" or (tmp_path / "full" / "checkpoints" / newest.split()[1] / "state").is_dir()
     assert "stopped at step" not in result.stdout
+
+
+class _Launch:
+    """One maepp.train process, its console lines collected as they come."""
+
+    def __init__(self, repo_root, workdir, overrides):
+        self.started, self.started_wall = time.monotonic(), time.time()
+        self.unfinished_before = set(_unfinished_saves(workdir))
+        self.process = subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        self.lines = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+
+    def wrote(self, path) -> bool:
+        return path.exists() and path.stat().st_mtime >= self.started_wall
+
+    def newest_step(self) -> int:
+        steps = [int(line.split()[1].split("/")[0]) for line in list(self.lines) if line.startswith("step ")]
+        return max(steps, default=0)
+
+    def kill_when(self, moment, what: str):
+        deadline = time.monotonic() + 300
+        while not moment(self):
+            assert self.process.poll() is None and time.monotonic() < deadline, f"no moment {what!r} in this run"
+            time.sleep(0.002)
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+
+def _unfinished_saves(workdir) -> list:
+    """Orbax writes a step under a temporary name and renames it when complete."""
+    return sorted(p.name for p in (workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
+
+
+def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root, trained_run, tmp_path):
+    """Five SIGKILLs at moments drawn from a seeded generator, then a run to the end, against the
+    shared uninterrupted run (same config; checkpoints every 10 steps instead of 30 give the storm
+    more to break, and change no number)."""
+    rng = random.Random(2026)
+    start_up_s, after_step = rng.uniform(2.0, 12.0), rng.randint(12, 27)
+    workdir = tmp_path / "storm"
+    overrides = [*TRAINED_RUN, "--config.checkpoint_every=10", "--config.profile.first_step=0"]
+    during_a_save = ("during an asynchronous save",
+                     lambda run: set(_unfinished_saves(workdir)) - run.unfinished_before)
+    moments = [
+        (f"{start_up_s:.1f} s after start", lambda run: time.monotonic() - run.started > start_up_s),
+        during_a_save,
+        (f"after step {after_step}", lambda run: run.newest_step() >= after_step),
+        ("right after the evaluation at step 30", lambda run: run.wrote(workdir / "pictures" / "step_0000030.png")),
+        during_a_save,
+    ]
+    resumed_from, killed_mid_save = [], 0
+    for what, moment in moments:
+        run = _Launch(repo_root, workdir, overrides)
+        run.kill_when(moment, what)
+        killed_mid_save += what == during_a_save[0] and bool(set(_unfinished_saves(workdir)) - run.unfinished_before)
+        resumed_from += [line.split()[3] for line in run.lines if line.startswith("resumed from step")]
+    final = _Launch(repo_root, workdir, overrides)
+    assert final.process.wait(timeout=300) == 0
+    assert any(line.startswith("stopped at step 60") for line in final.lines)
+    assert killed_mid_save == 2, "a kill meant for the middle of a save came after it"
+    assert resumed_from and all(step.isdigit() for step in resumed_from)
+    assert _unfinished_saves(workdir) == []
+    # Bit for bit: every step's loss, both held-out losses, the final parameters.
+    assert logged_scalars(workdir) == logged_scalars(trained_run)
+    assert logged_scalars(workdir, "eval_loss") == logged_scalars(trained_run, "eval_loss")
+    for storm, straight in zip(leaves(saved_params(workdir, 60)), leaves(saved_params(trained_run, 60)), strict=True):
+        np.testing.assert_array_equal(storm, straight)
+
+
+def test_an_internal_fault_names_what_survived_and_the_command_that_resumes(repo_root, tmp_path):
+    workdir = tmp_path / "w"
+    command = train_command(workdir, "--config.total_steps=12", "--config.warmup_steps=2",
+                            "--config.checkpoint_every=5", "--config.eval_every=10", "--config.log_every=5",
+                            "--config.data.eval_source=synthetic:16:1", "--config.batch_size=8",
+                            "--config.eval_batch_size=8")
+    workdir.mkdir()
+    (workdir / "pictures").write_text("a file where the run's pictures folder goes")
+    result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    *traceback, last = result.stderr.strip().splitlines()
+    assert any("pictures" in line and "Error" in line for line in traceback), result.stderr[-2000:]
+    survived = f"step 5 in {workdir / 'checkpoints'}"  # the evaluation at 10 comes before that step's save
+    assert last == (f"maepp.train: stopped by the error above. The newest complete checkpoint is {survived}; once the "
+                    f"cause is fixed, resume from it with: {shlex.join(command)}")
+    (workdir / "pictures").unlink()
+    resumed = subprocess.run(shlex.split(last.split("resume from it with: ")[1]), cwd=repo_root, capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from step 5" in resumed.stdout and "stopped at step 12" in resumed.stdout
 
 
 @pytest.mark.parametrize("field,value,message", BAD_CONFIGS, ids=[f"{f}={v}" for f, v, _ in BAD_CONFIGS])

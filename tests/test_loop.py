@@ -85,13 +85,13 @@ def test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps(tmp_p
     """The loop reads the devices only at log steps, except where a save or an evaluation is due."""
     from maepp.configs import audiomaepp
     from maepp.train_loop import train
-    from tests.test_train import _losses
+    from tests.helpers import logged_scalars
 
     config = audiomaepp.get_config("micro")
     config.update(batch_size=8, total_steps=10, warmup_steps=1, log_every=7, checkpoint_every=4, eval_every=5)
     config.data.eval_source = "synthetic:16:1"
     config.eval_batch_size = 8
     train(config, tmp_path)
-    assert sorted(_losses(tmp_path)) == [1, 4, 5, 7, 8, 10]  # first, saves, evaluation, log step, last
-    assert sorted(_losses(tmp_path, "eval_loss")) == [5, 10]
+    assert sorted(logged_scalars(tmp_path)) == [1, 4, 5, 7, 8, 10]  # first, saves, evaluation, log step, last
+    assert sorted(logged_scalars(tmp_path, "eval_loss")) == [5, 10]
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 8, 10]
