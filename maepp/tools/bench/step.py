@@ -85,8 +85,8 @@ def main(argv):
     if _STEPS.value < 1:
         raise app.UsageError("--steps must be at least 1")
     variants = [{}] + [parse_variant(text) for text in _VARIANTS.value]
-    for i, overrides in enumerate(variants):
-        config, compiler_options = apply_variant(_CONFIG.value, overrides)
+    applied = [apply_variant(_CONFIG.value, overrides) for overrides in variants]  # every typo before any timing
+    for i, (overrides, (config, compiler_options)) in enumerate(zip(variants, applied)):
         profile_dir = _PROFILE_DIR.value and f"{_PROFILE_DIR.value}/run{i}"
         try:
             r = dict(variant=overrides, **bench_step(config, _STEPS.value, compiler_options, profile_dir))
