@@ -92,8 +92,8 @@ def test_torch_stft_with_the_torchaudio_filterbank_is_torchaudio(torchaudio_outp
 def test_front_ends_reproduce_torchaudio(torchaudio_outputs, frontend):
     """Within 1e-4 of the release's standardised log-mels wherever a float32 STFT resolves the
     bin: values within 14 nats (61 dB) of their frame's peak, 17.6% and 72% of the clips' values.
-    Quieter bins hold torchaudio's own float32 rounding noise, which maepp's float64 STFT does
-    not have (up to 2.6e-4 there). With librosa's filterbank the loud values are up to 4e-5
+    Quieter bins hold the rounding of torchaudio's float32 STFT and float32-computed Hann window,
+    which maepp's float64 STFT does not have (up to 2.6e-4 there). With librosa's filterbank the loud values are up to 4e-5
     off; with torchaudio's 2e-6."""
     _, clips = torchaudio_outputs
     librosa_errors = []
