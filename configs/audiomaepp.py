@@ -57,6 +57,9 @@ def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collection
             attention="auto",
             # False: the release's block, LN2 applied where LN3 stands (PAPER.md); True: LN3 of its own.
             separate_norm3=False,
+            # Activations recomputed in the backward pass, per block: "none", or a jax.checkpoint_policies
+            # name such as "nothing_saveable" (maepp/models/blocks.py); for large and huge at big batches.
+            remat="none",
         )
     )
 

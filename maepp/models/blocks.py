@@ -2,11 +2,17 @@
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from maepp.models.layers import FeedForward, SelfAttention, SwiGLU, layer_norm
 
 BLOCK_TYPES = ("macaron_swiglu", "vit")
+# config.model.remat: "none", or which of a block's intermediates the backward pass keeps, named
+# as in jax.checkpoint_policies (the rest is recomputed): e.g. "nothing_saveable" (the block's
+# input only), "dots_with_no_batch_dims_saveable", "dots_saveable".
+REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "everything_saveable")
 
 
 class MacaronBlock(nn.Module):
@@ -49,10 +55,19 @@ class ViTBlock(nn.Module):
         return x + FeedForward("gelu", self.dtype, name="mlp")(layer_norm(self.dtype, "norm2")(x))
 
 
+def _rematerialised(block_class, policy: str):
+    """The block class with its activations recomputed in the backward pass, but for what the
+    policy keeps. Parameters and outputs are unchanged."""
+    if policy == "none":
+        return block_class
+    return nn.remat(block_class, policy=getattr(jax.checkpoint_policies, policy))
+
+
 def make_block(spec, heads: int, use_rope: bool, name: str) -> nn.Module:
     """A block of spec.block_type (spec: maepp.models.ModelSpec) with these heads and RoPE setting."""
     if spec.block_type == "macaron_swiglu":
-        return MacaronBlock(heads, use_rope, spec.compute_dtype, spec.attention, spec.separate_norm3, name=name)
+        return _rematerialised(MacaronBlock, spec.remat)(
+            heads, use_rope, spec.compute_dtype, spec.attention, spec.separate_norm3, name=name)
     if spec.block_type == "vit":
-        return ViTBlock(heads, use_rope, spec.compute_dtype, spec.attention, name=name)
+        return _rematerialised(ViTBlock, spec.remat)(heads, use_rope, spec.compute_dtype, spec.attention, name=name)
     raise ValueError(f"unknown block_type {spec.block_type!r}; choose one of {BLOCK_TYPES}")

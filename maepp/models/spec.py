@@ -3,7 +3,7 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from maepp.models.blocks import BLOCK_TYPES
+from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
 from maepp.models.layers import ATTENTION_IMPLEMENTATIONS
 from maepp.models.patches import grid_shape, num_visible
 
@@ -29,6 +29,7 @@ class ModelSpec:
     dtype: str
     attention: str = "auto"  # maepp.models.layers.attention: "auto", "xla" or "cudnn"
     separate_norm3: bool = False  # Macaron blocks: LN3 of its own, or the release's LN2 in its place
+    remat: str = "none"  # blocks' activations recomputed in the backward pass (maepp.models.blocks.REMAT_POLICIES)
 
     @classmethod
     def from_config(cls, model) -> "ModelSpec":
@@ -53,6 +54,7 @@ class ModelSpec:
             # attention (same function) and a separate LN3.
             attention=model.get("attention", "auto"),
             separate_norm3=bool(model.get("separate_norm3", True)),
+            remat=model.get("remat", "none"),
         )
         spec.validate()
         return spec
@@ -64,6 +66,8 @@ class ModelSpec:
             raise ValueError(f"config.model.dtype={self.dtype!r}; choose one of {sorted(DTYPES)}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"config.model.attention={self.attention!r}; choose one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"config.model.remat={self.remat!r}; choose one of {REMAT_POLICIES}")
         if self.attention == "cudnn" and self.dtype != "bfloat16":
             raise ValueError(
                 f"config.model.attention='cudnn' needs config.model.dtype='bfloat16' (got {self.dtype!r}): "

@@ -23,6 +23,7 @@ import os
 import pathlib
 import re
 import sys
+import time
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -73,6 +74,7 @@ class MemoryReport:
     peak_bytes: int  # arguments + outputs - donated aliases + temporaries; the temporaries alone
     # when libtpu refused the program as over HBM (a lower bound)
     hbm_gib: float
+    compile_s: float  # lowering and compiling the step, on this machine's CPU
 
     @property
     def peak_gib(self) -> float:
@@ -123,6 +125,7 @@ def compile_train_step(config, topology: str) -> MemoryReport:
     common = dict(topology=topology, devices=len(devices), mesh=tuple(mesh.shape.values()),
                   per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),
                   hbm_gib=CHIPS[chip].memory_gib)
+    start = time.perf_counter()
     try:
         memory = step.lower(state, batch, rng).compile().memory_analysis()
     except jax.errors.JaxRuntimeError as error:
@@ -131,11 +134,13 @@ def compile_train_step(config, topology: str) -> MemoryReport:
         if not over:
             raise
         temporaries = int(float(over.group(1)) * GIB)
-        return MemoryReport(**common, arguments_bytes=None, temporaries_bytes=temporaries, peak_bytes=temporaries)
+        return MemoryReport(**common, arguments_bytes=None, temporaries_bytes=temporaries, peak_bytes=temporaries,
+                            compile_s=time.perf_counter() - start)
     peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
             + memory.temp_size_in_bytes)
     return MemoryReport(**common, arguments_bytes=memory.argument_size_in_bytes,
-                        temporaries_bytes=memory.temp_size_in_bytes, peak_bytes=peak)
+                        temporaries_bytes=memory.temp_size_in_bytes, peak_bytes=peak,
+                        compile_s=time.perf_counter() - start)
 
 
 def advice(report: MemoryReport) -> str:
@@ -160,14 +165,15 @@ def main(argv):
         sys.exit(f"maepp.tools.compile_check: {error}")
     if not _JSON.value:
         print(f"{report.topology}: {report.devices} devices, mesh (data, fsdp, model) = {report.mesh}, "
-              f"{report.per_device_batch} examples per device")
+              f"{report.per_device_batch} examples per device; compiled in {report.compile_s:.1f} s")
         if report.arguments_bytes is None:
             print(f"per device: libtpu refused the program: its temporaries alone take "
                   f"{report.temporaries_bytes / GIB:.3f} GiB of {report.hbm_gib} GiB HBM")
         else:
             print(f"per device: state and batch {report.arguments_bytes / GIB:.3f} GiB, temporaries "
                   f"{report.temporaries_bytes / GIB:.3f} GiB, peak {report.peak_gib:.3f} GiB of {report.hbm_gib} GiB HBM")
-    print(json.dumps(dict(dataclasses.asdict(report), peak_gib=round(report.peak_gib, 3), fits=report.fits)))
+    print(json.dumps(dict(dataclasses.asdict(report), peak_gib=round(report.peak_gib, 3), fits=report.fits,
+                          compile_s=round(report.compile_s, 1))))
     if not report.fits:
         sys.exit(f"maepp.tools.compile_check: the train step does not fit on {report.topology}: {advice(report)}")
 
