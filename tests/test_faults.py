@@ -298,8 +298,9 @@ def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root
 
 def test_an_internal_fault_names_what_survived_and_the_command_that_resumes(repo_root, tmp_path):
     workdir = tmp_path / "w"
-    command = train_command(workdir, "--config.total_steps=8", "--config.warmup_steps=2",
-                            "--config.checkpoint_every=3", "--config.eval_every=6", "--config.log_every=3",
+    # tests/test_loop.py's run: the same compiled steps, from the compilation cache.
+    command = train_command(workdir, "--config.total_steps=10", "--config.warmup_steps=1",
+                            "--config.checkpoint_every=4", "--config.eval_every=5", "--config.log_every=7",
                             "--config.data.eval_source=synthetic:16:1", "--config.batch_size=8",
                             "--config.eval_batch_size=8")
     workdir.mkdir()
@@ -308,10 +309,10 @@ def test_an_internal_fault_names_what_survived_and_the_command_that_resumes(repo
     assert result.returncode == 1
     *traceback, last = result.stderr.strip().splitlines()
     assert any("pictures" in line and "Error" in line for line in traceback), result.stderr[-2000:]
-    survived = f"step 3 in {workdir / 'checkpoints'}"  # the evaluation at 6 comes before that step's save
+    survived = f"step 4 in {workdir / 'checkpoints'}"  # the first evaluation, at step 5
     assert last == (f"maepp.train: stopped by the error above. The newest complete checkpoint is {survived}; once the "
                     f"cause is fixed, resume from it with: {shlex.join(command)}")
-    assert (workdir / "checkpoints" / "3" / "state").is_dir() and _unfinished_saves(workdir) == []
+    assert (workdir / "checkpoints" / "4" / "state").is_dir() and _unfinished_saves(workdir) == []
 
 
 @pytest.mark.parametrize("field,value,message", BAD_CONFIGS, ids=[f"{f}={v}" for f, v, _ in BAD_CONFIGS])

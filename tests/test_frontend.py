@@ -34,8 +34,11 @@ def audio_files(tmp_path_factory):
     return files
 
 
-@pytest.mark.parametrize("filterbank", filterbanks.NAMES)
-@pytest.mark.parametrize("kind", ["16k", "44k_stereo"])
+# Both filterbanks on 16 kHz files; the default one on resampled stereo too.
+KINDS_AND_FILTERBANKS = [("16k", "torchaudio"), ("16k", "librosa"), ("44k_stereo", "torchaudio")]
+
+
+@pytest.mark.parametrize("kind,filterbank", KINDS_AND_FILTERBANKS)
 def test_tf_frontend_matches_librosa(audio_files, kind, filterbank):
     for path in audio_files[kind]:
         waveform = load_audio(path)
@@ -45,8 +48,7 @@ def test_tf_frontend_matches_librosa(audio_files, kind, filterbank):
         np.testing.assert_allclose(got, expected, atol=TOLERANCE, rtol=0, err_msg=str(path))
 
 
-@pytest.mark.parametrize("filterbank", filterbanks.NAMES)
-@pytest.mark.parametrize("kind", ["16k", "44k_stereo"])
+@pytest.mark.parametrize("kind,filterbank", KINDS_AND_FILTERBANKS)
 def test_jax_frontend_matches_librosa(audio_files, kind, filterbank):
     for path in audio_files[kind]:
         waveform = load_audio(path)
