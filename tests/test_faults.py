@@ -50,9 +50,9 @@ BAD_CONFIGS = [
 ]
 
 FAULTS = [
-    Fault("resume after the checkpoint that follows an evaluation was lost (SIGKILL mid-save, or deleted)",
-          "the run resumes from the step before and redraws that evaluation's picture", "everything",
-          "test_resume_redraws_the_pictures_of_steps_it_repeats"),
+    Fault("SIGKILL right after an evaluation, before the checkpoint that follows it", "the re-run resumes from "
+          "the step before and redraws that evaluation's picture over the killed run's", "everything",
+          "test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run"),
     Fault("a second run started on a workdir in use", "`maepp.train: W is in use by another run (pid P on H, "
           "started T) ...` before anything is compiled; the first run goes on", "the first run, untouched",
           "test_a_second_run_on_a_workdir_in_use_is_refused"),
@@ -100,7 +100,7 @@ FAULTS = [
           "the saved step; the run resumes from it on another mesh",
           "tests/test_train.py::test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh"),
     Fault("a storm of 5 SIGKILLs: at a random moment of start-up, during an asynchronous save, after a random "
-          "step, during another save, right after the last evaluation", "each re-run resumes from the newest "
+          "step, during another save, right after the last evaluation (checkpoints every 10 steps)", "each re-run resumes from the newest "
           "complete checkpoint; unfinished saves are removed", "the run: every step's loss, the held-out loss and "
           "the final parameters equal the uninterrupted run's bit for bit",
           "test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run"),
@@ -132,15 +132,6 @@ def _copy_run(trained_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_run, workdir, ignore=shutil.ignore_patterns("lock", "lock.json", "plugins"))
     return workdir
-
-
-def test_resume_redraws_the_pictures_of_steps_it_repeats(repo_root, trained_run, tmp_path):
-    workdir = _copy_run(trained_run, tmp_path)
-    shutil.rmtree(workdir / "checkpoints" / "60")
-    result = subprocess.run(train_command(workdir, *TRAINED_RUN), cwd=repo_root, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "resumed from step 30" in result.stdout and "stopped at step 60" in result.stdout
-    assert sorted(p.name for p in (workdir / "pictures").iterdir()) == ["step_0000030.png", "step_0000060.png"]
 
 
 def test_a_second_run_on_a_workdir_in_use_is_refused(repo_root, tmp_path):
@@ -289,6 +280,9 @@ def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root
     resumed_from += [int(line.split()[3]) for line in final.lines if line.startswith("resumed from step")]
     assert len(resumed_from) >= 5 and min(resumed_from) == 30, resumed_from  # the first kill may come before its line
     assert _unfinished_saves(workdir) == []
+    # The picture of step 60 the last killed run drew was drawn again, over it.
+    assert sorted(p.name for p in (workdir / "pictures").iterdir()) == ["step_0000060.png"]
+    assert final.wrote(workdir / "pictures" / "step_0000060.png")
     # Bit for bit: every step's loss, the held-out loss, the final parameters.
     assert logged_scalars(workdir) == {step: v for step, v in logged_scalars(trained_run).items() if step > 30}
     assert logged_scalars(workdir, "eval_loss") == {60: logged_scalars(trained_run, "eval_loss")[60]}
