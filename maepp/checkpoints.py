@@ -67,6 +67,16 @@ def check_saves(checkpoints: ocp.CheckpointManager):
         raise CheckpointSaveError(_save_failure(checkpoints, None, error)) from error
 
 
+def finish_saves(checkpoints: ocp.CheckpointManager):
+    """Waits for the asynchronous saves under way; raises CheckpointSaveError if one failed (the
+    wait itself raises a save's error, which would otherwise reach the user as TensorStore's)."""
+    try:
+        checkpoints.wait_until_finished()
+        checkpoints.check_for_errors()
+    except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+        raise CheckpointSaveError(_save_failure(checkpoints, None, error)) from error
+
+
 def _one_line(error: BaseException) -> str:
     """The error's first line; a long one keeps its start and its end, where the OS's reason is."""
     text = str(error).strip().splitlines()

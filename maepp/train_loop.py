@@ -178,7 +178,7 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
                 learning_rate=float(schedule(update)), skipped_clips=report.skips, **rates))
             say(progress.console_line(step, config.total_steps, means, rates))
             if means["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
-                ckpt.wait_until_finished()
+                checkpoints.finish_saves(ckpt)
                 raise FloatingPointError(
                     f"{means['nonfinite_in_a_row']} steps in a row had a non-finite loss or gradient (last: step "
                     f"{step}); parameters were not updated by them. The last good checkpoint is step "
@@ -199,8 +199,7 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
         raise
     finally:
         prefetch.close()
-    ckpt.wait_until_finished()
-    checkpoints.check_saves(ckpt)
+    checkpoints.finish_saves(ckpt)
     ckpt.close()
     writer.flush()
     if report.skips:
