@@ -37,7 +37,8 @@ def _exit_now(message: str):
     tf.data iterator can deadlock in its destructor, waiting for map workers that need the GIL it
     holds. Every file that matters is already closed or complete (checkpoints are atomic)."""
     sys.stdout.flush()
-    sys.stderr.write(message + "\n")
+    # On a line of its own: Orbax's threads may still be logging a failed save's tracebacks.
+    sys.stderr.write("\n" + message + "\n")
     sys.stderr.flush()
     os._exit(1)
 
