@@ -100,6 +100,7 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
     # Data: this process's share of every global batch, made into global arrays on a background
     # thread, config.data.prefetch batches ahead of the step.
     report = SkipReport()
+    filterbank = filterbanks.from_config(config)
     batches = train_dataset(
         sources["source"],
         seed=config.seed,
@@ -110,9 +111,9 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
         process_count=jax.process_count(),
         report=report,
         frontend=config.data.frontend,
-        filterbank=filterbanks.from_config(config),
+        filterbank=filterbank,
     ).as_numpy_iterator()
-    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbank)
 
     def next_global_batch():
         batch = next(batches)
