@@ -67,7 +67,7 @@ FAULTS = [
           "test_a_damaged_newest_checkpoint_is_skipped[empty]"),
     Fault("export or hear with the newest checkpoint damaged", "a line naming the skipped step; the newest that "
           "restores is used", "everything", "test_export_weights_skip_a_damaged_newest_checkpoint"),
-    Fault("the disk fills while a checkpoint is written (files capped at 1 MB)", "one line: which save failed, the "
+    Fault("the disk fills while a checkpoint is written (files capped at 48 KB)", "one line: which save failed, the "
           "newest complete checkpoint, and to re-run the same command after freeing space; exit status 1",
           "every complete checkpoint", "test_a_failed_save_stops_the_run_in_one_line"),
     Fault("a batch that does not divide over the devices (4 fake devices)", "one line naming config.batch_size and "
@@ -199,13 +199,15 @@ def test_export_weights_skip_a_damaged_newest_checkpoint(trained_run, tmp_path, 
 
 
 def test_a_failed_save_stops_the_run_in_one_line(repo_root, tmp_path):
-    """Files capped at 1 MB (ulimit -f): the TensorBoard events fit, a checkpoint's arrays do not,
-    as on a full disk. SIGXFSZ ignored, so a too-large write fails (EFBIG) instead of killing."""
+    """Files capped at 48 KB (ulimit -f), as on a full disk: the TensorBoard events (6 KB) fit, a
+    checkpoint does not. Orbax splits a save over data files by how its threads run, but whole
+    arrays go in each, and the file holding a 64 KB kernel fails. SIGXFSZ is ignored, so a
+    too-large write fails (EFBIG) instead of killing."""
     command = " ".join(shlex.quote(word) for word in train_command(
         tmp_path / "full", "--config.total_steps=40", "--config.checkpoint_every=10", "--config.log_every=5",
         "--config.data.eval_source=", "--config.batch_size=8"))
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR="")  # the cache's files would hit the cap too
-    result = subprocess.run(["bash", "-c", f"ulimit -f 977; trap '' XFSZ; exec {command}"], cwd=repo_root,
+    result = subprocess.run(["bash", "-c", f"ulimit -f 48; trap '' XFSZ; exec {command}"], cwd=repo_root,
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
