@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PEER_SRC=$PWD/.peer
 { nvidia-smi; python3 -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|flax|optax|torch|nvidia-cudnn|triton) '; } >"$OUT/env.txt" 2>&1
-MAEPP_ARGS=${MAEPP_ARGS:-"--profile_dir /tmp/profiles --variant xla_gpu_enable_cudnn_layer_norm=true"} \
+MAEPP_ARGS=${MAEPP_ARGS:-"--profile_dir /tmp/profiles --variant xla_gpu_enable_cudnn_layer_norm=true --variant model.scan_layers=true --variant model.scan_layers=true,model.remat=nothing_saveable"} \
   benchmarks/peer.sh "$OUT/results.jsonl" 2> >(tee "$OUT/log.txt" >&2)
 # The first run's raw trace and HLO, for reading again offline (maepp.tools.bench.profile.summarise).
 trace=$(find /tmp/profiles/run0 -name '*.xplane.pb' | head -n 1)

@@ -60,6 +60,9 @@ def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collection
             # Activations recomputed in the backward pass, per block: "none", or a jax.checkpoint_policies
             # name such as "nothing_saveable" (maepp/models/blocks.py); for large and huge at big batches.
             remat="none",
+            # True: the blocks run as one nn.scan over parameters stacked on a "layers" axis, so XLA
+            # compiles one block, not depth of them; checkpoints of either layout load into both.
+            scan_layers=False,
         )
     )
 

@@ -8,7 +8,11 @@ disk was whole when written. Disks and people still damage them: restoring walks
 newest step to the newest one that restores completely, on every process, and moves the damaged
 ones aside (WORKDIR/checkpoints/<step>.damaged), saying which and why. Mask rngs are not saved:
 they are fold_in(seed, step).
+
+A step saved with the other config.model.scan_layers (maepp.models.layer_stack) restores too: it
+is read in its own layout and converted.
 """
+import functools
 import time
 
 import jax
@@ -17,6 +21,8 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
+
+from maepp.models import layer_stack
 
 
 class CheckpointSaveError(RuntimeError):
@@ -104,20 +110,24 @@ def newest_complete(workdir) -> str:
     return f"{f'step {max(steps)}' if steps else 'none'} in {directory}"
 
 
-def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings):
+def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_layout):
     """-> (step, state, this process's data position), or None without a checkpoint that restores.
 
     `state` gives shapes and dtypes, `shardings` the target layout: a checkpoint saved on one
-    mesh restores onto another. Steps that do not restore completely on every process are
-    skipped, newest first, and moved aside.
+    mesh restores onto another. other_layout: ShapeDtypeStructs (with shardings) of the state in
+    the other block layout, for steps saved with the other scan_layers. Steps that do not restore
+    completely on every process are skipped, newest first, and moved aside.
     """
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    stacked = layer_stack.is_stacked(state.params)
     checkpoints.reload()
     for step in sorted(checkpoints.all_steps(), reverse=True):
         try:
-            restored = checkpoints.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore())
-            )
+            saved_stacked = _saved_stacked(epath.Path(checkpoints.directory) / str(step) / "state")
+            restored = checkpoints.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target if saved_stacked == stacked else other_layout),
+                data=ocp.args.JsonRestore(),
+            ))
             positions = restored["data"]["positions"]
             reason = ""
         except Exception as error:  # noqa: BLE001 - a damaged step fails in TensorStore, JSON or Orbax
@@ -130,9 +140,25 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings):
                     f"checkpoint {step} was saved by {len(positions)} processes, this job has {jax.process_count()}: "
                     "the data positions cannot be mapped; resume with the same process count"
                 )
-            return step, restored["state"], int(positions[jax.process_index()])
+            restored_state = restored["state"]
+            if saved_stacked != stacked:
+                restored_state = jax.jit(functools.partial(layer_stack.to_layout, stacked=stacked),
+                                         out_shardings=shardings)(restored_state)
+                _say_converted(step, saved_stacked)
+            return step, restored_state, int(positions[jax.process_index()])
         _set_aside(checkpoints, step, reason or f"it does not restore on process {int(np.argmax(failed))}")
     return None
+
+
+def _saved_stacked(state_directory) -> bool:
+    """Whether a saved state (or params) tree has the stacked block layout, from its metadata."""
+    return layer_stack.is_stacked(ocp.PyTreeCheckpointer().metadata(state_directory).item_metadata.tree["params"])
+
+
+def _say_converted(step: int, saved_stacked: bool):
+    if jax.process_index() == 0:
+        print(f"checkpoint step {step} was saved with config.model.scan_layers={saved_stacked}; "
+              f"converted its blocks to scan_layers={not saved_stacked}", flush=True)
 
 
 def _set_aside(checkpoints: ocp.CheckpointManager, step: int, reason: str):
@@ -148,11 +174,11 @@ def _set_aside(checkpoints: ocp.CheckpointManager, step: int, reason: str):
     checkpoints.reload()
 
 
-def restore_params(workdir, abstract_params, step: int = None):
+def restore_params(workdir, shapes, sharding, step: int = None):
     """-> (step, params) of a run's checkpoint (the newest that restores, by default), without its
-    optimizer state.
+    optimizer state, in the block layout of `shapes` whichever layout it was saved in.
 
-    abstract_params: ShapeDtypeStructs (with shardings) of the parameter tree to read into.
+    shapes: ShapeDtypeStructs of the parameter tree to read into; sharding: where every array goes.
     """
     directory = workdir_path(workdir) / "checkpoints"
     steps = ocp.CheckpointManager(directory).all_steps() if directory.exists() else []
@@ -160,11 +186,15 @@ def restore_params(workdir, abstract_params, step: int = None):
         raise FileNotFoundError(f"no checkpoints in {directory}: train there first (python -m maepp.train)")
     if step is not None and step not in steps:
         raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; there are steps {sorted(steps)}")
-    target = {"params": abstract_params}
+    stacked = layer_stack.is_stacked(shapes)
     candidates = [step] if step is not None else sorted(steps, reverse=True)
     reasons = []
     for candidate in candidates:
         try:
+            saved_stacked = _saved_stacked(directory / str(candidate) / "state")
+            saved_shapes = jax.eval_shape(functools.partial(layer_stack.to_layout, stacked=saved_stacked), shapes)
+            target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                                             saved_shapes)}
             restored = ocp.PyTreeCheckpointer().restore(
                 directory / str(candidate) / "state",
                 args=ocp.args.PyTreeRestore(
@@ -173,7 +203,7 @@ def restore_params(workdir, abstract_params, step: int = None):
             )
             if reasons:
                 print(f"skipped damaged checkpoints: {'; '.join(reasons)}", flush=True)
-            return candidate, restored["params"]
+            return candidate, layer_stack.to_layout(restored["params"], stacked)
         except Exception as error:  # noqa: BLE001
             reasons.append(f"step {candidate} ({_one_line(error)})")
     raise FileNotFoundError(f"no checkpoint in {directory} restores: {'; '.join(reasons)}")

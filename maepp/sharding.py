@@ -6,6 +6,7 @@ The mesh has three axes, sized by config.mesh (-1 takes the devices left over):
     model  tensor parallel: attention heads and FFN hidden units split
 Parameters carry logical axis names (maepp/models/layers.py); LOGICAL_RULES maps them here.
 """
+import dataclasses
 import functools
 import math
 
@@ -29,6 +30,7 @@ LOGICAL_RULES = (
     ("patch", None),
     ("norm", None),
     ("decoder_embed", None),
+    ("layers", None),  # the stacked blocks of config.model.scan_layers: every device holds every layer's share
 )
 
 
@@ -99,6 +101,13 @@ def abstract_state(model: MaskedAutoencoder, optimizer: optax.GradientTransforma
     shardings = TrainState(step=replicated(mesh), params=params_sharding, opt_state=opt_sharding)
     placed = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return placed, shardings
+
+
+def abstract_state_in_other_layout(model: MaskedAutoencoder, optimizer: optax.GradientTransformation, mesh):
+    """abstract_state's ShapeDtypeStructs for the other block layout (config.model.scan_layers):
+    what maepp.checkpoints reads a step saved with the other setting into before converting it."""
+    other = MaskedAutoencoder(dataclasses.replace(model.spec, scan_layers=not model.spec.scan_layers))
+    return abstract_state(other, optimizer, mesh)[0]
 
 
 def global_batch(local_batch, mesh):

@@ -92,7 +92,8 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
     state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
     ckpt = checkpoints.manager(workdir, keep=config.keep_checkpoints, keep_period=config.keep_period or None)
     position, first_step = 0, 1
-    restored = checkpoints.restore_latest(ckpt, state, state_shardings)
+    other_layout = sharding.abstract_state_in_other_layout(model, optimizer, mesh)
+    restored = checkpoints.restore_latest(ckpt, state, state_shardings, other_layout)
     if restored is not None:
         done_step, state, position = restored
         first_step = done_step + 1

@@ -55,19 +55,53 @@ class ViTBlock(nn.Module):
         return x + FeedForward("gelu", self.dtype, name="mlp")(layer_norm(self.dtype, "norm2")(x))
 
 
-def _rematerialised(block_class, policy: str):
+def _scan_body(block_class):
+    """The block as nn.scan's body: (x, positions) -> (x, None), the same parameters."""
+
+    class ScanBody(block_class):
+        def __call__(self, x, positions):
+            return super().__call__(x, positions), None
+
+    return ScanBody
+
+
+def _block_class(spec):
+    if spec.block_type not in BLOCK_TYPES:
+        raise ValueError(f"unknown block_type {spec.block_type!r}; choose one of {BLOCK_TYPES}")
+    return MacaronBlock if spec.block_type == "macaron_swiglu" else ViTBlock
+
+
+def _block_args(spec, heads: int, use_rope: bool) -> tuple:
+    args = (heads, use_rope, spec.compute_dtype, spec.attention)
+    return args + (spec.separate_norm3,) if spec.block_type == "macaron_swiglu" else args
+
+
+def _rematerialised(block_class, policy: str, scanned: bool):
     """The block class with its activations recomputed in the backward pass, but for what the
     policy keeps. Parameters and outputs are unchanged."""
     if policy == "none":
         return block_class
-    return nn.remat(block_class, policy=getattr(jax.checkpoint_policies, policy))
+    # Inside scan's loop XLA cannot merge the recomputation away, so guarding against it only costs.
+    return nn.remat(block_class, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=not scanned)
 
 
-def make_block(spec, heads: int, use_rope: bool, name: str) -> nn.Module:
-    """A block of spec.block_type (spec: maepp.models.ModelSpec) with these heads and RoPE setting."""
-    if spec.block_type == "macaron_swiglu":
-        return _rematerialised(MacaronBlock, spec.remat)(
-            heads, use_rope, spec.compute_dtype, spec.attention, spec.separate_norm3, name=name)
-    if spec.block_type == "vit":
-        return _rematerialised(ViTBlock, spec.remat)(heads, use_rope, spec.compute_dtype, spec.attention, name=name)
-    raise ValueError(f"unknown block_type {spec.block_type!r}; choose one of {BLOCK_TYPES}")
+def apply_blocks(spec, heads: int, use_rope: bool, depth: int, x, positions):
+    """`depth` blocks of spec.block_type over x [B, n, width] (positions [B, n]); called inside a
+    compact module. spec.scan_layers: one nn.scan over stacked parameters (one block to compile,
+    parameters "blocks" with a leading "layers" axis), else blocks_0 .. blocks_{depth - 1}."""
+    args = _block_args(spec, heads, use_rope)
+    if not spec.scan_layers:
+        block_class = _rematerialised(_block_class(spec), spec.remat, scanned=False)
+        for i in range(depth):
+            x = block_class(*args, name=f"blocks_{i}")(x, positions)
+        return x
+    scanned = nn.scan(
+        _rematerialised(_scan_body(_block_class(spec)), spec.remat, scanned=True),
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=nn.broadcast,
+        length=depth,
+        metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    x, _ = scanned(*args, name="blocks")(x, positions)
+    return x

@@ -1,4 +1,5 @@
 """Parameter counts and analytic FLOPs of a model spec, without allocating any weights."""
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -10,8 +11,9 @@ from maepp.models.spec import ModelSpec
 
 
 def abstract_params(spec: ModelSpec):
-    """Parameter shapes (jax.ShapeDtypeStruct tree, unboxed) via eval_shape: no memory used."""
-    model = MaskedAutoencoder(spec)
+    """Parameter shapes (jax.ShapeDtypeStruct tree, unboxed) via eval_shape: no memory used.
+    Always in the per-block layout (blocks_0, blocks_1, ...), whatever spec.scan_layers says."""
+    model = MaskedAutoencoder(dataclasses.replace(spec, scan_layers=False))
     return nn.meta.unbox(jax.eval_shape(lambda rng: init_params(model, rng), jax.random.key(0)))
 
 

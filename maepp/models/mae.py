@@ -4,11 +4,14 @@
     -> encoder over [CLS + 50] -> decoder over [CLS + 250] (mask tokens fill the gaps)
     -> predicted patches [B, 250, 64] -> MSE on the masked patches only.
 """
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maepp.models.blocks import make_block
+from maepp.models import layer_stack
+from maepp.models.blocks import apply_blocks
 from maepp.models.layers import Linear, layer_norm
 from maepp.models.patches import patchify, random_mask, take_tokens
 from maepp.models.position import sincos_1d_table, sincos_2d_table
@@ -28,8 +31,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x, positions):  # x [B, n, D] -> [B, n, D]
         s = self.spec
-        for i in range(s.depth):
-            x = make_block(s, s.heads, s.encoder_rope, f"blocks_{i}")(x, positions)
+        x = apply_blocks(s, s.heads, s.encoder_rope, s.depth, x, positions)
         return layer_norm(s.compute_dtype, "encoder_norm")(x)
 
 
@@ -51,8 +53,7 @@ class Decoder(nn.Module):
         x = jnp.concatenate([x[:, :cls], tokens], axis=1)
         x = x + jnp.asarray(sincos_1d_table(s.decoder_width, s.n_tokens, s.use_cls_token), dtype)
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (batch, x.shape[1]))
-        for i in range(s.decoder_depth):
-            x = make_block(s, s.decoder_heads, s.decoder_rope, f"blocks_{i}")(x, positions)
+        x = apply_blocks(s, s.decoder_heads, s.decoder_rope, s.decoder_depth, x, positions)
         x = layer_norm(dtype, "decoder_norm")(x)
         x = Linear((s.patch_dim,), ("decoder_embed", "patch"), dtype, name="decoder_pred")(x)
         return x[:, cls:].astype(jnp.float32)
@@ -133,9 +134,24 @@ class MaskedAutoencoder(nn.Module):
 
 
 def init_params(model: MaskedAutoencoder, rng):
-    """Parameters (logically partitioned boxes) for a zero batch of the model's input size."""
+    """Parameters (logically partitioned boxes) for a zero batch of the model's input size.
+
+    The stacked layout (spec.scan_layers) gets the per-block layout's values, stacked: a seed
+    gives the same model whichever way its blocks are compiled.
+    """
     params_rng, mask_rng = jax.random.split(rng)
     dummy = jnp.zeros((1,) + tuple(model.spec.input_size), jnp.float32)
+
+    def init(spec):
+        return MaskedAutoencoder(spec).init({"params": params_rng, MASKING_RNG: mask_rng}, dummy)["params"]
+
+    def init_both_layouts():
+        params = init(model.spec)
+        if not model.spec.scan_layers:
+            return params
+        values = layer_stack.to_layout(nn.meta.unbox(init(dataclasses.replace(model.spec, scan_layers=False))), True)
+        return jax.tree.map(lambda box, value: box.replace_boxed(value), params, values,
+                            is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
     # Under jit: run op by op, init of even the micro model takes seconds.
-    init = jax.jit(lambda params_rng, mask_rng: model.init({"params": params_rng, MASKING_RNG: mask_rng}, dummy))
-    return init(params_rng, mask_rng)["params"]
+    return jax.jit(init_both_layouts)()

@@ -30,6 +30,7 @@ class ModelSpec:
     attention: str = "auto"  # maepp.models.layers.attention: "auto", "xla" or "cudnn"
     separate_norm3: bool = False  # Macaron blocks: LN3 of its own, or the release's LN2 in its place
     remat: str = "none"  # blocks' activations recomputed in the backward pass (maepp.models.blocks.REMAT_POLICIES)
+    scan_layers: bool = False  # one nn.scan over stacked blocks (maepp.models.layer_stack), else one call per block
 
     @classmethod
     def from_config(cls, model) -> "ModelSpec":
@@ -55,6 +56,7 @@ class ModelSpec:
             attention=model.get("attention", "auto"),
             separate_norm3=bool(model.get("separate_norm3", True)),
             remat=model.get("remat", "none"),
+            scan_layers=bool(model.get("scan_layers", False)),
         )
         spec.validate()
         return spec

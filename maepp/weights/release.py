@@ -16,8 +16,10 @@ import re
 from typing import Callable
 
 import flax.linen as nn
+import jax
 import numpy as np
 
+from maepp.models import layer_stack
 from maepp.models.counts import abstract_params
 from maepp.models.position import sincos_1d_table, sincos_2d_table
 from maepp.models.spec import ModelSpec
@@ -193,12 +195,12 @@ def state_dict_to_params(state_dict: dict, spec: ModelSpec, ln3_from: str | None
         for key in e.path[:-1]:
             node = node.setdefault(key, {})
         node[e.path[-1]] = np.ascontiguousarray(e.to_maepp(state_dict[torch_key]), np.float32)
-    return params
+    return jax.tree.map(np.asarray, layer_stack.to_layout(params, spec.scan_layers))
 
 
 def params_to_state_dict(params: dict, spec: ModelSpec) -> dict:
-    """maepp params -> {name: float32 numpy} loadable by the released PyTorch model."""
-    params = nn.meta.unbox(params)
+    """maepp params (either layout) -> {name: float32 numpy} loadable by the released PyTorch model."""
+    params = layer_stack.to_layout(nn.meta.unbox(params), False)
     state_dict = {e.torch_key: np.asarray(e.to_torch(np.asarray(_lookup(params, e.path))), np.float32) for e in mapping(spec)}
     state_dict.update(_position_tables(spec))
     return state_dict

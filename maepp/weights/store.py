@@ -14,7 +14,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from maepp import checkpoints
-from maepp.models import MaskedAutoencoder, ModelSpec, init_params
+from maepp.models import MaskedAutoencoder, ModelSpec, init_params, layer_stack
 
 
 def save(directory, params, config: ml_collections.ConfigDict) -> pathlib.Path:
@@ -53,12 +53,12 @@ def load_model(directory, step: int = None):
         raise FileNotFoundError(f"{config_path} not found: {directory} is neither a maepp training workdir "
                                 "nor a weights directory")
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
-    model = MaskedAutoencoder(ModelSpec.from_config(config.model))
+    spec = ModelSpec.from_config(config.model)
+    model = MaskedAutoencoder(spec)
     if not (directory / "checkpoints").exists():
         params, _ = load(directory)
-        return model, params, config, str(directory)
+        return model, layer_stack.to_layout(params, spec.scan_layers), config, str(directory)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     shapes = jax.eval_shape(lambda rng: nn.meta.unbox(init_params(model, rng)), jax.random.key(0))
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), shapes)
-    step, params = checkpoints.restore_params(directory, abstract, step)
+    step, params = checkpoints.restore_params(directory, shapes, device, step)
     return model, params, config, f"{directory} step {step}"
