@@ -14,6 +14,7 @@ is read in its own layout and converted.
 """
 import functools
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -110,13 +111,14 @@ def newest_complete(workdir) -> str:
     return f"{f'step {max(steps)}' if steps else 'none'} in {directory}"
 
 
-def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_layout):
+def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_layout: Callable):
     """-> (step, state, this process's data position), or None without a checkpoint that restores.
 
     `state` gives shapes and dtypes, `shardings` the target layout: a checkpoint saved on one
-    mesh restores onto another. other_layout: ShapeDtypeStructs (with shardings) of the state in
-    the other block layout, for steps saved with the other scan_layers. Steps that do not restore
-    completely on every process are skipped, newest first, and moved aside.
+    mesh restores onto another. other_layout() gives the state's ShapeDtypeStructs (with
+    shardings) in the other block layout, called only for a step saved with the other
+    scan_layers. Steps that do not restore completely on every process are skipped, newest
+    first, and moved aside.
     """
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
     stacked = layer_stack.is_stacked(state.params)
@@ -125,7 +127,7 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_l
         try:
             saved_stacked = _saved_stacked(epath.Path(checkpoints.directory) / str(step) / "state")
             restored = checkpoints.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target if saved_stacked == stacked else other_layout),
+                state=ocp.args.StandardRestore(target if saved_stacked == stacked else other_layout()),
                 data=ocp.args.JsonRestore(),
             ))
             positions = restored["data"]["positions"]

@@ -1,6 +1,7 @@
 """The train loop: config -> mesh -> data -> state (fresh or resumed) -> step -> loop, as
 `python -m maepp.train` (maepp/train.py, its flags and messages) runs it."""
 import collections
+import functools
 import signal
 import threading
 
@@ -92,7 +93,7 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
     state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
     ckpt = checkpoints.manager(workdir, keep=config.keep_checkpoints, keep_period=config.keep_period or None)
     position, first_step = 0, 1
-    other_layout = sharding.abstract_state_in_other_layout(model, optimizer, mesh)
+    other_layout = functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
     restored = checkpoints.restore_latest(ckpt, state, state_shardings, other_layout)
     if restored is not None:
         done_step, state, position = restored

@@ -4,6 +4,7 @@ The table is made from FAULTS below (`python -m tests.test_faults > docs/reliabi
 test holds the file to it, so the page cannot drift from what is tested.
 """
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -178,7 +179,7 @@ def test_a_damaged_newest_checkpoint_is_skipped(trained_run, tmp_path, how, caps
     mesh = sharding.make_mesh(config.mesh)
     model, optimizer = MaskedAutoencoder(ModelSpec.from_config(config.model)), optim.optimizer(config)
     state, shardings = sharding.abstract_state(model, optimizer, mesh)
-    other_layout = sharding.abstract_state_in_other_layout(model, optimizer, mesh)
+    other_layout = functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
     manager = checkpoints.manager(workdir, keep=3)
     step, restored, position = checkpoints.restore_latest(manager, state, shardings, other_layout)
     assert (step, position) == (30, 30 * 32)

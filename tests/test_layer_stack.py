@@ -1,5 +1,6 @@
 """config.model.scan_layers: the stacked block layout computes what the per-block one does, and
 checkpoints and weights of either layout load into both."""
+import functools
 import shutil
 
 import flax.linen as nn
@@ -81,7 +82,7 @@ def test_release_weights_import_into_and_export_from_the_stacked_layout():
 def _abstract(config, mesh):
     model, optimizer = MaskedAutoencoder(ModelSpec.from_config(config.model)), optim.optimizer(config)
     state, shardings = sharding.abstract_state(model, optimizer, mesh)
-    return state, shardings, sharding.abstract_state_in_other_layout(model, optimizer, mesh)
+    return state, shardings, functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
 
 
 def test_a_run_resumes_and_exports_in_the_other_layout(trained_run, tmp_path, capsys):
