@@ -39,28 +39,28 @@ def _write_clips(folder, n, seed=0):
         seconds = rng.uniform(0.3, 2.5)
         tone = np.sin(2 * np.pi * rng.uniform(100, 4000) * np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE)
         soundfile.write(folder / f"clip_{i:04d}.wav", (0.3 * tone + 0.01 * rng.normal(size=tone.shape)), SAMPLE_RATE)
-    (folder / "clip_0500.wav").write_bytes(b"RIFF not really a wav file")  # a corrupt clip mid-list
+    (folder / "clip_0200.wav").write_bytes(b"RIFF not really a wav file")  # a corrupt clip mid-list
 
 
 @pytest.fixture(scope="module")
-def thousand_clips(tmp_path_factory):
+def clips_400(tmp_path_factory):
     folder = tmp_path_factory.mktemp("export") / "clips"
-    _write_clips(folder, 1000)
+    _write_clips(folder, 400)
     return folder
 
 
 def _export_command(run, inputs, output, *extra):
     return [sys.executable, "-m", "maepp.export", "--workdir", str(run), "--input", str(inputs),
-            "--output", str(output), "--block_clips", "100", *extra]
+            "--output", str(output), "--block_clips", "40", *extra]
 
 
-def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo_root, trained_run, thousand_clips,
+def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo_root, trained_run, clips_400,
                                                                             tmp_path):
     reference = tmp_path / "reference.npz"
-    subprocess.run(_export_command(trained_run, thousand_clips, reference), cwd=repo_root, check=True,
+    subprocess.run(_export_command(trained_run, clips_400, reference), cwd=repo_root, check=True,
                    capture_output=True)
     output = tmp_path / "restarted.npz"
-    process = subprocess.Popen(_export_command(trained_run, thousand_clips, output), cwd=repo_root,
+    process = subprocess.Popen(_export_command(trained_run, clips_400, output), cwd=repo_root,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     parts = tmp_path / "restarted.npz.parts"
     deadline = time.time() + 300
@@ -71,22 +71,22 @@ def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo
     process.wait()
     assert not output.exists() and not (parts / "block_000009.npz").exists()
     assert not list(parts.glob("*.tmp"))  # a block is whole or absent
-    finished = subprocess.run(_export_command(trained_run, thousand_clips, output), cwd=repo_root, check=True,
+    finished = subprocess.run(_export_command(trained_run, clips_400, output), cwd=repo_root, check=True,
                               capture_output=True, text=True)
-    assert "999 clips embedded" in finished.stdout and "1 skipped" in finished.stdout
-    assert "clip_0500.wav" in finished.stderr  # the bad clip is named
+    assert "399 clips embedded" in finished.stdout and "1 skipped" in finished.stdout
+    assert "clip_0200.wav" in finished.stderr  # the bad clip is named
     got, want = np.load(output), np.load(reference)
     assert sorted(got.files) == sorted(want.files)
     for key in want.files:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     assert not parts.exists()
     # Rows stay aligned with paths around the skipped clip.
-    assert got["embeddings"].shape == (999, 5 * 64) and "clip_0500.wav" not in got["paths"].tolist()
-    assert got["skipped_paths"].tolist() == ["clip_0500.wav"]
+    assert got["embeddings"].shape == (399, 5 * 64) and "clip_0200.wav" not in got["paths"].tolist()
+    assert got["skipped_paths"].tolist() == ["clip_0200.wav"]
     model, params, _, _ = store.load_model(trained_run)
     alone = artifact.local_embedder(model, params)
-    row = got["paths"].tolist().index("clip_0501.wav")
-    waveform, _ = soundfile.read(thousand_clips / "clip_0501.wav")
+    row = got["paths"].tolist().index("clip_0201.wav")
+    waveform, _ = soundfile.read(clips_400 / "clip_0201.wav")
     np.testing.assert_allclose(got["embeddings"][row], alone.scene(waveform), atol=1e-5)
 
 
