@@ -45,21 +45,3 @@ def trained_run(repo_root, tmp_path_factory, worker_id):
             (workdir / "trained").touch()
     return workdir
 
-
-# The longest tests, longest first. pytest-xdist hands work out in collection order (after its
-# groups of several tests), so these start while there is other work to balance them; collected
-# in file order, the two-process test used to start last and leave one worker idle for minutes.
-START_FIRST = (
-    "test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh",
-    "test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run",
-    "test_training_reads_records_from_a_non_local_filesystem_and_resumes",
-    "test_pip_install_then_train_from_another_directory_by_config_name",
-    "test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps",
-    "test_micro_compiles_for_v5e_2x2_sharded_with_waveform_crops_as_arguments",
-    "test_readme_names_only_modules_flags_and_files_that_exist",
-)
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(START_FIRST)}
-    items.sort(key=lambda item: rank.get(item.originalname, len(START_FIRST)))

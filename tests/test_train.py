@@ -106,8 +106,9 @@ def _by_slurm_environment(i):
 
 def test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh(repo_root, tmp_path):
     workdir = tmp_path / "two_hosts"
+    # Held-out evaluation only at the end (the last step evaluates whatever eval_every says).
     common = ["--config.warmup_steps=2", "--config.checkpoint_every=10", "--config.log_every=1",
-              "--config.eval_every=10", "--config.data.eval_source=synthetic:40:1", "--config.eval_batch_size=16"]
+              "--config.eval_every=1000", "--config.data.eval_source=synthetic:40:1", "--config.eval_batch_size=16"]
     # launch/local.sh: two processes of 4 fake devices, mesh (8, 1, 1). SIGTERM reaches one of
     # them after the step-10 checkpoint, as a preemption notice would: JAX tells the other, both
     # save the same step and exit cleanly.
@@ -139,9 +140,8 @@ def test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mes
     assert sorted(losses) == list(range(1, stopped + 11)) and all(np.isfinite(list(losses.values())))
     # 40 held-out clips, 20 per process in 2 batches of 8 plus one padded batch each; no evaluation
     # at the SIGTERM step, one at the end.
-    evaluated = sorted(logged_scalars(workdir, "eval_loss"))
-    assert evaluated == sorted({s for s in range(10, stopped + 10, 10)} | {stopped + 10})
-    assert len(list((workdir / "pictures").iterdir())) == len(evaluated)
+    assert sorted(logged_scalars(workdir, "eval_loss")) == [stopped + 10]
+    assert [p.name for p in (workdir / "pictures").iterdir()] == [f"step_{stopped + 10:07d}.png"]
 
 
 def test_repeated_non_finite_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_path):
