@@ -44,4 +44,3 @@ def trained_run(repo_root, tmp_path_factory, worker_id):
             assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN)
             (workdir / "trained").touch()
     return workdir
-

@@ -1,4 +1,5 @@
 """Small builders and readers the tests share."""
+import functools
 import os
 import subprocess
 import sys
@@ -7,6 +8,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from maepp import optim, sharding
 from maepp.configs import audiomaepp, mae
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 
@@ -77,3 +79,18 @@ def saved_params(workdir, step):
 
 def leaves(tree) -> list:
     return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def assert_trees_equal(tree, reference):
+    """Same structure, and every leaf equal bit for bit."""
+    assert jax.tree.structure(tree) == jax.tree.structure(reference)
+    for a, b in zip(leaves(tree), leaves(reference), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def restore_targets(config, mesh):
+    """What checkpoints.restore_latest takes after its manager, for the config's model and
+    optimizer on this mesh: (state shapes, shardings, the other block layout's shapes, lazily)."""
+    model, optimizer = MaskedAutoencoder(ModelSpec.from_config(config.model)), optim.optimizer(config)
+    state, shardings = sharding.abstract_state(model, optimizer, mesh)
+    return state, shardings, functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)

@@ -4,7 +4,6 @@ The table is made from FAULTS below (`python -m tests.test_faults > docs/reliabi
 test holds the file to it, so the page cannot drift from what is tested.
 """
 import dataclasses
-import functools
 import json
 import os
 import random
@@ -20,12 +19,11 @@ import jax
 import numpy as np
 import pytest
 
-from maepp import checkpoints, optim, sharding
+from maepp import checkpoints, sharding
 from maepp.configs import audiomaepp
-from maepp.models import MaskedAutoencoder, ModelSpec
 from maepp.train_loop import train
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock
-from tests.helpers import TRAINED_RUN, leaves, logged_scalars, saved_params, train_command
+from tests.helpers import TRAINED_RUN, assert_trees_equal, logged_scalars, restore_targets, saved_params, train_command
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +99,8 @@ FAULTS = [
           "the saved step; the run resumes from it on another mesh",
           "tests/test_train.py::test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh"),
     Fault("a storm of 5 SIGKILLs: at a random moment of start-up, during an asynchronous save, after a random "
-          "step, during another save, right after the last evaluation (checkpoints every 10 steps)", "each re-run resumes from the newest "
-          "complete checkpoint; unfinished saves are removed", "the run: every step's loss, the held-out loss and "
+          "step, during another save, right after the last evaluation (checkpoints every 10 steps)",
+          "each re-run resumes from the newest complete checkpoint; unfinished saves are removed", "the run: every step's loss, the held-out loss and "
           "the final parameters equal the uninterrupted run's bit for bit",
           "test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run"),
     Fault("an internal fault mid-run (the pictures folder's path taken by a file, found at the first evaluation)",
@@ -176,12 +174,9 @@ def test_a_damaged_newest_checkpoint_is_skipped(trained_run, tmp_path, how, caps
     workdir = _copy_run(trained_run, tmp_path)
     _damage(workdir / "checkpoints" / "60", how)
     config = audiomaepp.get_config("micro")
-    mesh = sharding.make_mesh(config.mesh)
-    model, optimizer = MaskedAutoencoder(ModelSpec.from_config(config.model)), optim.optimizer(config)
-    state, shardings = sharding.abstract_state(model, optimizer, mesh)
-    other_layout = functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
+    targets = restore_targets(config, sharding.make_mesh(config.mesh))
     manager = checkpoints.manager(workdir, keep=3)
-    step, restored, position = checkpoints.restore_latest(manager, state, shardings, other_layout)
+    step, restored, position = checkpoints.restore_latest(manager, *targets)
     assert (step, position) == (30, 30 * 32)
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(restored.params))
     printed = capsys.readouterr().out
@@ -290,8 +285,7 @@ def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root
     # Bit for bit: every step's loss, the held-out loss, the final parameters.
     assert logged_scalars(workdir) == {step: v for step, v in logged_scalars(trained_run).items() if step > 30}
     assert logged_scalars(workdir, "eval_loss") == {60: logged_scalars(trained_run, "eval_loss")[60]}
-    for storm, straight in zip(leaves(saved_params(workdir, 60)), leaves(saved_params(trained_run, 60)), strict=True):
-        np.testing.assert_array_equal(storm, straight)
+    assert_trees_equal(saved_params(workdir, 60), saved_params(trained_run, 60))
 
 
 def test_an_internal_fault_names_what_survived_and_the_command_that_resumes(repo_root, tmp_path):

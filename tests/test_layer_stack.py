@@ -1,6 +1,5 @@
 """config.model.scan_layers: the stacked block layout computes what the per-block one does, and
 checkpoints and weights of either layout load into both."""
-import functools
 import shutil
 
 import flax.linen as nn
@@ -8,17 +7,11 @@ import jax
 import numpy as np
 import pytest
 
-from maepp import checkpoints, optim, sharding
+from maepp import checkpoints, sharding
 from maepp.configs import audiomaepp
-from maepp.models import MASKING_RNG, MaskedAutoencoder, ModelSpec, init_params, layer_stack
+from maepp.models import MASKING_RNG, MaskedAutoencoder, init_params, layer_stack
 from maepp.weights import release, store
-from tests.helpers import leaves, model_and_params, spec_for
-
-
-def _assert_equal(tree, reference):
-    assert jax.tree.structure(tree) == jax.tree.structure(reference)
-    for a, b in zip(leaves(tree), leaves(reference), strict=True):
-        np.testing.assert_array_equal(a, b)
+from tests.helpers import assert_trees_equal, leaves, model_and_params, restore_targets, spec_for
 
 
 def _loss_and_grads(model, params, batch):
@@ -36,7 +29,7 @@ def test_scan_layers_and_remat_change_how_the_step_is_compiled_not_what_it_compu
     assert qkv.names == ("layers", "embed", "qkv", "heads", "kv") and qkv.value.shape[0] == scanned_spec.depth
     stacked = nn.meta.unbox(boxed)
     assert set(stacked["encoder"]) == {"blocks", "encoder_norm"}
-    _assert_equal(layer_stack.to_layout(params, True), stacked)  # a seed gives the same model in both layouts
+    assert_trees_equal(layer_stack.to_layout(params, True), stacked)  # a seed gives the same model in both layouts
     batch = jax.random.normal(jax.random.key(1), (4, 200, 80))
     (loss, grads), (scanned_loss, scanned_grads) = (
         _loss_and_grads(per_block, params, batch), _loss_and_grads(scanned, stacked, batch))
@@ -60,7 +53,7 @@ def test_layouts_convert_both_ways_and_refuse_gaps():
     assert jax.tree.structure(layer_stack.to_layout(stacked, True)) == jax.tree.structure(stacked)
     back = layer_stack.to_layout(stacked, False)
     assert jax.tree.structure(back) == jax.tree.structure(params)
-    _assert_equal(back, params)
+    assert_trees_equal(back, params)
     gap = {"encoder": {"blocks_0": {"w": np.zeros(2)}, "blocks_2": {"w": np.zeros(2)}}}
     with pytest.raises(ValueError, match=r"blocks \[0, 2\] are not numbered 0..1"):
         layer_stack.to_layout(gap, True)
@@ -72,17 +65,11 @@ def test_release_weights_import_into_and_export_from_the_stacked_layout():
     state_dict = release.params_to_state_dict(params, spec)
     stacked = release.state_dict_to_params(state_dict, scanned_spec)
     assert layer_stack.is_stacked(stacked)
-    _assert_equal(stacked, layer_stack.to_layout(params, True))
+    assert_trees_equal(stacked, layer_stack.to_layout(params, True))
     exported = release.params_to_state_dict(stacked, scanned_spec)
     assert exported.keys() == state_dict.keys()
     for key, value in state_dict.items():
         np.testing.assert_array_equal(exported[key], value, err_msg=key)
-
-
-def _abstract(config, mesh):
-    model, optimizer = MaskedAutoencoder(ModelSpec.from_config(config.model)), optim.optimizer(config)
-    state, shardings = sharding.abstract_state(model, optimizer, mesh)
-    return state, shardings, functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
 
 
 def test_a_run_resumes_and_exports_in_the_other_layout(trained_run, tmp_path, capsys):
@@ -93,9 +80,9 @@ def test_a_run_resumes_and_exports_in_the_other_layout(trained_run, tmp_path, ca
     shutil.copytree(trained_run / "checkpoints" / "60", workdir / "checkpoints" / "60")
     config = audiomaepp.get_config("micro")
     mesh = sharding.make_mesh(config.mesh)
-    per_block = _abstract(config, mesh)
+    per_block = restore_targets(config, mesh)
     config.model.scan_layers = True
-    scanned = _abstract(config, mesh)
+    scanned = restore_targets(config, mesh)
     manager = checkpoints.manager(workdir, keep=3)
     _, reference, _ = checkpoints.restore_latest(manager, *per_block)
     step, state, position = checkpoints.restore_latest(manager, *scanned)
@@ -103,15 +90,15 @@ def test_a_run_resumes_and_exports_in_the_other_layout(trained_run, tmp_path, ca
     assert capsys.readouterr().out == (
         "checkpoint step 60 was saved with config.model.scan_layers=False; converted its blocks to scan_layers=True\n")
     assert layer_stack.is_stacked(state.params) and layer_stack.is_stacked(state.opt_state[0].mu)
-    _assert_equal(layer_stack.to_layout(state, False), reference)
+    assert_trees_equal(layer_stack.to_layout(state, False), reference)
 
     checkpoints.save(manager, 61, state, position)
     checkpoints.finish_saves(manager)
     step, state, _ = checkpoints.restore_latest(manager, *per_block)
     assert step == 61 and not layer_stack.is_stacked(state.params)
-    _assert_equal(state, reference)
+    assert_trees_equal(state, reference)
 
     (workdir / "config.json").write_text(config.to_json())
     _, params, _, loaded = store.load_model(workdir, step=60)
     assert loaded.endswith("step 60") and layer_stack.is_stacked(params)
-    _assert_equal(params, layer_stack.to_layout(reference.params, True))
+    assert_trees_equal(params, layer_stack.to_layout(reference.params, True))
