@@ -17,9 +17,7 @@ from etils import epath
 
 from maepp.audio.decode import AUDIO_EXTENSIONS, load_audio
 from maepp.data.listing import list_audio_files
-from maepp.data.records import RecordsSource
 from maepp.data.synthetic import synthetic_clip
-from maepp.data.tfds_source import tfds_source
 
 DEFAULT_SYNTHETIC_CLIPS = 4096
 
@@ -73,9 +71,15 @@ def source_from_string(spec: str, data_dir=None):
         return SyntheticSource(int(n_clips or DEFAULT_SYNTHETIC_CLIPS), seed=int(seed or 0))
     if kind == "folder" and argument:
         return FolderSource(argument)
+    # Imported here: these two need TensorFlow and TFDS, which take seconds to import and which
+    # the other sources (and export, which lists folders through this module) do without.
     if kind == "records" and argument:
+        from maepp.data.records import RecordsSource
+
         return RecordsSource(argument)
     if kind == "tfds" and argument:
+        from maepp.data.tfds_source import tfds_source
+
         name, _, split = argument.partition(":")
         return tfds_source(name, split or "train", data_dir)
     raise ValueError(

@@ -24,7 +24,6 @@ from etils import epath
 
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.data.sources import FolderSource
-from maepp.data.tfds_source import tfds_source
 from maepp.export.embed import Embedder
 
 
@@ -62,6 +61,8 @@ def csv_source(csv_path) -> FileListSource:
 def input_source(spec: str, data_dir=None):
     """--input: a folder of audio, a .csv list of files, or tfds:NAME[:SPLIT]."""
     if spec.startswith("tfds:"):
+        from maepp.data.tfds_source import tfds_source  # TensorFlow and TFDS: only for this input
+
         name, _, split = spec[len("tfds:"):].partition(":")
         return tfds_source(name, split or "train", data_dir)
     if spec.endswith(".csv"):
