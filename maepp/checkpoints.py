@@ -153,8 +153,11 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_l
 
 
 def _saved_stacked(state_directory) -> bool:
-    """Whether a saved state (or params) tree has the stacked block layout, from its metadata."""
-    return layer_stack.is_stacked(ocp.PyTreeCheckpointer().metadata(state_directory).item_metadata.tree["params"])
+    """Whether a saved state (or params) tree has the stacked block layout, from its metadata.
+    Read by the item's handler: a Checkpointer would also look for step metadata in the item's
+    directory and warn on every export that it is not there."""
+    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_directory))
+    return layer_stack.is_stacked(metadata.tree["params"])
 
 
 def _say_converted(step: int, saved_stacked: bool):
