@@ -44,3 +44,18 @@ def trained_run(repo_root, tmp_path_factory, worker_id):
             assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN)
             (workdir / "trained").touch()
     return workdir
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long(seconds): a test that takes about this long on a 2-core machine")
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked long go first, longest first. pytest-xdist hands tests out in this order (after
+    its groups of several tests): started last, a two-minute test runs alone on one worker while
+    the other idles."""
+    def seconds(item):
+        mark = item.get_closest_marker("long")
+        return mark.kwargs["seconds"] if mark else 0
+
+    items.sort(key=lambda item: -seconds(item))

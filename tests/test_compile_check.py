@@ -40,6 +40,7 @@ def test_micro_compiles_for_two_h100s_and_its_state_matches_the_scaling_table(re
     assert abs(report["arguments_bytes"] / expected - 1) < 0.01
 
 
+@pytest.mark.long(seconds=30)
 @needs_libtpu
 def test_micro_compiles_for_v5e_2x2_sharded_with_waveform_crops_as_arguments(repo_root):
     """The device front end's step: its state split over fsdp=4, raw-sample crops as its input."""

@@ -247,6 +247,7 @@ def _unfinished_saves(workdir) -> list:
     return sorted(p.name for p in (workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
 
 
+@pytest.mark.long(seconds=100)
 def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root, trained_run, tmp_path):
     """The second half of the shared uninterrupted run (from its step-30 checkpoint), hit by five
     SIGKILLs at moments drawn from a seeded generator, then run to the end. Checkpoints every 10

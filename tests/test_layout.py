@@ -41,6 +41,7 @@ def _python_modules(commands):
     return modules
 
 
+@pytest.mark.long(seconds=30)
 def test_readme_names_only_modules_flags_and_files_that_exist(repo_root):
     commands = _readme_commands(repo_root)
     modules = _python_modules(commands)

@@ -81,6 +81,7 @@ def test_throughput_is_measured_between_reports_and_named_on_the_console():
     assert throughput.run_rates()["run_steps_per_s"] == pytest.approx(2.5, rel=0.01)
 
 
+@pytest.mark.long(seconds=30)
 def test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps(tmp_path):
     """The loop reads the devices only at log steps, except where a save or an evaluation is due."""
     from maepp.configs import audiomaepp

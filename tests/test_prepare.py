@@ -203,6 +203,7 @@ def test_log_mel_store_refuses_what_needs_audio(log_mel_store):
         train_dataset(source, seed=0, batch_size=2, crop_frames=300)
 
 
+@pytest.mark.long(seconds=45)
 def test_training_reads_records_from_a_non_local_filesystem_and_resumes(log_mel_store, tmp_path):
     """records: takes any tf.io.gfile path (gs:// in real runs; TensorFlow's in-memory ram://
     here): the shards are copied to a local cache that ArrayRecord can open."""

@@ -104,6 +104,7 @@ def _by_slurm_environment(i):
                     SLURM_PROCID=str(i), SLURM_LOCALID=str(i))
 
 
+@pytest.mark.long(seconds=115)
 def test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh(repo_root, tmp_path):
     workdir = tmp_path / "two_hosts"
     # Held-out evaluation only at the end (the last step evaluates whatever eval_every says).
