@@ -19,7 +19,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maepp import checkpoints, config_files, distributed
-from maepp.train_loop import say, train
 from maepp.workdir_lock import WorkdirInUse
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
@@ -54,6 +53,10 @@ def main(argv):
     del argv
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
+    # Imported once the flags have parsed: the loop brings in TensorFlow (tf.data, TensorBoard),
+    # seconds of start-up that --help and a misspelt flag need not wait for.
+    from maepp.train_loop import say, train
+
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value)
     # Orbax and JAX log every save at INFO; the run's own news is printed.
     logging.set_verbosity(logging.WARNING)
