@@ -27,6 +27,10 @@ $(STAMP): requirements.txt setup.py
 	$(PY) -m pip install --quiet --no-deps --target $(VENV)/aot-plugins \
 		"$$($(PY) -c 'import importlib.metadata as m; print(next(r.split(";")[0] for r in m.requires("jax") if r.startswith("libtpu")))')" \
 		"jax-cuda12-plugin==$(JAX_VERSION)" "jax-cuda12-pjrt==$(JAX_VERSION)"
+	# librosa compiles its numba kernels when its modules first load (about 20 s here) and caches
+	# them in site-packages. Done once now: otherwise every process of the first run or test
+	# session that loads librosa before the cache exists compiles them again.
+	$(PY) -c "import librosa.core.audio, librosa.util.utils"
 	touch $(STAMP)
 
 venv: $(STAMP)
