@@ -100,8 +100,9 @@ FAULTS = [
           "tests/test_train.py::test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh"),
     Fault("a storm of 5 SIGKILLs: at a random moment of start-up, during an asynchronous save, after a random "
           "step, during another save, right after the last evaluation (checkpoints every 10 steps)",
-          "each re-run resumes from the newest complete checkpoint; unfinished saves are removed", "the run: every step's loss, the held-out loss and "
-          "the final parameters equal the uninterrupted run's bit for bit",
+          "each re-run resumes from the newest complete checkpoint; unfinished saves are removed",
+          "the run: every step's loss, the held-out loss and the final parameters equal the uninterrupted run's "
+          "bit for bit",
           "test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run"),
     Fault("an internal fault mid-run (the pictures folder's path taken by a file, found at the first evaluation)",
           "its traceback, then one line: `stopped by the error above. The newest complete checkpoint is step N in "
