@@ -63,6 +63,10 @@ def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collection
             # True: the blocks run as one nn.scan over parameters stacked on a "layers" axis, so XLA
             # compiles one block, not depth of them; checkpoints of either layout load into both.
             scan_layers=False,
+            # SwiGLU's gate, product and inner LayerNorm: "xla"; "pallas" (maepp/models/swiglu_norm.py's
+            # fused kernels, one device only); "auto" (those on one GPU in bfloat16). Not yet faster
+            # than XLA's ops on an H200 (docs/performance.md), so "xla".
+            swiglu_norm="xla",
         )
     )
 

@@ -40,4 +40,7 @@ def check_train_config(config, n_devices: int, n_processes: int, batch_devices: 
             _fail(f"optimizer.{field}", opt[field], "must be in [0, 1)")
     if not opt.grad_clip >= 0:
         _fail("optimizer.grad_clip", opt.grad_clip, "must be 0 (off) or a positive norm")
+    if config.model.get("swiglu_norm") == "pallas" and n_devices > 1:
+        _fail("model.swiglu_norm", "pallas", f"runs on one device only, not {n_devices}: its kernels carry no "
+              "sharding rule; use 'auto' (the kernels on one GPU, XLA's ops on a mesh) or 'xla'")
     filterbanks.from_config(config)

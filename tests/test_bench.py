@@ -44,6 +44,19 @@ def test_bench_step_names_a_variant_field_the_config_lacks(repo_root):
     assert result.returncode != 0 and "config has no field 'model.widht'" in result.stderr
 
 
+def test_bench_swiglu_norm_times_xla_and_each_tiling_it_can_make(repo_root):
+    out = run_module(repo_root, "maepp.tools.bench", "swiglu_norm", "--shapes", "2x48x256,1x51x2048",
+                     "--tile_elements", "1024,4096", "--programs", "4", "--num_warps", "4", "--num_stages", "1,2",
+                     "--iterations", "1", "--json")
+    first, second = _last_json(out)["swiglu_norm"]
+    assert first["shape"] == [2, 48, 256] and first["cases"][0]["implementation"] == "xla"
+    tilings = [(c["tiling"]["tile_rows"], c["tiling"]["num_stages"]) for c in first["cases"][1:]]
+    assert tilings == [(4, 1), (4, 2), (16, 1), (16, 2)]  # 1024 and 4096 values per tile of 256
+    assert all(c["ms"] > 0 and c["speedup"] > 0 for c in first["cases"][1:])
+    # 2048 wide: no tile of 1024 values; tiles of 4096 halved to one row, as 51 rows are odd.
+    assert [c.get("tiling", {}).get("tile_rows") for c in second["cases"]] == [None, 1, 1]
+
+
 HLO = """HloModule jit_train_step
 
 %fused_computation.3 (param_0: f32[8]) -> f32[8] {
@@ -71,6 +84,7 @@ def test_profile_joins_kernels_to_their_instructions_by_name():
     # Library kernels are known by name; an operand named gemm_* makes no matmul of its consumer.
     assert profile.categorise(None, "nvjet_sm90_tst_128x160") == "matmul"
     assert profile.categorise(None, "cudnn_generated_fort_native_sdpa_sm90_flash_fprop") == "attention"
+    assert profile.categorise(None, "swiglu_norm_backward__1") == "layernorm"  # maepp's Pallas kernels
     assert profile._short(instructions["gemm_fusion_dot.2"].op_name) == "bwd decoder/blocks_0/attn/qkv/dot_general"
 
 

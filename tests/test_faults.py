@@ -46,6 +46,7 @@ BAD_CONFIGS = [
     ("model.mask_ratio", 0.0, "leaves 250 of 250 tokens visible"),
     ("data.eval_source", "folder:/nonexistent", "folder source /nonexistent is not a directory"),
     ("audio.filterbank", "htk", "use one of ('torchaudio', 'librosa')"),
+    ("model.swiglu_norm", "pallas", "runs on one device only, not 8"),
 ]
 
 FAULTS = [

@@ -28,6 +28,7 @@ class MacaronBlock(nn.Module):
     dtype: Any = jnp.float32
     attention: str = "auto"
     separate_norm3: bool = False
+    swiglu_norm: str = "xla"
 
     @nn.compact
     def __call__(self, x, positions):
@@ -36,7 +37,7 @@ class MacaronBlock(nn.Module):
         x = x + SelfAttention(self.heads, self.use_rope, self.dtype, self.attention, name="attn")(norm2(x), positions)
         if not self.separate_norm3 and self.is_initializing():
             norm3(x)  # creates the release's unused norm3
-        return x + SwiGLU(self.dtype, name="ffn2")((norm3 if self.separate_norm3 else norm2)(x))
+        return x + SwiGLU(self.dtype, self.swiglu_norm, name="ffn2")((norm3 if self.separate_norm3 else norm2)(x))
 
 
 class ViTBlock(nn.Module):
@@ -73,7 +74,7 @@ def _block_class(spec):
 
 def _block_args(spec, heads: int, use_rope: bool) -> tuple:
     args = (heads, use_rope, spec.compute_dtype, spec.attention)
-    return args + (spec.separate_norm3,) if spec.block_type == "macaron_swiglu" else args
+    return args + (spec.separate_norm3, spec.swiglu_norm) if spec.block_type == "macaron_swiglu" else args
 
 
 def _rematerialised(block_class, policy: str, scanned: bool):

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from maepp.models import swiglu_norm
+
 LAYER_NORM_EPS = 1e-6  # PAPER.md: pre-norm LayerNorm eps 1e-6
 
 
@@ -35,11 +37,15 @@ def xavier_uniform(n_in_dims: int):
 
 
 class Linear(nn.Module):
-    """y = x . kernel + bias, contracting the last `len(axes) - len(features)` dims of x."""
+    """y = x . kernel + bias, contracting the last `len(axes) - len(features)` dims of x.
+
+    defer_bias: return (x . kernel, bias) instead, for a caller whose own kernel adds the bias.
+    """
 
     features: Sequence[int]
     axes: Sequence[str]  # logical names of the kernel: input dims, then output dims
     dtype: Any = jnp.float32
+    defer_bias: bool = False
 
     @nn.compact
     def __call__(self, x):
@@ -53,7 +59,7 @@ class Linear(nn.Module):
             "bias", nn.with_logical_partitioning(nn.initializers.zeros, tuple(self.axes[n_in:])), features
         )
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
-        return y + bias.astype(self.dtype)
+        return (y, bias) if self.defer_bias else y + bias.astype(self.dtype)
 
 
 def layer_norm(dtype, name: str, axis_name: str = "norm"):
@@ -65,6 +71,19 @@ def layer_norm(dtype, name: str, axis_name: str = "norm"):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)),
         name=name,
     )
+
+
+class NormParams(nn.Module):
+    """A LayerNorm's parameters alone, named and initialised as layer_norm's, for a kernel that
+    normalises by itself: -> (scale [features], bias [features])."""
+
+    axis_name: str
+
+    @nn.compact
+    def __call__(self, features: int):
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (features,))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)), (features,))
+        return scale, bias
 
 
 def rotary(x, positions):
@@ -159,16 +178,41 @@ def swiglu_hidden(width: int) -> int:
     return 8 * width // 3
 
 
+SWIGLU_NORM_IMPLEMENTATIONS = ("auto", "xla", "pallas")
+
+
+def fused_swiglu_norm(implementation: str, hidden_shape, dtype) -> bool:
+    """Whether SwiGLU's gate, product and LN_h run as maepp.models.swiglu_norm's kernels.
+
+    "xla": never. "pallas": wherever their tiling applies (a power-of-two hidden width), in
+    Pallas's interpreter off GPUs. "auto": so on one GPU in bfloat16. The kernels carry no
+    sharding rule (XLA would gather a sharded batch onto every device), so "auto" leaves meshes
+    of several devices to XLA, and maepp.config_checks refuses "pallas" on them.
+    """
+    if implementation == "xla" or not swiglu_norm.applies(hidden_shape):
+        return False
+    if implementation == "pallas":
+        return True
+    return dtype == jnp.bfloat16 and jax.default_backend() == "gpu" and jax.device_count() == 1
+
+
 class SwiGLU(nn.Module):
     """W_o . LN_h( SiLU(W_g x) * (W_v x) ), hidden int(8D/3) (PAPER.md)."""
 
     dtype: Any = jnp.float32
+    norm_implementation: str = "xla"  # one of SWIGLU_NORM_IMPLEMENTATIONS
 
     @nn.compact
     def __call__(self, x):
         width = x.shape[-1]
         hidden = swiglu_hidden(width)
-        value = Linear((hidden,), ("embed", "mlp"), self.dtype, name="value")(x)
-        gate = Linear((hidden,), ("embed", "mlp"), self.dtype, name="gate")(x)
-        h = layer_norm(self.dtype, "ln", axis_name="mlp")(nn.silu(gate) * value)
+        fused = fused_swiglu_norm(self.norm_implementation, x.shape[:-1] + (hidden,), self.dtype)
+        value = Linear((hidden,), ("embed", "mlp"), self.dtype, defer_bias=fused, name="value")(x)
+        gate = Linear((hidden,), ("embed", "mlp"), self.dtype, defer_bias=fused, name="gate")(x)
+        if fused:
+            (value, value_bias), (gate, gate_bias) = value, gate
+            scale, bias = NormParams("mlp", name="ln")(hidden)
+            h = swiglu_norm.swiglu_norm(gate, value, gate_bias, value_bias, scale, bias, LAYER_NORM_EPS)
+        else:
+            h = layer_norm(self.dtype, "ln", axis_name="mlp")(nn.silu(gate) * value)
         return Linear((width,), ("mlp", "embed"), self.dtype, name="project")(h)

@@ -4,7 +4,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
-from maepp.models.layers import ATTENTION_IMPLEMENTATIONS
+from maepp.models.layers import ATTENTION_IMPLEMENTATIONS, SWIGLU_NORM_IMPLEMENTATIONS
 from maepp.models.patches import grid_shape, num_visible
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -31,6 +31,7 @@ class ModelSpec:
     separate_norm3: bool = False  # Macaron blocks: LN3 of its own, or the release's LN2 in its place
     remat: str = "none"  # blocks' activations recomputed in the backward pass (maepp.models.blocks.REMAT_POLICIES)
     scan_layers: bool = False  # one nn.scan over stacked blocks (maepp.models.layer_stack), else one call per block
+    swiglu_norm: str = "xla"  # maepp.models.layers.fused_swiglu_norm: "auto", "xla" or "pallas"
 
     @classmethod
     def from_config(cls, model) -> "ModelSpec":
@@ -57,6 +58,7 @@ class ModelSpec:
             separate_norm3=bool(model.get("separate_norm3", True)),
             remat=model.get("remat", "none"),
             scan_layers=bool(model.get("scan_layers", False)),
+            swiglu_norm=model.get("swiglu_norm", "xla"),
         )
         spec.validate()
         return spec
@@ -68,6 +70,8 @@ class ModelSpec:
             raise ValueError(f"config.model.dtype={self.dtype!r}; choose one of {sorted(DTYPES)}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"config.model.attention={self.attention!r}; choose one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.swiglu_norm not in SWIGLU_NORM_IMPLEMENTATIONS:
+            raise ValueError(f"config.model.swiglu_norm={self.swiglu_norm!r}; choose one of {SWIGLU_NORM_IMPLEMENTATIONS}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"config.model.remat={self.remat!r}; choose one of {REMAT_POLICIES}")
         if self.attention == "cudnn" and self.dtype != "bfloat16":

@@ -4,6 +4,7 @@ r"""Benchmarks that print figures; the last line of each is JSON.
     python -m maepp.tools.bench export [--workdir RUN | --model_config configs/audiomaepp.py:base] [--json]
     python -m maepp.tools.bench step [--config configs/audiomaepp.py:base] [--steps 10] [--json]
     python -m maepp.tools.bench loop [--config audiomaepp:micro] [--steps 100] [--json]
+    python -m maepp.tools.bench swiglu_norm [--shapes 512x251x1024] [--num_warps 4,8] [--json]
     python -m maepp.tools.bench table RESULTS.jsonl   (the README's speed table from a results file)
 
 Each subcommand is a module of this package and imports only what it times: `step` needs
@@ -16,7 +17,7 @@ from absl import app
 
 from maepp import config_files
 
-SUBCOMMANDS = ("data", "export", "step", "loop", "table")
+SUBCOMMANDS = ("data", "export", "step", "loop", "swiglu_norm", "table")
 
 
 def run():

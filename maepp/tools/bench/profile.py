@@ -80,6 +80,8 @@ def categorise(instruction: Instruction | None, kernel_name: str) -> str:
             return "attention"
         if any(mark in name for mark in ("gemm", "xmma", "nvjet", "cutlass")):
             return "matmul"
+        if "norm" in name:  # maepp's Pallas kernels: swiglu_norm_forward, swiglu_norm_backward
+            return "layernorm"
         return "copy/transpose" if "memcpy" in name or "copy" in name else "elementwise"
     op_name, text = instruction.op_name, instruction.line + "\n" + instruction.body
     if "cudnn$fmha" in text or ("/attn/" in op_name and not any(p in op_name for p in _ATTENTION_PROJECTIONS)):
