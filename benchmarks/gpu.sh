@@ -2,9 +2,11 @@
 # The one script a lent GPU machine runs (the `device` tool of this workplace; any CUDA machine
 # with jax, torch, einops and timm will do): installs the carried wheels, then benchmarks/peer.sh
 # with the speed variants under study, each profiled. Everything lands in $OUT:
+#   swiglu_norm.txt the fused SwiGLU-LayerNorm kernels under each tiling, against XLA (bench swiglu_norm)
 #   results.jsonl   maepp and the peer, one JSON line per program, variant and batch
 #   profiles.md     where each maepp variant's step time goes (maepp.tools.bench.profile)
 #   env.txt         GPU, driver and package versions
+#   traces.tar.gz   raw traces and HLO of the default (run0) and the first variant (run2)
 # Carried: .whl (ml_collections, librosa and its pure-Python needs, rotary-embedding-torch) and
 # .peer (the release's src/ and peer_bench.py).
 set -uo pipefail
@@ -13,12 +15,18 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PEER_SRC=$PWD/.peer
+# Not installed, so maepp.configs (setup.py's name for configs/) is made here, as the install would.
+[[ -e maepp/configs ]] || ln -s ../configs maepp/configs
 { nvidia-smi; python3 -m pip list 2>/dev/null | grep -iE '^(jax|jaxlib|jax-cuda|flax|optax|torch|nvidia-cudnn|triton) '; } >"$OUT/env.txt" 2>&1
-MAEPP_ARGS=${MAEPP_ARGS:-"--profile_dir /tmp/profiles --variant xla_gpu_enable_cudnn_layer_norm=true --variant model.scan_layers=true --variant model.scan_layers=true,model.remat=nothing_saveable"} \
+# The fused SwiGLU-LayerNorm kernels' tilings against XLA, kernels alone (about 2 minutes).
+timeout 300 python3 -m maepp.tools.bench swiglu_norm --tile_elements 2048,4096,8192 --programs 528,2112 \
+  --num_warps 4,8 --num_stages 1,3 --iterations 10 2>&1 | tee "$OUT/swiglu_norm.txt" | grep -v '^{'
+MAEPP_ARGS=${MAEPP_ARGS:-"--profile_dir /tmp/profiles --variant model.swiglu_norm=pallas --variant model.swiglu_norm=pallas,batch_size=128"} \
   benchmarks/peer.sh "$OUT/results.jsonl" 2> >(tee "$OUT/log.txt" >&2)
-# The first run's raw trace and HLO, for reading again offline (maepp.tools.bench.profile.summarise).
-trace=$(find /tmp/profiles/run0 -name '*.xplane.pb' | head -n 1)
-[[ -n $trace ]] && gzip -c "$trace" >"$OUT/run0.xplane.pb.gz" && gzip -c /tmp/profiles/run0/module.hlo.txt >"$OUT/run0.hlo.txt.gz"
+# The default's and the first variant's raw traces and HLO, one file (the device tool returns a
+# few files only), for reading again offline (maepp.tools.bench.profile.summarise).
+traces=$(find /tmp/profiles/run0 /tmp/profiles/run2 \( -name '*.xplane.pb' -o -name module.hlo.txt \) 2>/dev/null)
+[[ -n $traces ]] && tar -czf "$OUT/traces.tar.gz" $traces
 python3 - "$OUT/results.jsonl" >"$OUT/profiles.md" <<'PY'
 import json, sys
 from maepp.tools.bench import profile
