@@ -62,15 +62,16 @@ class Linear(nn.Module):
         return (y, bias) if self.defer_bias else y + bias.astype(self.dtype)
 
 
+def _norm_initializers(axis_name: str):
+    """(scale, bias) initialisers of every LayerNorm here: (1, 0), logically named."""
+    return (nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+            nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)))
+
+
 def layer_norm(dtype, name: str, axis_name: str = "norm"):
     """LayerNorm(eps 1e-6) with logically named scale and bias, initialised to (1, 0)."""
-    return nn.LayerNorm(
-        epsilon=LAYER_NORM_EPS,
-        dtype=dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)),
-        name=name,
-    )
+    scale_init, bias_init = _norm_initializers(axis_name)
+    return nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, scale_init=scale_init, bias_init=bias_init, name=name)
 
 
 class NormParams(nn.Module):
@@ -81,9 +82,8 @@ class NormParams(nn.Module):
 
     @nn.compact
     def __call__(self, features: int):
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)), (features,))
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (self.axis_name,)), (features,))
-        return scale, bias
+        scale_init, bias_init = _norm_initializers(self.axis_name)
+        return self.param("scale", scale_init, (features,)), self.param("bias", bias_init, (features,))
 
 
 def rotary(x, positions):

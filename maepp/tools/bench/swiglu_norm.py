@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from absl import flags, logging
 
 from maepp.models import swiglu_norm
-from maepp.models.layers import LAYER_NORM_EPS
+from maepp.models.layers import LAYER_NORM_EPS, layer_norm
 from maepp.tools.bench.report import report
 
 _SHAPES = flags.DEFINE_string("shapes", "512x251x1024,512x51x2048", "Shapes batch x tokens x hidden, comma-separated.")
@@ -37,7 +37,7 @@ def _ints(text: str) -> list:
 def xla_swiglu_norm(g, v, gate_bias, value_bias, scale, bias):
     """What maepp.models.layers.SwiGLU computes with norm_implementation "xla", after its matrix products."""
     gate, value = g + gate_bias.astype(g.dtype), v + value_bias.astype(v.dtype)
-    norm = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=g.dtype)
+    norm = layer_norm(g.dtype, "ln", axis_name="mlp")
     return norm.apply({"params": {"scale": scale, "bias": bias}}, nn.silu(gate) * value)
 
 
@@ -53,17 +53,16 @@ def _time_pass(forward, args, cotangent, iterations: int) -> float:
     return (time.perf_counter() - start) / iterations * 1e3
 
 
-def _say(line: str, lines: list):
-    """Printed as it comes (a sweep on a lent GPU may be cut off), and kept for the summary."""
+def _say(line: str):
+    """Printed as it comes: a sweep on a lent GPU may be cut off before its JSON line."""
     if not flags.FLAGS.json:
         print(line, flush=True)
-    lines.append(line)
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    results, lines = [], []
+    results = []
     for shape_text in _SHAPES.value.split(","):
         batch, tokens, hidden = (int(x) for x in shape_text.split("x"))
         keys = jax.random.split(jax.random.key(0), 3)
@@ -72,7 +71,7 @@ def main(argv):
         gigabytes = 8 * g.size * g.dtype.itemsize / 1e9
         xla_ms = _time_pass(xla_swiglu_norm, args, cotangent, _ITERATIONS.value)
         cases = [dict(implementation="xla", ms=round(xla_ms, 3), gb_per_s=round(gigabytes / xla_ms * 1e3))]
-        _say(_case_line(shape_text, cases[0]), lines)
+        _say(_case_line(shape_text, cases[0]))
         tilings = dict.fromkeys(
             swiglu_norm.tiling(batch * tokens, hidden, *options) for options in itertools.product(
                 _ints(_TILE_ELEMENTS.value), _ints(_PROGRAMS.value), _ints(_NUM_WARPS.value), _ints(_NUM_STAGES.value)))
@@ -85,11 +84,11 @@ def main(argv):
             else:
                 cases.append(dict(implementation="pallas", tiling=tiling._asdict(), ms=round(ms, 3),
                                   gb_per_s=round(gigabytes / ms * 1e3), speedup=round(xla_ms / ms, 3)))
-            _say(_case_line(shape_text, cases[-1]), lines)
+            _say(_case_line(shape_text, cases[-1]))
         results.append(dict(shape=[batch, tokens, hidden], device=jax.devices()[0].device_kind, cases=cases))
         best = min((c for c in cases if "ms" in c), key=lambda c: c["ms"])
         _say(f"{shape_text}: fastest {best['implementation']} {best.get('tiling', '')} "
-             f"({best['ms']} ms against XLA's {xla_ms:.3f} ms)", lines)
+             f"({best['ms']} ms against XLA's {xla_ms:.3f} ms)")
     report(dict(swiglu_norm=results))
 
 
