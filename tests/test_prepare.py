@@ -195,6 +195,19 @@ def test_log_mel_store_evaluates_centre_crops_and_pads_the_last_batch(log_mel_st
                 _within_float16(mel, np.tile(whole[index], (-(-200 // n), 1))[offset : offset + 200])
 
 
+def test_every_pipeline_runs_without_the_autotuning_thread(log_mel_store):
+    """tf.data's autotuning thread held each iterator's destruction for up to its optimisation
+    period (13 to 19 s at the end of runs), so no pipeline starts it, and each map stays as
+    parallel as the cores this process may use."""
+    _, records, _ = log_mel_store
+    audio = source_from_string("synthetic:8")
+    datasets = [train_dataset(audio, seed=0, batch_size=4), eval_dataset(audio, batch_size=4),
+                train_dataset(records, seed=0, batch_size=4), eval_dataset(records, batch_size=4)]
+    for dataset in datasets:
+        options = dataset.options().autotune
+        assert options.enabled is False and options.initial_parallelism == len(os.sched_getaffinity(0))
+
+
 def test_log_mel_store_refuses_what_needs_audio(log_mel_store):
     _, source, _ = log_mel_store
     with pytest.raises(ValueError, match="config.data.frontend='device' needs audio"):
