@@ -10,11 +10,13 @@ renamed when closed, and counts as finished only once its progress file exists (
 the rename), so an interrupted run never leaves a half-written shard that looks complete.
 """
 import concurrent.futures
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import pathlib
+import queue
 import re
 import sys
 import time
@@ -53,8 +55,8 @@ def _record(store: str, filterbank: str, waveform: np.ndarray, relative: str) ->
 
 def write_shard(input_root: str, paths: list, shard_path: str, progress_path: str, store: str, filterbank: str,
                 done=None) -> dict:
-    """Writes one shard; returns and records its summary. Runs in a worker process; puts a 1
-    on the `done` queue for every clip it has read."""
+    """Writes one shard; returns and records its summary. Runs in a worker (a process, or a thread
+    when there is one worker); puts a 1 on the `done` queue for every clip it has read."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     features = records.features(store)
@@ -149,10 +151,15 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         if not progress_path.exists():
             jobs[shard] = (str(input_root), chunk, str(shard_path), str(progress_path), store, filterbank)
     logging.info("%d shards, %d already finished, %d to write", len(chunks), len(chunks) - len(jobs), len(jobs))
-    # spawn, not fork: the parent may already hold TensorFlow's threads.
-    context = multiprocessing.get_context("spawn")
-    with context.Manager() as manager, concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=context) as pool:
-        done = manager.Queue()
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            # spawn, not fork: the parent may already hold TensorFlow's threads.
+            context = multiprocessing.get_context("spawn")
+            done = stack.enter_context(context.Manager()).Queue()
+            pool = stack.enter_context(concurrent.futures.ProcessPoolExecutor(workers, mp_context=context))
+        else:  # one writer: a thread here, not a new process that first imports TensorFlow again (6 s)
+            done = queue.Queue()
+            pool = stack.enter_context(concurrent.futures.ThreadPoolExecutor(1))
         line = _ProgressLine(sum(len(job[1]) for job in jobs.values()))
         pending = {pool.submit(write_shard, *job, done) for job in jobs.values()}
         while pending:
