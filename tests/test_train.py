@@ -108,10 +108,10 @@ def _by_slurm_environment(i):
 def test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh(repo_root, tmp_path):
     workdir = tmp_path / "two_hosts"
     # Held-out evaluation only at the end (the last step evaluates whatever eval_every says).
-    common = ["--config.warmup_steps=2", "--config.checkpoint_every=10", "--config.log_every=1",
+    common = ["--config.warmup_steps=2", "--config.checkpoint_every=5", "--config.log_every=1",
               "--config.eval_every=1000", "--config.data.eval_source=synthetic:40:1", "--config.eval_batch_size=16"]
     # launch/local.sh: two processes of 4 fake devices, mesh (8, 1, 1). SIGTERM reaches one of
-    # them after the step-10 checkpoint, as a preemption notice would: JAX tells the other, both
+    # them after the step-5 checkpoint, as a preemption notice would: JAX tells the other, both
     # save the same step and exit cleanly.
     launcher = subprocess.Popen(
         ["bash", "launch/local.sh", "2", "--port", "12461", "--", "--config", "configs/audiomaepp.py:micro",
@@ -120,7 +120,7 @@ def test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mes
         text=True,
     )
     deadline = time.time() + 400
-    while not (workdir / "checkpoints" / "10").exists():
+    while not (workdir / "checkpoints" / "5").exists():
         assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:]
         time.sleep(0.05)
     children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
@@ -129,20 +129,20 @@ def test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mes
     out, err = launcher.communicate(timeout=120)
     assert launcher.returncode == 0, err[-3000:]
     stopped = int(out.split("stop requested: saved step ")[1].split(",")[0])
-    assert stopped > 10 and stopped < 1000
+    assert stopped > 5 and stopped < 1000
     data = json.loads((workdir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
     assert data["positions"] == [16 * stopped, 16 * stopped]  # both at that step: 16 clips each, none bad
     # The (8, 1, 1) checkpoint continues on a (2, 4, 1) mesh (data parallel x FSDP), this time
     # with the processes joining through the Slurm environment instead of flags.
-    out = _two_processes(repo_root, workdir, _by_slurm_environment, f"--config.total_steps={stopped + 10}",
+    out = _two_processes(repo_root, workdir, _by_slurm_environment, f"--config.total_steps={stopped + 5}",
                          "--config.mesh.data=2", "--config.mesh.fsdp=4", *common)
-    assert f"resumed from step {stopped} " in out and f"stopped at step {stopped + 10}" in out
+    assert f"resumed from step {stopped} " in out and f"stopped at step {stopped + 5}" in out
     losses = logged_scalars(workdir)
-    assert sorted(losses) == list(range(1, stopped + 11)) and all(np.isfinite(list(losses.values())))
+    assert sorted(losses) == list(range(1, stopped + 6)) and all(np.isfinite(list(losses.values())))
     # 40 held-out clips, 20 per process in 2 batches of 8 plus one padded batch each; no evaluation
     # at the SIGTERM step, one at the end.
-    assert sorted(logged_scalars(workdir, "eval_loss")) == [stopped + 10]
-    assert [p.name for p in (workdir / "pictures").iterdir()] == [f"step_{stopped + 10:07d}.png"]
+    assert sorted(logged_scalars(workdir, "eval_loss")) == [stopped + 5]
+    assert [p.name for p in (workdir / "pictures").iterdir()] == [f"step_{stopped + 5:07d}.png"]
 
 
 def test_repeated_non_finite_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_path):
