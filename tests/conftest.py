@@ -11,6 +11,9 @@ if "MAEPP_TEST_JAX_CACHE" not in os.environ:
     os.environ["MAEPP_TEST_JAX_CACHE"] = tempfile.mkdtemp(prefix="maepp-test-jax-cache-")
     atexit.register(shutil.rmtree, os.environ["MAEPP_TEST_JAX_CACHE"], ignore_errors=True)
 os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["MAEPP_TEST_JAX_CACHE"]
+# Every program, not only those that took over a second to compile (jax's default): a maepp.train
+# start compiles about 20 small ones, 2 s of CPU that the cache saves each later process.
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 # Tests compute on the CPU (8 fake devices), also on a machine that has an accelerator.
 os.environ["JAX_PLATFORMS"] = "cpu"
 
