@@ -157,15 +157,19 @@ def _as_written(fn):
     return tf.autograph.experimental.do_not_convert(fn)
 
 
+def host_cores() -> int:
+    """The cores this process may run on: each of the pipelines' maps runs this many calls at once."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def _tuned_without_a_model_thread(dataset):
-    """The dataset with tf.data's autotuning off and each AUTOTUNE map as parallel as the cores
-    this process may use, which is where autotuning takes these CPU-bound maps. Autotuning's model
-    thread sleeps through its optimisation period (doubling up to 60 s), and destroying the
-    iterator waited for it: 13 to 19 s at the end of runs and evaluations here (TF 2.21)."""
+    """The dataset with tf.data's autotuning off and each AUTOTUNE map host_cores() wide, which is
+    where autotuning takes these CPU-bound maps. Autotuning's model thread sleeps through its
+    optimisation period (doubling up to 60 s), and destroying the iterator waited for it: 13 to
+    19 s at the end of runs here (TF 2.21)."""
     options = tf.data.Options()
     options.autotune.enabled = False
-    cores = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count())
-    options.autotune.initial_parallelism = len(cores)
+    options.autotune.initial_parallelism = host_cores()
     return dataset.with_options(options)
 
 

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 
 from maepp.audio import filterbanks, reference
 from maepp.audio.constants import SAMPLE_RATE
-from maepp.data.pipeline import FRONTENDS, centre_offset, eval_dataset, train_dataset
+from maepp.data.pipeline import FRONTENDS, centre_offset, eval_dataset, host_cores, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.tools.bench.report import report
 
@@ -100,7 +100,7 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
     if not hasattr(source, "encoded"):
         raise app.UsageError(f"bench data needs a records: or folder: source, not {source_spec!r}")
     audio_bytes = _audio_bytes(source)
-    cores = len(os.sched_getaffinity(0))
+    cores = host_cores()
     pipeline = pipeline_rate(source, n_crops, batch_size, frontend)
     baseline = librosa_rate(audio_bytes, len(source), n_crops)
     result = dict(
