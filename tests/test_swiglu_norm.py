@@ -48,9 +48,9 @@ def test_kernels_match_xla_values_and_gradients(dtype, tolerance, tiling):
 
 def test_tiling_fits_the_base_model_and_refuses_what_triton_cannot_tile():
     # Base at batch 512: decoder 512 x 251 rows of 1024, encoder 512 x 51 rows of 2048.
-    assert swiglu_norm.tiling(512 * 251, 1024) == swiglu_norm.Tiling(tile_rows=2, program_rows=128)
-    assert swiglu_norm.tiling(512 * 51, 2048) == swiglu_norm.Tiling(tile_rows=1, program_rows=32)
-    assert swiglu_norm.tiling(51, 1024) == swiglu_norm.Tiling(tile_rows=1, program_rows=1)  # odd rows: one per tile
+    assert swiglu_norm.tiling(512 * 251, 1024) == swiglu_norm.Tiling(tile_rows=8, program_rows=128, num_stages=3)
+    assert swiglu_norm.tiling(512 * 51, 2048) == swiglu_norm.Tiling(tile_rows=4, program_rows=32, num_stages=3)
+    assert swiglu_norm.tiling(51, 1024).tile_rows == 1  # odd rows: one per tile
     assert swiglu_norm.tiling(512 * 51, 1365) is None  # large's decoder: not a power of two
     assert not swiglu_norm.applies((4, 51, 2730))
     with pytest.raises(ValueError, match="does not divide 192 rows"):

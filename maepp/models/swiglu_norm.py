@@ -37,15 +37,15 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def tiling(rows: int, hidden: int, tile_elements: int = 2048, programs: int = 512, num_warps: int = 8,
-           num_stages: int = 1) -> Tiling | None:
+def tiling(rows: int, hidden: int, tile_elements: int = 8192, programs: int = 512, num_warps: int = 8,
+           num_stages: int = 3) -> Tiling | None:
     """A Tiling for g, v [rows, hidden], or None where the kernels do not apply.
 
     Triton's blocks have power-of-two sides, so the hidden width must be one (base: 2048 in the
     encoder, 1024 in the decoder), and the tile is halved until it divides the rows. Tiles hold about
     tile_elements values; the backward pass gets at least `programs` programs where the rows
-    allow. The defaults are the tiling measured on an H200 (docs/performance.md);
-    `python -m maepp.tools.bench swiglu_norm` times others.
+    allow. The defaults are the fastest of the sweep on an H200, kernels alone (docs/performance.md,
+    run 4); `python -m maepp.tools.bench swiglu_norm` times others.
     """
     if not _is_power_of_two(hidden) or hidden > tile_elements:
         return None
