@@ -8,6 +8,7 @@
 # If one process fails, the others are stopped at once (rather than waiting for it inside a
 # collective until JAX's heartbeat times out) and the launcher exits with that failure.
 # Running the same command again resumes from the workdir's newest checkpoint.
+# XLA_FLAGS set by the caller are kept; the fake device count is added to them.
 set -euo pipefail
 
 usage() {
@@ -34,7 +35,7 @@ python=${PYTHON:-python3}
 
 pids=()
 for ((i = 0; i < processes; i++)); do
-  command=(env "XLA_FLAGS=--xla_force_host_platform_device_count=${devices}" "$python" -m maepp.train
+  command=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${devices}" "$python" -m maepp.train
     --coordinator "127.0.0.1:${port}" --num_processes "$processes" --process_id "$i" "$@")
   if ((dry_run)); then
     printf '%q ' "${command[@]}"

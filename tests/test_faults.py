@@ -329,7 +329,7 @@ def test_bad_configs_are_one_line_before_compilation(tmp_path, field, value, mes
 def test_bad_config_fails_fast(repo_root, tmp_path):
     """On 4 fake devices a batch of 6 cannot be split: one line, and the process exits (it used to
     hang in the tf.data iterator's destructor)."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4")
     result = subprocess.run(train_command(tmp_path / "w", "--config.batch_size=6"), cwd=repo_root, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1

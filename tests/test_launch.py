@@ -1,5 +1,6 @@
 """The launchers, in --dry-run mode: the commands they would run on a pod slice or a cluster;
 and shellcheck on all of them. (launch/local.sh really runs in tests/test_train.py.)"""
+import os
 import pathlib
 import shlex
 import subprocess
@@ -27,7 +28,7 @@ def test_local_launcher_starts_one_process_per_index(repo_root):
                         "--config", "configs/audiomaepp.py:micro", "--workdir", "runs/a b")
     assert len(commands) == 3
     for i, command in enumerate(commands):
-        assert command[:2] == ["env", "XLA_FLAGS=--xla_force_host_platform_device_count=2"]
+        assert command[:2] == ["env", f"XLA_FLAGS={os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2"]
         assert command[3:] == ["-m", "maepp.train", "--coordinator", "127.0.0.1:15000", "--num_processes", "3",
                                "--process_id", str(i), "--config", "configs/audiomaepp.py:micro", "--workdir", "runs/a b"]
 

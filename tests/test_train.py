@@ -86,7 +86,8 @@ def _two_processes(repo_root, workdir, launch, *overrides):
     processes = []
     for i in range(2):
         flags, environment = launch(i)
-        env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", **environment)
+        env = dict(os.environ, XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4",
+                   **environment)
         processes.append(subprocess.Popen(
             train_command(workdir, *flags, *overrides),
             cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
