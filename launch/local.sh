@@ -33,9 +33,10 @@ while [[ $# -gt 0 ]]; do
 done
 python=${PYTHON:-python3}
 
+xla_flags="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${devices}"
 pids=()
 for ((i = 0; i < processes; i++)); do
-  command=(env "XLA_FLAGS=${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${devices}" "$python" -m maepp.train
+  command=(env "XLA_FLAGS=${xla_flags}" "$python" -m maepp.train
     --coordinator "127.0.0.1:${port}" --num_processes "$processes" --process_id "$i" "$@")
   if ((dry_run)); then
     printf '%q ' "${command[@]}"
