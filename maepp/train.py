@@ -18,7 +18,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from maepp import checkpoints, config_files, distributed
+from maepp import checkpoints, config_files, distributed, run_plan
 from maepp.workdir_lock import WorkdirInUse
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
@@ -53,15 +53,19 @@ def main(argv):
     del argv
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required")
-    # Imported once the flags have parsed: the loop brings in TensorFlow (tf.data, TensorBoard),
-    # seconds of start-up that --help and a misspelt flag need not wait for.
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value)
+    try:
+        plan = run_plan.checked_plan(_CONFIG.value)
+    except (ValueError, FileNotFoundError) as error:
+        _exit_now(f"maepp.train: {error}")
+    # Imported once the config has passed its checks: the loop brings in TensorFlow (tf.data,
+    # TensorBoard), seconds of start-up that --help and a bad config need not wait for.
     from maepp.train_loop import say, train
 
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value)
     # Orbax and JAX log every save at INFO; the run's own news is printed.
     logging.set_verbosity(logging.WARNING)
     try:
-        final = train(_CONFIG.value, _WORKDIR.value)
+        final = train(_CONFIG.value, _WORKDIR.value, plan)
     except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse) as error:
         _exit_now(f"maepp.train: {error}")
     except Exception:  # noqa: BLE001 - a fault or a bug: its traceback, what survived, the same prompt exit

@@ -13,15 +13,14 @@ from jax.experimental import multihost_utils
 
 from maepp import checkpoints, optim, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
-from maepp.config_checks import check_train_config
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
-from maepp.data.sources import source_from_string
 from maepp.evaluators.held_out import HeldOutEvaluation
 from maepp.evaluators.pictures import reconstruction_grid, write_png
-from maepp.models import MaskedAutoencoder, ModelSpec
+from maepp.models import MaskedAutoencoder
 from maepp.models.counts import train_flops_per_example
 from maepp.prefetch import Prefetcher
 from maepp.progress import Throughput
+from maepp.run_plan import RunPlan, checked_plan
 from maepp.train_step import make_train_step
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock
 
@@ -48,25 +47,16 @@ def say(message: str):
         print(message, flush=True)
 
 
-def train(config, workdir) -> dict:
+def train(config, workdir, plan: RunPlan | None = None) -> dict:
     """Trains to config.total_steps (or until stopped); returns the last log step's figures and
     the run's throughput after its first step (compilation).
 
-    Everything a user can get wrong in the config is checked first, before the workdir is taken
-    (one run per workdir, maepp/workdir_lock.py) and anything is compiled.
+    Everything a user can get wrong in the config is checked first (maepp.run_plan; `plan`, where
+    the caller has made it already), before the workdir is taken (one run per workdir,
+    maepp/workdir_lock.py) and anything is compiled.
     """
     workdir = checkpoints.workdir_path(workdir)
-    # Mesh and config.
-    mesh = sharding.make_mesh(config.mesh)
-    check_train_config(config, mesh.size, jax.process_count(), mesh.shape["data"] * mesh.shape["fsdp"])
-    spec = ModelSpec.from_config(config.model)
-    sources = {}
-    for field in ("source", "eval_source"):
-        if field == "source" or config.data.eval_source:
-            try:
-                sources[field] = source_from_string(config.data[field], config.data.data_dir or None)
-            except (ValueError, FileNotFoundError) as error:
-                raise ValueError(f"config.data.{field}={config.data[field]!r}: {error}") from None
+    mesh, spec, sources = plan or checked_plan(config)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
     refusal = ""
     if lock is not None:

@@ -328,14 +328,17 @@ def test_bad_configs_are_one_line_before_compilation(tmp_path, field, value, mes
 
 def test_bad_config_fails_fast(repo_root, tmp_path):
     """On 4 fake devices a batch of 6 cannot be split: one line, and the process exits (it used to
-    hang in the tf.data iterator's destructor)."""
+    hang in the tf.data iterator's destructor), before it has loaded TensorFlow."""
     env = dict(os.environ, XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4")
-    result = subprocess.run(train_command(tmp_path / "w", "--config.batch_size=6"), cwd=repo_root, env=env,
-                            capture_output=True, text=True, timeout=120)
+    python, *rest = train_command(tmp_path / "w", "--config.batch_size=6")
+    result = subprocess.run([python, "-X", "importtime", *rest], cwd=repo_root, env=env, capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        "maepp.train: config.batch_size=6: must be a multiple of 4: the mesh splits a batch 4 ways over 4 devices "
-        "in 1 process(es)")
+    *imports, last = result.stderr.strip().splitlines()
+    assert last == ("maepp.train: config.batch_size=6: must be a multiple of 4: the mesh splits a batch 4 ways over "
+                    "4 devices in 1 process(es)")
+    assert "maepp.sharding" in "".join(imports)  # Python's import log, one line per module
+    assert not [line for line in imports if line.split("|")[-1].strip() == "tensorflow"]
 
 
 def test_a_misspelt_config_field_is_one_line(repo_root, tmp_path):
