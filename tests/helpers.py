@@ -49,6 +49,13 @@ def train_command(workdir, *overrides):
     return [sys.executable, "-m", "maepp.train", "--config", MICRO, "--workdir", str(workdir), *overrides]
 
 
+def fake_devices_environment(count: int, **more) -> dict:
+    """This process's environment for a JAX process of `count` fake CPU devices: the count is added
+    to the XLA flags the tests run with (conftest), as launch/local.sh adds it."""
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={count}".strip()
+    return dict(os.environ, XLA_FLAGS=flags, **more)
+
+
 def train(repo_root, workdir, *overrides):
     result = subprocess.run(train_command(workdir, *overrides), cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]

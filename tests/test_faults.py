@@ -23,7 +23,15 @@ from maepp import checkpoints, sharding
 from maepp.configs import audiomaepp
 from maepp.train_loop import train
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock
-from tests.helpers import TRAINED_RUN, assert_trees_equal, logged_scalars, restore_targets, saved_params, train_command
+from tests.helpers import (
+    TRAINED_RUN,
+    assert_trees_equal,
+    fake_devices_environment,
+    logged_scalars,
+    restore_targets,
+    saved_params,
+    train_command,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +337,7 @@ def test_bad_configs_are_one_line_before_compilation(tmp_path, field, value, mes
 def test_bad_config_fails_fast(repo_root, tmp_path):
     """On 4 fake devices a batch of 6 cannot be split: one line, and the process exits (it used to
     hang in the tf.data iterator's destructor), before it has loaded TensorFlow."""
-    env = dict(os.environ, XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4")
+    env = fake_devices_environment(4)
     python, *rest = train_command(tmp_path / "w", "--config.batch_size=6")
     result = subprocess.run([python, "-X", "importtime", *rest], cwd=repo_root, env=env, capture_output=True,
                             text=True, timeout=120)

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
 from tests.helpers import TRAINED_RUN as RUN
-from tests.helpers import leaves, logged_scalars, saved_params, train_command
+from tests.helpers import fake_devices_environment, leaves, logged_scalars, saved_params, train_command
 
 
 def _image_steps(workdir, tag="reconstruction") -> list:
@@ -86,8 +86,7 @@ def _two_processes(repo_root, workdir, launch, *overrides):
     processes = []
     for i in range(2):
         flags, environment = launch(i)
-        env = dict(os.environ, XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=4",
-                   **environment)
+        env = fake_devices_environment(4, **environment)
         processes.append(subprocess.Popen(
             train_command(workdir, *flags, *overrides),
             cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
