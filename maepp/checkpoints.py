@@ -1,7 +1,13 @@
-"""Orbax checkpoints of the train state plus every process's data position.
+"""Orbax checkpoints of the train state plus the data position.
 
     WORKDIR/checkpoints/<step>/state   the sharded TrainState (each process writes its shards)
-    WORKDIR/checkpoints/<step>/data    {"positions": [next clip of process 0, 1, ...]}
+    WORKDIR/checkpoints/<step>/data    {"position": global position of the next batch,
+                                        "processes": how many processes saved it}
+
+The position is one number for the whole job (maepp/data/order.py), so a step resumes on any
+number of processes, its state resharded onto the new mesh. Checkpoints from before the global
+order hold {"positions": [each process's next clip in its own share]} and still resume
+(resume_position).
 
 Orbax writes a step under a temporary name and renames it when complete, so the newest step on
 disk was whole when written. Disks and people still damage them: restoring walks back from the
@@ -50,16 +56,14 @@ def manager(workdir, *, keep: int, keep_period: int = None) -> ocp.CheckpointMan
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, position: int):
-    """Starts an asynchronous save of the state and every process's next data position; raises
-    CheckpointSaveError if this or an earlier asynchronous save failed."""
+    """Starts an asynchronous save of the state and the global position of the next batch;
+    raises CheckpointSaveError if this or an earlier asynchronous save failed."""
     check_saves(checkpoints)
-    positions = multihost_utils.process_allgather(np.asarray([position], np.int64)).reshape(-1)
+    data = {"position": int(position), "processes": jax.process_count()}
     try:
         checkpoints.save(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), data=ocp.args.JsonSave({"positions": positions.tolist()})
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
             force=True,
         )
     except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
@@ -112,7 +116,7 @@ def newest_complete(workdir) -> str:
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_layout: Callable):
-    """-> (step, state, this process's data position), or None without a checkpoint that restores.
+    """-> (step, state, its data item: see resume_position), or None without a checkpoint that restores.
 
     `state` gives shapes and dtypes, `shardings` the target layout: a checkpoint saved on one
     mesh restores onto another. other_layout() gives the state's ShapeDtypeStructs (with
@@ -130,26 +134,44 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_l
                 state=ocp.args.StandardRestore(target if saved_stacked == stacked else other_layout()),
                 data=ocp.args.JsonRestore(),
             ))
-            positions = restored["data"]["positions"]
+            data = restored["data"]
             reason = ""
         except Exception as error:  # noqa: BLE001 - a damaged step fails in TensorStore, JSON or Orbax
             reason = _one_line(error)
         # Every process must agree: each reads its own shards, and one bad file fails one process.
         failed = multihost_utils.process_allgather(np.asarray([bool(reason)])).reshape(-1)
         if not failed.any():
-            if len(positions) != jax.process_count():
-                raise ValueError(
-                    f"checkpoint {step} was saved by {len(positions)} processes, this job has {jax.process_count()}: "
-                    "the data positions cannot be mapped; resume with the same process count"
-                )
             restored_state = restored["state"]
             if saved_stacked != stacked:
                 restored_state = jax.jit(functools.partial(layer_stack.to_layout, stacked=stacked),
                                          out_shardings=shardings)(restored_state)
                 _say_converted(step, saved_stacked)
-            return step, restored_state, int(positions[jax.process_index()])
+            return step, restored_state, data
         _set_aside(checkpoints, step, reason or f"it does not restore on process {int(np.argmax(failed))}")
     return None
+
+
+def resume_position(data: dict, step: int) -> tuple:
+    """A step's data item -> (global position of the next batch, a line on how it maps, or "").
+
+    Saved before the global order, a step holds each process's next clip in its own share (every
+    P-th clip of each epoch's permutation, from p). Its global batches held, between them, the
+    clips of positions j B ... (j + 1) B - 1 of that permutation, as the global order's do; so the
+    run goes on from the slowest process's clip count times P (exact for one process, and for
+    several when they stood at one count and the clip count divides by P; otherwise within a
+    batch of it).
+    """
+    processes = jax.process_count()
+    if "position" in data:
+        saved_by = int(data.get("processes", processes))
+        moved = f"resumed step {step} saved by {saved_by} processes on {processes} processes" if saved_by != processes else ""
+        return int(data["position"]), moved
+    positions = [int(p) for p in data["positions"]]
+    position = min(positions) * len(positions)
+    if len(positions) == 1:
+        return position, ""
+    return position, (f"checkpoint step {step} holds the positions of {len(positions)} processes' own shares "
+                      f"({positions}), from before the global clip order: continuing from global position {position}")
 
 
 def _saved_stacked(state_directory) -> bool:

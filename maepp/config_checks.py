@@ -1,7 +1,5 @@
 """A training config checked before anything is built or compiled: every mistake found here is
 one line naming the field, its value and what it must be."""
-import math
-
 from maepp.audio import filterbanks
 
 
@@ -9,7 +7,7 @@ def _fail(field: str, value, must: str):
     raise ValueError(f"config.{field}={value!r}: {must}")
 
 
-def check_train_config(config, n_devices: int, n_processes: int, batch_devices: int):
+def check_train_config(config, n_devices: int, batch_devices: int):
     """batch_devices: how many ways the mesh splits a batch (data x fsdp)."""
     for field, meaning in (("total_steps", "steps to train"), ("log_every", "steps between log lines"),
                            ("checkpoint_every", "steps between checkpoints"), ("eval_every", "steps between evaluations"),
@@ -26,10 +24,9 @@ def check_train_config(config, n_devices: int, n_processes: int, batch_devices: 
             continue
         if not isinstance(value, int) or value < 1:
             _fail(field, value, "must be a whole number of clips, at least 1 (global, over all devices)")
-        if value % n_processes or value % batch_devices:
-            multiple = math.lcm(n_processes, batch_devices)
-            _fail(field, value, f"must be a multiple of {multiple}: the mesh splits a batch {batch_devices} ways "
-                                f"over {n_devices} devices in {n_processes} process(es)")
+        if value % batch_devices:
+            _fail(field, value, f"must be a multiple of {batch_devices}: the mesh splits a batch {batch_devices} ways "
+                                f"over {n_devices} devices")
     opt = config.optimizer
     if not (isinstance(opt.base_learning_rate, (int, float)) and opt.base_learning_rate > 0):
         _fail("optimizer.base_learning_rate", opt.base_learning_rate, "must be a positive number")

@@ -7,6 +7,8 @@ process count and id from it. A single process needs nothing.
 import os
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 
 def cluster_processes() -> int:
@@ -30,3 +32,12 @@ def initialize(coordinator: str = None, num_processes: int = None, process_id: i
         jax.distributed.initialize(coordinator, num_processes, process_id)
     elif force or cluster_processes() > 1:
         jax.distributed.initialize()
+
+
+def every_process(values) -> np.ndarray:
+    """This process's numbers [k] -> every process's [processes, k] float32, in process order: a
+    collective, so every process calls it at the same point of the run."""
+    values = np.asarray(values, np.float32)  # what the devices gather without x64
+    if jax.process_count() == 1:
+        return values[None]
+    return np.asarray(multihost_utils.process_allgather(values)).reshape(jax.process_count(), -1)

@@ -24,17 +24,39 @@ CHIPS = {
     "h200": Chip(("H200",), 989e12, 141),
 }
 
-# Systems docs/scaling.md plans for: name -> compile_check topology (chip:shape, or chip:GPUs).
-SYSTEMS = {"v4-8": "v4:2x2x1", "v4-32": "v4:2x2x4", "v5e-64": "v5e:8x8", "v5p-128": "v5p:4x4x4", "8xH100": "h100:8"}
-
-
 def topology_devices(topology: str) -> int:
-    """Devices JAX sees on a topology: one per chip ("v5e:8x8" -> 64, megacore included), or the GPUs."""
+    """Devices JAX sees on a topology: one per chip ("v5e:8x8" -> 64, megacore included), or the
+    GPUs ("h100:8", "h100:4x8" -> 32)."""
     return math.prod(int(n) for n in topology.partition(":")[2].split("x"))
 
 
-def system_chip(name: str) -> Chip:
-    return CHIPS[SYSTEMS[name].partition(":")[0]]
+@dataclasses.dataclass(frozen=True)
+class System:
+    topology: str  # compile_check's --topology: one TPU slice ("v5e:16x16"), or GPU nodes ("h100:4x8")
+    slices: int = 1  # TPU slices joined by the data-centre network (compile_check's --num_slices)
+
+    @property
+    def chip(self) -> Chip:
+        return CHIPS[self.topology.partition(":")[0]]
+
+    @property
+    def devices(self) -> int:
+        return topology_devices(self.topology) * self.slices
+
+    @property
+    def granules(self) -> int:
+        """The parts a hybrid mesh's dcn_* axes span: TPU slices, or GPU nodes (h100:NODESxN)."""
+        shape = self.topology.partition(":")[2].split("x")
+        return self.slices if self.chip is not CHIPS["h100"] or len(shape) == 1 else int(shape[0])
+
+
+# Systems docs/scaling.md plans for, by name.
+SYSTEMS = {
+    "v4-8": System("v4:2x2x1"), "v4-32": System("v4:2x2x4"), "v5e-64": System("v5e:8x8"),
+    "v5p-128": System("v5p:4x4x4"), "8xH100": System("h100:8"),
+    "2xv5e-256": System("v5e:16x16", slices=2), "4xv5p-128": System("v5p:4x4x4", slices=4),
+    "4x8xH100": System("h100:4x8"),
+}
 
 
 def peak_flops(device_kind: str):

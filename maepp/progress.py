@@ -4,7 +4,8 @@ Every step adds its metrics to a window of sums that stays on the devices (`accu
 dispatched behind the step). A log step reads the window once: means over the window, not the
 last step's values, and the run of non-finite steps in a row, which the loop checks there.
 Throughput (clips/s, achieved TFLOP/s and MFU against the chip's peak, the share of wall time
-spent waiting for input, ETA) comes from the host's clock between two reads.
+spent waiting for input, ETA) comes from the host's clock between two reads. The input wait is
+the slowest host's: every process's wait is gathered at a log step, and a straggler is named.
 """
 import time
 
@@ -47,33 +48,37 @@ def window_means(window: dict) -> dict:
 
 
 class Throughput:
-    """Rates between consecutive log steps, from the host clock and the input wait."""
+    """Rates between consecutive log steps, from the host clock and every process's input wait."""
 
     def __init__(self, flops_per_step: float, batch_size: int, total_steps: int, devices):
         self.flops_per_step, self.batch_size, self.total_steps = flops_per_step, batch_size, total_steps
         self.n_devices = len(devices)
         self.peak = hardware.peak_flops(devices[0].device_kind)
-        self._last = None  # (step, time, input wait so far)
-        self.timed = dict(steps=0, seconds=0.0, wait_s=0.0)  # over every reported window
+        self._last = None  # (step, time, each process's input wait so far)
+        self.timed = dict(steps=0, seconds=0.0, wait_s=0.0)  # over every reported window (slowest host)
 
-    def start(self, step: int, wait_s: float):
-        """Marks the clock at `step` (done); the next report covers the steps after it."""
-        self._last = (step, time.perf_counter(), wait_s)
+    def start(self, step: int, waits_s):
+        """Marks the clock at `step` (done); the next report covers the steps after it.
+        waits_s: each process's input wait so far [processes]."""
+        self._last = (step, time.perf_counter(), np.asarray(waits_s, np.float64))
 
-    def report(self, step: int, wait_s: float) -> dict:
+    def report(self, step: int, waits_s) -> dict:
         """Rates over the steps since the last mark, which this call moves to `step`."""
-        last_step, last_time, last_wait = self._last
+        last_step, last_time, last_waits = self._last
         now = time.perf_counter()
-        self._last = (step, now, wait_s)
+        waits_s = np.asarray(waits_s, np.float64)
+        self._last = (step, now, waits_s)
         seconds, steps = now - last_time, step - last_step
         if steps <= 0 or seconds <= 0:
             return {}
-        for key, value in (("steps", steps), ("seconds", seconds), ("wait_s", wait_s - last_wait)):
+        waited = waits_s - last_waits
+        slowest = int(np.argmax(waited))
+        for key, value in (("steps", steps), ("seconds", seconds), ("wait_s", waited[slowest])):
             self.timed[key] += value
         per_device = self.flops_per_step * steps / seconds / self.n_devices
         rates = dict(steps_per_s=steps / seconds, clips_per_s=self.batch_size * steps / seconds,
-                     tflops_per_device=per_device / 1e12, input_wait=(wait_s - last_wait) / seconds,
-                     eta_s=(self.total_steps - step) * seconds / steps)
+                     tflops_per_device=per_device / 1e12, input_wait=waited[slowest] / seconds,
+                     input_wait_host=slowest, eta_s=(self.total_steps - step) * seconds / steps)
         if self.peak:
             rates["mfu"] = per_device / self.peak
         return rates
@@ -86,16 +91,25 @@ class Throughput:
         return dict(run_steps_per_s=self.timed["steps"] / seconds, run_input_wait=self.timed["wait_s"] / seconds)
 
 
-def console_line(step: int, total_steps: int, means: dict, rates: dict) -> str:
-    """step 120/300 | loss 0.4312 | 95.2 clips/s | 0.05 TFLOP/s per device, MFU n/a | input wait 2% | ETA 3m05s"""
+def console_line(step: int, total_steps: int, means: dict, rates: dict, skipped_clips: int = 0,
+                 processes: int = 1) -> str:
+    """step 120/300 | loss 0.4312 | 95.2 clips/s | 0.05 TFLOP/s per device, MFU n/a | input wait 2% | ETA 3m05s
+
+    With several processes the wait is the slowest one's, named: `input wait 9% (slowest: process 3)`;
+    skipped_clips is the run's count over all processes."""
     parts = [f"step {step}/{total_steps}", f"loss {means['loss']:.4f}"]
     if means["skipped"]:
         parts.append(f"{means['skipped']} non-finite steps skipped")
+    if skipped_clips:
+        parts.append(f"{skipped_clips} clips skipped")
     if rates:
         mfu = f"MFU {rates['mfu']:.1%}" if "mfu" in rates else "MFU n/a"
         minutes, seconds = divmod(int(round(rates["eta_s"])), 60)
         hours, minutes = divmod(minutes, 60)
         eta = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+        wait = f"input wait {rates['input_wait']:.0%}"
+        if processes > 1:
+            wait += f" (slowest: process {rates['input_wait_host']})"
         parts += [f"{rates['clips_per_s']:.1f} clips/s", f"{rates['tflops_per_device']:.2f} TFLOP/s per device, {mfu}",
-                  f"input wait {rates['input_wait']:.0%}", f"ETA {eta}"]
+                  wait, f"ETA {eta}"]
     return " | ".join(parts)

@@ -5,6 +5,13 @@ The mesh has three axes, sized by config.mesh (-1 takes the devices left over):
     fsdp   batch split too, and parameters split along their width (ZeRO-3 style)
     model  tensor parallel: attention heads and FFN hidden units split
 Parameters carry logical axis names (maepp/models/layers.py); LOGICAL_RULES maps them here.
+
+A job of several granules, joined by a slower network than the one inside each (TPU slices over
+the data-centre network; GPU nodes, or CPU processes, when a dcn_* field asks for them), has a
+hybrid mesh, as MaxText's dcn_* settings make it: config.mesh.{data,fsdp,model} shape the mesh
+inside one granule, config.mesh.dcn_{data,fsdp,model} how many granules each axis spans (data
+parallel across them by default), and each axis is their product. The logical rules and the
+batch sharding do not change.
 """
 import dataclasses
 import functools
@@ -12,13 +19,16 @@ import math
 
 import flax.linen as nn
 import jax
+import numpy as np
 import optax
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from maepp.models import MaskedAutoencoder, init_params
 from maepp.train_step import TrainState, create_state
 
 MESH_AXES = ("data", "fsdp", "model")
+DCN_FIELDS = tuple(f"dcn_{axis}" for axis in MESH_AXES)
 
 LOGICAL_RULES = (
     ("batch", ("data", "fsdp")),
@@ -34,28 +44,72 @@ LOGICAL_RULES = (
 )
 
 
+def _resolve(shape: list, total: int, what: str, named: dict) -> tuple:
+    """Sizes with at most one -1, which takes what the others leave of `total`."""
+    if shape.count(-1) > 1:
+        raise ValueError(f"config.mesh {named}: at most one {what} axis may be -1")
+    if any(size < 1 and size != -1 for size in shape):
+        raise ValueError(f"config.mesh {named}: sizes are whole numbers of at least 1, or -1")
+    known = math.prod(size for size in shape if size != -1)
+    if -1 in shape:
+        if total % known:
+            raise ValueError(f"config.mesh {named} does not divide {total} {what}")
+        shape[shape.index(-1)] = total // known
+    if math.prod(shape) != total:
+        raise ValueError(f"config.mesh {named} needs {math.prod(shape)} {what}, but there are {total}")
+    return tuple(shape)
+
+
 def mesh_shape(mesh_config, n_devices: int) -> tuple:
     """(data, fsdp, model) from the config; one -1 takes the devices the others leave."""
     shape = [int(mesh_config[axis]) for axis in MESH_AXES]
-    if shape.count(-1) > 1:
-        raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
-    known = math.prod(size for size in shape if size != -1)
-    if -1 in shape:
-        if n_devices % known:
-            raise ValueError(f"config.mesh {dict(zip(MESH_AXES, shape))} does not divide {n_devices} devices")
-        shape[shape.index(-1)] = n_devices // known
-    if math.prod(shape) != n_devices:
-        raise ValueError(
-            f"config.mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, but there are {n_devices}"
-        )
-    return tuple(shape)
+    return _resolve(shape, n_devices, "devices", dict(zip(MESH_AXES, shape)))
+
+
+def _dcn_sizes(mesh_config) -> list:
+    """config.mesh.dcn_{data,fsdp,model}; configs saved before them have none (one granule)."""
+    return [int(mesh_config.get(field, -1 if field == "dcn_data" else 1)) for field in DCN_FIELDS]
+
+
+def _granules(devices, mesh_config) -> tuple:
+    """-> (the device attribute that tells granules apart, or None for a single one; their number).
+    TPU slices always; processes on other platforms when a dcn_* field asks for more than one."""
+    if devices[0].platform == "tpu":
+        attribute = "slice_index"
+    elif any(size > 1 for size in _dcn_sizes(mesh_config)):
+        attribute = "process_index"
+    else:
+        return None, 1
+    count = len({getattr(device, attribute, 0) for device in devices})  # a single slice may not say
+    return (attribute, count) if count > 1 else (None, 1)
+
+
+def hybrid_shapes(mesh_config, devices) -> tuple:
+    """-> (mesh inside a granule, mesh of granules, the granule attribute or None): the config's
+    two parts, checked against the devices."""
+    attribute, count = _granules(devices, mesh_config)
+    dcn_sizes = _dcn_sizes(mesh_config)
+    named = dict(zip(DCN_FIELDS, dcn_sizes))
+    if count == 1:
+        if any(size > 1 for size in dcn_sizes):
+            raise ValueError(f"config.mesh {named}: this job's {len(devices)} devices form one granule (one slice "
+                             "or one process); a dcn_* axis needs a multi-slice TPU job or several processes")
+        return mesh_shape(mesh_config, len(devices)), (1, 1, 1), None
+    dcn = _resolve(dcn_sizes, count, "slices" if attribute == "slice_index" else "processes", named)
+    return mesh_shape(mesh_config, len(devices) // count), dcn, attribute
 
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
     devices = devices if devices is not None else jax.devices()
-    shape = mesh_shape(mesh_config, len(devices))
+    ici, dcn, attribute = hybrid_shapes(mesh_config, devices)
     # Auto axes: flax's logical partitioning places shardings through jit, not explicit types.
-    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    axis_types = (AxisType.Auto,) * len(MESH_AXES)
+    if attribute is None:
+        return jax.make_mesh(ici, MESH_AXES, axis_types=axis_types, devices=devices)
+    # Split physical axes where the mesh asks (FSDP 2 inside a 16x16 slice), as jax.make_mesh does.
+    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=attribute == "process_index",
+                                                allow_split_physical_axes=True)
+    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -110,9 +164,19 @@ def abstract_state_in_other_layout(model: MaskedAutoencoder, optimizer: optax.Gr
     return abstract_state(other, optimizer, mesh)[0]
 
 
-def global_batch(local_batch, mesh):
-    """This process's rows -> one global array split over (data, fsdp) across all processes."""
-    return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch)
+def process_rows(mesh, batch_size: int) -> np.ndarray:
+    """The rows of a global batch that this process's devices hold, in order [k] int64: a
+    contiguous share when the batch is split over processes, every row where processes hold
+    replicas of it (a model axis spanning processes). What this process's pipeline reads."""
+    indices = batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+    return np.unique(np.concatenate([np.arange(batch_size)[index] for index in indices]))
+
+
+def global_batch(local_batch, mesh, batch_size: int):
+    """This process's rows (process_rows) [k, ...] -> one global array [batch_size, ...] split
+    over (data, fsdp) across all processes."""
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch,
+                                                  (batch_size, *local_batch.shape[1:]))
 
 
 def sharded_train_step(train_step, state_shardings, mesh):

@@ -19,7 +19,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from maepp import checkpoints, config_files, distributed, run_plan
-from maepp.workdir_lock import WorkdirInUse
+from maepp.workdir_lock import WorkdirInUse, WorkdirLost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
@@ -66,7 +66,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     try:
         final = train(_CONFIG.value, _WORKDIR.value, plan)
-    except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse) as error:
+    except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse,
+            WorkdirLost) as error:
         _exit_now(f"maepp.train: {error}")
     except Exception:  # noqa: BLE001 - a fault or a bug: its traceback, what survived, the same prompt exit
         _exit_now(f"{traceback.format_exc().rstrip()}\n{_what_survived()}")

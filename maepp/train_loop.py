@@ -2,6 +2,7 @@
 `python -m maepp.train` (maepp/train.py, its flags and messages) runs it."""
 import collections
 import functools
+import itertools
 import signal
 import threading
 
@@ -11,7 +12,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
-from maepp import checkpoints, optim, progress, sharding
+from maepp import checkpoints, distributed, optim, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
 from maepp.evaluators.held_out import HeldOutEvaluation
@@ -22,7 +23,7 @@ from maepp.prefetch import Prefetcher
 from maepp.progress import Throughput
 from maepp.run_plan import RunPlan, checked_plan
 from maepp.train_step import make_train_step
-from maepp.workdir_lock import WorkdirInUse, WorkdirLock
+from maepp.workdir_lock import WorkdirInUse, WorkdirLock, WorkdirLost
 
 
 class StopRequest:
@@ -68,58 +69,75 @@ def train(config, workdir, plan: RunPlan | None = None) -> dict:
         refusal = refusal or f"{workdir} is in use by another run (process 0 found it taken)"
     if refusal:
         raise WorkdirInUse(refusal)
+    def check_workdir_held():
+        """Before every save: raises WorkdirLost on every process if the workdir was taken over."""
+        lost = ""
+        if lock is not None:
+            try:
+                lock.check_held()
+            except WorkdirLost as error:
+                lost = str(error)
+        if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(lost))):
+            lost = lost or f"{workdir} was taken over by another run (process 0 found it taken)"
+        if lost:
+            raise WorkdirLost(f"{lost}; this run stopped before its next save")
+
     try:
-        return _train(config, workdir, mesh, spec, sources)
+        return _train(config, workdir, mesh, spec, sources, check_workdir_held)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(config, workdir, mesh, spec, sources) -> dict:
+def _train(config, workdir, mesh, spec, sources, check_workdir_held) -> dict:
     stop = StopRequest()
     # Model and state: resumed from the newest checkpoint, or fresh.
     model = MaskedAutoencoder(spec)
     optimizer = optim.optimizer(config)
     state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
     ckpt = checkpoints.manager(workdir, keep=config.keep_checkpoints, keep_period=config.keep_period or None)
-    position, first_step = 0, 1
+    start_position, first_step = 0, 1
     other_layout = functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
     restored = checkpoints.restore_latest(ckpt, state, state_shardings, other_layout)
     if restored is not None:
-        done_step, state, position = restored
+        done_step, state, data = restored
+        start_position, moved = checkpoints.resume_position(data, done_step)
         first_step = done_step + 1
-        say(f"resumed from step {done_step} of {ckpt.directory} (data position {position})")
-    # Data: this process's share of every global batch, made into global arrays on a background
-    # thread, config.data.prefetch batches ahead of the step.
+        say(f"resumed from step {done_step} of {ckpt.directory} (data position {start_position})")
+        if moved:
+            say(moved)
+    # Data: this process's rows of every global batch (maepp/data/order.py), made into global
+    # arrays on a background thread, config.data.prefetch batches ahead of the step.
     report = SkipReport()
     filterbank = filterbanks.from_config(config)
     batches = train_dataset(
         sources["source"],
         seed=config.seed,
-        batch_size=config.batch_size // jax.process_count(),
+        batch_size=config.batch_size,
+        rows=sharding.process_rows(mesh, config.batch_size),
         crop_frames=spec.input_size[0],
-        start_position=position,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
+        start_position=start_position,
         report=report,
         frontend=config.data.frontend,
         filterbank=filterbank,
     ).as_numpy_iterator()
     to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbank)
+    made = itertools.count(1)
 
     def next_global_batch():
         batch = next(batches)
         inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if to_log_mel else batch["log_mel"]
         # The position after this batch: what a checkpoint taken after its step records.
-        return jax.tree.map(lambda rows: sharding.global_batch(rows, mesh), inputs), int(batch["position"][-1]) + 1
+        position = start_position + next(made) * config.batch_size
+        return jax.tree.map(lambda rows: sharding.global_batch(rows, mesh, config.batch_size), inputs), position
 
     train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
     writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
     if jax.process_index() == 0:  # what maepp.export and maepp.hear rebuild the model from
         (workdir / "config.json").write_text(config.to_json(indent=2))
-    if first_step == 1:
-        parameter_overview.log_parameter_overview(state.params)
+    if first_step == 1:  # statistics computed where the parameters lie: no process holds them all
+        parameter_overview.log_parameter_overview(state.params, include_stats="global", jax_logging_process=0)
         writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
     hooks = []
     if config.profile.first_step and jax.process_index() == 0:
@@ -161,15 +179,18 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
             checkpoints.check_saves(ckpt)  # a failed asynchronous save stops the run here, in one line
             means = progress.window_means(window)
             window = progress.new_window(sharding.replicated(mesh), streak=means["nonfinite_in_a_row"])
+            skipped_clips, waits_s = distributed.every_process([report.skips, prefetch.wait_s]).T
             if step == first_step:  # compilation is not the run's speed
-                throughput.start(step, prefetch.wait_s)
+                throughput.start(step, waits_s)
             else:
-                rates = throughput.report(step, prefetch.wait_s)
+                rates = throughput.report(step, waits_s)
             update = (step - 1) // config.optimizer.accumulate_steps
             writer.write_scalars(step, dict(
                 loss=means["loss"], grad_norm=means["grad_norm"], skipped=means["skipped"],
-                learning_rate=float(schedule(update)), skipped_clips=report.skips, **rates))
-            say(progress.console_line(step, config.total_steps, means, rates))
+                learning_rate=float(schedule(update)), skipped_clips=int(skipped_clips.sum()),
+                **{k: v for k, v in rates.items() if k != "input_wait_host"}))
+            say(progress.console_line(step, config.total_steps, means, rates, int(skipped_clips.sum()),
+                                      jax.process_count()))
             if means["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
                 checkpoints.finish_saves(ckpt)
                 raise FloatingPointError(
@@ -180,9 +201,10 @@ def _train(config, workdir, mesh, spec, sources) -> dict:
                 )
             if evaluate_now:
                 evaluate(held_out, state.params, step, writer, workdir)
-                throughput.start(step, prefetch.wait_s)  # evaluation time is not training speed
+                throughput.start(step, waits_s)  # evaluation time is not training speed
             # No interval saves during a non-finite streak: the newest checkpoint stays before it.
             if (interval and not means["nonfinite_in_a_row"]) or preempted or last:
+                check_workdir_held()
                 checkpoints.save(ckpt, step, state, position)
             if preempted:
                 say(f"stop requested: saved step {step}, exiting")
@@ -215,7 +237,8 @@ def _finish_saves_in_flight(ckpt):
 def evaluate(held_out: HeldOutEvaluation, params, step: int, writer, workdir):
     """Held-out loss to TensorBoard; pictures to TensorBoard and WORKDIR/pictures (process 0)."""
     loss, pictures = held_out(params)
-    writer.write_scalars(step, dict(eval_loss=loss, eval_skipped_clips=held_out.report.skips))
+    skipped = int(distributed.every_process([held_out.report.skips]).sum())
+    writer.write_scalars(step, dict(eval_loss=loss, eval_skipped_clips=skipped))
     if jax.process_index() == 0:
         grid = reconstruction_grid(pictures)
         writer.write_images(step, dict(reconstruction=grid[None]))

@@ -106,14 +106,22 @@ def test_speed_table_compares_with_the_peer_of_the_same_run_and_batch():
 
 
 def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(repo_root, tmp_path):
+    from maepp.data.writer import prepare
+
     rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
     for i in range(8):
-        soundfile.write(tmp_path / f"{i}.wav", synthetic_clip(rng)[0], 16000)
-    result = _last_json(run_module(repo_root, "maepp.tools.bench", "data", "--source", f"folder:{tmp_path}",
-                                   "--clips", "16", "--batch_size", "4", "--json"))
+        soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 5.0)[0], 16000)
+    prepare(tmp_path / "in", tmp_path / "out", workers=1)
+    result = _last_json(run_module(repo_root, "maepp.tools.bench", "data", "--source",
+                                   f"prepared:{tmp_path}/out/audio_clips/2.0.0", "--clips", "16", "--batch_size", "4",
+                                   "--json"))
     assert result["pipeline_crops_per_s_per_core"] > 0 and result["librosa_crops_per_s_per_core"] > 0
     ratio = result["pipeline_crops_per_s_per_core"] / result["librosa_crops_per_s_per_core"]
     assert math.isclose(result["ratio_per_core"], ratio, abs_tol=0.02)  # both sides rounded to 0.01
+    # A 2 s crop of a 5 s clip reads its own 200 rows of 80 float16 values, nothing more.
+    assert result["bytes_read_per_crop"] == 200 * 80 * 2 and result["read_over_crop_bytes"] == 1.0
+    assert result["max_error_vs_librosa"] < 2e-3 * 4  # float16 storage: 2^-11 of values up to ~4
 
 
 def test_bench_export_counts_the_clips_it_exports(repo_root):

@@ -31,25 +31,29 @@ def _compile_check(repo_root, *args):
 
 
 @needs_cuda_plugin
-def test_micro_compiles_for_two_h100s_and_its_state_matches_the_scaling_table(repo_root):
-    report = _compile_check(repo_root, "--topology", "h100:2", "--config.mesh.data=1", "--config.mesh.fsdp=2")
-    assert report["devices"] == 2 and report["mesh"] == [1, 2, 1] and report["fits"] and report["hbm_gib"] == 80
+def test_micro_compiles_for_two_nodes_of_two_h100s_and_its_state_matches_the_scaling_table(repo_root):
+    """h100:NODESxGPUS, one process per node: FSDP inside each node, data parallel across them."""
+    report = _compile_check(repo_root, "--topology", "h100:2x2", "--config.mesh.data=1", "--config.mesh.fsdp=2",
+                            "--config.mesh.dcn_data=2")
+    assert report["devices"] == 4 and report["mesh"] == [2, 2, 1] and report["fits"] and report["hbm_gib"] == 80
     # GPU buffers are not padded: the table's count holds to within 1% (measured: 20 bytes over,
     # the step counter and Adam's count).
-    expected = scaling.predicted_arguments_bytes(scaling._logical_params("micro"), dict(data=1, fsdp=2, model=1), 32)
+    expected = scaling.predicted_arguments_bytes(scaling._logical_params("micro"), dict(data=2, fsdp=2, model=1), 32)
     assert abs(report["arguments_bytes"] / expected - 1) < 0.01
 
 
 @pytest.mark.long(seconds=30)
 @needs_libtpu
-def test_micro_compiles_for_v5e_2x2_sharded_with_waveform_crops_as_arguments(repo_root):
-    """The device front end's step: its state split over fsdp=4, raw-sample crops as its input."""
-    report = _compile_check(repo_root, "--topology", "v5e:2x2", "--config.mesh.data=1", "--config.mesh.fsdp=4",
-                            "--config.data.frontend=device")
-    assert report["devices"] == 4 and report["mesh"] == [1, 4, 1] and report["fits"]
-    rows = 32 // 4  # per device
+def test_micro_compiles_for_two_v5e_2x2_slices_sharded_with_waveform_crops_as_arguments(repo_root):
+    """Multi-slice: the state split over fsdp=4 inside each slice, data parallel across the two
+    (config.mesh.dcn_data takes the slices by default); the device front end's raw-sample crops as
+    the step's input."""
+    report = _compile_check(repo_root, "--topology", "v5e:2x2", "--num_slices", "2", "--config.mesh.data=1",
+                            "--config.mesh.fsdp=4", "--config.data.frontend=device")
+    assert report["devices"] == 8 and report["slices"] == 2 and report["mesh"] == [2, 4, 1] and report["fits"]
+    rows = 32 // 8  # per device
     log_mels, crops = rows * 200 * 80 * 4, rows * ((199 * 160 + 400) * 4 + 200 * 4 + 2 * 4)
-    expected = scaling.predicted_arguments_bytes(scaling._logical_params("micro"), dict(data=1, fsdp=4, model=1), 32)
+    expected = scaling.predicted_arguments_bytes(scaling._logical_params("micro"), dict(data=2, fsdp=4, model=1), 32)
     expected += crops - log_mels
     # TPU memory tiles the two minor dimensions to (8, 128), so micro's 64- and 32-wide arrays
     # take more than their elements (measured: 1.6x; small, 384 wide, is within 7.1%); the
@@ -81,7 +85,8 @@ def test_v4_and_v5p_slices_have_one_device_per_chip_as_jax_sees_them(repo_root):
     assert result.stdout.split() == ["4", "8", "4"], result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("topology, message", [("v9x:2x2", "chip 'v9x' unknown"), ("h100:x8", "name the GPU count")])
+@pytest.mark.parametrize("topology, message", [("v9x:2x2", "chip 'v9x' unknown"),
+                                               ("h100:x8", "name the GPUs of one node")])
 def test_an_unknown_target_is_a_clear_error(repo_root, topology, message):
     result = subprocess.run([sys.executable, "-m", "maepp.tools.compile_check", "--config", "configs/audiomaepp.py:micro",
                              "--topology", topology], cwd=repo_root, capture_output=True, text=True)

@@ -85,7 +85,8 @@ def test_a_run_resumes_and_exports_in_the_other_layout(trained_run, tmp_path, ca
     scanned = restore_targets(config, mesh)
     manager = checkpoints.manager(workdir, keep=3)
     _, reference, _ = checkpoints.restore_latest(manager, *per_block)
-    step, state, position = checkpoints.restore_latest(manager, *scanned)
+    step, state, data = checkpoints.restore_latest(manager, *scanned)
+    position, _ = checkpoints.resume_position(data, step)
     assert (step, position) == (60, 60 * 32)
     assert capsys.readouterr().out == (
         "checkpoint step 60 was saved with config.model.scan_layers=False; converted its blocks to scan_layers=True\n")

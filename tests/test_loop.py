@@ -67,9 +67,9 @@ def test_the_window_averages_finite_steps_and_counts_the_non_finite_run():
 def test_throughput_is_measured_between_reports_and_named_on_the_console():
     devices = [type("Device", (), {"device_kind": "NVIDIA H100 80GB HBM3"})()] * 2
     throughput = progress.Throughput(flops_per_step=989e12, batch_size=64, total_steps=100, devices=devices)
-    throughput.start(10, wait_s=0.0)
-    throughput._last = (10, throughput._last[1] - 4.0, 0.0)  # as if 4 s had passed since step 10
-    rates = throughput.report(20, wait_s=1.0)
+    throughput.start(10, [0.0])
+    throughput._last = (10, throughput._last[1] - 4.0, np.zeros(1))  # as if 4 s had passed since step 10
+    rates = throughput.report(20, [1.0])
     assert rates["steps_per_s"] == pytest.approx(2.5, rel=0.01)
     assert rates["clips_per_s"] == pytest.approx(160, rel=0.01)
     assert rates["mfu"] == pytest.approx(2.5 / 2, rel=0.01)  # one peak's FLOPs per step over 2 devices
@@ -79,6 +79,17 @@ def test_throughput_is_measured_between_reports_and_named_on_the_console():
     assert line.startswith("step 20/100 | loss 0.2500 | 160.0 clips/s") and "MFU 125.0%" in line
     assert line.endswith("input wait 25% | ETA 0m32s")
     assert throughput.run_rates()["run_steps_per_s"] == pytest.approx(2.5, rel=0.01)
+
+
+def test_the_slowest_hosts_input_wait_is_reported_and_named_and_skips_are_the_runs():
+    devices = [type("Device", (), {"device_kind": "cpu"})()] * 8
+    throughput = progress.Throughput(flops_per_step=1e9, batch_size=64, total_steps=100, devices=devices)
+    throughput.start(10, [0.5, 0.0, 2.0])
+    throughput._last = (10, throughput._last[1] - 4.0, throughput._last[2])  # 4 s since step 10
+    rates = throughput.report(20, [1.0, 0.2, 5.0])  # process 2 waited 3 s of the 4
+    assert rates["input_wait"] == pytest.approx(0.75, rel=0.01) and rates["input_wait_host"] == 2
+    line = progress.console_line(20, 100, dict(loss=0.25, skipped=0), rates, skipped_clips=7, processes=3)
+    assert "| 7 clips skipped |" in line and "input wait 75% (slowest: process 2) | ETA" in line
 
 
 @pytest.mark.long(seconds=30)

@@ -4,7 +4,7 @@ import pytest
 import soundfile
 
 from maepp.audio import jax_frontend, reference
-from maepp.data.pipeline import WAVEFORM_CROP_KEYS, ClipOrder, SkipReport, eval_dataset, train_dataset
+from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, eval_dataset, train_dataset
 from maepp.data.sources import FolderSource, source_from_string
 from maepp.data.synthetic import synthetic_clip
 
@@ -43,9 +43,8 @@ def test_same_seed_same_batches_other_seed_other_batches():
 
 def test_resume_from_saved_position_gives_the_same_batches(messy_folder):
     source = FolderSource(messy_folder)
-    straight = _batches(train_dataset(source, seed=3, batch_size=3), 8)  # crosses epochs, skips bad files
-    resume_at = int(straight[3]["position"][-1]) + 1
-    resumed = _batches(train_dataset(source, seed=3, batch_size=3, start_position=resume_at), 4)
+    straight = _batches(train_dataset(source, seed=3, batch_size=3), 8)  # crosses epochs, replaces bad files
+    resumed = _batches(train_dataset(source, seed=3, batch_size=3, start_position=4 * 3), 4)  # after 4 batches
     for x, y in zip(straight[4:], resumed):
         np.testing.assert_array_equal(x["log_mel"], y["log_mel"])
         np.testing.assert_array_equal(x["position"], y["position"])
@@ -101,24 +100,18 @@ def test_a_folder_with_no_usable_audio_is_a_clear_error(tmp_path):
         FolderSource(empty)
 
 
-def test_two_processes_draw_disjoint_shares_covering_every_clip(messy_folder):
-    n = len(FolderSource(messy_folder))
-    for epoch in range(2):
-        shares = []
-        for process in range(2):
-            order = ClipOrder(n, seed=5, process_index=process, process_count=2)
-            share = [order.epoch_and_clip(epoch * order.per_epoch + k) for k in range(order.per_epoch)]
-            assert all(e == epoch for e, _ in share)
-            shares.append({clip for _, clip in share})
-        assert not shares[0] & shares[1]
-        assert shares[0] | shares[1] == set(range(n))
-
-
-def test_processes_read_different_files(messy_folder):
+@pytest.mark.parametrize("shares", [[[0, 1], [2, 3], [4, 5]], [[0, 1, 2], [3, 4, 5]], [[0, 1, 2, 3, 4, 5]] * 2])
+def test_processes_read_their_rows_of_batches_that_do_not_depend_on_the_process_count(messy_folder, shares):
+    """Three processes, two, or two holding every row (a model axis across processes): together
+    they read the one-process batches, each only its rows, bad files replaced in the same rows."""
     source = FolderSource(messy_folder)
-    p0 = _batches(train_dataset(source, seed=0, batch_size=2, process_index=0, process_count=2), 1)[0]
-    p1 = _batches(train_dataset(source, seed=0, batch_size=2, process_index=1, process_count=2), 1)[0]
-    assert not np.array_equal(p0["log_mel"], p1["log_mel"])
+    alone = _batches(train_dataset(source, seed=0, batch_size=6, start_position=5), 3)  # crosses epochs
+    parts = [_batches(train_dataset(source, seed=0, batch_size=6, rows=rows, start_position=5), 3) for rows in shares]
+    for number, batch in enumerate(alone):
+        assert batch["position"].tolist() == list(range(5 + 6 * number, 11 + 6 * number))
+        for rows, part in zip(shares, parts):
+            np.testing.assert_array_equal(part[number]["position"], batch["position"][rows])
+            np.testing.assert_array_equal(part[number]["log_mel"], batch["log_mel"][rows])
 
 
 def test_eval_is_one_pass_of_centre_crops_with_a_padded_last_batch(messy_folder):
@@ -129,8 +122,9 @@ def test_eval_is_one_pass_of_centre_crops_with_a_padded_last_batch(messy_folder)
     valid = np.concatenate([b["valid"] for b in batches])
     good = [i for i in range(len(source)) if source.name(i) not in report.reasons]
     assert len(good) == 10 and len(report.reasons) == 4
+    assert indices.tolist() == list(range(14)) + [-1, -1]  # every clip in its row; two rows of padding
     assert indices[valid].tolist() == good  # every usable clip once, in order
-    assert len(batches) == 3 and valid.sum() == 10 and np.all(indices[~valid] == -1)
+    assert len(batches) == 4 and not np.concatenate([b["log_mel"] for b in batches])[~valid].any()
     for batch in batches:
         for mel, index, ok in zip(batch["log_mel"], batch["index"], batch["valid"]):
             if ok and source.name(index) != "short.wav":
@@ -139,10 +133,12 @@ def test_eval_is_one_pass_of_centre_crops_with_a_padded_last_batch(messy_folder)
                 np.testing.assert_allclose(mel, whole[start : start + 200], atol=1e-4, rtol=0)
 
 
-def test_eval_shares_of_two_processes_cover_the_set_once(messy_folder):
+def test_eval_rows_of_two_processes_cover_the_set_once(messy_folder):
     source = FolderSource(messy_folder)
-    seen = []
-    for process in range(2):
-        for batch in eval_dataset(source, batch_size=3, process_index=process, process_count=2).as_numpy_iterator():
-            seen += batch["index"][batch["valid"]].tolist()
-    assert sorted(seen) == sorted(set(seen)) and len(seen) == 10
+    alone = list(eval_dataset(source, batch_size=4).as_numpy_iterator())
+    for rows in ([0, 1], [2, 3]):
+        share = list(eval_dataset(source, batch_size=4, rows=rows).as_numpy_iterator())
+        assert len(share) == len(alone)  # every process runs the same number of batches
+        for part, batch in zip(share, alone):
+            for key in ("index", "valid", "log_mel"):
+                np.testing.assert_array_equal(part[key], batch[key][rows])

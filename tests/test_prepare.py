@@ -1,24 +1,23 @@
-"""maepp.data.prepare: shards, manifest, TFDS loading, resuming, and the records: source."""
+"""maepp.data.prepare (layout 2.0.0, on Apache Beam): shards, clip lists, index and manifest,
+resuming, the runners agreeing byte for byte, AudioSet's formats, and the prepared: source."""
+import io
 import json
 import os
-import pathlib
+import signal
+import subprocess
+import sys
+import time
 
+import av
 import numpy as np
 import pytest
 import soundfile
-import tensorflow_datasets as tfds
 
 from maepp.audio import jax_frontend, reference
 from maepp.audio.decode import load_audio
-from maepp.data.pipeline import (
-    WAVEFORM_CROP_KEYS,
-    ClipOrder,
-    crop_fractions,
-    eval_dataset,
-    random_offset,
-    train_dataset,
-)
-from maepp.data.records import RecordsSource
+from maepp.data.clip_store import ClipStoreSource
+from maepp.data.order import GlobalOrder, crop_fractions
+from maepp.data.pipeline import WAVEFORM_CROP_KEYS, eval_dataset, random_offset, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
 from maepp.data.writer import prepare
@@ -34,39 +33,44 @@ def audio_folder(tmp_path_factory):
         soundfile.write(root / ("nested" if i % 2 else ".") / f"clip_{i}.flac", synthetic_clip(rng, 2.2, rate)[0], rate)
     (root / "broken.wav").write_bytes(b"RIFF nonsense")
     soundfile.write(root / "silent.wav", np.zeros(8000, np.float32), 16000)
+    (root / "labels.csv").write_text("clip_0.flac,music\n")
     return root
 
 
-def _shards(out):
-    return sorted(p for p in out.iterdir() if ".array_record-" in p.name and not p.name.endswith(".tmp"))
+def _dataset(out):
+    return out / "audio_clips" / "2.0.0"
 
 
-def test_prepare_writes_shards_manifest_and_tfds_metadata(audio_folder, tmp_path):
-    manifest = prepare(audio_folder, tmp_path, clips_per_shard=4, workers=2, store="flac")
-    out = tmp_path / "audio_clips" / "1.0.0"
-    assert manifest["files"] == 11 and manifest["clips"] == 9
-    assert manifest["skipped"].keys() == {"broken.wav", "silent.wav"}
-    assert "silent" in manifest["skipped"]["silent.wav"]
+def _files(folder) -> dict:
+    """Every file prepare wrote (not its plan): name -> bytes."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != "plan.json"}
+
+
+def test_prepare_writes_shards_clip_lists_index_and_manifest(audio_folder, tmp_path):
+    manifest = prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1, store="flac")
+    out = _dataset(tmp_path)
+    assert manifest["files"] == 11 and manifest["clips"] == 9 and manifest["layout"] == "2.0.0"
+    # Every file not taken is named with its reason, whatever its extension.
+    assert manifest["skipped"].keys() == {"broken.wav", "silent.wav", "labels.csv"}
+    assert "silent" in manifest["skipped"]["silent.wav"] and "not an audio file" in manifest["skipped"]["labels.csv"]
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert [s["clips"] for s in manifest["shards"]] == [3, 4, 2]  # broken.wav falls in shard 0, silent.wav in shard 2
-    assert len(_shards(out)) == 3
+    assert [(out / s["file"]).stat().st_size for s in manifest["shards"]] == [s["bytes"] for s in manifest["shards"]]
     assert manifest["hours"] == pytest.approx(9 * 2.2 / 3600, rel=1e-3)
-
-    # TFDS reads it as a data source, by name and by directory.
-    by_name = tfds.data_source("audio_clips", split="train", data_dir=str(tmp_path))
-    assert len(by_name) == 9
-    assert len(tfds.builder_from_directory(str(out)).as_data_source(split="train")) == 9
+    # A shard is a .npy any tool reads: the clips' FLAC files end to end.
+    shard = np.load(out / manifest["shards"][0]["file"])
+    assert shard.dtype == np.uint8 and bytes(shard[:4]) == b"fLaC"
 
     # The stored audio is the input resampled to 16 kHz mono (up to 16-bit FLAC quantisation).
-    source = RecordsSource(str(out / "audio_clips-train.array_record-*"))
-    assert source.store == manifest["store"] == "flac"
+    source = ClipStoreSource(str(out))
+    assert source.store == manifest["store"] == "flac" and len(source) == 9
     names = [source.name(i) for i in range(len(source))]
     assert sorted(names) == sorted(f"{'nested/' if i % 2 else ''}clip_{i}.flac" for i in range(9))
     for i in (0, 5):
         np.testing.assert_allclose(source.load(i), load_audio(audio_folder / names[i]), atol=1e-4)
     # The pcm store keeps the very same 16-bit samples, uncompressed, and the same clip stats.
     prepare(audio_folder, tmp_path / "pcm", clips_per_shard=4, workers=1, store="pcm")
-    pcm = RecordsSource(str(tmp_path / "pcm" / "audio_clips" / "1.0.0" / "*.array_record-*"))
+    pcm = ClipStoreSource(str(_dataset(tmp_path / "pcm")))
     assert pcm.store == "pcm" and [pcm.name(i) for i in range(9)] == names
     for i in (0, 5):
         np.testing.assert_array_equal(pcm.load(i), source.load(i))
@@ -76,23 +80,21 @@ def test_prepare_writes_shards_manifest_and_tfds_metadata(audio_folder, tmp_path
 
 def test_second_run_skips_finished_shards_and_redoes_interrupted_ones(audio_folder, tmp_path):
     prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
-    out = tmp_path / "audio_clips" / "1.0.0"
-    shards = _shards(out)
-    before = {p.name: p.stat().st_mtime_ns for p in shards}
-    # Interrupted between the rename and the progress file: the shard must not count as done.
-    progress = out / ".progress" / f"{shards[1].name}.json"
-    progress.unlink()
-    shards[1].write_bytes(b"half a shard")
-    (out / (shards[2].name + ".tmp")).write_bytes(b"leftover of a killed writer")
+    out = _dataset(tmp_path)
+    finished = _files(out)
+    shards = sorted(name for name in finished if name.endswith(".npy") and ".clips-" in name)
+    before = {name: (out / name).stat().st_mtime_ns for name in shards}
+    # Killed between a shard and its clip list: the shard must not count as done.
+    (out / shards[1].replace(".npy", ".json")).unlink()
+    (out / shards[1]).write_bytes(b"half a shard")
+    (out / (shards[2] + ".tmp")).write_bytes(b"leftover of a killed writer")
 
     manifest = prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
-    after = {p.name: p.stat().st_mtime_ns for p in _shards(out)}
-    assert after[shards[0].name] == before[shards[0].name]
-    assert after[shards[2].name] == before[shards[2].name]
-    assert after[shards[1].name] != before[shards[1].name]
-    assert manifest["clips"] == 9
+    after = {name: (out / name).stat().st_mtime_ns for name in shards}
+    assert after[shards[0]] == before[shards[0]] and after[shards[2]] == before[shards[2]]
+    assert after[shards[1]] != before[shards[1]]
+    assert manifest["clips"] == 9 and _files(out) == finished  # the same bytes as before
     assert not list(out.glob("*.tmp"))  # leftovers of killed writers are cleared
-    assert len(RecordsSource(str(out / "*.array_record-*"))) == 9
 
 
 def test_resuming_with_other_files_sharding_store_or_filterbank_is_refused(audio_folder, tmp_path):
@@ -102,10 +104,73 @@ def test_resuming_with_other_files_sharding_store_or_filterbank_is_refused(audio
             prepare(audio_folder, tmp_path, **{"clips_per_shard": 4, "workers": 1, **change})
 
 
-def test_records_source_feeds_the_training_pipeline(audio_folder, tmp_path):
+def _prepare_command(audio_folder, output, *beam):
+    return [sys.executable, "-m", "maepp.data.prepare", "--input", str(audio_folder), "--output", str(output),
+            "--clips_per_shard", "2", *beam]
+
+
+@pytest.mark.long(seconds=40)
+def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_resumes_to_it(
+        repo_root, audio_folder, tmp_path):
+    """The runner does not change the output: Beam's DirectRunner with two worker processes
+    writes the single-process path's bytes. Killed once its first shards are done, the same
+    command resumes and ends with the same bytes."""
+    prepare(audio_folder, tmp_path / "one", clips_per_shard=2, workers=1)
+    expected = _files(_dataset(tmp_path / "one"))
+    two_workers = ["--beam_pipeline_options",
+                   "--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing"]
+    command = _prepare_command(audio_folder, tmp_path / "two", *two_workers)
+    process = subprocess.Popen(command, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    out = _dataset(tmp_path / "two")
+    deadline = time.time() + 300
+    while len(list(out.glob("*.clips-*.json"))) < 2 if out.exists() else True:
+        assert process.poll() is None and time.time() < deadline, "prepare ended before it could be killed"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the runner and its workers
+    process.wait()
+    assert not (out / "manifest.json").exists()
+    subprocess.run(command, cwd=repo_root, check=True, capture_output=True)
+    assert _files(out) == expected
+
+
+@pytest.fixture(scope="module")
+def audioset_formats(tmp_path_factory):
+    """m4a (AAC), opus and webm (Opus), as AudioSet downloads come, beside wav and flac, made by
+    PyAV's and libsndfile's encoders; and a file of a kind prepare does not read."""
+    root = tmp_path_factory.mktemp("audioset_formats")
+    rng = np.random.default_rng(3)
+    for name, container, codec, rate in (("a.m4a", "mp4", "aac", 44100), ("b.opus", "ogg", "libopus", 48000),
+                                         ("c.webm", "webm", "libopus", 48000)):
+        clip = synthetic_clip(rng, 2.5, rate)[0]
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format=container) as output:
+            stream = output.add_stream(codec, rate=rate, layout="mono")
+            for start in range(0, len(clip), 960):
+                frame = av.AudioFrame.from_ndarray(clip[None, start: start + 960], format="flt", layout="mono")
+                frame.sample_rate, frame.pts = rate, start
+                output.mux(stream.encode(frame))
+            output.mux(stream.encode(None))
+        (root / name).write_bytes(buffer.getvalue())
+    soundfile.write(root / "d.wav", synthetic_clip(rng, 2.5)[0], 16000)
+    soundfile.write(root / "e.flac", synthetic_clip(rng, 2.5, 22050)[0], 22050)
+    (root / "f.aiff-c").write_bytes(b"FORM something")
+    return root
+
+
+def test_audioset_formats_are_prepared_and_an_unknown_kind_is_named(audioset_formats, tmp_path):
+    manifest = prepare(audioset_formats, tmp_path, workers=1, store="pcm")
+    assert manifest["clips"] == 5 and list(manifest["skipped"]) == ["f.aiff-c"]
+    assert "not an audio file maepp reads (.aiff-c)" in manifest["skipped"]["f.aiff-c"]
+    source = ClipStoreSource(str(_dataset(tmp_path)))
+    for index in range(len(source)):
+        waveform = source.load(index)  # 2.5 s at 16 kHz, give or take the codecs' padding
+        assert abs(len(waveform) - 40000) < 2000 and 0.05 < np.abs(waveform).max() <= 1.0, source.name(index)
+
+
+def test_prepared_source_feeds_the_training_pipeline(audio_folder, tmp_path):
     prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
-    pattern = str(tmp_path / "audio_clips" / "1.0.0" / "audio_clips-train.array_record-*")
-    source = source_from_string(f"records:{pattern}")
+    source = source_from_string(f"prepared:{_dataset(tmp_path)}")
     batches = list(train_dataset(source, seed=0, batch_size=4).take(3).as_numpy_iterator())
     assert all(b["log_mel"].shape == (4, 200, 80) for b in batches)
     # Its log-mels were made with the default filterbank; training with the other is refused.
@@ -115,25 +180,34 @@ def test_records_source_feeds_the_training_pipeline(audio_folder, tmp_path):
         train_dataset(source, seed=0, batch_size=4, filterbank="librosa")
 
 
-def test_records_source_without_shards_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="maepp.data.prepare"):
-        source_from_string(f"records:{tmp_path}/*.array_record-*")
+def test_a_missing_or_truncated_shard_is_refused_naming_it(audio_folder, tmp_path):
+    manifest = prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
+    out = _dataset(tmp_path)
+    first, second = (shard["file"] for shard in manifest["shards"][:2])
+    (out / first).unlink()
+    with open(out / second, "r+b") as shard:
+        shard.truncate(1000)
+    with pytest.raises(ValueError, match=rf"2 of 3 shards do not match manifest.json: {first} \(missing\), "
+                                         rf"{second} \(1,000 bytes, not [\d,]+\)"):
+        source_from_string(f"prepared:{out}")
+    with pytest.raises(FileNotFoundError, match="holds no manifest.json"):
+        source_from_string(f"prepared:{tmp_path}")
 
 
 def test_crops_from_stored_stats_equal_crops_of_the_whole_standardised_clip(tmp_path):
-    """The records fast path (only the crop's samples, stored clip stats) changes no value."""
+    """The audio stores' fast path (only the crop's samples, stored clip stats) changes no value."""
     root = tmp_path / "in"
     root.mkdir()
     rng = np.random.default_rng(1)
     for i in range(4):
         soundfile.write(root / f"long_{i}.flac", synthetic_clip(rng, 7.0)[0], 16000)
     prepare(root, tmp_path / "out", clips_per_shard=2, workers=1, store="flac")
-    source = RecordsSource(str(tmp_path / "out" / "audio_clips" / "1.0.0" / "*.array_record-*"))
-    order = ClipOrder(len(source), seed=4)
+    source = ClipStoreSource(str(_dataset(tmp_path / "out")))
+    order = GlobalOrder(len(source), seed=4)
     batches = list(train_dataset(source, seed=4, batch_size=4).take(3).as_numpy_iterator())
     for batch in batches:
         for mel, position in zip(batch["log_mel"], batch["position"]):
-            epoch, index = order.epoch_and_clip(position)
+            epoch, index = order.clip(position)
             whole = reference.log_mel(source.load(index))
             offset = random_offset(len(whole), 200, np.random.default_rng([4, epoch, index]))
             np.testing.assert_allclose(mel, whole[offset : offset + 200], atol=1e-4, rtol=0)
@@ -152,7 +226,7 @@ def log_mel_store(tmp_path_factory):
         soundfile.write(root / f"clip_{i}.wav", synthetic_clip(rng, seconds)[0], 16000)
     out = tmp_path_factory.mktemp("log_mel_out")
     manifest = prepare(root, out, clips_per_shard=4, workers=1)  # the default store
-    source = RecordsSource(str(out / "audio_clips" / "1.0.0" / "*.array_record-*"))
+    source = ClipStoreSource(str(_dataset(out)))
     whole = [reference.log_mel(load_audio(root / source.name(i))) for i in range(len(source))]
     return manifest, source, whole
 
@@ -165,18 +239,21 @@ def _within_float16(got, expected):
 def test_log_mel_store_crops_are_slices_of_the_clips_standardised_log_mel(log_mel_store):
     manifest, source, whole = log_mel_store
     assert manifest["store"] == source.store == "log_mel"
-    order = ClipOrder(len(source), seed=3)
+    order = GlobalOrder(len(source), seed=3)
+    reads_before = source.bytes_read
     batches = list(train_dataset(source, seed=3, batch_size=4).take(4).as_numpy_iterator())
     for batch in batches:
         assert batch["log_mel"].shape == (4, 200, 80) and batch["log_mel"].dtype == np.float32
         for mel, position in zip(batch["log_mel"], batch["position"]):
-            epoch, index = order.epoch_and_clip(position)
+            epoch, index = order.clip(position)
             n = len(whole[index])
             offset = int(crop_fractions(3, [epoch], [index])[0] * (max(n - 200, 0) + 1))  # 0 for the 0.5 s clip
             clip = np.tile(whole[index], (-(-200 // n), 1))  # which is tiled
             _within_float16(mel, clip[offset : offset + 200])
     # 16 positions over 6 clips: every clip, over several epochs, at crops that move.
     assert np.concatenate([b["position"] for b in batches]).tolist() == list(range(16))
+    # Each crop read exactly its own bytes: 200 rows of 80 float16 values.
+    assert (source.bytes_read - reads_before) % (200 * 80 * 2) == 0
     # Resuming from a position gives exactly the batches that follow it.
     resumed = next(train_dataset(source, seed=3, batch_size=4, start_position=8).as_numpy_iterator())
     np.testing.assert_array_equal(resumed["log_mel"], batches[2]["log_mel"])
@@ -199,10 +276,10 @@ def test_every_pipeline_runs_without_the_autotuning_thread(log_mel_store):
     """tf.data's autotuning thread held each iterator's destruction for up to its optimisation
     period (13 to 19 s at the end of runs), so no pipeline starts it, and each map stays as
     parallel as the cores this process may use."""
-    _, records, _ = log_mel_store
+    _, prepared, _ = log_mel_store
     audio = source_from_string("synthetic:8")
     datasets = [train_dataset(audio, seed=0, batch_size=4), eval_dataset(audio, batch_size=4),
-                train_dataset(records, seed=0, batch_size=4), eval_dataset(records, batch_size=4)]
+                train_dataset(prepared, seed=0, batch_size=4), eval_dataset(prepared, batch_size=4)]
     for dataset in datasets:
         options = dataset.options().autotune
         assert options.enabled is False and options.initial_parallelism == len(os.sched_getaffinity(0))
@@ -214,29 +291,3 @@ def test_log_mel_store_refuses_what_needs_audio(log_mel_store):
         train_dataset(source, seed=0, batch_size=2, frontend="device")
     with pytest.raises(ValueError, match="crops of 300 frames"):
         train_dataset(source, seed=0, batch_size=2, crop_frames=300)
-
-
-@pytest.mark.long(seconds=45)
-def test_training_reads_records_from_a_non_local_filesystem_and_resumes(log_mel_store, tmp_path):
-    """records: takes any tf.io.gfile path (gs:// in real runs; TensorFlow's in-memory ram://
-    here): the shards are copied to a local cache that ArrayRecord can open."""
-    import tensorflow as tf
-
-    from maepp.configs import audiomaepp
-    from maepp.train_loop import train
-
-    _, source, _ = log_mel_store
-    for shard in source.files:
-        tf.io.gfile.copy(shard, f"ram://records/{pathlib.Path(shard).name}", overwrite=True)
-    config = audiomaepp.get_config("micro")
-    config.update(batch_size=8, total_steps=2, warmup_steps=1, checkpoint_every=2, log_every=1)
-    config.data.source = "records:ram://records/*.array_record-*"
-    config.data.eval_source = ""
-    os.environ["MAEPP_RECORDS_CACHE"] = str(tmp_path / "cache")
-    first = train(config, tmp_path / "run")
-    config.total_steps = 4
-    resumed = train(config, tmp_path / "run")
-    assert (first["step"], resumed["step"]) == (2, 4) and np.isfinite(resumed["loss"])
-    positions = json.loads((tmp_path / "run" / "checkpoints" / "4" / "data" / "metadata").read_text())
-    assert positions["positions"] == [32]  # 4 steps of 8 clips: the resumed run went on from clip 16
-    assert len(list((tmp_path / "cache").iterdir())) == len(source.files)

@@ -1,6 +1,7 @@
 """docs/scaling.md is what maepp.tools.scaling computes, and its arithmetic holds."""
 import math
 
+from maepp.hardware import SYSTEMS
 from maepp.tools import scaling
 
 
@@ -17,8 +18,17 @@ def test_state_bytes_follow_the_sharding_rules():
     fsdp = scaling.state_bytes_per_device(params, dict(data=1, fsdp=8, model=1))
     # Every matrix has an embed axis: only norms, biases and tokens of other axes stay whole.
     assert replicated / 8 <= fsdp < replicated / 7
-    mesh = scaling.recommended_mesh(params, 64, 16)
-    assert mesh["data"] * mesh["fsdp"] == 64
+    mesh = scaling.recommended_mesh(params, SYSTEMS["v5e-64"])
+    assert mesh["data"] * mesh["fsdp"] == 64 and mesh["dcn_data"] == 1
     huge = scaling._logical_params("huge")
-    tight = scaling.recommended_mesh(huge, 64, 16)
-    assert tight["fsdp"] > 1 and scaling.state_bytes_per_device(huge, tight) <= 0.25 * 16 * 2**30
+    tight = scaling.recommended_mesh(huge, SYSTEMS["v5e-64"])
+    assert tight["fsdp"] > 1 and scaling.state_bytes_per_device(huge, scaling.whole_mesh(tight)) <= 0.25 * 16 * 2**30
+
+
+def test_multi_slice_and_multi_node_meshes_are_data_parallel_across_the_slices_or_nodes():
+    huge = scaling._logical_params("huge")
+    for name, granules, per_granule in (("2xv5e-256", 2, 256), ("4xv5p-128", 4, 64), ("4x8xH100", 4, 8)):
+        mesh = scaling.recommended_mesh(huge, SYSTEMS[name])
+        assert mesh["dcn_data"] == granules and mesh["data"] * mesh["fsdp"] == per_granule, name
+        memory = SYSTEMS[name].chip.memory_gib
+        assert scaling.state_bytes_per_device(huge, scaling.whole_mesh(mesh)) <= 0.25 * memory * 2**30

@@ -25,7 +25,7 @@ def _run(mesh_shape, steps=3):
     rng = np.random.default_rng(0)
     losses = []
     for i in range(steps):
-        batch = sharding.global_batch(rng.standard_normal((16, 200, 80)).astype(np.float32), mesh)
+        batch = sharding.global_batch(rng.standard_normal((16, 200, 80)).astype(np.float32), mesh, 16)
         state, metrics = step(state, batch, jax.random.key(i))
         losses.append(float(metrics["loss"]))
     return losses, state
@@ -72,7 +72,7 @@ def test_parameters_are_split_as_the_mesh_says(runs):
 def test_bad_mesh_configs_are_clear_errors():
     with pytest.raises(ValueError, match="needs 12 devices"):
         sharding.mesh_shape(dict(data=3, fsdp=4, model=1), 8)
-    with pytest.raises(ValueError, match="at most one axis may be -1"):
+    with pytest.raises(ValueError, match="at most one devices axis may be -1"):
         sharding.mesh_shape(dict(data=-1, fsdp=-1, model=1), 8)
     with pytest.raises(ValueError, match="does not divide"):
         sharding.mesh_shape(dict(data=-1, fsdp=3, model=1), 8)

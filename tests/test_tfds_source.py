@@ -1,7 +1,6 @@
 """The tfds: source over real TFDS data directories written here."""
 import numpy as np
 import pytest
-import soundfile
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -10,7 +9,7 @@ from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
 from maepp.data.tfds_source import TfdsAudioSource
-from maepp.data.writer import prepare
+from tests.legacy_records import write_legacy_dataset
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +45,11 @@ def test_generic_tfds_audio_is_resampled_to_16k(generic_audio_dir):
     assert batch["log_mel"].shape == (2, 200, 80)
 
 
-def test_prepared_dataset_by_name_reads_its_shards(tmp_path):
-    (tmp_path / "in").mkdir()
-    for i in range(3):
-        soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(np.random.default_rng(i), 2.5)[0], 16000)
-    prepare(tmp_path / "in", tmp_path / "data", name="my_clips", workers=1)
+def test_prepared_dataset_of_the_old_layout_by_name_reads_its_shards(tmp_path):
+    clips = [(f"{i}.wav", synthetic_clip(np.random.default_rng(i), 2.5)[0]) for i in range(3)]
+    write_legacy_dataset(clips, tmp_path / "data", name="my_clips")
     source = source_from_string("tfds:my_clips", data_dir=str(tmp_path / "data"))
-    assert isinstance(source, RecordsSource) and len(source) == 3
+    assert isinstance(source, RecordsSource) and len(source) == 3 and source.store == "log_mel"
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

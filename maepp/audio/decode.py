@@ -1,9 +1,12 @@
 """Reading audio files of any rate and channel count as 16 kHz mono float32.
 
-A file that cannot be used raises BadAudio with the reason; pipelines skip it, count it and
-name it in the log, so one corrupt file in two million never stops a run.
+wav, flac, ogg and mp3 are read by libsndfile (soundfile); m4a/AAC, opus and webm (AudioSet
+as users download it) by FFmpeg, through PyAV, whose wheels carry it. A file that cannot be used
+raises BadAudio with the reason; pipelines skip it, count it and name it in the log, so one
+corrupt file in two million never stops a run.
 """
 import io
+import os
 import struct
 
 import librosa
@@ -13,7 +16,9 @@ from etils import epath
 
 from maepp.audio.constants import SAMPLE_RATE
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".opus", ".webm")
+AUDIO_EXTENSIONS = SOUNDFILE_EXTENSIONS + FFMPEG_EXTENSIONS
 
 
 class BadAudio(ValueError):
@@ -65,7 +70,35 @@ def _reason(error: Exception) -> str:
 
 
 def decode_audio(data: bytes, name) -> np.ndarray:
-    """The bytes of a wav/flac/ogg/mp3 file -> 16 kHz mono float32 [samples]; raises BadAudio."""
+    """The bytes of an audio file (AUDIO_EXTENSIONS, told apart by `name`'s) -> 16 kHz mono
+    float32 [samples]; raises BadAudio."""
+    if os.path.splitext(str(name))[1].lower() in FFMPEG_EXTENSIONS:
+        return _decode_with_ffmpeg(data, name)
+    return decode_soundfile(data, name)
+
+
+def _decode_with_ffmpeg(data: bytes, name) -> np.ndarray:
+    import av  # only for these containers: FFmpeg's libraries take a while to load
+
+    try:
+        with av.open(io.BytesIO(data)) as container:
+            if not container.streams.audio:
+                raise BadAudio(name, "holds no audio stream")
+            stream = container.streams.audio[0]
+            # Planar float32, each frame [channels, samples], whatever the codec decodes to.
+            to_planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
+            chunks = [resampled.to_ndarray() for frame in container.decode(stream) for resampled in to_planar.resample(frame)]
+            sample_rate = stream.rate
+    except (av.FFmpegError, ValueError) as error:
+        raise BadAudio(name, f"unreadable ({error})") from error
+    if not chunks:
+        raise BadAudio(name, "empty (no samples)")
+    return to_mono_16k(np.concatenate(chunks, axis=1).T, sample_rate, name)
+
+
+def decode_soundfile(data: bytes, name) -> np.ndarray:
+    """The bytes of a file libsndfile reads (wav/flac/ogg/mp3; prepared FLAC clips, whatever their
+    name) -> 16 kHz mono float32 [samples]; raises BadAudio."""
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as f:
             declared = f.frames
@@ -97,7 +130,7 @@ def decode_segment(data: bytes, name, start: int, stop: int) -> np.ndarray:
 
 
 def load_audio(path) -> np.ndarray:
-    """Any wav/flac/ogg/mp3 file -> 16 kHz mono float32 [samples]; raises BadAudio."""
+    """Any audio file (AUDIO_EXTENSIONS), local or gs:// -> 16 kHz mono float32 [samples]; raises BadAudio."""
     try:
         data = epath.Path(path).read_bytes()  # local, gs:// or any tf.io.gfile filesystem
     except OSError as error:

@@ -1,23 +1,22 @@
 """Input pipelines in tf.data: a deterministic, resumable stream of log-mel crops for
 training, and one pass of centre crops for evaluation.
 
-Each process reads its own share of the clips. The order is a pure function of the seed:
-    epoch e: one permutation of all clip indices, shared by every process;
-    process p of P takes every P-th entry of it, from p (disjoint shares, whose union is all).
-A process's `position` counts the clips it has drawn, bad ones included, so
-(seed, process, position) fixes everything that follows; a checkpoint saves the position of
-the next clip and a resumed run sees exactly the batches an uninterrupted run would have.
+The training stream follows the global clip order (maepp/data/order.py): global batch j holds
+the positions start + j B ... start + (j + 1) B - 1, and each process reads only the rows of it
+that its devices hold (`rows`, from maepp.sharding.process_rows). The batches are therefore the
+same on any number of processes, and a run resumes from the position of its next batch alone.
+An unusable clip is replaced in its row (GlobalOrder.replacements), counted and named once.
 
 Per clip: load (16 kHz mono) -> log-mel of the whole clip with config.audio.filterbank
-(`filterbank`), standardised over the clip (PAPER.md, "Input") -> a 200-frame crop, random for
-training and central for evaluation (short clips are tiled). Sources that store each
+(`filterbank`), standardised over the clip (docs/reference.md, "Input") -> a 200-frame crop,
+random for training and central for evaluation (short clips are tiled). Sources that store each
 clip's log-mel stats (prepared records) skip most of that work: only the crop's frames are
 computed, from the samples they cover, and standardised with the stored stats; the result is
 the same crop of the same standardised log-mel.
 
-Records of the log_mel store (maepp/data/records.py) hold each clip's standardised log-mel, so
-their crops are slices: a batch of records is read in one call and parsed, cropped and decoded by
-tf.data graph ops over the whole batch, with no Python per clip (`_stored_log_mel_batches`).
+Prepared clips of the log_mel store (maepp/data/clip_store.py) hold each clip's standardised
+log-mel, so a crop is rows of it: a batch's crops are read in one call, each reading exactly its
+own bytes, all at once (`_stored_log_mel_batches`), with no STFT and no decoding.
 
 Where the crop's log-mel is computed is the `frontend` argument (config.data.frontend): "host"
 computes it here with tf.signal; "device" hands the accelerator the raw samples its frames cover
@@ -35,34 +34,10 @@ from absl import logging
 from maepp.audio import filterbanks, tf_frontend
 from maepp.audio.constants import HOP, N_FFT, N_MELS, crop_span
 from maepp.audio.decode import BadAudio
-from maepp.data import records
+from maepp.data import clip_store
+from maepp.data.order import GlobalOrder, batch_positions, crop_fractions
 
 _ENDLESS = 2**62
-
-
-class ClipOrder:
-    """Which clip a process draws at each position."""
-
-    def __init__(self, n_clips: int, seed: int, process_index: int = 0, process_count: int = 1):
-        if not 0 <= process_index < process_count:
-            raise ValueError(f"process_index {process_index} is not in [0, {process_count})")
-        if n_clips < process_count:
-            raise ValueError(f"{n_clips} clips cannot be shared among {process_count} processes")
-        self.n_clips, self.seed = n_clips, seed
-        self.process_index, self.process_count = process_index, process_count
-        self.per_epoch = len(range(process_index, n_clips, process_count))
-        self._cached = (None, None)  # (epoch, its permutation): positions arrive epoch by epoch
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        cached_epoch, permutation = self._cached  # one read: tf.data calls from several threads
-        if cached_epoch != epoch:
-            permutation = np.random.default_rng([self.seed, epoch]).permutation(self.n_clips)
-            self._cached = (epoch, permutation)
-        return permutation
-
-    def epoch_and_clip(self, position: int):
-        epoch, offset = divmod(int(position), self.per_epoch)
-        return epoch, int(self._permutation(epoch)[self.process_index + offset * self.process_count])
 
 
 class SkipReport:
@@ -80,23 +55,6 @@ class SkipReport:
             self.reasons[name] = reason
         if first_time:
             logging.warning("skipped clip %s: %s (%d bad clips so far)", name, reason, len(self.reasons))
-
-
-def _mix(z: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, elementwise over uint64."""
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return z ^ (z >> np.uint64(31))
-
-
-def crop_fractions(seed: int, epochs, indices) -> np.ndarray:
-    """Uniform in [0, 1) for each (seed, epoch, clip): where in its clip a crop starts. A hash,
-    so a whole batch is one numpy expression; float64 [n]."""
-    with np.errstate(over="ignore"):
-        z = _mix(np.full(len(indices), seed, np.uint64) + np.uint64(0x9E3779B97F4A7C15))
-        z = _mix(z ^ np.asarray(epochs, np.uint64))
-        z = _mix(z ^ np.asarray(indices, np.uint64))
-    return (z >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def random_offset(n_frames: int, crop_frames: int, rng: np.random.Generator) -> int:
@@ -158,8 +116,12 @@ def _as_written(fn):
 
 
 def host_cores() -> int:
-    """The cores this process may run on: each of the pipelines' maps runs this many calls at once."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    """The cores this process may run on: each of the pipelines' maps runs this many calls at once.
+    Under Slurm, the task's own allotment (SLURM_CPUS_PER_TASK): eight tasks of one node must not
+    each run a map as wide as the node."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    allotted = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return min(cores, int(allotted)) if allotted.isdigit() and int(allotted) > 0 else cores
 
 
 def _tuned_without_a_model_thread(dataset):
@@ -217,8 +179,9 @@ def _waveform_crop(example, crop_frames: int, filterbank: str):
 
 
 def _crops(ids, read, crop_frames: int, frontend: str, filterbank: str):
-    """ids: dataset of int64 -> dataset of crops (_log_mel_crop's or _waveform_crop's keys, and
-    id), bad clips dropped. read(id) -> CropReader.read's tuple, run in Python (tf.numpy_function).
+    """ids: dataset of int64 -> dataset of crops (_log_mel_crop's or _waveform_crop's keys, id,
+    and ok: False where read found no usable clip, whose crop is then zeros). read(id) ->
+    CropReader.read's tuple, run in Python (tf.numpy_function).
     """
     if frontend not in FRONTENDS:
         raise ValueError(f"unknown frontend {frontend!r}: use one of {FRONTENDS} (config.data.frontend)")
@@ -234,30 +197,12 @@ def _crops(ids, read, crop_frames: int, frontend: str, filterbank: str):
 
     @_as_written
     def crop(example):
-        return dict(make_crop(example, crop_frames, filterbank), id=example["id"])
+        made = make_crop(example, crop_frames, filterbank)
+        made = {key: tf.where(example["ok"], value, tf.zeros_like(value)) for key, value in made.items()}
+        return dict(made, id=example["id"], ok=example["ok"])
 
     dataset = ids.map(load_op, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.filter(_as_written(lambda example: example["ok"]))
     return dataset.map(crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-
-
-def _stored_log_mel_crops(serialized, fractions, crop_frames: int, centre: bool = False):
-    """Records of the log_mel store [batch] -> crops [batch, crop_frames, 80] float32, in graph ops.
-
-    A crop starts at floor(fraction * (frames - crop_frames + 1)), or in the middle (centre), of
-    the clip's own frames, as the audio stores' crops do (random_offset, centre_offset); short
-    clips start at 0 and were tiled to records.MIN_FRAMES when stored, so every crop is whole.
-    """
-    parsed = tf.io.parse_example(serialized, {"log_mel": tf.io.FixedLenFeature([], tf.string),
-                                              "num_frames": tf.io.FixedLenFeature([], tf.int64)})
-    stored = parsed["log_mel"]
-    row_bytes = N_MELS * np.dtype(records.LOG_MEL_DTYPE).itemsize
-    room = tf.maximum(parsed["num_frames"] - crop_frames, 0)
-    offset = room // 2 if centre else tf.cast(tf.floor(fractions * tf.cast(room + 1, tf.float64)), tf.int64)
-    start = tf.minimum(offset, room) * row_bytes
-    crop = tf.strings.substr(stored, start, tf.fill(tf.shape(start), tf.constant(crop_frames * row_bytes, tf.int64)))
-    mel = tf.io.decode_raw(crop, tf.as_dtype(records.LOG_MEL_DTYPE))
-    return tf.reshape(tf.cast(mel, tf.float32), [-1, crop_frames, N_MELS])
 
 
 def _check_filterbank(source, filterbank: str):
@@ -277,126 +222,159 @@ def _check_log_mel_store(source, crop_frames: int, frontend: str):
             f"config.data.frontend={frontend!r} needs audio, and {source.files[0]} holds log-mels (the log_mel "
             "store): use frontend 'host' (a crop is then a slice), or prepare with --store pcm or flac"
         )
-    if crop_frames > records.MIN_FRAMES:
+    if crop_frames > clip_store.MIN_FRAMES:
         raise ValueError(f"crops of {crop_frames} frames: the log_mel store keeps short clips tiled to "
-                         f"{records.MIN_FRAMES} frames only; prepare with --store pcm for longer crops")
+                         f"{clip_store.MIN_FRAMES} frames only; prepare with --store pcm for longer crops")
 
 
-def _stored_log_mel_batches(source, order: ClipOrder, seed: int, batch_size: int, crop_frames: int,
-                            start_position: int):
-    """train_dataset for the log_mel store: per batch, one Python call reads the records of its
-    positions; parsing, cropping and decoding are graph ops over the batch."""
+def _stored_log_mel_batches(source, order: GlobalOrder, seed: int, batch_size: int, rows: np.ndarray,
+                            crop_frames: int, start_position: int):
+    """train_dataset for the log_mel store: per batch, one Python call reads the crops of this
+    process's rows, each exactly its own bytes, all at once."""
 
-    def read(positions):
-        epochs, indices = np.array([order.epoch_and_clip(p) for p in positions]).T
-        return np.array(source.serialized(indices), dtype=object), crop_fractions(seed, epochs, indices)
+    def read(batch):
+        positions = batch_positions(start_position, batch_size, rows, int(batch))
+        epochs, indices = order.clips(positions)
+        return source.log_mel_crops(indices, crop_fractions(seed, epochs, indices), crop_frames), positions
 
     @_as_written
-    def load(positions):
-        serialized, fractions = tf.numpy_function(read, [positions], [tf.string, tf.float64], stateful=False)
-        serialized.set_shape([batch_size])
-        fractions.set_shape([batch_size])
-        return dict(log_mel=_stored_log_mel_crops(serialized, fractions, crop_frames), position=positions)
+    def load(batch):
+        log_mel, positions = tf.numpy_function(read, [batch], [tf.float32, tf.int64], stateful=False)
+        log_mel.set_shape([len(rows), crop_frames, N_MELS])
+        positions.set_shape([len(rows)])
+        return dict(log_mel=log_mel, position=positions)
 
-    positions = tf.data.Dataset.range(start_position, _ENDLESS).batch(batch_size, drop_remainder=True)
-    return positions.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    batches = tf.data.Dataset.range(_ENDLESS)
+    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
 
-def check_usable_audio(source, order: ClipOrder, report: SkipReport):
-    """Reads this process's clips until one is usable; a clear error if none is."""
-    for position in range(order.per_epoch):
-        _, index = order.epoch_and_clip(position)
+def check_usable_audio(source, report: SkipReport):
+    """Reads clips until one is usable; a clear error, before anything compiles, if none is."""
+    for index in range(len(source)):
         try:
             source.load(index)
             return
         except BadAudio as bad:
             report.add(source.name(index), bad.reason)
     raise ValueError(
-        f"no usable audio: all {order.per_epoch} clips of this process's share were skipped "
+        f"no usable audio: all {len(source)} clips were skipped "
         f"({dict(list(report.reasons.items())[:5])}...); check the data source"
     )
 
 
-def train_dataset(source, *, seed: int, batch_size: int, crop_frames: int = 200, start_position: int = 0,
-                  process_index: int = 0, process_count: int = 1, report: SkipReport = None,
-                  frontend: str = "host", filterbank: str = filterbanks.DEFAULT):
-    """-> tf.data.Dataset of dicts: position [batch] int64 and, by frontend, log_mel [batch,
+def _all_rows(rows, batch_size: int) -> np.ndarray:
+    """This process's rows of a global batch; None: all of them (one process)."""
+    rows = np.arange(batch_size) if rows is None else np.asarray(rows, np.int64)
+    if not len(rows) or rows.min() < 0 or rows.max() >= batch_size:
+        raise ValueError(f"rows {rows.tolist()} are not rows of a batch of {batch_size}")
+    return rows
+
+
+def train_dataset(source, *, seed: int, batch_size: int, rows=None, crop_frames: int = 200,
+                  start_position: int = 0, report: SkipReport = None, frontend: str = "host",
+                  filterbank: str = filterbanks.DEFAULT):
+    """-> tf.data.Dataset of this process's share of each global batch: dicts of position
+    [len(rows)] int64 (each row's global position) and, by frontend, log_mel [len(rows),
     crop_frames, 80] float32 ("host") or WAVEFORM_CROP_KEYS ("device", see _waveform_crop).
 
-    `batch_size` is this process's share of the global batch. The position of the next clip
-    after a batch is batch["position"][-1] + 1: what a checkpoint saves as start_position.
+    batch_size is the global batch; rows the rows of it this process reads (all by default).
+    The stream after k batches continues from start_position + k * batch_size.
     """
     _check_filterbank(source, filterbank)
-    order = ClipOrder(len(source), seed, process_index, process_count)
+    rows = _all_rows(rows, batch_size)
+    order = GlobalOrder(len(source), seed)
     if getattr(source, "store", None) == "log_mel":
         _check_log_mel_store(source, crop_frames, frontend)
         return _tuned_without_a_model_thread(
-            _stored_log_mel_batches(source, order, seed, batch_size, crop_frames, start_position))
+            _stored_log_mel_batches(source, order, seed, batch_size, rows, crop_frames, start_position))
     report = report if report is not None else SkipReport()
-    check_usable_audio(source, order, report)  # fail before any compilation starts
+    check_usable_audio(source, report)  # fail before any compilation starts
     reader = CropReader(source, crop_frames, report)
 
     def read(position):
-        epoch, index = order.epoch_and_clip(position)
+        for candidate in (int(position), *order.replacements(int(position))):
+            epoch, index = order.clip(candidate)
 
-        def choose_offset(n_frames):  # pure: the reader may ask twice
-            return random_offset(n_frames, crop_frames, np.random.default_rng([seed, epoch, index]))
+            def choose_offset(n_frames):  # pure: the reader may ask twice
+                return random_offset(n_frames, crop_frames, np.random.default_rng([seed, epoch, index]))
 
-        return reader.read(index, choose_offset)
+            crop = reader.read(index, choose_offset)
+            if crop[-1]:
+                return crop
+        raise ValueError(f"no usable clip at position {position} nor at any of its {order.n_clips} replacements")
 
-    crops = _crops(tf.data.Dataset.range(start_position, _ENDLESS), read, crop_frames, frontend, filterbank)
-    crops = crops.map(
-        _as_written(lambda example: {**{k: v for k, v in example.items() if k != "id"}, "position": example["id"]}))
-    return _tuned_without_a_model_thread(crops.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+    local = tf.constant(rows)
+    per_batch = len(rows)
+    positions = tf.data.Dataset.range(_ENDLESS).map(_as_written(
+        lambda i: start_position + (i // per_batch) * batch_size + tf.gather(local, i % per_batch)))
+    crops = _crops(positions, read, crop_frames, frontend, filterbank)
+    crops = crops.map(_as_written(
+        lambda example: {**{k: v for k, v in example.items() if k not in ("id", "ok")}, "position": example["id"]}))
+    return _tuned_without_a_model_thread(crops.batch(per_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
-def eval_dataset(source, *, batch_size: int, crop_frames: int = 200, process_index: int = 0,
-                 process_count: int = 1, report: SkipReport = None, filterbank: str = filterbanks.DEFAULT):
-    """One pass over this process's share (every process_count-th clip) in index order, with
-    log-mels from the host front end (evaluation is too small to need the device's).
+def eval_batches(n_clips: int, batch_size: int) -> int:
+    """How many global batches one pass over n_clips takes (the last one padded)."""
+    return -(-n_clips // batch_size)
 
-    -> dicts: log_mel [batch, crop_frames, 80] (centre crops), index [batch] int64 (clip index,
-    -1 for padding), valid [batch] bool. Every batch has the full batch size, so a jitted eval
-    step compiles once: the last one is padded with zeros and valid=False.
+
+def eval_dataset(source, *, batch_size: int, rows=None, crop_frames: int = 200, report: SkipReport = None,
+                 filterbank: str = filterbanks.DEFAULT):
+    """One pass over the clips in index order, global batch j holding clips j B ... (j + 1) B - 1,
+    this process reading its `rows` of each (all by default); log-mels from the host front end
+    (evaluation is too small to need the device's). Every process yields eval_batches(...)
+    batches, so a jitted eval step runs in lockstep everywhere and compiles once.
+
+    -> dicts: log_mel [len(rows), crop_frames, 80] (centre crops), index [len(rows)] int64 (clip
+    index, -1 past the end), valid [len(rows)] bool (False past the end and for unusable clips,
+    whose rows are zeros).
     """
     _check_filterbank(source, filterbank)
+    rows = _all_rows(rows, batch_size)
+    n_batches = eval_batches(len(source), batch_size)
     if getattr(source, "store", None) == "log_mel":
         _check_log_mel_store(source, crop_frames, "host")
         return _tuned_without_a_model_thread(
-            _stored_log_mel_eval_batches(source, batch_size, crop_frames, process_index, process_count))
+            _stored_log_mel_eval_batches(source, batch_size, rows, crop_frames, n_batches))
     report = report if report is not None else SkipReport()
     reader = CropReader(source, crop_frames, report)
+    n_clips = len(source)
 
     def read(index):
+        if index >= n_clips:
+            return np.zeros(N_FFT, np.float32), np.int64(0), np.float32(np.nan), np.float32(np.nan), False
         return reader.read(int(index), lambda n_frames: centre_offset(n_frames, crop_frames))
 
-    crops = _crops(tf.data.Dataset.range(process_index, len(source), process_count), read, crop_frames, "host",
-                   filterbank)
-    crops = crops.map(_as_written(lambda example: dict(log_mel=example["log_mel"], index=example["id"], valid=True)))
-    padding = tf.data.Dataset.from_tensors(
-        dict(log_mel=tf.zeros([crop_frames, 80]), index=tf.constant(-1, tf.int64), valid=False)
-    ).repeat(batch_size - 1)
-    # Append padding, then drop the batch made only of padding.
-    batches = crops.concatenate(padding).batch(batch_size, drop_remainder=True)
-    batches = batches.filter(_as_written(lambda batch: batch["valid"][0]))
-    return _tuned_without_a_model_thread(batches.prefetch(tf.data.AUTOTUNE))
+    local = tf.constant(rows)
+    per_batch = len(rows)
+    indices = tf.data.Dataset.range(n_batches * per_batch).map(_as_written(
+        lambda i: (i // per_batch) * batch_size + tf.gather(local, i % per_batch)))
+    crops = _crops(indices, read, crop_frames, "host", filterbank)
+    crops = crops.map(_as_written(lambda example: dict(
+        log_mel=example["log_mel"], index=tf.where(example["id"] < n_clips, example["id"], -1), valid=example["ok"])))
+    return _tuned_without_a_model_thread(crops.batch(per_batch).prefetch(tf.data.AUTOTUNE))
 
 
-def _stored_log_mel_eval_batches(source, batch_size: int, crop_frames: int, process_index: int, process_count: int):
-    """eval_dataset for the log_mel store: centre crops, a batch of records per call, the last
-    batch padded (index -1, valid False, zeros)."""
+def _stored_log_mel_eval_batches(source, batch_size: int, rows: np.ndarray, crop_frames: int, n_batches: int):
+    """eval_dataset for the log_mel store: centre crops, a batch of records per call; rows past
+    the last clip are zeros with index -1 and valid False."""
+    n_clips = len(source)
 
-    def read(indices):
-        return np.array(source.serialized(np.maximum(indices, 0)), dtype=object)  # padding reads clip 0
+    def read(batch):
+        indices = batch_positions(0, batch_size, rows, int(batch))
+        valid = indices < n_clips
+        log_mel = np.zeros((len(rows), crop_frames, N_MELS), np.float32)
+        if valid.any():
+            log_mel[valid] = source.log_mel_crops(indices[valid], None, crop_frames, centre=True)
+        return log_mel, np.where(valid, indices, -1), valid
 
     @_as_written
-    def load(indices):
-        indices = tf.pad(indices, [[0, batch_size - tf.shape(indices)[0]]], constant_values=-1)
-        serialized = tf.numpy_function(read, [indices], tf.string, stateful=False)
-        serialized.set_shape([batch_size])
-        valid = indices >= 0
-        mel = _stored_log_mel_crops(serialized, tf.zeros([batch_size], tf.float64), crop_frames, centre=True)
-        return dict(log_mel=tf.where(valid[:, None, None], mel, 0.0), index=indices, valid=valid)
+    def load(batch):
+        log_mel, indices, valid = tf.numpy_function(read, [batch], [tf.float32, tf.int64, tf.bool], stateful=False)
+        log_mel.set_shape([len(rows), crop_frames, N_MELS])
+        indices.set_shape([len(rows)])
+        valid.set_shape([len(rows)])
+        return dict(log_mel=log_mel, index=indices, valid=valid)
 
-    indices = tf.data.Dataset.range(process_index, len(source), process_count).batch(batch_size)
-    return indices.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
+    batches = tf.data.Dataset.range(n_batches)
+    return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

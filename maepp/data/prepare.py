@@ -1,37 +1,42 @@
-r"""Turns a folder of audio into ArrayRecord shards of 16 kHz clips plus TFDS metadata.
+r"""Turns a folder of audio (local or gs://) into shards of 16 kHz clips, on Apache Beam.
 
     python -m maepp.data.prepare --input DIR --output DIR [--store log_mel|pcm|flac] [--workers N] \
-        [--clips_per_shard 1024] [--filterbank torchaudio|librosa]
+        [--clips_per_shard 1024] [--filterbank torchaudio|librosa] [--beam_pipeline_options "..."]
 
-Every wav/flac/ogg/mp3 under --input (AudioSet as users download it, any rate or channel
-count) is resampled to 16 kHz mono and stored as --store keeps it: log_mel (the default; each
-clip's standardised log-mel, so training crops are slices), pcm or flac (audio, for the device
-front end or longer crops). Log-mels and their stats use --filterbank, which training's
-config.audio.filterbank must match (maepp/audio/filterbanks.py). Bad files are skipped and
-listed with the reason in manifest.json.
-A progress line shows files read, rate and ETA. Re-running the same command resumes: finished
-shards are kept.
-Layout and reading: maepp/data/records.py; writing and resume rules: maepp/data/writer.py.
+Every audio file under --input (AudioSet as users download it: wav, flac, ogg, mp3, m4a/AAC,
+opus, webm, at any rate and channel count) is resampled to 16 kHz mono and stored as --store
+keeps it: log_mel (the default; each clip's standardised log-mel, so a training crop reads only
+its own bytes), pcm or flac (audio, for the device front end or longer crops). Log-mels and their
+stats use --filterbank, which training's config.audio.filterbank must match
+(maepp/audio/filterbanks.py). Every file not taken is listed with the reason in manifest.json.
+
+The work runs as a Beam pipeline: on this machine's DirectRunner with --workers processes, or
+anywhere Beam runs with --beam_pipeline_options (e.g. "--runner=DataflowRunner --project=P
+--region=R --temp_location=gs://B/tmp"). Re-running the same command resumes: finished shards
+are kept. Layout and reading: maepp/data/clip_store.py; writing and resume rules:
+maepp/data/writer.py.
 """
 import os
-import pathlib
 import sys
 
 from absl import app, flags
 
 from maepp.audio import filterbanks
-from maepp.data import records
-from maepp.data.writer import prepare
+from maepp.data import clip_store
+from maepp.data.writer import dataset_directory, prepare
 
-_INPUT = flags.DEFINE_string("input", None, "Folder of audio files (searched recursively).")
-_OUTPUT = flags.DEFINE_string("output", None, "Where to write NAME/1.0.0/ with the shards.")
+_INPUT = flags.DEFINE_string("input", None, "Folder of audio files, local or gs:// (searched recursively).")
+_OUTPUT = flags.DEFINE_string("output", None, f"Where to write NAME/{clip_store.VERSION}/ with the shards, local or gs://.")
 _NAME = flags.DEFINE_string("name", "audio_clips", "Dataset name (TFDS name of the result).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split name.")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Processes writing shards in parallel.")
+_WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Processes writing shards in parallel (Beam's DirectRunner).")
 _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 1024, "Input files per shard.")
-_STORE = flags.DEFINE_enum("store", "log_mel", records.STORES, "What each record keeps (maepp/data/records.py).")
+_STORE = flags.DEFINE_enum("store", "log_mel", clip_store.STORES, "What a shard keeps of each clip (maepp/data/clip_store.py).")
 _FILTERBANK = flags.DEFINE_enum("filterbank", filterbanks.DEFAULT, filterbanks.NAMES,
                                 "Mel filterbank of the stored log-mels or stats (config.audio.filterbank).")
+_BEAM_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "", "Apache Beam pipeline options, e.g. "
+                                    "'--runner=DirectRunner --direct_num_workers=4 --direct_running_mode=multi_processing' "
+                                    "or a Dataflow, Flink or Spark runner's; they replace --workers.")
 
 
 def main(argv):
@@ -40,15 +45,14 @@ def main(argv):
         raise app.UsageError("--input and --output are required")
     try:
         manifest = prepare(_INPUT.value, _OUTPUT.value, _NAME.value, _SPLIT.value, _WORKERS.value, _CLIPS_PER_SHARD.value,
-                           _STORE.value, _FILTERBANK.value)
+                           _STORE.value, _FILTERBANK.value, _BEAM_OPTIONS.value, progress=True)
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"maepp.data.prepare: {error}")
-    out = pathlib.Path(_OUTPUT.value).absolute() / _NAME.value / records.VERSION
+    out = dataset_directory(_OUTPUT.value, _NAME.value)
     print(f"{manifest['clips']} clips ({manifest['hours']:.2f} h) in {len(manifest['shards'])} shards under {out}; "
-          f"{len(manifest['skipped'])} files skipped (listed in manifest.json)")
+          f"{len(manifest['skipped'])} files left out (listed in manifest.json)")
     matching = "" if _FILTERBANK.value == filterbanks.DEFAULT else f" --config.audio.filterbank={_FILTERBANK.value}"
-    print(f"train on them with --config.data.source='records:{out}/{_NAME.value}-{_SPLIT.value}.array_record-*'"
-          f"{matching}")
+    print(f"train on them with --config.data.source=prepared:{out}{matching}")
 
 
 def run():

@@ -1,11 +1,13 @@
-"""Prepared data: ArrayRecord shards of 16 kHz clips, in one of three stores, with TFDS metadata.
+"""Prepared data of layouts before 2.0.0: ArrayRecord shards of whole clips, in one of three
+stores, with TFDS metadata; and any TFDS dataset written the same way. Read only: prepare writes
+layout 2.0.0 now (maepp/data/clip_store.py), whose crops read only their own bytes.
 
     OUTPUT/NAME/1.0.0/NAME-SPLIT.array_record-00000-of-00012   shards (tf.train.Example records)
     OUTPUT/NAME/1.0.0/dataset_info.json, features.json          TFDS metadata
     OUTPUT/NAME/1.0.0/manifest.json                             store, counts, durations, skipped files
 
 What a record holds besides `path` (as found under the input folder), by store:
-    log_mel  `log_mel`: the whole clip's standardised log-mel (PAPER.md, "Input"), float16 bytes
+    log_mel  `log_mel`: the whole clip's standardised log-mel (docs/reference.md, "Input"), float16 bytes
              [frames, 80], short clips tiled to MIN_FRAMES; `num_frames` before tiling. A crop is a
              slice of it: no decoding and no STFT when training (the release trained on stored
              log-mels too). The default.
@@ -15,12 +17,10 @@ What a record holds besides `path` (as found under the input folder), by store:
 Every record also names the `filterbank` (maepp.audio.filterbanks) its log-mel or stats were made
 with; records written before that field existed used "librosa".
 ArrayRecord gives random access, so the pipeline's order stays a pure function of the seed.
-The directory loads with `tfds.data_source(NAME, split=SPLIT, data_dir=OUTPUT)` and
-`tfds.builder_from_directory(...)`; TFDS reads ArrayRecord through data sources only.
+Shards on gs:// are read where they are, by ArrayRecord's own GCS reader (array_record >= 0.8.3):
+whole records, so a crop reads its clip's record whole.
 """
-import hashlib
-import os
-import tempfile
+import json
 import threading
 
 import numpy as np
@@ -28,73 +28,33 @@ import tensorflow as tf
 from array_record.python import array_record_data_source
 
 from maepp.audio import filterbanks
-from maepp.audio.decode import decode_audio, decode_segment
+from maepp.audio.decode import decode_segment, decode_soundfile
 
 VERSION = "1.0.0"
 STORES = ("log_mel", "pcm", "flac")
 MIN_FRAMES = 200  # log_mel store: short clips are tiled to this many frames (one 2 s crop)
 LOG_MEL_DTYPE = np.float16
-
-
-def features(store: str = "log_mel"):
-    """-> the store's tfds.features.FeaturesDict, for the metadata TFDS reads."""
-    # Imported here: TFDS takes 0.4 s to import, and training from records never needs it.
-    import tensorflow_datasets as tfds
-
-    if store not in STORES:
-        raise ValueError(f"unknown store {store!r}; use one of {STORES}")
-    if store == "log_mel":
-        fields = {"log_mel": tfds.features.Tensor(shape=(), dtype=np.object_),
-                  "num_frames": tfds.features.Scalar(dtype=np.int64)}
-    else:
-        fields = {store: tfds.features.Tensor(shape=(), dtype=np.object_),
-                  "num_samples": tfds.features.Scalar(dtype=np.int64),
-                  "log_mel_mean": tfds.features.Scalar(dtype=np.float32),
-                  "log_mel_std": tfds.features.Scalar(dtype=np.float32)}
-    return tfds.features.FeaturesDict({**fields, "filterbank": tfds.features.Text(), "path": tfds.features.Text()})
-
-
-def stored_log_mel(log_mel: np.ndarray) -> bytes:
-    """A clip's standardised log-mel [frames, 80] as the log_mel store keeps it."""
-    repeats = -(-MIN_FRAMES // len(log_mel))
-    return np.tile(log_mel, (repeats, 1)).astype(LOG_MEL_DTYPE).tobytes()
-
-
-def shard_name(name: str, split: str, shard: int, n_shards: int) -> str:
-    """TFDS's default file name template, so TFDS finds the shards."""
-    return f"{name}-{split}.array_record-{shard:05d}-of-{n_shards:05d}"
-
-
-def local_copies(files: list, cache_dir: str = None) -> list:
-    """Local paths of shard files: local ones as they are; others (gs://, any tf.io.gfile
-    filesystem) copied once into cache_dir ($MAEPP_RECORDS_CACHE, or the temp dir), since
-    ArrayRecord's reader opens local files only (google/array_record issue 120). A copy is
-    complete under its final name or not there."""
-    if not any("://" in f for f in files):
-        return files
-    cache = cache_dir or os.environ.get("MAEPP_RECORDS_CACHE") or os.path.join(tempfile.gettempdir(), "maepp-records")
-    local = []
-    for remote in files:
-        key = hashlib.sha256(remote.encode()).hexdigest()[:16]
-        path = os.path.join(cache, f"{key}-{os.path.basename(remote)}")
-        if not os.path.exists(path) or os.path.getsize(path) != tf.io.gfile.stat(remote).length:
-            os.makedirs(cache, exist_ok=True)
-            tf.io.gfile.copy(remote, path + ".part", overwrite=True)
-            os.replace(path + ".part", path)
-        local.append(path)
-    return local
+# A record's features, by store: how a TFDS dataset written by prepare is told from others.
+FEATURE_NAMES = {
+    "log_mel": {"log_mel", "num_frames", "filterbank", "path"},
+    "pcm": {"pcm", "num_samples", "log_mel_mean", "log_mel_std", "filterbank", "path"},
+    "flac": {"flac", "num_samples", "log_mel_mean", "log_mel_std", "filterbank", "path"},
+}
 
 
 class RecordsSource:
-    """Clips of prepared ArrayRecord shards, by a glob over shard files: local, gs:// or any
-    tf.io.gfile filesystem (remote shards are read from local copies, `local_copies`)."""
+    """Clips of ArrayRecord shards, by a glob over shard files, local or gs://."""
 
     def __init__(self, pattern: str):
         # ".tmp" files are shards still being written by maepp.data.prepare.
         self.files = sorted(f for f in tf.io.gfile.glob(pattern) if not f.endswith(".tmp"))
         if not self.files:
             raise FileNotFoundError(f"no record shards match {pattern!r}; write them with python -m maepp.data.prepare")
-        self._records = array_record_data_source.ArrayRecordDataSource(local_copies(self.files))
+        self._records = array_record_data_source.ArrayRecordDataSource(self.files)
+        manifest = self.files[0].rsplit("/", 1)[0] + "/manifest.json"  # prepare's, beside its shards
+        self.manifest = json.loads(tf.io.gfile.GFile(manifest).read()) if tf.io.gfile.exists(manifest) else None
+        self._counting = threading.Lock()
+        self.reads = self.bytes_read = 0  # records and their bytes read so far by log_mel_crops (the reader's own count)
         self._last = threading.local()
         if len(self._records) == 0:
             raise ValueError(f"the shards matching {pattern!r} hold no clips")
@@ -104,6 +64,11 @@ class RecordsSource:
         self.store = stored.pop()  # log_mel: no audio; the pipeline slices crops in the graph
         named = self._example(0).get("filterbank")
         self.filterbank = named.bytes_list.value[0].decode() if named else filterbanks.BEFORE_THE_OPTION
+
+    @property
+    def open_files(self) -> int:
+        """ArrayRecord keeps one descriptor open per shard it has read: all of them, in training."""
+        return len(self.files)
 
     def __len__(self):
         return len(self._records)
@@ -117,10 +82,22 @@ class RecordsSource:
             self._last.record = cached
         return cached[1]
 
-    def serialized(self, indices) -> list:
-        """The records of these clips as stored (tf.train.Example bytes). One by one: the data
-        source's batched read (a thread pool per call) took 1.5x as long for a batch of 32."""
-        return [self._records[int(i)] for i in indices]
+    def log_mel_crops(self, indices, fractions, crop_frames: int, centre: bool = False) -> np.ndarray:
+        """The log_mel store: [k] clips -> crops [k, crop_frames, 80] float32, as
+        maepp.data.clip_store.ClipStoreSource.log_mel_crops makes them."""
+        crops, read = [], 0
+        for index, fraction in zip(indices, np.zeros(len(indices)) if fractions is None else fractions):
+            record = self._records[int(index)]
+            read += len(record)
+            example = tf.train.Example.FromString(record).features.feature
+            room = max(example["num_frames"].int64_list.value[0] - crop_frames, 0)
+            start = room // 2 if centre else min(int(np.floor(fraction * (room + 1))), room)
+            stored = example["log_mel"].bytes_list.value[0]
+            crops.append(np.frombuffer(stored, LOG_MEL_DTYPE, count=crop_frames * 80, offset=start * 80 * 2))
+        with self._counting:
+            self.reads += len(crops)
+            self.bytes_read += read
+        return np.stack(crops).reshape(len(crops), crop_frames, 80).astype(np.float32)
 
     def name(self, index: int) -> str:
         return self._example(index)["path"].bytes_list.value[0].decode()
@@ -148,4 +125,4 @@ class RecordsSource:
     def load(self, index: int) -> np.ndarray:
         if self.store == "pcm":
             return np.frombuffer(self.encoded(index), np.int16).astype(np.float32) / 32768.0
-        return decode_audio(self.encoded(index), self.name(index))
+        return decode_soundfile(self.encoded(index), self.name(index))

@@ -2,13 +2,14 @@
 
     synthetic          procedural audio made on the fly (the embedded default, no download)
     synthetic:N[:SEED] the same with N distinct clips per epoch (from SEED: another set of clips)
-    folder:PATH        any tree of wav/flac/ogg/mp3 files, any rate and channel count
-    records:GLOB       ArrayRecord shards written by `python -m maepp.data.prepare`
+    folder:PATH        any tree of audio files (maepp.audio.decode), any rate and channel count
+    prepared:DIR       a dataset written by `python -m maepp.data.prepare` (DIR = OUTPUT/NAME/2.0.0), local or gs://
+    records:GLOB       ArrayRecord shards of whole clips: prepare's layout before 2.0.0, local or gs://
     tfds:NAME[:SPLIT]  a TFDS audio dataset prepared (as ArrayRecord) in data_dir, maybe gs://
 
 A source maps a clip index to a 16 kHz mono waveform, or raises BadAudio. Random access lets
 the pipeline's order be a pure function of (seed, epoch, position), so resuming needs only a
-position number, not a saved shuffle buffer (STACK.md, "Resumable input").
+position number, not a saved shuffle buffer (maepp/data/order.py).
 """
 
 import numpy as np
@@ -64,13 +65,17 @@ class FolderSource:
 
 
 def source_from_string(spec: str, data_dir=None):
-    """'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', 'records:GLOB' or 'tfds:NAME[:SPLIT]' -> a source."""
+    """'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', 'prepared:DIR', 'records:GLOB' or 'tfds:NAME[:SPLIT]' -> a source."""
     kind, _, argument = spec.partition(":")
     if kind == "synthetic":
         n_clips, _, seed = argument.partition(":")
         return SyntheticSource(int(n_clips or DEFAULT_SYNTHETIC_CLIPS), seed=int(seed or 0))
     if kind == "folder" and argument:
         return FolderSource(argument)
+    if kind == "prepared" and argument:
+        from maepp.data.clip_store import ClipStoreSource
+
+        return ClipStoreSource(argument)
     # Imported here: these two need TensorFlow and TFDS, which take seconds to import and which
     # the other sources (and export, which lists folders through this module) do without.
     if kind == "records" and argument:
@@ -84,5 +89,5 @@ def source_from_string(spec: str, data_dir=None):
         return tfds_source(name, split or "train", data_dir)
     raise ValueError(
         f"data source {spec!r} not understood; use 'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', "
-        "'records:GLOB' or 'tfds:NAME[:SPLIT]'"
+        "'prepared:DIR', 'records:GLOB' or 'tfds:NAME[:SPLIT]'"
     )

@@ -50,6 +50,6 @@ def tfds_source(name: str, split: str = "train", data_dir=None):
         features = set(builder.info.features)
     except Exception:
         return TfdsAudioSource(name, split, data_dir)  # raises the clear error
-    if any(set(records.features(store)) == features for store in records.STORES):
+    if features in records.FEATURE_NAMES.values():
         return RecordsSource(str(builder.data_path / f"{name}-{split}.array_record-*"))
     return TfdsAudioSource(name, split, data_dir)

@@ -1,14 +1,12 @@
 """Periodic reconstruction loss on held-out clips (config.data.eval_source), with pictures.
 
-Every process reads its share of the held-out source (eval_dataset) and runs the same number
-of global batches, padding with invalid rows once its share is used up, so the jitted step
-runs in lockstep on every host. Masks come from fold_in(seed, batch number): the same at every
-evaluation, so losses of different steps are comparable.
+Global batch j holds clips j B ... (j + 1) B - 1 of the held-out source, the last one padded
+with invalid rows, and every process reads the rows of it its devices hold (eval_dataset), so
+the jitted step runs in lockstep on every host and the loss does not depend on the process
+count. Masks come from fold_in(seed, batch number): the same at every evaluation, so losses of
+different steps are comparable. The sums stay on the devices until the pass ends.
 """
-import math
-
 import jax
-import numpy as np
 
 from maepp import sharding
 from maepp.audio import filterbanks
@@ -22,51 +20,40 @@ N_PICTURES = 4
 class HeldOutEvaluation:
     def __init__(self, config, model, mesh, params_shardings, source=None):
         self.source = source or source_from_string(config.data.eval_source, config.data.data_dir or None)
-        if config.eval_batch_size % jax.process_count():
-            raise ValueError(f"config.eval_batch_size {config.eval_batch_size} is not divisible by "
-                             f"{jax.process_count()} processes")
-        self.local_batch = config.eval_batch_size // jax.process_count()
+        self.batch_size = config.eval_batch_size
+        self.rows = sharding.process_rows(mesh, self.batch_size)
         self.crop_frames = model.spec.input_size[0]
-        share = math.ceil(len(self.source) / jax.process_count())
-        self.n_batches = math.ceil(share / self.local_batch)
         self.mesh = mesh
         self.rng = jax.random.key(config.seed + 2)
         self.report = SkipReport()
         self.filterbank = filterbanks.from_config(config)
-        rows = sharding.batch_sharding(mesh)
+        split = sharding.batch_sharding(mesh)
         self.step = jax.jit(
             make_eval_step(model, min(N_PICTURES, config.eval_batch_size)),
-            in_shardings=(params_shardings, rows, rows, sharding.replicated(mesh)),
+            in_shardings=(params_shardings, split, split, sharding.replicated(mesh)),
             out_shardings=sharding.replicated(mesh),
         )
 
-    def _local_batches(self):
-        """This process's batches, then all-padding ones: always n_batches of them."""
-        batches = eval_dataset(
-            self.source, batch_size=self.local_batch, crop_frames=self.crop_frames,
-            process_index=jax.process_index(), process_count=jax.process_count(), report=self.report,
-            filterbank=self.filterbank,
-        ).as_numpy_iterator()
-        padding = dict(log_mel=np.zeros((self.local_batch, self.crop_frames, 80), np.float32),
-                       valid=np.zeros((self.local_batch,), bool))
-        for _ in range(self.n_batches):
-            yield next(batches, padding)
-
     def __call__(self, params):
         """-> (loss over all held-out clips' masked patches, pictures [3, n, T, F] numpy)."""
-        error_sum, masked_patches, pictures = 0.0, 0.0, None
-        for number, batch in enumerate(self._local_batches()):
+        batches = eval_dataset(
+            self.source, batch_size=self.batch_size, rows=self.rows, crop_frames=self.crop_frames,
+            report=self.report, filterbank=self.filterbank,
+        ).as_numpy_iterator()
+        error_sum = masked_patches = pictures = None
+        for number, batch in enumerate(batches):
             out = self.step(
                 params,
-                sharding.global_batch(batch["log_mel"], self.mesh),
-                sharding.global_batch(batch["valid"], self.mesh),
+                sharding.global_batch(batch["log_mel"], self.mesh, self.batch_size),
+                sharding.global_batch(batch["valid"], self.mesh, self.batch_size),
                 jax.random.fold_in(self.rng, number),
             )
-            error_sum += float(out["error_sum"])
-            masked_patches += float(out["masked_patches"])
-            if pictures is None:
-                pictures = np.asarray(out["pictures"])
+            if number == 0:
+                error_sum, masked_patches, pictures = out["error_sum"], out["masked_patches"], out["pictures"]
+            else:  # added on the devices, behind the steps: the host waits only once, below
+                error_sum, masked_patches = error_sum + out["error_sum"], masked_patches + out["masked_patches"]
+        error_sum, masked_patches, pictures = jax.device_get((error_sum, masked_patches, pictures))
         if not masked_patches:
             raise ValueError(f"held-out source {len(self.source)} clips gave no usable audio: "
                              f"{self.report.reasons}")
-        return error_sum / masked_patches, pictures
+        return float(error_sum) / float(masked_patches), pictures

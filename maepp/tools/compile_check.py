@@ -2,11 +2,14 @@ r"""Ahead-of-time compile of the real train step for accelerators this machine d
 and its memory per device against the chip's HBM.
 
     python -m maepp.tools.compile_check --config configs/audiomaepp.py:large --topology v5e:4x4 \
-        [--config.mesh.fsdp=4] [--json]
+        [--num_slices 2] [--config.mesh.fsdp=4] [--json]
     python -m maepp.tools.compile_check --config configs/audiomaepp.py:base --topology h100:8
+    python -m maepp.tools.compile_check --config configs/audiomaepp.py:huge --topology h100:4x8 \
+        --config.mesh.dcn_data=4
 
-TPU slices (v4, v5e, v5p, v6e) need libtpu at the version jax's `tpu` extra names; H100s
-(h100:N, N GPUs of one node) need jax's CUDA plugin at jax's version. `make` installs both into
+TPU slices (v4, v5e, v5p, v6e; --num_slices of them, joined by the data-centre network) need
+libtpu at the version jax's `tpu` extra names; H100s (h100:N, N GPUs of one node; h100:NODESxN,
+nodes of N GPUs, one process each) need jax's CUDA plugin at jax's version. `make` installs both into
 .venv/aot-plugins, which only this module puts on its path, so no other program loads them
 (`pip install -e .[tpu,gpu-aot]` puts them in the environment instead). The step is lowered
 with the config's mesh over the topology's abstract devices and compiled on this CPU: by
@@ -55,7 +58,9 @@ from maepp.models import MaskedAutoencoder, ModelSpec  # noqa: E402
 from maepp.train_step import make_train_step  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:large")
-_TOPOLOGY = flags.DEFINE_string("topology", None, "TPU slice (v5e:4x4, v4:2x2x2, v5p:2x2x4) or GPUs of one node (h100:8).")
+_TOPOLOGY = flags.DEFINE_string(
+    "topology", None, "TPU slice (v5e:4x4, v4:2x2x2, v5p:2x2x4), GPUs of one node (h100:8) or nodes of GPUs (h100:4x8).")
+_NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "TPU slices of --topology in the job (multi-slice).")
 _JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
 
 GIB = 2**30
@@ -66,6 +71,7 @@ TPU_CHIPS = ("v4", "v5e", "v5p", "v6e")
 @dataclasses.dataclass
 class MemoryReport:
     topology: str
+    slices: int
     devices: int
     mesh: tuple
     per_device_batch: int
@@ -85,29 +91,34 @@ class MemoryReport:
         return self.peak_bytes <= self.hbm_gib * GIB
 
 
-def abstract_devices(topology: str) -> list:
-    """Devices of a TPU slice ("v5e:4x4") or of one node of N GPUs ("h100:8"), for compiling only."""
+def abstract_devices(topology: str, num_slices: int = 1) -> list:
+    """Devices of a TPU slice ("v5e:4x4", num_slices of them), of one node of N GPUs ("h100:8") or of
+    nodes of N GPUs, one process each ("h100:4x8"), for compiling only."""
     chip, _, shape = topology.partition(":")
     if chip not in TPU_CHIPS and chip not in GPU_TARGETS:
         raise ValueError(f"topology {topology!r}: chip {chip!r} unknown; use one of {', '.join(TPU_CHIPS + tuple(GPU_TARGETS))}")
-    if chip in GPU_TARGETS and not shape.isdigit():
-        raise ValueError(f"topology {topology!r}: name the GPU count, e.g. {chip}:8")
+    if num_slices < 1 or (num_slices > 1 and chip in GPU_TARGETS):
+        raise ValueError(f"--num_slices {num_slices}: TPU slices only, at least 1; name GPU nodes in the topology "
+                         f"(e.g. {chip}:4x8)")
+    nodes, _, gpus = shape.rpartition("x") if chip in GPU_TARGETS else ("", "", "")
+    if chip in GPU_TARGETS and not re.fullmatch(r"([1-9]\d*x)?[1-9]\d*", shape):
+        raise ValueError(f"topology {topology!r}: name the GPUs of one node, e.g. {chip}:8, or nodes x GPUs, e.g. {chip}:4x8")
     plugin, extra = ("jax_plugins.xla_cuda12", "gpu-aot") if chip in GPU_TARGETS else ("libtpu", "tpu")
     if importlib.util.find_spec(plugin) is None:
         raise ValueError(f"compiling for {chip} needs {plugin}, which is not installed: run make (it installs "
                          f"it into {PLUGIN_DIR}) or pip install -e .[{extra}]")
     if chip in GPU_TARGETS:
-        return topologies.get_topology_desc(platform="cuda", topology_name="", topology=f"1x1x{shape}",
+        return topologies.get_topology_desc(platform="cuda", topology_name="", topology=f"1x{nodes or 1}x{gpus}",
                                             target_config=GPU_TARGETS[chip].read_text()).devices
     # v4 and v5p chips hold two TensorCores that JAX drives as one device ("megacore"), as on a
     # real slice; libtpu's default description lists each core.
     options = dict(chip_config_name="megacore") if CHIPS[chip].megacore else {}
-    return topologies.get_topology_desc(platform="tpu", topology_name=topology, **options).devices
+    return topologies.get_topology_desc(platform="tpu", topology_name=topology, num_slices=num_slices, **options).devices
 
 
-def compile_train_step(config, topology: str) -> MemoryReport:
+def compile_train_step(config, topology: str, num_slices: int = 1) -> MemoryReport:
     chip = topology.split(":")[0]
-    devices = abstract_devices(topology)
+    devices = abstract_devices(topology, num_slices)
     mesh = sharding.make_mesh(config.mesh, devices)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     optimizer = optim.optimizer(config)
@@ -122,7 +133,7 @@ def compile_train_step(config, topology: str) -> MemoryReport:
                          inputs)
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
     step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
-    common = dict(topology=topology, devices=len(devices), mesh=tuple(mesh.shape.values()),
+    common = dict(topology=topology, slices=num_slices, devices=len(devices), mesh=tuple(mesh.shape.values()),
                   per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),
                   hbm_gib=CHIPS[chip].memory_gib)
     start = time.perf_counter()
@@ -159,12 +170,17 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if _CONFIG.value is None or not _TOPOLOGY.value:
         raise app.UsageError("--config and --topology are required")
+    if not _JSON.value:
+        slices = f" x {_NUM_SLICES.value} slices" if _NUM_SLICES.value > 1 else ""
+        print(f"compiling the train step for {_TOPOLOGY.value}{slices} on this CPU (large models take minutes)",
+              flush=True)
     try:
-        report = compile_train_step(_CONFIG.value, _TOPOLOGY.value)
+        report = compile_train_step(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value)
     except ValueError as error:
         sys.exit(f"maepp.tools.compile_check: {error}")
     if not _JSON.value:
-        print(f"{report.topology}: {report.devices} devices, mesh (data, fsdp, model) = {report.mesh}, "
+        slices = f" x {report.slices} slices" if report.slices > 1 else ""
+        print(f"{report.topology}{slices}: {report.devices} devices, mesh (data, fsdp, model) = {report.mesh}, "
               f"{report.per_device_batch} examples per device; compiled in {report.compile_s:.1f} s")
         if report.arguments_bytes is None:
             print(f"per device: libtpu refused the program: its temporaries alone take "

@@ -22,14 +22,12 @@ import jax
 from absl import app, flags
 
 from maepp.configs.audiomaepp import ENCODER_SIZES, model_config
-from maepp.hardware import SYSTEMS, system_chip, topology_devices
+from maepp.hardware import SYSTEMS
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 from maepp.sharding import LOGICAL_RULES
 
 GIB = 2**30
 SIZES = [size for size in ENCODER_SIZES if size != "micro"]
-# name: (devices JAX sees, memory per device in GiB)
-HARDWARE = {name: (topology_devices(topology), system_chip(name).memory_gib) for name, topology in SYSTEMS.items()}
 # fp32 master weights + fp32 gradients + AdamW's two fp32 moments: 4 copies of every parameter.
 STATE_COPIES = 4
 # The state may take this share of a device's memory; activations and XLA's buffers get the rest.
@@ -63,15 +61,23 @@ def state_bytes_per_device(params, mesh: dict) -> int:
     return total
 
 
-def recommended_mesh(params, devices: int, memory_gib: float) -> dict:
-    """The least FSDP (a power of two) that fits the state in STATE_SHARE of memory; data
-    parallel over the rest. Tensor parallelism is not needed at these widths."""
+def recommended_mesh(params, system) -> dict:
+    """The config's mesh fields for a system (maepp.hardware.System): inside each slice or node,
+    the least FSDP (a power of two) that fits the state in STATE_SHARE of memory, data parallel
+    over the rest; data parallel across slices or nodes (dcn_data). Tensor parallelism is not
+    needed at these widths."""
+    per_granule, memory = system.devices // system.granules, system.chip.memory_gib
     fsdp = 1
-    while fsdp < devices and state_bytes_per_device(params, dict(data=devices // fsdp, fsdp=fsdp, model=1)) > (
-        STATE_SHARE * memory_gib * GIB
+    while fsdp < per_granule and state_bytes_per_device(params, dict(data=system.devices // fsdp, fsdp=fsdp, model=1)) > (
+        STATE_SHARE * memory * GIB
     ):
         fsdp *= 2
-    return dict(data=devices // fsdp, fsdp=fsdp, model=1)
+    return dict(data=per_granule // fsdp, fsdp=fsdp, model=1, dcn_data=system.granules)
+
+
+def whole_mesh(mesh: dict) -> dict:
+    """The config's mesh fields -> the sizes of the mesh's (data, fsdp, model) axes."""
+    return dict(data=mesh["data"] * mesh["dcn_data"], fsdp=mesh["fsdp"], model=mesh["model"])
 
 
 def predicted_arguments_bytes(params, mesh: dict, global_batch: int = GLOBAL_BATCH) -> int:
@@ -84,13 +90,14 @@ def predicted_arguments_bytes(params, mesh: dict, global_batch: int = GLOBAL_BAT
 def check(hardware: str, sizes):
     """Yields compile_check's report for each size on its recommended mesh, as each finishes (a
     subprocess each: the compilers it loads are kept out of this process)."""
-    devices, memory = HARDWARE[hardware]
+    system = SYSTEMS[hardware]
     for size in sizes:
-        mesh = recommended_mesh(_logical_params(size), devices, memory)
+        mesh = recommended_mesh(_logical_params(size), system)
         result = subprocess.run(
             [sys.executable, "-m", "maepp.tools.compile_check", "--config", f"audiomaepp:{size}",
-             "--topology", SYSTEMS[hardware], f"--config.mesh.data={mesh['data']}",
-             f"--config.mesh.fsdp={mesh['fsdp']}", f"--config.batch_size={GLOBAL_BATCH}", "--json"],
+             "--topology", system.topology, f"--num_slices={system.slices}", f"--config.mesh.data={mesh['data']}",
+             f"--config.mesh.fsdp={mesh['fsdp']}", f"--config.mesh.dcn_data={mesh['dcn_data']}",
+             f"--config.batch_size={GLOBAL_BATCH}", "--json"],
             capture_output=True, text=True)
         lines = result.stdout.strip().splitlines()
         if not lines:  # a compile that failed outright, not one that does not fit
@@ -155,34 +162,38 @@ def report() -> str:
         "",
         "## Recommended meshes",
         "",
-        f"The smallest FSDP degree that keeps the state under {STATE_SHARE:.0%} of a device's memory,",
-        "data parallel over the remaining devices, `mesh.model=1`. Set them with",
-        "`--config.mesh.data=D --config.mesh.fsdp=F`.",
+        f"Inside each slice (or node): the smallest FSDP degree that keeps the state under {STATE_SHARE:.0%} of a",
+        "device's memory, data parallel over the remaining devices, `mesh.model=1`. Across the slices of",
+        "a multi-slice TPU job, or the nodes of a GPU cluster, data parallel (`G x (D,F,1)`: G slices or",
+        "nodes). Set them with `--config.mesh.data=D --config.mesh.fsdp=F [--config.mesh.dcn_data=G]`",
+        "(on TPUs dcn_data takes the slices left over by default; GPU nodes must be named: one",
+        "process per node, all its GPUs).",
         "",
-        "| size | " + " | ".join(f"{name} ({devices} x {memory} GiB)" for name, (devices, memory) in HARDWARE.items())
-        + " |",
-        "| --- |" + " --- |" * len(HARDWARE),
+        "| size | " + " | ".join(f"{name} ({system.devices} x {system.chip.memory_gib} GiB)"
+                               for name, system in SYSTEMS.items()) + " |",
+        "| --- |" + " --- |" * len(SYSTEMS),
     ]
     for size, params in all_params.items():
         cells = []
-        for devices, memory in HARDWARE.values():
-            mesh = recommended_mesh(params, devices, memory)
-            state = state_bytes_per_device(params, mesh) / GIB
-            cells.append(f"({mesh['data']},{mesh['fsdp']},1): {state:.2f} GiB")
+        for system in SYSTEMS.values():
+            mesh = recommended_mesh(params, system)
+            state = state_bytes_per_device(params, whole_mesh(mesh)) / GIB
+            granules = f"{mesh['dcn_data']} x " if mesh["dcn_data"] > 1 else ""
+            cells.append(f"{granules}({mesh['data']},{mesh['fsdp']},1): {state:.2f} GiB")
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Batch and learning rate",
         "",
         f"PAPER.md's recipe uses a global batch of {GLOBAL_BATCH} at lr 1.5e-4 x batch / 256 = 6e-4. The",
-        "global batch (`config.batch_size`) is split over data x fsdp, so it must divide by their product",
-        "and by the number of processes. Keep the global batch when the device count changes; the",
+        "global batch (`config.batch_size`) is split over data x fsdp, so it must divide by their product.",
+        "Keep the global batch when the device count changes; the",
         "per-device batch shrinks or grows with it:",
         "",
         "| hardware | devices | per-device batch at 1024 |",
         "| --- | ---: | ---: |",
     ]
-    lines += [f"| {name} | {devices} | {GLOBAL_BATCH // devices} |" for name, (devices, _) in HARDWARE.items()]
+    lines += [f"| {name} | {system.devices} | {GLOBAL_BATCH // system.devices} |" for name, system in SYSTEMS.items()]
     lines += [
         "",
         "If a per-device batch does not fit, use `config.optimizer.accumulate_steps=k` with",

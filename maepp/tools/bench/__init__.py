@@ -1,6 +1,7 @@
 r"""Benchmarks that print figures; the last line of each is JSON.
 
-    python -m maepp.tools.bench data --source records:GLOB|folder:DIR [--clips 256] [--json]
+    python -m maepp.tools.bench data --source prepared:DIR|records:GLOB|folder:DIR [--clips 256] [--json]
+    python -m maepp.tools.bench scale [--processes 4] [--clips 20000] [--clips_per_shard 100] [--json]
     python -m maepp.tools.bench export [--workdir RUN | --model_config configs/audiomaepp.py:base] [--json]
     python -m maepp.tools.bench step [--config configs/audiomaepp.py:base] [--steps 10] [--json]
     python -m maepp.tools.bench loop [--config audiomaepp:micro] [--steps 100] [--json]
@@ -17,7 +18,7 @@ from absl import app
 
 from maepp import config_files
 
-SUBCOMMANDS = ("data", "export", "step", "loop", "swiglu_norm", "table")
+SUBCOMMANDS = ("data", "scale", "export", "step", "loop", "swiglu_norm", "table")
 
 
 def run():

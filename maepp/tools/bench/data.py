@@ -4,11 +4,12 @@ clips in the same run. The pipeline uses every core this process may run on, so 
 divided by that count. With --frontend device the hosts only decode and cut raw-sample crops,
 leaving the STFT to the accelerator (config.data.frontend), so that rate is the hosts' alone.
 
-For prepared records it also prints the store's bytes per hour of audio and the largest
-difference of its centre crops (eval pipeline) from librosa's on the same audio. The log_mel
-store holds no audio: the librosa side reads the original files (manifest.json's input folder)."""
+For prepared data it also prints the store's bytes per hour of audio, the bytes the pipeline read
+per crop over the crop's own bytes (the reader's count: 16-bit values, [200, 80] log-mels or the
+samples its frames cover), and the largest difference of its centre crops (eval pipeline) from
+librosa's on the same audio. The log_mel store holds no audio: the librosa side reads the
+original files (manifest.json's input folder)."""
 import io
-import json
 import os
 import pathlib
 import time
@@ -18,12 +19,12 @@ import numpy as np
 from absl import app, flags, logging
 
 from maepp.audio import filterbanks, reference
-from maepp.audio.constants import SAMPLE_RATE
+from maepp.audio.constants import N_MELS, SAMPLE_RATE, crop_span
 from maepp.data.pipeline import FRONTENDS, centre_offset, eval_dataset, host_cores, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.tools.bench.report import report
 
-_SOURCE = flags.DEFINE_string("source", None, "Data source: records:GLOB or folder:DIR.")
+_SOURCE = flags.DEFINE_string("source", None, "Data source: prepared:DIR, records:GLOB or folder:DIR.")
 _CLIPS = flags.DEFINE_integer("clips", 256, "Crops to time in each method.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 _FRONTEND = flags.DEFINE_enum("frontend", "host", FRONTENDS, "Where the pipeline's crops become log-mels.")
@@ -64,16 +65,25 @@ def librosa_rate(audio_bytes, n_clips: int, n_crops: int) -> float:
 
 
 def _audio_bytes(source):
-    """index -> the bytes of the clip's audio file as a plain loop reads it: for prepared records
-    the original file (manifest.json's input folder), whatever the store; else the file itself."""
+    """index -> the bytes of the clip's audio file as a plain loop reads it: for prepared data the
+    original file (manifest.json's input folder), whatever the store; else the file itself."""
     if not hasattr(source, "store"):
         return source.encoded
-    manifest = pathlib.Path(source.files[0]).with_name("manifest.json")
-    root = pathlib.Path(json.loads(manifest.read_text())["input"])
+    root = pathlib.Path(source.manifest["input"])
     if not root.is_dir():
-        raise app.UsageError(f"the librosa loop reads the original files of the records, {root} (from {manifest}), "
-                             "which are not here")
+        raise app.UsageError(f"the librosa loop reads the original files of the prepared data, {root} (their "
+                             "manifest.json's input), which are not here")
     return lambda index: (root / source.name(index)).read_bytes()
+
+
+def crop_bytes(store: str) -> int:
+    """A crop's own bytes in 16-bit values: its log-mel rows, or the samples its frames cover."""
+    return CROP_FRAMES * N_MELS * 2 if store == "log_mel" else crop_span(CROP_FRAMES) * 2
+
+
+def _stored_bytes(source) -> int:
+    shards = source.manifest["shards"]
+    return sum(shard["bytes"] for shard in shards) if "bytes" in shards[0] else sum(map(os.path.getsize, source.files))
 
 
 def max_error(source, audio_bytes, n_clips: int = 64) -> float:
@@ -97,11 +107,18 @@ def max_error(source, audio_bytes, n_clips: int = 64) -> float:
 
 def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = "host") -> dict:
     source = source_from_string(source_spec)
-    if not hasattr(source, "encoded"):
-        raise app.UsageError(f"bench data needs a records: or folder: source, not {source_spec!r}")
+    prepared = hasattr(source, "store")
+    if not (prepared or hasattr(source, "encoded")):
+        raise app.UsageError(f"bench data needs a prepared:, records: or folder: source, not {source_spec!r}")
+    if prepared and source.manifest is None:
+        raise app.UsageError(f"{source_spec} has no manifest.json beside its shards: not written by maepp.data.prepare")
     audio_bytes = _audio_bytes(source)
     cores = host_cores()
+    counted = lambda: (getattr(source, "reads", 0), getattr(source, "bytes_read", 0))
+    reads_before, bytes_before = counted()
     pipeline = pipeline_rate(source, n_crops, batch_size, frontend)
+    reads, read = (after - before for after, before in zip(counted(), (reads_before, bytes_before)))
+    read_per_crop = read / max(reads, 1)  # every read the pipeline made, those prefetched beyond the timed crops too
     baseline = librosa_rate(audio_bytes, len(source), n_crops)
     result = dict(
         source=source_spec,
@@ -113,9 +130,10 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
         librosa_crops_per_s_per_core=round(baseline, 2),
         ratio_per_core=round(pipeline / cores / baseline, 2),
     )
-    if hasattr(source, "store"):
-        manifest = json.loads(pathlib.Path(source.files[0]).with_name("manifest.json").read_text())
-        result.update(bytes_per_hour=round(sum(os.path.getsize(f) for f in source.files) / manifest["hours"]),
+    if prepared:
+        result.update(bytes_per_hour=round(_stored_bytes(source) / source.manifest["hours"]),
+                      bytes_read_per_crop=round(read_per_crop),
+                      read_over_crop_bytes=round(read_per_crop / crop_bytes(source.store), 3),
                       max_error_vs_librosa=max_error(source, audio_bytes))
     return result
 
@@ -131,5 +149,6 @@ def main(argv):
            f"{result['pipeline_crops_per_s_per_core']} per core",
            f"librosa loop: {result['librosa_crops_per_s_per_core']} crops/s on one core",
            f"ratio per core: {result['ratio_per_core']}x",
-           *([f"{result['store']} store: {result['bytes_per_hour'] / 1e6:.1f} MB per hour of audio, centre crops within "
-              f"{result['max_error_vs_librosa']:.2g} of librosa"] if result["store"] else []))
+           *([f"{result['store']} store: {result['bytes_per_hour'] / 1e6:.1f} MB per hour of audio, "
+              f"{result['bytes_read_per_crop']:,} bytes read per crop ({result['read_over_crop_bytes']}x the crop's own), "
+              f"centre crops within {result['max_error_vs_librosa']:.2g} of librosa"] if result["store"] else []))

@@ -1,0 +1,195 @@
+"""Prepared clips, layout 2.0.0: shards of payloads end to end, and an index of where each clip lies.
+
+    OUTPUT/NAME/2.0.0/NAME-SPLIT.clips-00000-of-00012.npy    a shard: its clips' payloads, one after another
+    OUTPUT/NAME/2.0.0/NAME-SPLIT.clips-00000-of-00012.json   the shard's clips: names, lengths, stats
+    OUTPUT/NAME/2.0.0/NAME-SPLIT.index.npy                   every clip's shard, byte offset, length, stats
+    OUTPUT/NAME/2.0.0/manifest.json                          store, filterbank, counts, hours, shards, skipped files
+
+A shard is a NumPy .npy file, so any tool reads it, of one of three stores:
+    log_mel  float16 [frames, 80]: each clip's standardised log-mel (docs/reference.md, "Input"),
+             short clips tiled to MIN_FRAMES. A crop is rows of it: one read of exactly its bytes.
+    pcm      int16 [samples]: 16-bit audio; a crop reads exactly the samples its frames cover.
+    flac     uint8 [bytes]: each clip's FLAC file; a crop reads its clip's FLAC bytes.
+The index gives each clip's payload as a byte range, and its length and log-mel stats, so start-up
+reads one file and every read is one range request of a known size: local files and gs://
+objects alike, through TensorStore's key-value stores (its own concurrent HTTP client on GCS).
+The layout before this one, ArrayRecord records of whole clips, is maepp/data/records.py.
+"""
+import io
+import json
+import os
+import threading
+
+import numpy as np
+
+from maepp.audio.constants import N_MELS
+from maepp.audio.decode import decode_segment, decode_soundfile
+
+VERSION = "2.0.0"
+STORES = ("log_mel", "pcm", "flac")
+MIN_FRAMES = 200  # log_mel store: short clips are tiled to this many frames (one 2 s crop)
+PAYLOADS = {"log_mel": (np.dtype(np.float16), (N_MELS,)), "pcm": (np.dtype(np.int16), ()),
+            "flac": (np.dtype(np.uint8), ())}
+# Reads in flight per process over GCS: a crop's read waits tens of milliseconds there.
+GCS_REQUESTS_IN_FLIGHT = 256
+
+
+def shard_name(name: str, split: str, shard: int, n_shards: int) -> str:
+    return f"{name}-{split}.clips-{shard:05d}-of-{n_shards:05d}.npy"
+
+
+# One record per clip: its shard, its payload's byte offset there and stored units (rows, samples
+# or bytes), its own length (frames before tiling, or samples), its log-mel stats (audio stores).
+INDEX_DTYPE = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("units", "<i8"), ("length", "<i8"),
+                        ("mean", "<f4"), ("std", "<f4")])
+
+
+def index_name(name: str, split: str) -> str:
+    return f"{name}-{split}.index.npy"
+
+
+def npy_header(store: str, units: int) -> bytes:
+    """The .npy header of a shard holding `units` payload rows (frames, samples or bytes)."""
+    dtype, row = PAYLOADS[store]
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, dict(descr=np.lib.format.dtype_to_descr(dtype), fortran_order=False,
+                                                      shape=(units, *row)))
+    return buffer.getvalue()
+
+
+def unit_bytes(store: str) -> int:
+    dtype, row = PAYLOADS[store]
+    return dtype.itemsize * int(np.prod(row))
+
+
+def kvstore_spec(directory: str) -> dict:
+    """TensorStore's key-value store over a local folder or a gs://bucket/prefix."""
+    directory = str(directory).rstrip("/") + "/"
+    if directory.startswith("gs://"):
+        bucket, _, prefix = directory[len("gs://"):].partition("/")
+        return {"driver": "gcs", "bucket": bucket, "path": prefix,
+                "context": {"gcs_request_concurrency": {"limit": GCS_REQUESTS_IN_FLIGHT}}}
+    if "://" in directory:
+        raise ValueError(f"{directory}: prepared clips are read from local folders or gs://")
+    return {"driver": "file", "path": os.path.abspath(directory) + "/"}
+
+
+def _listing(directory: str) -> dict:
+    """{file name: size} of a prepared folder, in one listing (a local scan, or GCS's list)."""
+    if directory.startswith("gs://"):
+        from google.cloud import storage
+
+        bucket, _, prefix = directory[len("gs://"):].rstrip("/").partition("/")
+        prefix = prefix + "/" if prefix else ""
+        blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
+        return {blob.name[len(prefix):]: blob.size for blob in blobs}
+    return {entry.name: entry.stat().st_size for entry in os.scandir(directory) if entry.is_file()}
+
+
+class ClipStoreSource:
+    """The clips of a prepared folder (OUTPUT/NAME/2.0.0), local or gs://, as a data source."""
+
+    def __init__(self, directory: str):
+        import tensorstore as ts
+
+        self.directory = str(directory).rstrip("/")
+        self._kv = ts.KvStore.open(kvstore_spec(self.directory)).result()
+        manifest = self._read_whole("manifest.json")
+        if manifest is None:
+            raise FileNotFoundError(f"{self.directory} holds no manifest.json: prepare it with python -m maepp.data.prepare")
+        manifest = json.loads(manifest)
+        self.manifest = manifest
+        self.store, self.filterbank = manifest["store"], manifest["filterbank"]
+        self.shards = [shard["file"] for shard in manifest["shards"]]
+        index = np.load(io.BytesIO(self._read_whole(manifest["index"])))  # INDEX_DTYPE
+        self._shard, self._offset, self._units = index["shard"], index["offset"], index["units"]
+        self._length, self._mean, self._std = index["length"], index["mean"], index["std"]
+        self.files = [f"{self.directory}/{shard}" for shard in self.shards]
+        self._check_shards(manifest)
+        self._names = {}  # shard -> its clips' names, read when first needed
+        self._counting = threading.Lock()
+        self.reads = self.bytes_read = 0  # byte ranges and their bytes read so far (the reader's own count)
+        if not len(self):
+            raise ValueError(f"{self.directory} holds no clips")
+
+    def _read_whole(self, key: str):
+        result = self._kv.read(key).result()
+        return result.value if result.state == "value" else None
+
+    def _check_shards(self, manifest: dict):
+        """Every shard the manifest names is there, at its size: one listing, before anything runs."""
+        listed = _listing(self.directory)
+        wrong = []
+        for shard in manifest["shards"]:
+            size = listed.get(shard["file"])
+            if size is None:
+                wrong.append(f"{shard['file']} (missing)")
+            elif size != shard["bytes"]:
+                wrong.append(f"{shard['file']} ({size:,} bytes, not {shard['bytes']:,})")
+        if wrong:
+            raise ValueError(f"{self.directory}: {len(wrong)} of {len(manifest['shards'])} shards do not match "
+                             f"manifest.json: {', '.join(wrong[:5])}; prepare again into this --output (finished "
+                             "shards are kept) or restore them")
+
+    def __len__(self):
+        return len(self._shard)
+
+    def name(self, index: int) -> str:
+        shard = int(self._shard[index])
+        if shard not in self._names:
+            listing = json.loads(self._read_whole(self.shards[shard].removesuffix(".npy") + ".json"))
+            self._names[shard] = listing["clips"]
+        first = int(np.searchsorted(self._shard, shard))
+        return self._names[shard][index - first]
+
+    def _read(self, indices, starts, stops) -> list:
+        """Payload units [start, stop) of each clip, all read at once -> [bytes]."""
+        import tensorstore as ts
+
+        size = unit_bytes(self.store)
+        with ts.Batch() as batch:
+            futures = [self._kv.read(self.shards[self._shard[i]], batch=batch,
+                                     byte_range=slice(int(self._offset[i] + a * size), int(self._offset[i] + b * size)))
+                       for i, a, b in zip(indices, starts, stops)]
+        values = [future.result() for future in futures]
+        for i, value in zip(indices, values):
+            if value.state != "value":
+                raise ValueError(f"{self.files[self._shard[i]]} is missing (clip {i}, {self.name(int(i))})")
+        payloads = [value.value for value in values]
+        with self._counting:
+            self.reads += len(payloads)
+            self.bytes_read += sum(len(payload) for payload in payloads)
+        return payloads
+
+    # The log_mel store: crops are rows.
+    def log_mel_crops(self, indices, fractions, crop_frames: int, centre: bool = False) -> np.ndarray:
+        """[k] clips -> crops [k, crop_frames, 80] float32, starting at floor(fraction * (room + 1))
+        of each clip's own frames (room = frames - crop_frames), or in the middle (centre)."""
+        indices = np.asarray(indices, np.int64)
+        room = np.maximum(self._length[indices] - crop_frames, 0)
+        starts = room // 2 if centre else np.floor(np.asarray(fractions) * (room + 1)).astype(np.int64)
+        starts = np.minimum(starts, room)
+        payloads = self._read(indices, starts, starts + crop_frames)
+        crops = np.frombuffer(b"".join(payloads), np.float16).reshape(len(indices), crop_frames, N_MELS)
+        return crops.astype(np.float32)
+
+    # The audio stores: a crop's samples and the clip's stats.
+    def clip_info(self, index: int):
+        """(num_samples, mean, std of the whole clip's log-mel), as stored by maepp.data.prepare."""
+        return int(self._length[index]), float(self._mean[index]), float(self._std[index])
+
+    def load_segment(self, index: int, start: int, stop: int) -> np.ndarray:
+        """Samples [start, stop) of the clip, reading (pcm) or decoding (flac) only those."""
+        if self.store == "pcm":
+            (payload,) = self._read([index], [start], [stop])
+            return np.frombuffer(payload, np.int16).astype(np.float32) / 32768.0
+        return decode_segment(self._flac(index), self.name(index), start, stop)
+
+    def load(self, index: int) -> np.ndarray:
+        if self.store == "pcm":
+            return self.load_segment(index, 0, int(self._length[index]))
+        return decode_soundfile(self._flac(index), self.name(index))
+
+    def _flac(self, index: int) -> bytes:
+        (payload,) = self._read([index], [0], [int(self._units[index])])
+        return payload

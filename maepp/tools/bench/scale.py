@@ -1,0 +1,136 @@
+r"""`python -m maepp.tools.bench scale`: P hosts reading one prepared dataset from a GCS API server.
+
+    python -m maepp.tools.bench scale --processes 4 --clips 20000 --clips_per_shard 100 [--json]
+
+Prepares --clips short procedural clips (the log_mel store), puts them in a bucket of a GCS API
+server on 127.0.0.1 (maepp.tools.gcs_emulator, the tests' server), then starts --processes reader
+processes, as many hosts: each runs the training pipeline over its rows of every global batch
+(a data-parallel share) for --epochs, through a proxy of its own that counts its requests and
+bytes. Reported, last line JSON:
+    time to the first batch       from opening the dataset, the slowest process's
+    bytes read per process        over the dataset's bytes, per epoch (1/P: each host its share)
+    bytes read per crop           over the crop's own bytes (1.0: a crop reads only its rows)
+    requests per second           per process, while reading
+    local disk bytes written      by the readers (about 0: nothing is copied)
+docs/scaling.md turns these ratios into AudioSet-2M's figures on real systems.
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import soundfile
+from absl import flags
+
+from maepp.tools.bench.report import report
+
+_PROCESSES = flags.DEFINE_integer("processes", 4, "Reader processes, as many simulated hosts.")
+_CLIPS = flags.DEFINE_integer("clips", 20000, "Procedural clips in the dataset.")
+_SECONDS = flags.DEFINE_float("seconds", 2.0, "Length of each clip.")
+_CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 100, "Clips per shard.")
+_BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch, split over the processes.")
+_EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs each process reads.")
+
+# One simulated host: its share of every global batch through the training pipeline.
+_READER = """
+import json, sys, time
+start = time.perf_counter()
+from maepp.data.pipeline import train_dataset
+from maepp.data.sources import source_from_string
+spec, batch_size, rows, n_batches = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
+opened = time.perf_counter()
+source = source_from_string(spec)
+batches = train_dataset(source, seed=0, batch_size=batch_size, rows=rows).as_numpy_iterator()
+next(batches)
+first = time.perf_counter()
+for _ in range(n_batches - 1):
+    next(batches)
+done = time.perf_counter()
+io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
+print(json.dumps(dict(first_batch_s=first - opened, read_s=done - first, crops=n_batches * len(rows),
+                      reads=source.reads, bytes_read=source.bytes_read, disk_bytes_written=int(io["write_bytes"]))))
+"""
+
+
+def _dataset(root: str, n_clips: int, seconds: float, clips_per_shard: int) -> str:
+    from maepp.data.synthetic import synthetic_clip
+    from maepp.data.writer import dataset_directory, prepare
+    from maepp.data.pipeline import host_cores
+
+    rng = np.random.default_rng(0)
+    os.makedirs(f"{root}/in")
+    for i in range(n_clips):
+        soundfile.write(f"{root}/in/{i:06d}.wav", synthetic_clip(rng, seconds)[0], 16000, subtype="PCM_16")
+    prepare(f"{root}/in", f"{root}/out", clips_per_shard=clips_per_shard, workers=host_cores())
+    return str(dataset_directory(f"{root}/out", "audio_clips"))
+
+
+def bench_scale(processes: int, n_clips: int, seconds: float, clips_per_shard: int, batch_size: int,
+                epochs: int) -> dict:
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from maepp.tools.gcs_emulator import GcsEmulator
+
+    if batch_size % processes:
+        raise ValueError(f"--batch_size {batch_size} does not split over {processes} processes")
+    with tempfile.TemporaryDirectory(prefix="maepp-bench-scale-") as root, GcsEmulator() as gcs:
+        local = _dataset(root, n_clips, seconds, clips_per_shard)
+        gcs.create_bucket("maepp-bench")
+        bucket = storage.Client(project="maepp-bench", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": f"http://127.0.0.1:{gcs.port}"}).bucket("maepp-bench")
+        dataset_bytes = 0
+        for name in sorted(os.listdir(local)):
+            if name != "plan.json":
+                bucket.blob(f"data/{name}").upload_from_filename(f"{local}/{name}")
+                if ".clips-" in name and name.endswith(".npy"):
+                    dataset_bytes += os.path.getsize(f"{local}/{name}")
+        share, n_batches = batch_size // processes, epochs * n_clips // batch_size
+        meters, readers = [], []
+        for process in range(processes):
+            meter = gcs.meter()
+            meters.append(meter)
+            rows = list(range(process * share, (process + 1) * share))
+            readers.append(subprocess.Popen(
+                [sys.executable, "-c", _READER, "prepared:gs://maepp-bench/data", str(batch_size), json.dumps(rows),
+                 str(n_batches)],
+                env={**os.environ, **gcs.client_environment(meter)}, stdout=subprocess.PIPE, text=True))
+        results = []
+        for reader in readers:
+            out, _ = reader.communicate()
+            if reader.returncode:
+                raise RuntimeError(f"a reader process failed (exit {reader.returncode})")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    served = [meter.counts() for meter in meters]
+    crop_bytes = 200 * 80 * 2
+    return dict(
+        processes=processes, clips=n_clips, shards=-(-n_clips // clips_per_shard), epochs=epochs,
+        dataset_bytes=dataset_bytes,
+        first_batch_s=round(max(r["first_batch_s"] for r in results), 2),
+        read_per_process_over_dataset=round(max(s["response_bytes"] for s in served) / (epochs * dataset_bytes), 4),
+        read_per_crop_over_crop_bytes=round(sum(r["bytes_read"] for r in results) / sum(r["reads"] for r in results)
+                                            / crop_bytes, 3),
+        requests_per_s_per_process=round(float(np.mean([s["requests"] / r["read_s"]
+                                                        for s, r in zip(served, results)])), 1),
+        crops_per_s_per_process=round(float(np.mean([r["crops"] / r["read_s"] for r in results])), 1),
+        local_disk_bytes_written=max(r["disk_bytes_written"] for r in results),
+    )
+
+
+def main(argv):
+    del argv
+    t = time.perf_counter()
+    r = bench_scale(_PROCESSES.value, _CLIPS.value, _SECONDS.value, _CLIPS_PER_SHARD.value, _BATCH.value, _EPOCHS.value)
+    report(r,
+           f"{r['processes']} processes read {r['clips']:,} clips in {r['shards']} shards ({r['dataset_bytes'] / 1e6:.1f} MB) "
+           f"from a GCS API server on 127.0.0.1, {r['epochs']} epoch(s) each (bench took {time.perf_counter() - t:.0f} s)",
+           f"time to the first batch: {r['first_batch_s']} s (slowest process)",
+           f"bytes read per process over the dataset's, per epoch: {r['read_per_process_over_dataset']} "
+           f"(1/{r['processes']} = {1 / r['processes']:.4f})",
+           f"bytes read per crop over the crop's own: {r['read_per_crop_over_crop_bytes']}",
+           f"requests per second per process: {r['requests_per_s_per_process']:,} "
+           f"({r['crops_per_s_per_process']:,} crops/s)",
+           f"local disk bytes written by the readers: {r['local_disk_bytes_written']:,}")

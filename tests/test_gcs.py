@@ -1,0 +1,239 @@
+"""gs:// end to end, against a real GCS API server on 127.0.0.1 (maepp/tools/gcs_emulator.py):
+the workdir lock's preconditions, a gs:// workdir that is taken over, killed and resumed bit for
+bit, and prepared data written to and read from a bucket in place, each process its share."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import soundfile
+
+from maepp.data.synthetic import synthetic_clip
+from maepp.tools.gcs_emulator import GcsEmulator
+from maepp.workdir_lock import WorkdirInUse, WorkdirLock
+from tests.helpers import assert_trees_equal, saved_params, train, train_command
+
+
+@pytest.fixture(scope="module")
+def gcs():
+    with GcsEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def bucket(gcs, request):
+    name = "maepp-" + request.node.name.replace("_", "-")[:50].lower().strip("-")
+    gcs.create_bucket(name)
+    return name
+
+
+def _storage_client(gcs):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project="maepp-test", credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": gcs.default["STORAGE_EMULATOR_HOST"]})
+
+
+def test_of_two_runs_starting_together_exactly_one_holds_the_workdir(gcs, bucket, monkeypatch):
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.default["STORAGE_EMULATOR_HOST"])
+    outcomes, start = [], threading.Barrier(2)
+
+    def take():
+        lock = WorkdirLock(f"gs://{bucket}/run", lease_s=3.0, renew_s=0.5)
+        start.wait()
+        try:
+            lock.acquire()
+            outcomes.append(lock)
+        except WorkdirInUse as error:
+            outcomes.append(error)
+
+    threads = [threading.Thread(target=take) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    held = [o for o in outcomes if isinstance(o, WorkdirLock)]
+    refused = [o for o in outcomes if isinstance(o, WorkdirInUse)]
+    assert len(held) == 1 and len(refused) == 1, outcomes  # the loser saw the winner renew
+    assert "is in use by another run" in str(refused[0])
+    held[0].release()
+    assert _storage_client(gcs).bucket(bucket).get_blob("run/lock.json") is None
+
+
+@pytest.mark.long(seconds=100)
+def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run(gcs, bucket, repo_root, tmp_path,
+                                                                                    monkeypatch):
+    """One gs:// workdir through three faults: its lease taken over (the run stops before its next
+    save, in one line), the run killed with SIGKILL (its successor waits the lease out), and a
+    resume; the final parameters equal an uninterrupted local run's bit for bit."""
+    overrides = ["--config.total_steps=12", "--config.warmup_steps=2", "--config.checkpoint_every=3",
+                 "--config.log_every=3", "--config.eval_every=100", "--config.data.eval_source=synthetic:16:1",
+                 "--config.eval_batch_size=8"]
+    train(repo_root, tmp_path / "local", *overrides)  # the uninterrupted run
+
+    workdir = f"gs://{bucket}/run"
+    # A lease longer than a run takes to start, so the successor below finds it still running.
+    env = {**os.environ, **gcs.client_environment(), "MAEPP_WORKDIR_LEASE_S": "15"}
+    blobs = _storage_client(gcs).bucket(bucket)
+
+    def steps_saved():
+        return sorted({int(b.name.split("/")[2]) for b in blobs.list_blobs(prefix="run/checkpoints/")
+                       if b.name.split("/")[2].isdigit()})
+
+    def start():
+        return subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def wait_for_step(process, step):
+        deadline = time.time() + 300
+        while step not in steps_saved():
+            assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
+            time.sleep(0.2)
+
+    # 1. Another run takes the lease over: this one stops before its next save, in one line.
+    first = start()
+    wait_for_step(first, 3)
+    blobs.blob("run/lock.json").upload_from_string(json.dumps(dict(host="elsewhere", pid=1, started=0, renewed=time.time())))
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 1
+    assert "was taken over by another run (pid 1 on elsewhere" in err.strip().splitlines()[-1]
+    assert "this run stopped before its next save" in err.strip().splitlines()[-1]
+    left = max(steps_saved())
+    assert left <= 6  # at most the save already past its check
+    blobs.blob("run/lock.json").delete()  # that other run went away
+
+    # 2. Killed outright as its next checkpoint is written.
+    second = start()
+    wait_for_step(second, left + 3)
+    os.killpg(second.pid, signal.SIGKILL)
+    second.wait()
+
+    # 3. The successor finds the dead run's lease, waits it out, resumes and finishes.
+    third = start()
+    out, err = third.communicate(timeout=600)
+    assert third.returncode == 0, err[-3000:]
+    assert "waiting up to" in out and "for its lease to run out" in out and "took over" in out
+    assert "resumed from step " in out and "stopped at step 12" in out
+    import orbax.checkpoint as ocp
+
+    for variable, value in gcs.client_environment().items():  # Orbax reads the bucket from this process
+        monkeypatch.setenv(variable, value)
+    resumed = ocp.StandardCheckpointer().restore(f"{workdir}/checkpoints/12/state")["params"]
+    assert_trees_equal(resumed, saved_params(tmp_path / "local", 12))
+    names = {b.name for b in blobs.list_blobs(prefix="run/")}
+    assert "run/pictures/step_0000012.png" in names and any("/tensorboard/events.out.tfevents" in n for n in names)
+    assert "run/lock.json" not in names  # let go at the end
+
+
+_READ_SHARE = """
+import json, sys
+import numpy as np
+from maepp.data.pipeline import train_dataset
+from maepp.data.sources import source_from_string
+source = source_from_string(sys.argv[1])
+rows = json.loads(sys.argv[2])
+batches = train_dataset(source, seed=0, batch_size=8, rows=rows).take(4 * len(source) // 8).as_numpy_iterator()
+batches = list(batches)
+np.savez(sys.argv[3], positions=np.concatenate([b["position"] for b in batches]),
+         log_mel=np.concatenate([b["log_mel"] for b in batches]))
+"""
+
+
+def test_prepared_in_a_bucket_each_process_reads_its_share_in_place(gcs, bucket, repo_root, tmp_path):
+    """prepare reads its input from a bucket and writes its output to one; two processes then
+    read four epochs of it where it lies, each the rows of every batch its devices hold: half the
+    dataset's bytes each by the server's count, nothing copied to local disk, and the very crops
+    the same data gives when read from a local folder."""
+    blobs = _storage_client(gcs).bucket(bucket)
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for i in range(32):  # 2 s clips: a crop is its whole clip
+        soundfile.write(tmp_path / "in" / f"clip_{i:02d}.wav", synthetic_clip(rng, 2.0)[0], 16000)
+        blobs.blob(f"in/clip_{i:02d}.wav").upload_from_filename(str(tmp_path / "in" / f"clip_{i:02d}.wav"))
+    env = {**os.environ, **gcs.client_environment()}
+    subprocess.run([sys.executable, "-m", "maepp.data.prepare", "--input", f"gs://{bucket}/in", "--output",
+                    f"gs://{bucket}/out", "--workers", "1", "--clips_per_shard", "8"],
+                   cwd=repo_root, env=env, check=True, capture_output=True)
+    dataset = f"gs://{bucket}/out/audio_clips/2.0.0"
+    manifest = json.loads(blobs.blob("out/audio_clips/2.0.0/manifest.json").download_as_bytes())
+    assert manifest["clips"] == 32 and len(manifest["shards"]) == 4
+    payload = sum(shard["bytes"] for shard in manifest["shards"])
+
+    readers, meters = [], []
+    for process, rows in enumerate(([0, 1, 2, 3], [4, 5, 6, 7])):
+        meter = gcs.meter()
+        meters.append(meter)
+        scratch = tmp_path / f"scratch_{process}"
+        scratch.mkdir()
+        readers.append(subprocess.Popen(
+            [sys.executable, "-c", _READ_SHARE, f"prepared:{dataset}", json.dumps(rows), str(tmp_path / f"{process}.npz")],
+            cwd=repo_root, env={**env, **gcs.client_environment(meter), "TMPDIR": str(scratch)},
+            stderr=subprocess.PIPE, text=True))
+    for reader in readers:
+        assert reader.wait(timeout=300) == 0, reader.stderr.read()[-3000:]
+    shares = [np.load(tmp_path / f"{process}.npz") for process in range(2)]
+    for process, meter in enumerate(meters):
+        assert not list((tmp_path / f"scratch_{process}").iterdir())  # no local copy of anything
+        # Half of each epoch's crops (a 2 s clip's crop is all of it), the batches tf.data read
+        # ahead (a few percent), and the manifest, index and a listing.
+        assert 0.45 < meter.counts()["response_bytes"] / (4 * payload) < 0.58, meter.counts()
+    positions = np.concatenate([share["positions"] for share in shares])
+    assert sorted(positions.tolist()) == list(range(4 * 32))  # every position once, read by one process
+
+    from maepp.data.pipeline import train_dataset
+    from maepp.data.sources import source_from_string
+    from maepp.data.writer import prepare
+
+    prepare(tmp_path / "in", tmp_path / "local", clips_per_shard=8, workers=1)
+    local = source_from_string(f"prepared:{tmp_path}/local/audio_clips/2.0.0")
+    alone = list(train_dataset(local, seed=0, batch_size=8).take(16).as_numpy_iterator())
+    for batch, (first, second) in zip(alone, zip(*(np.split(share["log_mel"], 16) for share in shares))):
+        np.testing.assert_array_equal(batch["log_mel"], np.concatenate([first, second]))
+
+
+def _upload(blobs, folder, prefix):
+    for path in sorted(folder.iterdir()):
+        if path.is_file():
+            blobs.blob(f"{prefix}/{path.name}").upload_from_filename(str(path))
+
+
+@pytest.mark.long(seconds=60)
+def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_one_is_named(gcs, bucket, repo_root,
+                                                                                           tmp_path):
+    """A fresh run of two processes whose model axis spans both (dcn_model=2: each holds every row
+    of a batch and half of each layer), reading prepared clips from a bucket; process 1 reads
+    through a narrow link (120 ms a request, one at a time: 1.9 s a batch, against steps of about
+    0.25 s). Once the batches read ahead while the processes started and compiled are used up,
+    process 1 waits for each batch: the input wait reported is the slowest process's, and names it."""
+    from maepp.data.writer import prepare
+    from tests.test_train import _two_processes
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "in").mkdir()
+    for i in range(24):
+        soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 3.0)[0], 16000)
+    prepare(tmp_path / "in", tmp_path / "prepared", clips_per_shard=8, workers=1)
+    _upload(_storage_client(gcs).bucket(bucket), tmp_path / "prepared" / "audio_clips" / "2.0.0", "data")
+    narrow = gcs.meter(delay_s=0.12)
+
+    def launch(i):
+        flags = ["--coordinator", "127.0.0.1:12473", "--num_processes", "2", "--process_id", str(i)]
+        return flags, gcs.client_environment(narrow if i == 1 else None)
+
+    out = _two_processes(repo_root, tmp_path / "run", launch, "--config.total_steps=16", "--config.warmup_steps=1",
+                         "--config.log_every=4", "--config.checkpoint_every=16", "--config.batch_size=16",
+                         "--config.data.prefetch=1",
+                         "--config.data.eval_source=", f"--config.data.source=prepared:gs://{bucket}/data",
+                         "--config.mesh.data=2", "--config.mesh.dcn_model=2", "--config.profile.first_step=0")
+    lines = [line for line in out.splitlines() if line.startswith("step ") and "input wait" in line]
+    assert [line.split("/")[0] for line in lines] == ["step 4", "step 8", "step 12", "step 16"]
+    wait = int(lines[-1].split("input wait ")[1].split("%")[0])
+    assert wait >= 30 and f"input wait {wait}% (slowest: process 1) |" in lines[-1], lines[-1]
+    assert narrow.counts()["requests"] >= 16 * 16  # process 1 read every row of each of its batches
+
