@@ -105,8 +105,30 @@ FAULTS = [
           "posix.system when loaded ...; refusing it`", "nothing runs, nothing is written",
           "test_convert_reads_trainer_checkpoints_and_refuses_code[malicious]"),
     Fault("SIGTERM to one of two processes", "both stop at one agreed step, save it and exit 0",
-          "the saved step; the run resumes from it on another mesh",
-          "tests/test_train.py::test_two_processes_stop_together_on_sigterm_to_one_and_resume_on_another_mesh"),
+          "the saved step; the run resumes from it on one process (`resumed step N saved by 2 processes on 1 "
+          "processes`) with the uninterrupted run's losses",
+          "tests/test_train.py::test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resumes_on_one"),
+    Fault("two runs started together on one gs:// workdir", "one holds it; the other: `... is in use by another run "
+          "(pid P on H, started T) ...`", "the first run, untouched",
+          "tests/test_gcs.py::test_of_two_runs_starting_together_exactly_one_holds_the_workdir"),
+    Fault("a gs:// workdir's lease taken over by another run", "one line, exit status 1: `maepp.train: "
+          "gs://B/W/lock.json was taken over by another run (pid P on H, ...); this run stopped before its next save`",
+          "every checkpoint it had written",
+          "tests/test_gcs.py::test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run"),
+    Fault("a run on a gs:// workdir killed (SIGKILL)", "the next run waits the dead run's lease out (`... waiting "
+          "up to N s for its lease to run out ...`), takes it over and resumes", "the run: its final parameters "
+          "equal an uninterrupted run's bit for bit",
+          "tests/test_gcs.py::test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run"),
+    Fault("a shard of a prepared dataset deleted, another truncated", "one line before anything runs, naming "
+          "each: `... 2 of 3 shards do not match manifest.json: F (missing), G (1,000 bytes, not N) ...`",
+          "the data, untouched", "tests/test_prepare.py::test_a_missing_or_truncated_shard_is_refused_naming_it"),
+    Fault("`maepp.data.prepare` on Beam's DirectRunner, two workers, killed (SIGKILL to all) after two shards",
+          "the same command resumes: finished shards are kept", "the output, byte for byte what an uninterrupted "
+          "run writes", "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
+          "killed_run_resumes_to_it"),
+    Fault("ArrayRecord shards that would hold more files open than the hard limit allows", "one line before "
+          "compiling, naming both numbers and the fix", "nothing was written",
+          "test_more_shards_than_open_files_allowed_is_one_line"),
     Fault("a storm of 5 SIGKILLs: at a random moment of start-up, during an asynchronous save, after a random "
           "step, during another save, right after the last evaluation (checkpoints every 10 steps)",
           "each re-run resumes from the newest complete checkpoint; unfinished saves are removed",
@@ -434,6 +456,29 @@ def test_convert_reads_trainer_checkpoints_and_refuses_code(repo_root, tmp_path,
             "asks to run posix.system when loaded, which is neither weights nor a known trainer record; refusing it "
             "(only tensors, containers and argparse / ml_collections configs load)")
         assert not (tmp_path / "imported").exists()
+
+
+def test_more_shards_than_open_files_allowed_is_one_line(repo_root, tmp_path):
+    """ArrayRecord keeps a descriptor open per shard read; with 12 shards under a hard limit of
+    520 open files (the run needs 512 besides), maepp.train refuses before it compiles."""
+    import resource
+
+    from maepp.data.synthetic import synthetic_clip
+    from tests.legacy_records import write_legacy_dataset
+
+    clips = [(f"{i}.wav", synthetic_clip(np.random.default_rng(i), 2.0)[0]) for i in range(12)]
+    out = write_legacy_dataset(clips, tmp_path / "data", clips_per_shard=1)
+    result = subprocess.run(
+        train_command(tmp_path / "run", f"--config.data.source=records:{out}/*.array_record-*"), cwd=repo_root,
+        capture_output=True, text=True, timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (520, 520)))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "maepp.train: config.data.source: its shards keep 12 files open, and with 512 more for the rest of the run "
+        "that is 524, above this process's limit of 520 open files (soft limit raised to the hard one): raise the "
+        "hard limit (ulimit -Hn 524, or nofile in /etc/security/limits.conf), or prepare the data again (layout "
+        "2.0.0 holds no file open)")
+    assert not (tmp_path / "run").exists()
 
 
 class _Pwn:
