@@ -163,15 +163,15 @@ class ClipStoreSource:
 
     # The log_mel store: crops are rows.
     def log_mel_crops(self, indices, fractions, crop_frames: int, centre: bool = False) -> np.ndarray:
-        """[k] clips -> crops [k, crop_frames, 80] float32, starting at floor(fraction * (room + 1))
-        of each clip's own frames (room = frames - crop_frames), or in the middle (centre)."""
+        """[k] clips -> crops [k, crop_frames, 80] float16 as stored, starting at floor(fraction *
+        (room + 1)) of each clip's own frames (room = frames - crop_frames), or in the middle
+        (centre). The pipeline casts them in its graph: NumPy's float16 cast cost more than the reads."""
         indices = np.asarray(indices, np.int64)
         room = np.maximum(self._length[indices] - crop_frames, 0)
         starts = room // 2 if centre else np.floor(np.asarray(fractions) * (room + 1)).astype(np.int64)
         starts = np.minimum(starts, room)
         payloads = self._read(indices, starts, starts + crop_frames)
-        crops = np.frombuffer(b"".join(payloads), np.float16).reshape(len(indices), crop_frames, N_MELS)
-        return crops.astype(np.float32)
+        return np.frombuffer(b"".join(payloads), np.float16).reshape(len(indices), crop_frames, N_MELS)
 
     # The audio stores: a crop's samples and the clip's stats.
     def clip_info(self, index: int):

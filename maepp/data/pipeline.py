@@ -239,10 +239,10 @@ def _stored_log_mel_batches(source, order: GlobalOrder, seed: int, batch_size: i
 
     @_as_written
     def load(batch):
-        log_mel, positions = tf.numpy_function(read, [batch], [tf.float32, tf.int64], stateful=False)
+        log_mel, positions = tf.numpy_function(read, [batch], [tf.float16, tf.int64], stateful=False)
         log_mel.set_shape([len(rows), crop_frames, N_MELS])
         positions.set_shape([len(rows)])
-        return dict(log_mel=log_mel, position=positions)
+        return dict(log_mel=tf.cast(log_mel, tf.float32), position=positions)
 
     batches = tf.data.Dataset.range(_ENDLESS)
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
@@ -363,18 +363,18 @@ def _stored_log_mel_eval_batches(source, batch_size: int, rows: np.ndarray, crop
     def read(batch):
         indices = batch_positions(0, batch_size, rows, int(batch))
         valid = indices < n_clips
-        log_mel = np.zeros((len(rows), crop_frames, N_MELS), np.float32)
+        log_mel = np.zeros((len(rows), crop_frames, N_MELS), np.float16)
         if valid.any():
             log_mel[valid] = source.log_mel_crops(indices[valid], None, crop_frames, centre=True)
         return log_mel, np.where(valid, indices, -1), valid
 
     @_as_written
     def load(batch):
-        log_mel, indices, valid = tf.numpy_function(read, [batch], [tf.float32, tf.int64, tf.bool], stateful=False)
+        log_mel, indices, valid = tf.numpy_function(read, [batch], [tf.float16, tf.int64, tf.bool], stateful=False)
         log_mel.set_shape([len(rows), crop_frames, N_MELS])
         indices.set_shape([len(rows)])
         valid.set_shape([len(rows)])
-        return dict(log_mel=log_mel, index=indices, valid=valid)
+        return dict(log_mel=tf.cast(log_mel, tf.float32), index=indices, valid=valid)
 
     batches = tf.data.Dataset.range(n_batches)
     return batches.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -83,7 +83,7 @@ class RecordsSource:
         return cached[1]
 
     def log_mel_crops(self, indices, fractions, crop_frames: int, centre: bool = False) -> np.ndarray:
-        """The log_mel store: [k] clips -> crops [k, crop_frames, 80] float32, as
+        """The log_mel store: [k] clips -> crops [k, crop_frames, 80] float16, as
         maepp.data.clip_store.ClipStoreSource.log_mel_crops makes them."""
         crops, read = [], 0
         for index, fraction in zip(indices, np.zeros(len(indices)) if fractions is None else fractions):
@@ -97,7 +97,7 @@ class RecordsSource:
         with self._counting:
             self.reads += len(crops)
             self.bytes_read += read
-        return np.stack(crops).reshape(len(crops), crop_frames, 80).astype(np.float32)
+        return np.stack(crops).reshape(len(crops), crop_frames, 80)
 
     def name(self, index: int) -> str:
         return self._example(index)["path"].bytes_list.value[0].decode()
