@@ -112,13 +112,13 @@ def _prepare_command(audio_folder, output, *beam):
 @pytest.mark.long(seconds=40)
 def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_resumes_to_it(
         repo_root, audio_folder, tmp_path):
-    """The runner does not change the output: Beam's DirectRunner with two worker processes
+    """The runner does not change the output: Beam's local runner with two worker processes
     writes the single-process path's bytes. Killed once its first shards are done, the same
     command resumes and ends with the same bytes."""
     prepare(audio_folder, tmp_path / "one", clips_per_shard=2, workers=1)
     expected = _files(_dataset(tmp_path / "one"))
     two_workers = ["--beam_pipeline_options",
-                   "--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_processing"]
+                   "--runner=FnApiRunner --direct_num_workers=2 --direct_running_mode=multi_processing"]
     command = _prepare_command(audio_folder, tmp_path / "two", *two_workers)
     process = subprocess.Popen(command, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)

@@ -3,7 +3,7 @@
 The library behind `python -m maepp.data.prepare`. The input's audio files are listed once and cut
 into shards of clips_per_shard; one Beam element per shard still to write, each written by a
 worker: every file decoded, resampled to 16 kHz mono and stored as the store keeps it. On one
-machine the pipeline runs on Beam's DirectRunner (one process, or `workers` of them); the same
+machine the pipeline runs on Beam's local runner (one process, or `workers` of them); the same
 pipeline runs on Dataflow, Flink or Spark with their options (--beam_pipeline_options). Input
 and output may be local folders or gs://.
 
@@ -132,8 +132,9 @@ def _check_plan(out: epath.Path, files: list, clips_per_shard: int, store: str, 
 
 
 def pipeline_options(workers: int, beam_pipeline_options: str = ""):
-    """Beam's options: the caller's (--beam_pipeline_options), or the DirectRunner with `workers`
-    processes (one: in this process)."""
+    """Beam's options: the caller's (--beam_pipeline_options), or Beam's local runner with `workers`
+    processes (one: in this process). The local runner is named FnApiRunner, what DirectRunner
+    runs this pipeline on: DirectRunner would first fetch its Prism runner from GitHub."""
     import shlex
 
     from apache_beam.options.pipeline_options import PipelineOptions
@@ -143,7 +144,7 @@ def pipeline_options(workers: int, beam_pipeline_options: str = ""):
     if beam_pipeline_options:
         return PipelineOptions(quiet + shlex.split(beam_pipeline_options))
     mode = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"] if workers > 1 else []
-    return PipelineOptions(["--runner=DirectRunner", *mode, *quiet])
+    return PipelineOptions(["--runner=FnApiRunner", *mode, *quiet])
 
 
 def _run_pipeline(jobs: list, options, **shard_arguments):
