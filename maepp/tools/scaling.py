@@ -21,19 +21,29 @@ import flax.linen as nn
 import jax
 from absl import app, flags
 
-from maepp.configs.audiomaepp import ENCODER_SIZES, model_config
+from maepp.configs.audiomaepp import model_config
 from maepp.hardware import SYSTEMS
-from maepp.models import MaskedAutoencoder, ModelSpec, init_params
+from maepp.models import MaskedAutoencoder, ModelSpec, init_params, sizes
+from maepp.models.counts import train_flops_per_example
 from maepp.sharding import LOGICAL_RULES
 
 GIB = 2**30
-SIZES = [size for size in ENCODER_SIZES if size != "micro"]
+SIZES = list(sizes.PAPER_SIZES)
 # fp32 master weights + fp32 gradients + AdamW's two fp32 moments: 4 copies of every parameter.
 STATE_COPIES = 4
 # The state may take this share of a device's memory; activations and XLA's buffers get the rest.
 STATE_SHARE = 0.25
 GLOBAL_BATCH = 1024
 CHECKS = pathlib.Path("docs/scaling_checks.jsonl")
+# Measured input figures (maepp.tools.bench data and scale on a 2-core CPU VM) and GPU step rates.
+INPUT_RESULTS = pathlib.Path("benchmarks/results/cpu_2026-12-02.jsonl")
+H100_RESULTS = pathlib.Path("benchmarks/results/h100_2026-11-25.jsonl")
+# AudioSet-2M as the recipe trains it (docs/reference.md#pretraining-recipe): about 2.05M clips of 10 s.
+AUDIOSET_CLIPS, AUDIOSET_CLIP_S = 2_050_000, 10.0
+CROP_BYTES = 200 * 80 * 2  # a 2 s crop of the log_mel store: 200 rows of 80 float16 values
+# Where no step rate was measured (TPU v5e), base's rate at the MFU it reached on an H200 at
+# batch 128 (docs/performance.md).
+ASSUMED_MFU = 0.295
 
 _CHECK = flags.DEFINE_enum("check", None, list(SYSTEMS), "Compile the recommended meshes for this hardware.")
 _SIZES = flags.DEFINE_list("sizes", SIZES, "Sizes to --check.")
@@ -135,6 +145,59 @@ def _checks_section(all_params) -> list:
     return lines + [""]
 
 
+def _results(path: pathlib.Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _audioset_section() -> list:
+    """Data at AudioSet scale: per-host bytes, requests and host cores, from measured ratios."""
+    measured = _results(INPUT_RESULTS)
+    scale = next((r for r in measured if r["bench"] == "scale"), None)
+    data = next((r for r in measured if r["bench"] == "data" and r["layout"] == "2.0.0" and r["store"] == "log_mel"
+                 and r["clip_seconds"] == AUDIOSET_CLIP_S and r["frontend"] == "host"), None)
+    h100 = next((r for r in _results(H100_RESULTS) if r["width"] == 768 and r["dtype"] == "bfloat16"
+                 and r["global_batch"] == 128 and r["mesh"] == [1, 1, 1]), None)
+    if not (scale and data and h100):
+        return []
+    hours = AUDIOSET_CLIPS * AUDIOSET_CLIP_S / 3600
+    dataset = hours * data["bytes_per_hour"]
+    requests_per_crop = scale["requests_per_s_per_process"] / scale["crops_per_s_per_process"]
+    flops = train_flops_per_example(ModelSpec.from_config(model_config("base")))
+    systems = [("v5e-64", 16, 4, ASSUMED_MFU * SYSTEMS["v5e-64"].chip.peak_bf16_flops / flops,
+                f"{ASSUMED_MFU:.1%} MFU (estimated)"),
+               ("4x8xH100", 4, 8, h100["clips_per_s"], "measured on one H100")]
+    lines = [
+        "## AudioSet at scale",
+        "",
+        f"From measured ratios. `python -m maepp.tools.bench scale` ({scale['machine']}, {scale['date']}): "
+        f"{scale['processes']} processes read {scale['clips']:,}",
+        f"clips in {scale['shards']} shards of the log_mel store from a GCS API server on 127.0.0.1, each its "
+        "share of every batch:",
+        f"bytes read per process were {scale['read_per_process_over_dataset']} of the dataset per epoch (1/"
+        f"{scale['processes']} plus what the pipeline read ahead),",
+        f"{scale['read_per_crop_over_crop_bytes']}x each crop's own bytes, {requests_per_crop:.2f} requests per crop, "
+        f"{scale['local_disk_bytes_written']:,} bytes written to local disk;",
+        f"the first batch came {scale['first_batch_s']} s after the dataset was opened. `bench data` on 10 s clips: "
+        f"{data['bytes_per_hour'] / 1e6:.1f} MB per hour",
+        f"of audio, {data['pipeline_crops_per_s_per_core']:,.0f} crops/s per host core. AudioSet-2M "
+        f"({AUDIOSET_CLIPS / 1e6:.2f}M clips of {AUDIOSET_CLIP_S:.0f} s, {hours:,.0f} hours) then takes "
+        f"{dataset / 1e9:.0f} GB, which every",
+        "host used to copy before its first step; now each reads its share in place:",
+        "",
+        "| base, bfloat16 | hosts x chips | clips/s per chip | read per host per epoch | requests/s per host "
+        "| read/s per host | host cores per chip |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, hosts, chips, per_chip, how in systems:
+        per_host_s = per_chip * chips
+        epoch = AUDIOSET_CLIPS / hosts * CROP_BYTES * scale["read_per_crop_over_crop_bytes"]
+        lines.append(
+            f"| {name} | {hosts} x {chips} | {per_chip:,.0f} ({how}) | {epoch / 1e9:.1f} GB | "
+            f"{per_host_s * requests_per_crop:,.0f} | {per_host_s * CROP_BYTES / 1e6:,.0f} MB | "
+            f"{per_chip / data['pipeline_crops_per_s_per_core']:.2f} |")
+    return lines + [""]
+
+
 def report() -> str:
     lines = [
         "# Scaling maepp: memory per device and recommended meshes",
@@ -185,7 +248,7 @@ def report() -> str:
         "",
         "## Batch and learning rate",
         "",
-        f"PAPER.md's recipe uses a global batch of {GLOBAL_BATCH} at lr 1.5e-4 x batch / 256 = 6e-4. The",
+        f"The recipe (docs/reference.md#pretraining-recipe) uses a global batch of {GLOBAL_BATCH} at lr 1.5e-4 x batch / 256 = 6e-4. The",
         "global batch (`config.batch_size`) is split over data x fsdp, so it must divide by their product.",
         "Keep the global batch when the device count changes; the",
         "per-device batch shrinks or grows with it:",
@@ -202,7 +265,7 @@ def report() -> str:
         "peak rate linearly, lr = 1.5e-4 x B / 256, as `maepp.optim.learning_rate` does.",
         "",
     ]
-    return "\n".join(lines + _checks_section(all_params))
+    return "\n".join(lines + _checks_section(all_params) + _audioset_section())
 
 
 def main(argv):

@@ -8,7 +8,8 @@ processes, as many hosts: each runs the training pipeline over its rows of every
 (a data-parallel share) for --epochs, through a proxy of its own that counts its requests and
 bytes. Reported, last line JSON:
     time to the first batch       from opening the dataset, the slowest process's
-    bytes read per process        over the dataset's bytes, per epoch (1/P: each host its share)
+    bytes read per process        over the dataset's bytes, per epoch (1/P: each host its share; with
+                                  the few batches the pipeline reads ahead of the last one)
     bytes read per crop           over the crop's own bytes (1.0: a crop reads only its rows)
     requests per second           per process, while reading
     local disk bytes written      by the readers (about 0: nothing is copied)
@@ -33,43 +34,47 @@ _SECONDS = flags.DEFINE_float("seconds", 2.0, "Length of each clip.")
 _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 100, "Clips per shard.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch, split over the processes.")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs each process reads.")
+_WORKERS = flags.DEFINE_integer("prepare_workers", None, "Beam workers preparing the dataset (default: this host's cores).")
 
 # One simulated host: its share of every global batch through the training pipeline.
 _READER = """
 import json, sys, time
-start = time.perf_counter()
 from maepp.data.pipeline import train_dataset
 from maepp.data.sources import source_from_string
-spec, batch_size, rows, n_batches = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4])
-opened = time.perf_counter()
-source = source_from_string(spec)
-batches = train_dataset(source, seed=0, batch_size=batch_size, rows=rows).as_numpy_iterator()
-next(batches)
-first = time.perf_counter()
-for _ in range(n_batches - 1):
+
+def read(spec, batch_size, rows, n_batches):
+    opened = time.perf_counter()
+    source = source_from_string(spec)
+    batches = train_dataset(source, seed=0, batch_size=batch_size, rows=rows).as_numpy_iterator()
     next(batches)
-done = time.perf_counter()
+    first = time.perf_counter()
+    for _ in range(n_batches - 1):
+        next(batches)
+    done = time.perf_counter()
+    return dict(first_batch_s=first - opened, read_s=done - first, crops=n_batches * len(rows), reads=source.reads,
+                bytes_read=source.bytes_read)
+
+# In a function: its pipeline, reads still in flight, is freed before the interpreter shuts down.
+result = read(sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]))
 io = dict(line.split(": ") for line in open("/proc/self/io").read().splitlines())
-print(json.dumps(dict(first_batch_s=first - opened, read_s=done - first, crops=n_batches * len(rows),
-                      reads=source.reads, bytes_read=source.bytes_read, disk_bytes_written=int(io["write_bytes"]))))
+print(json.dumps(dict(result, disk_bytes_written=int(io["write_bytes"]))))
 """
 
 
-def _dataset(root: str, n_clips: int, seconds: float, clips_per_shard: int) -> str:
+def _dataset(root: str, n_clips: int, seconds: float, clips_per_shard: int, workers: int) -> str:
     from maepp.data.synthetic import synthetic_clip
     from maepp.data.writer import dataset_directory, prepare
-    from maepp.data.pipeline import host_cores
 
     rng = np.random.default_rng(0)
     os.makedirs(f"{root}/in")
     for i in range(n_clips):
         soundfile.write(f"{root}/in/{i:06d}.wav", synthetic_clip(rng, seconds)[0], 16000, subtype="PCM_16")
-    prepare(f"{root}/in", f"{root}/out", clips_per_shard=clips_per_shard, workers=host_cores())
+    prepare(f"{root}/in", f"{root}/out", clips_per_shard=clips_per_shard, workers=workers)
     return str(dataset_directory(f"{root}/out", "audio_clips"))
 
 
 def bench_scale(processes: int, n_clips: int, seconds: float, clips_per_shard: int, batch_size: int,
-                epochs: int) -> dict:
+                epochs: int, prepare_workers: int) -> dict:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
@@ -78,7 +83,7 @@ def bench_scale(processes: int, n_clips: int, seconds: float, clips_per_shard: i
     if batch_size % processes:
         raise ValueError(f"--batch_size {batch_size} does not split over {processes} processes")
     with tempfile.TemporaryDirectory(prefix="maepp-bench-scale-") as root, GcsEmulator() as gcs:
-        local = _dataset(root, n_clips, seconds, clips_per_shard)
+        local = _dataset(root, n_clips, seconds, clips_per_shard, prepare_workers)
         gcs.create_bucket("maepp-bench")
         bucket = storage.Client(project="maepp-bench", credentials=AnonymousCredentials(),
                                 client_options={"api_endpoint": f"http://127.0.0.1:{gcs.port}"}).bucket("maepp-bench")
@@ -123,7 +128,10 @@ def bench_scale(processes: int, n_clips: int, seconds: float, clips_per_shard: i
 def main(argv):
     del argv
     t = time.perf_counter()
-    r = bench_scale(_PROCESSES.value, _CLIPS.value, _SECONDS.value, _CLIPS_PER_SHARD.value, _BATCH.value, _EPOCHS.value)
+    from maepp.data.pipeline import host_cores
+
+    r = bench_scale(_PROCESSES.value, _CLIPS.value, _SECONDS.value, _CLIPS_PER_SHARD.value, _BATCH.value, _EPOCHS.value,
+                    _WORKERS.value or host_cores())
     report(r,
            f"{r['processes']} processes read {r['clips']:,} clips in {r['shards']} shards ({r['dataset_bytes'] / 1e6:.1f} MB) "
            f"from a GCS API server on 127.0.0.1, {r['epochs']} epoch(s) each (bench took {time.perf_counter() - t:.0f} s)",
