@@ -8,7 +8,7 @@
 #   env.txt         GPU, driver and package versions
 #   traces.tar.gz   raw traces and HLO of the default (run0) and the first variant (run2)
 # Carried: .whl (ml_collections, librosa and its pure-Python needs, rotary-embedding-torch) and
-# .peer (the release's src/ and peer_bench.py).
+# .peer (the release's src/; benchmarks/README.md).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-/tmp/out}

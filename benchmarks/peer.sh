@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # maepp's train step and the official PyTorch release's (the peer), timed in one run on the same
 # GPU, in bfloat16, into one results file: one JSON line per program and batch (maepp:
-# `maepp.tools.bench step`; peer: peer_bench.py with bf16 autocast, fused SDPA and torch.compile, the
-# best the release gets with standard PyTorch switches).
+# `maepp.tools.bench step`; peer: benchmarks/peer_step.py with bf16 autocast, fused SDPA and
+# torch.compile, the best the release gets with standard PyTorch switches).
 #   PEER_SRC=DIR benchmarks/peer.sh [RESULTS.jsonl]
-# DIR holds the release's src/ and peer_bench.py (../shared/bench/README.md says how to get both).
+# DIR holds the release's src/ (benchmarks/README.md says how to get it).
 # Environment: SIZE (default base), BATCHES (default "512 128"), DEVICE (default cuda), PYTHON,
 # MAEPP_ARGS (more `maepp.tools.bench step` flags, e.g. "--variant model.attention=xla --profile_dir D").
 # Default RESULTS: benchmarks/results/<gpu>_<date>.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${PEER_SRC:?set PEER_SRC to the folder holding the release src/ and peer_bench.py}"
+: "${PEER_SRC:?set PEER_SRC to the folder holding the release's src/ (benchmarks/README.md)}"
 python=${PYTHON:-python3}
 size=${SIZE:-base}
 device=${DEVICE:-cuda}
@@ -28,7 +28,7 @@ for batch in "${batches[@]:1}"; do other_batches+=(--variant "batch_size=$batch"
   --config.batch_size="${batches[0]}" --steps 20 "${other_batches[@]}" "${maepp_args[@]}" |
   tee /dev/stderr | grep '^{' >>"$results"
 for batch in "${batches[@]}"; do
-  "$python" "$PEER_SRC/peer_bench.py" --device "$device" --size "$size" --batch "$batch" --steps 20 \
+  "$python" benchmarks/peer_step.py --device "$device" --size "$size" --batch "$batch" --steps 20 \
     --amp bf16 --sdpa --compile | tee /dev/stderr | grep '^{' >>"$results"
 done
 echo "results: $results"

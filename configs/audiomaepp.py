@@ -1,4 +1,4 @@
-r"""AudioMAE++ pretraining on log-mel spectrograms: every size, and the recipe (PAPER.md).
+r"""AudioMAE++ pretraining on log-mel spectrograms: every size, and the recipe (docs/reference.md).
 
     maepp-train --config audiomaepp:base --workdir gs://BUCKET/runs/base
     python -m maepp.train --config configs/audiomaepp.py:micro --workdir runs/demo   (CPU demo)
@@ -12,36 +12,14 @@ The recipe shared with configs/mae.py is configs/common.py.
 import ml_collections
 
 from maepp.configs import common
-
-# name: (width D, depth, heads). Encoder sizes of the released code (PAPER.md, model table).
-ENCODER_SIZES = {
-    "micro": (64, 2, 2),  # not in the paper: a CPU-sized model for demos and tests
-    "tiny": (192, 12, 3),
-    "small": (384, 12, 6),
-    "medium": (512, 12, 8),
-    "base": (768, 12, 12),
-    "large": (1024, 24, 16),
-    "huge": (1280, 32, 16),
-}
-
-# name: (width, depth, heads) of the decoder paired with that encoder (PAPER.md, model table).
-DECODER_SIZES = {
-    "micro": (64, 1, 2),
-    "tiny": (384, 4, 8),
-    "small": (384, 4, 6),
-    "medium": (384, 4, 6),
-    "base": (384, 4, 8),
-    "large": (512, 4, 8),
-    "huge": (384, 4, 6),
-}
-
+from maepp.models import sizes
 
 def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collections.ConfigDict:
     """The model section for one named size; block_type "vit" gives the plain-MAE baseline."""
-    if size not in ENCODER_SIZES:
-        raise ValueError(f"unknown model size {size!r}; choose one of {sorted(ENCODER_SIZES)}")
-    width, depth, heads = ENCODER_SIZES[size]
-    dec_width, dec_depth, dec_heads = DECODER_SIZES[size]
+    if size not in sizes.NAMES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(sizes.NAMES)}")
+    width, depth, heads = sizes.ENCODERS[size]
+    dec_width, dec_depth, dec_heads = sizes.DECODERS[size]
     return ml_collections.ConfigDict(
         dict(
             block_type=block_type,  # "macaron_swiglu" (AudioMAE++) or "vit" (plain MAE)
@@ -51,11 +29,11 @@ def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collection
             patch_size=(4, 16),  # (time, frequency)
             mask_ratio=0.8,
             use_cls_token=True,
-            norm_pix_loss=False,  # off in the release (PAPER.md)
+            norm_pix_loss=False,  # off in the release (docs/reference.md#model)
             dtype="float32",  # compute dtype; parameters are always float32
             # "auto": cuDNN's fused attention on GPUs in bfloat16, XLA's elsewhere; "xla"; "cudnn".
             attention="auto",
-            # False: the release's block, LN2 applied where LN3 stands (PAPER.md); True: LN3 of its own.
+            # False: the release's block, LN2 applied where LN3 stands (docs/reference.md#where-the-release-differs-from-the-paper); True: LN3 of its own.
             separate_norm3=False,
             # Activations recomputed in the backward pass, per block: "none", or a jax.checkpoint_policies
             # name such as "nothing_saveable" (maepp/models/blocks.py); for large and huge at big batches.

@@ -3,7 +3,7 @@ r"""The plain-MAE baseline: ViT blocks (LN -> MHSA, LN -> GELU MLP 4D) in encode
     python -m maepp.tools.summary --config mae:base
     python -m maepp.train --config configs/mae.py:micro --workdir runs/mae_micro
 
-Everything else is configs/audiomaepp.py's: the same sizes, decoders and recipe. PAPER.md gives
+Everything else is configs/audiomaepp.py's: the same sizes, decoders and recipe. docs/reference.md#sizes gives
 MAE-Base 85.1M and MAE-Huge 629.8M encoder parameters.
 """
 from maepp.configs import audiomaepp, common

@@ -1,10 +1,11 @@
-"""The optimizer of PAPER.md's recipe: AdamW, weight decay as the release applies it."""
+"""The optimizer of the recipe (docs/reference.md#pretraining-recipe): AdamW, weight decay as the release applies it."""
 import flax.linen as nn
 import jax
 import optax
 
 # The release decays every tensor of more than one dimension that is not a bias (timm's
-# param_groups_weight_decay, no skip list; PAPER.md): kernels, and the CLS and mask tokens too.
+# param_groups_weight_decay, no skip list; docs/reference.md#where-the-release-differs-from-the-paper): kernels, and the CLS
+# and mask tokens too.
 # Its 1-D tensors are the biases and LayerNorm scales; maepp's qkv bias is [3, heads, head_dim],
 # so the rule goes by name here, not by rank.
 _NO_DECAY_NAMES = ("bias", "scale")
@@ -19,7 +20,7 @@ def decay_mask(params):
 
 
 def learning_rate(config) -> float:
-    """Peak learning rate: base rate x effective global batch / 256 (PAPER.md).
+    """Peak learning rate: base rate x effective global batch / 256 (docs/reference.md#pretraining-recipe).
 
     The effective batch of one update is batch_size x accumulate_steps.
     """
@@ -27,7 +28,7 @@ def learning_rate(config) -> float:
 
 
 def schedule(config) -> optax.Schedule:
-    """update number -> rate: linear warmup to the peak, then cosine to 0 (PAPER.md).
+    """update number -> rate: linear warmup to the peak, then cosine to 0 (docs/reference.md#pretraining-recipe).
 
     config.total_steps and warmup_steps count train steps (batches); with gradient accumulation
     there is one update per accumulate_steps of them, so the schedule runs over that many fewer.

@@ -26,7 +26,7 @@ import jax  # noqa: E402  (after the cache variable, which jax reads at import)
 import pytest  # noqa: E402
 from filelock import FileLock  # noqa: E402
 
-# Eight fake CPU devices for the sharding tests (STACK.md); set before any backend starts.
+# Eight fake CPU devices for the sharding tests; set before any backend starts.
 jax.config.update("jax_num_cpu_devices", 8)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

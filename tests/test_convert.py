@@ -68,7 +68,7 @@ def test_a_different_position_table_is_refused():
 
 
 def _released_block_forward(torch, sd, prefix, x, heads):
-    """The released Transformer++ block (PAPER.md), written with torch ops on state-dict tensors.
+    """The released Transformer++ block (docs/reference.md#model), written with torch ops on state-dict tensors.
 
     Note `norm2` where LN3 stands, as in the release.
     """

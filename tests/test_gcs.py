@@ -136,10 +136,12 @@ import json, sys
 import numpy as np
 from maepp.data.pipeline import train_dataset
 from maepp.data.sources import source_from_string
-source = source_from_string(sys.argv[1])
-rows = json.loads(sys.argv[2])
-batches = train_dataset(source, seed=0, batch_size=8, rows=rows).take(4 * len(source) // 8).as_numpy_iterator()
-batches = list(batches)
+
+def read(spec, rows):
+    source = source_from_string(spec)
+    return list(train_dataset(source, seed=0, batch_size=8, rows=rows).take(4 * len(source) // 8).as_numpy_iterator())
+
+batches = read(sys.argv[1], json.loads(sys.argv[2]))  # the pipeline is freed on return, its reads done
 np.savez(sys.argv[3], positions=np.concatenate([b["position"] for b in batches]),
          log_mel=np.concatenate([b["log_mel"] for b in batches]))
 """

@@ -1,16 +1,16 @@
-"""Parameter counts against PAPER.md's table (released-code counts, exact)."""
+"""Parameter counts against docs/reference.md#sizes (released-code counts, exact)."""
 import pytest
 
 from maepp.models.counts import parameter_counts
 from tests.helpers import spec_for
 
-# PAPER.md, "Model (as released)": encoder params of the release code.
+# docs/reference.md#sizes: encoder params of the release code.
 AUDIOMAEPP_ENCODER = {
     "tiny": 8_921_856,
     "small": 35_538_432,
     "medium": 63_107_056,
     "base": 141_855_744,
-    # The paper prints 640.1M for Large; the released code gives this (PAPER.md: unresolved).
+    # The paper prints 640.1M for Large; the released code gives this (docs/reference.md#where-the-release-differs-from-the-paper: unresolved).
     "large": 503_992_256,
     "huge": 1_049_714_304,
 }
@@ -25,7 +25,7 @@ def test_audiomaepp_encoder_params_match_release(size):
 def test_audiomaepp_base_matches_paper_within_0p1_percent():
     counts = parameter_counts(spec_for("base"))
     assert abs(counts["encoder"] - 141.86e6) / 141.86e6 < 1e-3
-    assert counts["decoder"] == 12_158_528  # PAPER.md: decoder 384/4/8 after a base encoder
+    assert counts["decoder"] == 12_158_528  # docs/reference.md#sizes: decoder 384/4/8 after a base encoder
 
 
 @pytest.mark.parametrize("size", sorted(MAE_ENCODER))

@@ -1,1 +1,1 @@
-"""Audio front end: waveform -> standardised log-mel spectrogram (PAPER.md, "Input")."""
+"""Audio front end: waveform -> standardised log-mel spectrogram (docs/reference.md#input)."""

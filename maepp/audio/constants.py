@@ -1,4 +1,4 @@
-"""The front end's numbers (PAPER.md, "Input"), shared by every implementation of it."""
+"""The front end's numbers (docs/reference.md#input), shared by every implementation of it."""
 import numpy as np
 
 SAMPLE_RATE = 16000

@@ -1,4 +1,4 @@
-"""The mel filterbanks a front end can use: config.audio.filterbank (PAPER.md, "Input").
+"""The mel filterbanks a front end can use: config.audio.filterbank (docs/reference.md#input).
 
 Both are HTK-scale triangles over 50-8000 Hz without normalisation; they differ in rounding:
     "torchaudio"  built in float32 with the arithmetic of torchaudio.functional.melscale_fbanks,

@@ -1,6 +1,6 @@
 """The log-mel front end in NumPy/librosa: the reference the fast versions are tested against.
 
-PAPER.md, "Input": 16 kHz, n_fft 400, periodic Hann window 400, hop 160, 80 HTK mel bins
+docs/reference.md#input: 16 kHz, n_fft 400, periodic Hann window 400, hop 160, 80 HTK mel bins
 50-8000 Hz without filter normalisation (maepp.audio.filterbanks), power 2, centred frames with
 reflect padding (as torchaudio), log(mel + float32 eps), then per-clip standardisation with the
 unbiased std. The STFT is librosa's: its float64 window promotes the float32 frames, so the FFT

@@ -1,8 +1,8 @@
 """The log-mel front end in TensorFlow ops, for tf.data pipelines on the hosts' CPUs.
 
-Same computation as maepp.audio.reference (PAPER.md, "Input"), with a filterbank of
+Same computation as maepp.audio.reference (docs/reference.md#input), with a filterbank of
 maepp.audio.filterbanks as a constant: tf.signal's own mel matrix differs from torchaudio's by
-~0.014 in log-mel (STACK.md).
+~0.014 in log-mel (docs/reference.md#input).
 """
 import functools
 

@@ -1,4 +1,4 @@
-"""Probes on frozen embeddings, as the HEAR protocol trains them (PAPER.md, "Downstream
+"""Probes on frozen embeddings, as the HEAR protocol trains them (docs/reference.md#downstream-evaluation
 evaluation"): a shallow MLP (one hidden layer of 1024, BatchNorm, ReLU, dropout chosen on the
 validation split, Adam 1e-4, early stopping), and a linear probe (Adam 1e-3); repeated over seeds and
 reported as mean and 95% interval.

@@ -16,7 +16,7 @@ REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_bat
 
 
 class MacaronBlock(nn.Module):
-    """PAPER.md, "Model (as released)":
+    """docs/reference.md#model:
         x = x + 0.5 * FFN(LN1(x));  x = x + MHSA(LN2(x));  x = x + SwiGLU(LN3(x))
     The release applies LN2 where LN3 stands, so LN2 learns from both paths; its norm3 is in the
     weights but never used. That is the default here too (norm3 kept, untouched, for the weights'

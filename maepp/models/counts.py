@@ -24,7 +24,7 @@ def count(tree) -> int:
 def parameter_counts(spec: ModelSpec) -> dict:
     """{"encoder": n, "decoder": n, "groups": {name: n}} with groups in the order data flows.
 
-    Encoder params = every trainable parameter outside the decoder (PAPER.md's definition):
+    Encoder params = every trainable parameter outside the decoder (docs/reference.md#sizes):
     patch embedding, CLS token, blocks, final norm. Position tables are not parameters.
     Repeated blocks are summed into one group, e.g. "encoder/blocks (12)".
     """

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from maepp.models import swiglu_norm
 
-LAYER_NORM_EPS = 1e-6  # PAPER.md: pre-norm LayerNorm eps 1e-6
+LAYER_NORM_EPS = 1e-6  # docs/reference.md#model: pre-norm LayerNorm eps 1e-6
 
 
 def xavier_uniform(n_in_dims: int):
@@ -174,7 +174,7 @@ class FeedForward(nn.Module):
 
 
 def swiglu_hidden(width: int) -> int:
-    """SwiGLU hidden width int(8D/3) (PAPER.md table: 2048 for D=768)."""
+    """SwiGLU hidden width int(8D/3) (docs/reference.md#sizes: 2048 for D=768)."""
     return 8 * width // 3
 
 
@@ -197,7 +197,7 @@ def fused_swiglu_norm(implementation: str, hidden_shape, dtype) -> bool:
 
 
 class SwiGLU(nn.Module):
-    """W_o . LN_h( SiLU(W_g x) * (W_v x) ), hidden int(8D/3) (PAPER.md)."""
+    """W_o . LN_h( SiLU(W_g x) * (W_v x) ), hidden int(8D/3) (docs/reference.md#model)."""
 
     dtype: Any = jnp.float32
     norm_implementation: str = "xla"  # one of SWIGLU_NORM_IMPLEMENTATIONS

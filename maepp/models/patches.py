@@ -1,6 +1,6 @@
 """Spectrogram patches and random masking.
 
-Token order is time-major (PAPER.md, "Input"): token index = t * n_freq_patches + f.
+Token order is time-major (docs/reference.md#input): token index = t * n_freq_patches + f.
 Within a patch, values are ordered (time, frequency), matching a Conv2d kernel of shape
 [D, 1, patch_t, patch_f] over a [batch, 1, time, freq] input.
 """

@@ -1,6 +1,6 @@
 """PyTorch state dicts of the released AudioMAE++ / MAE <-> maepp parameters.
 
-The library behind `python -m maepp.weights.convert`. State-dict names and layouts are those of PAPER.md,
+The library behind `python -m maepp.weights.convert`. State-dict names and layouts are those of docs/reference.md#the-releases-weights,
 "Official PyTorch state-dict names": PyTorch Linear weights are [out, in]; qkv's output is laid
 out (3, heads, head_dim); in SwiGLU linear1 is the value path and linear2 the gate.
 
