@@ -1,43 +1,249 @@
-"""A training config checked before anything is built or compiled: every mistake found here is
-one line naming the field, its value and what it must be."""
+"""Every field of an experiment config, checked in one place before anything heavy loads.
+
+check_train_config(config, mesh) and check_model(config.model) raise ValueError: one line naming
+the field, its value and what it must be (`config.batch_size=6: must be a multiple of 4 ...`).
+FIELDS holds one check per leaf of the configs in configs/, so a value's type, range and
+finiteness are checked once; RELATIONS checks what one field asks of another. A test enumerates
+the configs' leaves and fails on a leaf FIELDS does not check.
+"""
+import math
+
 from maepp.audio import filterbanks
+from maepp.audio.constants import N_MELS
+from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
+from maepp.models.layers import ATTENTION_IMPLEMENTATIONS, SWIGLU_NORM_IMPLEMENTATIONS
+from maepp.models.patches import num_visible
+from maepp.models.spec import DTYPES
+
+FRONTENDS = ("host", "device")  # config.data.frontend: where crops become log-mels (maepp/data/pipeline.py)
 
 
 def _fail(field: str, value, must: str):
     raise ValueError(f"config.{field}={value!r}: {must}")
 
 
+def _whole(minimum: int, meaning: str, allow=()):
+    def check(value):
+        if value in allow and not isinstance(value, bool):
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            return f"must be a whole number of at least {minimum} ({meaning})"
+        return None
+    return check
+
+
+def _real(meaning: str, low: float, high: float = math.inf, low_open=False, high_open=True):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+                value < low or (low_open and value == low) or value > high or (high_open and value == high):
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            return f"must be a finite number in {left}{low}, {high}{right} ({meaning})"
+        return None
+    return check
+
+
+def _choice(options):
+    def check(value):
+        return None if value in options else f"use one of {tuple(options)}"
+    return check
+
+
+def _flag(value):
+    return None if isinstance(value, bool) else "must be True or False"
+
+
+def _text(meaning: str, may_be_empty=True):
+    def check(value):
+        if not isinstance(value, str) or (not value and not may_be_empty):
+            return f"must be {'a' if may_be_empty else 'a non-empty'} string ({meaning})"
+        return None
+    return check
+
+
+def _pair(meaning: str):
+    def check(value):
+        if not (isinstance(value, (tuple, list)) and len(value) == 2 and
+                all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+            return f"must be two whole numbers of at least 1 ({meaning})"
+        return None
+    return check
+
+
+_TOWER = {"width": _whole(4, "model width"), "depth": _whole(1, "blocks"), "heads": _whole(1, "attention heads"),
+          "use_rope": _flag}
+
+MODEL_FIELDS = {
+    "block_type": _choice(BLOCK_TYPES),
+    **{f"{tower}.{name}": check for tower in ("encoder", "decoder") for name, check in _TOWER.items()},
+    "input_size": _pair("time frames, mel bins"),
+    "patch_size": _pair("time, frequency"),
+    "mask_ratio": _real("the share of patches masked", 0.0, 1.0, low_open=True),
+    "use_cls_token": _flag,
+    "norm_pix_loss": _flag,
+    "dtype": _choice(tuple(DTYPES)),
+    "attention": _choice(ATTENTION_IMPLEMENTATIONS),
+    "separate_norm3": _flag,
+    "remat": _choice(REMAT_POLICIES),
+    "scan_layers": _flag,
+    "swiglu_norm": _choice(SWIGLU_NORM_IMPLEMENTATIONS),
+}
+
+_MESH_AXIS = _whole(1, "devices along the axis; -1 takes those left over", allow=(-1,))
+
+FIELDS = {
+    **{f"model.{name}": check for name, check in MODEL_FIELDS.items()},
+    "seed": _whole(0, "the run's random seed"),
+    "data.source": _text("where training clips come from", may_be_empty=False),
+    "data.data_dir": _text("TFDS's data_dir; empty for its default"),
+    "data.eval_source": _text("held-out clips; empty for no evaluation"),
+    "data.frontend": _choice(FRONTENDS),
+    "data.prefetch": _whole(1, "batches made ahead"),
+    "audio.filterbank": _choice(filterbanks.NAMES),
+    "batch_size": _whole(1, "clips per step, over all devices"),
+    "eval_batch_size": _whole(1, "held-out clips per step, over all devices"),
+    **{f"mesh.{axis}": _MESH_AXIS for axis in ("data", "fsdp", "model", "dcn_data", "dcn_fsdp", "dcn_model")},
+    "optimizer.base_learning_rate": _real("lr for a batch of 256", 0.0, low_open=True),
+    "optimizer.b1": _real("Adam's first-moment decay", 0.0, 1.0),
+    "optimizer.b2": _real("Adam's second-moment decay", 0.0, 1.0),
+    "optimizer.weight_decay": _real("AdamW's decoupled decay", 0.0),
+    "optimizer.grad_clip": _real("a global-norm clip; 0 is off", 0.0),
+    "optimizer.accumulate_steps": _whole(1, "batches per update"),
+    "total_steps": _whole(1, "steps to train"),
+    "warmup_steps": _whole(0, "steps of linear warmup"),
+    "log_every": _whole(1, "steps between log lines"),
+    "checkpoint_every": _whole(1, "steps between checkpoints"),
+    "keep_checkpoints": _whole(1, "checkpoints kept; 0 would keep none, not even the last"),
+    "keep_period": _whole(0, "every keep_period-th checkpoint is kept too; 0 is off"),
+    "max_nonfinite_steps": _whole(1, "non-finite steps in a row before the run stops"),
+    "steps_in_flight": _whole(1, "steps dispatched ahead"),
+    "eval_every": _whole(1, "steps between evaluations"),
+    "profile.first_step": _whole(0, "step of the first trace; 0 is off"),
+    "profile.num_steps": _whole(1, "steps traced"),
+    "profile.every_secs": _real("seconds between traces", 0.0),
+}
+
+
+def leaves(config, prefix="") -> dict:
+    """{dotted field: value} of every leaf of a ConfigDict (or dict)."""
+    found = {}
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            found.update(leaves(value, f"{prefix}{key}."))
+        else:
+            found[f"{prefix}{key}"] = value
+    return found
+
+
+def _check_fields(values: dict, checks: dict, prefix: str, strict: bool):
+    """strict: a field no check knows is an error (it would be read by nothing); a saved config may
+    hold fields of older versions, which are left alone."""
+    for field, value in values.items():
+        check = checks.get(field)
+        if check is None:
+            if strict:
+                _fail(f"{prefix}{field}", value, "no such field is read; remove it (python -m maepp.tools.summary "
+                                                 "--config ... prints a config's fields)")
+            continue
+        problem = check(value)
+        if problem:
+            _fail(f"{prefix}{field}", value, problem)
+
+
+def _model_relations(model, prefix: str):
+    for tower in ("encoder", "decoder"):
+        width, heads = model[tower]["width"], model[tower]["heads"]
+        if width % heads:
+            _fail(f"{prefix}{tower}.heads", heads, f"must divide the {tower} width {width}")
+        if width % 4:
+            _fail(f"{prefix}{tower}.width", width, "must be a multiple of 4: the sin-cos position tables need it")
+    (time, freq), (patch_t, patch_f) = model.input_size, model.patch_size
+    if freq != N_MELS:
+        _fail(f"{prefix}input_size", tuple(model.input_size), f"its mel bins must be {N_MELS}, what the front end makes")
+    if time % patch_t or freq % patch_f:
+        _fail(f"{prefix}patch_size", tuple(model.patch_size), f"must divide input_size {tuple(model.input_size)}")
+    try:
+        num_visible((time // patch_t) * (freq // patch_f), model.mask_ratio)
+    except ValueError as error:
+        _fail(f"{prefix}mask_ratio", model.mask_ratio, str(error))
+    if model.attention == "cudnn" and model.dtype != "bfloat16":
+        _fail(f"{prefix}attention", "cudnn", f"needs config.model.dtype='bfloat16' (got {model.dtype!r}): cuDNN's "
+                                             "fused attention takes half-precision inputs only; use 'auto' or 'xla'")
+
+
+def check_model(model, prefix: str = "model."):
+    """A config's model section (also a saved one, for export): every field and relation."""
+    _check_fields(leaves(model), MODEL_FIELDS, prefix, strict=False)
+    _model_relations(model, prefix)
+
+
 def check_train_config(config, n_devices: int, batch_devices: int):
-    """batch_devices: how many ways the mesh splits a batch (data x fsdp)."""
-    for field, meaning in (("total_steps", "steps to train"), ("log_every", "steps between log lines"),
-                           ("checkpoint_every", "steps between checkpoints"), ("eval_every", "steps between evaluations"),
-                           ("keep_checkpoints", "checkpoints kept; 0 would keep none, not even the last"),
-                           ("max_nonfinite_steps", "non-finite steps in a row before the run stops"),
-                           ("steps_in_flight", "steps dispatched ahead"), ("data.prefetch", "batches made ahead")):
-        value = config[field.split(".")[0]][field.split(".")[1]] if "." in field else config[field]
-        if not isinstance(value, int) or value < 1:
-            _fail(field, value, f"must be a whole number of at least 1 ({meaning})")
-    if not 0 <= config.warmup_steps < config.total_steps:
-        _fail("warmup_steps", config.warmup_steps, f"must be in [0, config.total_steps={config.total_steps})")
-    for field, value in (("batch_size", config.batch_size), ("eval_batch_size", config.eval_batch_size)):
+    """Every field of a training config, then what fields ask of each other and of the mesh
+    (n_devices devices, splitting a batch batch_devices ways)."""
+    _check_fields(leaves(config), FIELDS, "", strict=True)
+    _model_relations(config.model, "model.")
+    if config.warmup_steps >= config.total_steps:
+        _fail("warmup_steps", config.warmup_steps, f"must be below config.total_steps={config.total_steps}")
+    every = config.optimizer.accumulate_steps
+    for field in ("total_steps", "warmup_steps"):
+        if config[field] % every:
+            _fail(field, config[field], f"must be a multiple of config.optimizer.accumulate_steps={every}: the "
+                                        "schedule counts updates")
+    for field in ("batch_size", "eval_batch_size"):
         if field == "eval_batch_size" and not config.data.eval_source:
             continue
-        if not isinstance(value, int) or value < 1:
-            _fail(field, value, "must be a whole number of clips, at least 1 (global, over all devices)")
-        if value % batch_devices:
-            _fail(field, value, f"must be a multiple of {batch_devices}: the mesh splits a batch {batch_devices} ways "
-                                f"over {n_devices} devices")
-    opt = config.optimizer
-    if not (isinstance(opt.base_learning_rate, (int, float)) and opt.base_learning_rate > 0):
-        _fail("optimizer.base_learning_rate", opt.base_learning_rate, "must be a positive number")
-    if not opt.weight_decay >= 0:
-        _fail("optimizer.weight_decay", opt.weight_decay, "must be 0 or more")
-    for field in ("b1", "b2"):
-        if not 0 <= opt[field] < 1:
-            _fail(f"optimizer.{field}", opt[field], "must be in [0, 1)")
-    if not opt.grad_clip >= 0:
-        _fail("optimizer.grad_clip", opt.grad_clip, "must be 0 (off) or a positive norm")
-    if config.model.get("swiglu_norm") == "pallas" and n_devices > 1:
+        if config[field] % batch_devices:
+            _fail(field, config[field], f"must be a multiple of {batch_devices}: the mesh splits a batch "
+                                        f"{batch_devices} ways over {n_devices} devices")
+    if config.model.swiglu_norm == "pallas" and n_devices > 1:
         _fail("model.swiglu_norm", "pallas", f"runs on one device only, not {n_devices}: its kernels carry no "
               "sharding rule; use 'auto' (the kernels on one GPU, XLA's ops on a mesh) or 'xla'")
-    filterbanks.from_config(config)
+
+
+# On resume: fields whose change would mean another run (the state's shapes, what a step draws or
+# computes). The rest may change, with what RESUME_EFFECTS says they do.
+RESUME_REFUSED = (
+    "model.block_type", "model.encoder", "model.decoder", "model.input_size", "model.patch_size", "model.mask_ratio",
+    "model.use_cls_token", "model.norm_pix_loss", "model.separate_norm3", "seed", "data.source", "data.data_dir",
+    "audio.filterbank", "optimizer.accumulate_steps",
+)
+RESUME_EFFECTS = {
+    "total_steps": "the cosine schedule is recomputed for the new length from this step on",
+    "warmup_steps": "the warmup and cosine schedule are recomputed from this step on",
+    "batch_size": "steps draw the new number of clips from the saved position on; the learning rate follows it",
+    "optimizer": "the optimizer uses the new setting from this step on",
+    "mesh": "the state is resharded onto the new mesh",
+    "model": "the computation changes, not the parameters",
+    "data.eval_source": "held-out losses from now on are over other clips: not comparable with earlier ones",
+}
+
+
+def _refused(field: str) -> bool:
+    return any(field == name or field.startswith(name + ".") for name in RESUME_REFUSED)
+
+
+def _effect(field: str) -> str:
+    for name in (field, field.split(".")[0]):
+        if name in RESUME_EFFECTS:
+            return RESUME_EFFECTS[name]
+    return "takes effect from this step on"
+
+
+def resume_changes(saved, config, accepted=()) -> list:
+    """The fields whose value differs from the saved config.json, as lines saying what the change
+    does; raises ValueError, one line, for changes that would make another run, unless accepted
+    (--resume_with_changed). Fields an older saved config lacks are not compared."""
+    old, new = leaves(saved), leaves(config)
+    changed = {field: (old[field], new[field]) for field in new if field in old and _comparable(old[field]) != _comparable(new[field])}
+    refused = {field: values for field, values in changed.items()
+               if _refused(field) and not any(field == name or field.startswith(name + ".") for name in accepted)}
+    if refused:
+        listed = ", ".join(f"{field} {old!r} -> {new!r}" for field, (old, new) in refused.items())
+        raise ValueError(
+            f"the workdir holds a run with other settings: {listed}. Its checkpoints are kept as they are: train "
+            f"the new settings in another --workdir, or continue this run with them deliberately "
+            f"(--resume_with_changed={','.join(refused)})")
+    return [f"config.{field} changed from {old!r} to {new!r}: {_effect(field)}" for field, (old, new) in changed.items()]
+
+
+def _comparable(value):
+    return tuple(value) if isinstance(value, list) else value

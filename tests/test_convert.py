@@ -25,8 +25,8 @@ def test_round_trip_params_state_dict_params(block_type):
     spec = spec_for(block_type=block_type)
     params = _random_params(spec)
     state_dict = convert.params_to_state_dict(params, spec)
-    assert state_dict["patch_embed.proj.weight"].shape == (spec.width, 1, 4, 16)
-    assert state_dict["encoder.blocks.0.attn.qkv_layer.weight"].shape == (3 * spec.width, spec.width)
+    assert state_dict["patch_embed.proj.weight"].shape == (spec.encoder.width, 1, 4, 16)
+    assert state_dict["encoder.blocks.0.attn.qkv_layer.weight"].shape == (3 * spec.encoder.width, spec.encoder.width)
     back = convert.state_dict_to_params(state_dict, spec, ln3_from="norm3")
     jax.tree.map(np.testing.assert_array_equal, back, params)
 
@@ -99,11 +99,11 @@ def test_imported_block_computes_what_the_released_block_computes(separate_norm3
     # Scaled weights keep activations moderate; the fixed position tables stay as they are.
     state_dict = {k: v if "pos_embed" in k else 0.2 * v for k, v in state_dict.items()}
     params = convert.state_dict_to_params(state_dict, spec)  # separate LN3 <- norm2, the released behaviour
-    x = np.random.default_rng(0).standard_normal((2, 11, spec.width)).astype(np.float32)
-    block = MacaronBlock(spec.heads, separate_norm3=separate_norm3)
+    x = np.random.default_rng(0).standard_normal((2, 11, spec.encoder.width)).astype(np.float32)
+    block = MacaronBlock(heads=spec.encoder.heads, separate_norm3=separate_norm3)
     ours = block.apply({"params": params["encoder"]["blocks_0"]}, x, np.zeros((2, 11)))
     sd = {k: torch.from_numpy(v) for k, v in state_dict.items()}
-    theirs = _released_block_forward(torch, sd, "encoder.blocks.0", torch.from_numpy(x), spec.heads).numpy()
+    theirs = _released_block_forward(torch, sd, "encoder.blocks.0", torch.from_numpy(x), spec.encoder.heads).numpy()
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-5, rtol=1e-4)
 
 
@@ -113,10 +113,10 @@ def test_a_block_trained_under_the_release_switch_exports_to_what_the_release_co
     torch = pytest.importorskip("torch")
     spec = spec_for()
     params = jax.tree.map(lambda p: 0.2 * p, _random_params(spec, seed=2))
-    x = np.random.default_rng(3).standard_normal((2, 7, spec.width)).astype(np.float32)
-    ours = MacaronBlock(spec.heads).apply({"params": params["decoder"]["blocks_0"]}, x, np.zeros((2, 7)))
+    x = np.random.default_rng(3).standard_normal((2, 7, spec.encoder.width)).astype(np.float32)
+    ours = MacaronBlock(heads=spec.encoder.heads).apply({"params": params["decoder"]["blocks_0"]}, x, np.zeros((2, 7)))
     sd = {k: torch.from_numpy(v) for k, v in convert.params_to_state_dict(params, spec).items()}
-    theirs = _released_block_forward(torch, sd, "decoder.decoder_blocks.0", torch.from_numpy(x), spec.decoder_heads)
+    theirs = _released_block_forward(torch, sd, "decoder.decoder_blocks.0", torch.from_numpy(x), spec.decoder.heads)
     np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-5, rtol=1e-4)
 
 
@@ -133,7 +133,7 @@ def test_cli_imports_a_pth_file_and_exports_it_back(tmp_path, repo_root):
          "--output", str(out), "--ln3-from", "norm3")
     loaded, loaded_config = store.load(out)
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
-    assert loaded_config.model.encoder.width == spec.width
+    assert loaded_config.model.encoder.width == spec.encoder.width
     back = tmp_path / "back.pth"
     run_module(repo_root, "maepp.weights.convert", "--params", str(out), "--output-torch", str(back))
     reloaded = convert.load_torch_state_dict(back)

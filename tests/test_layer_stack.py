@@ -26,7 +26,7 @@ def test_scan_layers_and_remat_change_how_the_step_is_compiled_not_what_it_compu
     boxed = init_params(scanned, jax.random.key(0))
     # [depth, ...] per leaf, "layers" first among its logical names (the sharding rules keep it whole).
     qkv = boxed["encoder"]["blocks"]["attn"]["qkv"]["kernel"]
-    assert qkv.names == ("layers", "embed", "qkv", "heads", "kv") and qkv.value.shape[0] == scanned_spec.depth
+    assert qkv.names == ("layers", "embed", "qkv", "heads", "kv") and qkv.value.shape[0] == scanned_spec.encoder.depth
     stacked = nn.meta.unbox(boxed)
     assert set(stacked["encoder"]) == {"blocks", "encoder_norm"}
     assert_trees_equal(layer_stack.to_layout(params, True), stacked)  # a seed gives the same model in both layouts

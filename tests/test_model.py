@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from maepp.config_checks import check_model
+from maepp.configs import audiomaepp
 from maepp.models import MASKING_RNG, MaskedAutoencoder, init_params, reconstruction_loss
 from maepp.models.blocks import MacaronBlock
 from maepp.models.counts import forward_flops
@@ -44,10 +46,14 @@ def test_visible_count_follows_the_release(ratio, visible):
     assert int((1 - mask[0]).sum()) == visible
 
 
-@pytest.mark.parametrize("ratio", [0.0, 1.0, 0.999])
-def test_a_mask_ratio_that_leaves_nothing_to_see_or_predict_is_refused(ratio):
-    with pytest.raises(ValueError, match=re.escape(f"config.model.mask_ratio={ratio!r}: leaves")):
-        spec_for(mask_ratio=ratio)
+@pytest.mark.parametrize("ratio,message", [(0.0, "must be a finite number in (0.0, 1.0)"),
+                                           (1.0, "must be a finite number in (0.0, 1.0)"),
+                                           (0.999, "leaves 0 of 250 tokens visible")])
+def test_a_mask_ratio_that_leaves_nothing_to_see_or_predict_is_refused(ratio, message):
+    model = audiomaepp.model_config("micro")
+    model.mask_ratio = ratio
+    with pytest.raises(ValueError, match=re.escape(f"config.model.mask_ratio={ratio!r}: {message}")):
+        check_model(model)
 
 
 def test_masks_differ_across_examples_and_rngs():
@@ -119,7 +125,7 @@ def test_token_order_is_time_major_and_patches_are_time_by_freq():
 def test_position_tables_are_not_parameters():
     spec = spec_for()
     _, params = model_and_params(spec)
-    table = sincos_2d_table(spec.width, spec.grid, spec.use_cls_token)
+    table = sincos_2d_table(spec.encoder.width, spec.grid, spec.use_cls_token)
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
         name = jax.tree_util.keystr(path)
         assert "pos" not in name
@@ -193,7 +199,7 @@ def test_encode_sees_every_token_without_masking():
     model, params = model_and_params(spec)
     x = _batch(2)
     features = model.apply({"params": params}, x, method=MaskedAutoencoder.encode)
-    assert features.shape == (2, 250, spec.width)
+    assert features.shape == (2, 250, spec.encoder.width)
     again = model.apply({"params": params}, x, method=MaskedAutoencoder.encode)
     np.testing.assert_array_equal(features, again)  # no randomness
 
@@ -257,12 +263,15 @@ def test_attention_padded_for_cudnn_equals_plain_attention(tokens, head_dim):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (dict(attention="flash"), "config.model.attention='flash'; choose one of"),
+    (dict(attention="flash"), "config.model.attention='flash': use one of ('auto', 'xla', 'cudnn')"),
     (dict(attention="cudnn"), "needs config.model.dtype='bfloat16'"),
+    (dict(remat="sometimes"), "config.model.remat='sometimes': use one of"),
 ])
-def test_attention_setting_is_checked(overrides, message):
+def test_model_settings_are_checked(overrides, message):
+    model = audiomaepp.model_config("micro")
+    model.update(overrides)
     with pytest.raises(ValueError, match=re.escape(message)):
-        spec_for(**overrides)
+        check_model(model)
 
 
 @pytest.mark.parametrize("separate_norm3", [False, True])
@@ -324,6 +333,3 @@ def test_a_non_finite_step_leaves_the_state_untouched():
     assert int(after.step) == int(state.step) + 1
 
 
-def test_remat_policy_is_checked():
-    with pytest.raises(ValueError, match="config.model.remat='sometimes'; choose one of"):
-        spec_for(remat="sometimes")

@@ -85,4 +85,4 @@ def test_config_model_swiglu_norm_reaches_every_macaron_block():
         loss = lambda p, b: model.apply({"params": p}, b, rngs={MASKING_RNG: jax.random.key(3)})["loss"]
         calls = str(jax.make_jaxpr(jax.grad(loss))(params, batch)).count("pallas_call")
         # Each block's forward and backward kernel.
-        assert calls == (2 * (spec.depth + spec.decoder_depth) if setting == "pallas" else 0), setting
+        assert calls == (2 * (spec.encoder.depth + spec.decoder.depth) if setting == "pallas" else 0), setting

@@ -24,7 +24,7 @@ EXPORT_PLATFORMS = ("cpu", "cuda", "tpu")
 
 def frame_size(spec) -> int:
     """5 * D for the release's grid: one token per frequency patch of a time step."""
-    return spec.grid[1] * spec.width
+    return spec.grid[1] * spec.encoder.width
 
 
 def chunk_frames_function(model: MaskedAutoencoder):

@@ -67,14 +67,15 @@ def _scan_body(block_class):
 
 
 def _block_class(spec):
-    if spec.block_type not in BLOCK_TYPES:
-        raise ValueError(f"unknown block_type {spec.block_type!r}; choose one of {BLOCK_TYPES}")
     return MacaronBlock if spec.block_type == "macaron_swiglu" else ViTBlock
 
 
-def _block_args(spec, heads: int, use_rope: bool) -> tuple:
-    args = (heads, use_rope, spec.compute_dtype, spec.attention)
-    return args + (spec.separate_norm3, spec.swiglu_norm) if spec.block_type == "macaron_swiglu" else args
+def _block_fields(spec, tower) -> dict:
+    """A block's fields from the model spec and its tower (encoder or decoder)."""
+    fields = dict(heads=tower.heads, use_rope=tower.use_rope, dtype=spec.compute_dtype, attention=spec.attention)
+    if spec.block_type == "macaron_swiglu":
+        fields.update(separate_norm3=spec.separate_norm3, swiglu_norm=spec.swiglu_norm)
+    return fields
 
 
 def _rematerialised(block_class, policy: str, scanned: bool):
@@ -86,23 +87,24 @@ def _rematerialised(block_class, policy: str, scanned: bool):
     return nn.remat(block_class, policy=getattr(jax.checkpoint_policies, policy), prevent_cse=not scanned)
 
 
-def apply_blocks(spec, heads: int, use_rope: bool, depth: int, x, positions):
-    """`depth` blocks of spec.block_type over x [B, n, width] (positions [B, n]); called inside a
-    compact module. spec.scan_layers: one nn.scan over stacked parameters (one block to compile,
-    parameters "blocks" with a leading "layers" axis), else blocks_0 .. blocks_{depth - 1}."""
-    args = _block_args(spec, heads, use_rope)
+def apply_blocks(spec, tower, x, positions):
+    """The tower's (spec.encoder's or spec.decoder's) blocks of spec.block_type over x [B, n,
+    width] (positions [B, n]); called inside a compact module. spec.scan_layers: one nn.scan over
+    stacked parameters (one block to compile, parameters "blocks" with a leading "layers" axis),
+    else blocks_0 .. blocks_{depth - 1}."""
+    fields = _block_fields(spec, tower)
     if not spec.scan_layers:
         block_class = _rematerialised(_block_class(spec), spec.remat, scanned=False)
-        for i in range(depth):
-            x = block_class(*args, name=f"blocks_{i}")(x, positions)
+        for i in range(tower.depth):
+            x = block_class(**fields, name=f"blocks_{i}")(x, positions)
         return x
     scanned = nn.scan(
         _rematerialised(_scan_body(_block_class(spec)), spec.remat, scanned=True),
         variable_axes={"params": 0},
         split_rngs={"params": True},
         in_axes=nn.broadcast,
-        length=depth,
+        length=tower.depth,
         metadata_params={nn.PARTITION_NAME: "layers"},
     )
-    x, _ = scanned(*args, name="blocks")(x, positions)
+    x, _ = scanned(**fields, name="blocks")(x, positions)
     return x

@@ -63,11 +63,11 @@ def forward_flops(spec: ModelSpec) -> dict:
     cls = int(spec.use_cls_token)
     n_enc, n_dec = spec.n_visible + cls, spec.n_tokens + cls
     return dict(
-        patch_embed=2 * spec.n_visible * spec.patch_dim * spec.width,
-        encoder=spec.depth * _block_forward_flops(spec.block_type, n_enc, spec.width),
-        decoder_embed=2 * n_enc * spec.width * spec.decoder_width,
-        decoder=spec.decoder_depth * _block_forward_flops(spec.block_type, n_dec, spec.decoder_width),
-        decoder_pred=2 * n_dec * spec.decoder_width * spec.patch_dim,
+        patch_embed=2 * spec.n_visible * spec.patch_dim * spec.encoder.width,
+        encoder=spec.encoder.depth * _block_forward_flops(spec.block_type, n_enc, spec.encoder.width),
+        decoder_embed=2 * n_enc * spec.encoder.width * spec.decoder.width,
+        decoder=spec.decoder.depth * _block_forward_flops(spec.block_type, n_dec, spec.decoder.width),
+        decoder_pred=2 * n_dec * spec.decoder.width * spec.patch_dim,
     )
 
 

@@ -31,7 +31,7 @@ class Encoder(nn.Module):
     @nn.compact
     def __call__(self, x, positions):  # x [B, n, D] -> [B, n, D]
         s = self.spec
-        x = apply_blocks(s, s.heads, s.encoder_rope, s.depth, x, positions)
+        x = apply_blocks(s, s.encoder, x, positions)
         return layer_norm(s.compute_dtype, "encoder_norm")(x)
 
 
@@ -45,15 +45,15 @@ class Decoder(nn.Module):
         dtype = s.compute_dtype
         batch = encoded.shape[0]
         cls = int(s.use_cls_token)
-        x = Linear((s.decoder_width,), ("embed", "decoder_embed"), dtype, name="decoder_embed")(encoded)
-        mask_token = self.param("mask_token", *_token_param(s.decoder_width))
+        x = Linear((s.decoder.width,), ("embed", "decoder_embed"), dtype, name="decoder_embed")(encoded)
+        mask_token = self.param("mask_token", *_token_param(s.decoder.width))
         n_masked = s.n_tokens - (x.shape[1] - cls)
-        fill = jnp.broadcast_to(mask_token.astype(dtype), (batch, n_masked, s.decoder_width))
+        fill = jnp.broadcast_to(mask_token.astype(dtype), (batch, n_masked, s.decoder.width))
         tokens = take_tokens(jnp.concatenate([x[:, cls:], fill], axis=1), restore_ids)  # token order
         x = jnp.concatenate([x[:, :cls], tokens], axis=1)
-        x = x + jnp.asarray(sincos_1d_table(s.decoder_width, s.n_tokens, s.use_cls_token), dtype)
+        x = x + jnp.asarray(sincos_1d_table(s.decoder.width, s.n_tokens, s.use_cls_token), dtype)
         positions = jnp.broadcast_to(jnp.arange(x.shape[1]), (batch, x.shape[1]))
-        x = apply_blocks(s, s.decoder_heads, s.decoder_rope, s.decoder_depth, x, positions)
+        x = apply_blocks(s, s.decoder, x, positions)
         x = layer_norm(dtype, "decoder_norm")(x)
         x = Linear((s.patch_dim,), ("decoder_embed", "patch"), dtype, name="decoder_pred")(x)
         return x[:, cls:].astype(jnp.float32)
@@ -86,13 +86,13 @@ class MaskedAutoencoder(nn.Module):
     def setup(self):
         s = self.spec
         dtype = s.compute_dtype
-        self.patch_embed = Linear((s.width,), ("patch", "embed"), dtype)
+        self.patch_embed = Linear((s.encoder.width,), ("patch", "embed"), dtype)
         if s.use_cls_token:
-            self.cls_token = self.param("cls_token", *_token_param(s.width))
+            self.cls_token = self.param("cls_token", *_token_param(s.encoder.width))
         self.encoder = Encoder(s)
         self.decoder = Decoder(s)
         # [cls + n_tokens, D]: fixed, so a constant of the graph rather than a parameter.
-        self.encoder_positions = sincos_2d_table(s.width, s.grid, s.use_cls_token)
+        self.encoder_positions = sincos_2d_table(s.encoder.width, s.grid, s.use_cls_token)
 
     def _encode_tokens(self, patches, token_ids):
         """Embeds the patches at token_ids [B, n] and runs the encoder over [CLS + n] tokens."""
@@ -104,7 +104,7 @@ class MaskedAutoencoder(nn.Module):
         x = x + table[cls:][token_ids]
         positions = token_ids + cls
         if s.use_cls_token:
-            cls_row = jnp.broadcast_to((self.cls_token.astype(dtype) + table[:1]), (x.shape[0], 1, s.width))
+            cls_row = jnp.broadcast_to((self.cls_token.astype(dtype) + table[:1]), (x.shape[0], 1, s.encoder.width))
             x = jnp.concatenate([cls_row, x], axis=1)
             positions = jnp.concatenate([jnp.zeros_like(positions[:, :1]), positions], axis=1)
         return self.encoder(x, positions)

@@ -41,8 +41,8 @@ def num_visible(n_tokens: int, mask_ratio: float) -> int:
     n_keep = int(n_tokens * (100 - mask_ratio * 100) / 100)
     if not 0 < n_keep < n_tokens:
         raise ValueError(
-            f"config.model.mask_ratio={mask_ratio!r}: leaves {n_keep} of {n_tokens} tokens visible; the loss needs "
-            "some masked and the encoder some visible: use a ratio in (0, 1), e.g. 0.8"
+            f"leaves {n_keep} of {n_tokens} tokens visible; the loss needs some masked and the encoder some "
+            "visible: use a ratio in (0, 1), e.g. 0.8"
         )
     return n_keep
 

@@ -28,7 +28,7 @@ import re
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 # libtpu looks for a TPU VM's metadata at start-up; these say there is none to find, and this
@@ -53,6 +53,7 @@ from jax.experimental import topologies  # noqa: E402
 
 from maepp import config_files, optim, sharding  # noqa: E402
 from maepp.audio import filterbanks, jax_frontend  # noqa: E402
+from maepp.config_checks import check_model  # noqa: E402
 from maepp.hardware import CHIPS  # noqa: E402
 from maepp.models import MaskedAutoencoder, ModelSpec  # noqa: E402
 from maepp.train_step import make_train_step  # noqa: E402
@@ -62,6 +63,7 @@ _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU slice (v5e:4x4, v4:2x2x2, v5p:2x2x4), GPUs of one node (h100:8) or nodes of GPUs (h100:4x8).")
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "TPU slices of --topology in the job (multi-slice).")
 _JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
+flags.mark_flags_as_required(["config", "topology"])
 
 GIB = 2**30
 GPU_TARGETS = {"h100": pathlib.Path(__file__).parent / "targets" / "h100.pbtxt"}
@@ -120,6 +122,7 @@ def compile_train_step(config, topology: str, num_slices: int = 1) -> MemoryRepo
     chip = topology.split(":")[0]
     devices = abstract_devices(topology, num_slices)
     mesh = sharding.make_mesh(config.mesh, devices)
+    check_model(config.model)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     optimizer = optim.optimizer(config)
     state, shardings = sharding.abstract_state(model, optimizer, mesh)
@@ -168,8 +171,6 @@ def advice(report: MemoryReport) -> str:
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    if _CONFIG.value is None or not _TOPOLOGY.value:
-        raise app.UsageError("--config and --topology are required")
     if not _JSON.value:
         slices = f" x {_NUM_SLICES.value} slices" if _NUM_SLICES.value > 1 else ""
         print(f"compiling the train step for {_TOPOLOGY.value}{slices} on this CPU (large models take minutes)",

@@ -3,15 +3,18 @@ r"""Prints a model's parameter table and FLOPs; the last line is JSON.
     python -m maepp.tools.summary --config configs/audiomaepp.py:base
 """
 import json
+import sys
 
-from absl import app
+from absl import flags
 from ml_collections import config_flags
 
 from maepp import config_files
+from maepp.config_checks import check_model
 from maepp.models.counts import forward_flops, parameter_counts, train_flops_per_example
 from maepp.models.spec import ModelSpec
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
+flags.mark_flag_as_required("config")
 
 
 def summarize(spec: ModelSpec) -> dict:
@@ -31,8 +34,8 @@ def format_table(spec: ModelSpec) -> str:
         f"block {spec.block_type}, dtype {spec.dtype}; input {spec.input_size[0]}x{spec.input_size[1]}, "
         f"patches {spec.patch_size[0]}x{spec.patch_size[1]} -> {n_time}x{n_freq} = {spec.n_tokens} tokens, "
         f"{spec.n_visible} visible (mask ratio {spec.mask_ratio})",
-        f"encoder {spec.width} wide x {spec.depth} deep, {spec.heads} heads, RoPE {spec.encoder_rope}; "
-        f"decoder {spec.decoder_width} x {spec.decoder_depth}, {spec.decoder_heads} heads, RoPE {spec.decoder_rope}",
+        f"encoder {spec.encoder.width} wide x {spec.encoder.depth} deep, {spec.encoder.heads} heads, RoPE {spec.encoder.use_rope}; "
+        f"decoder {spec.decoder.width} x {spec.decoder.depth}, {spec.decoder.heads} heads, RoPE {spec.decoder.use_rope}",
         "",
         f"{'parameters':<28}{'count':>16}",
     ]
@@ -50,8 +53,10 @@ def format_table(spec: ModelSpec) -> str:
 
 def main(argv):
     del argv
-    if _CONFIG.value is None:
-        raise app.UsageError("--config is required, e.g. --config configs/audiomaepp.py:base")
+    try:
+        check_model(_CONFIG.value.model)
+    except ValueError as error:
+        sys.exit(f"maepp.tools.summary: {error}")
     spec = ModelSpec.from_config(_CONFIG.value.model)
     print(format_table(spec))
     print(json.dumps(summarize(spec)))

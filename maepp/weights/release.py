@@ -93,7 +93,7 @@ def mapping(spec: ModelSpec) -> list:
     """Every trainable tensor of the released model, with its maepp counterpart."""
     params = abstract_params(spec)
     entries = []
-    width, (pt, pf) = spec.width, spec.patch_size
+    width, (pt, pf) = spec.encoder.width, spec.patch_size
     patch_kernel = tuple(params["patch_embed"]["kernel"].shape)  # [pt * pf, D]
     entries.append(Entry(
         "patch_embed.proj.weight", ("patch_embed", "kernel"), patch_kernel, (width, 1, pt, pf),
@@ -105,8 +105,8 @@ def mapping(spec: ModelSpec) -> list:
             shape = tuple(_lookup(params, path).shape)
             entries.append(Entry(token, path, shape, shape, np.asarray, np.asarray))
     for part, torch_blocks, depth in (
-        ("encoder", "encoder.blocks", spec.depth),
-        ("decoder", "decoder.decoder_blocks", spec.decoder_depth),
+        ("encoder", "encoder.blocks", spec.encoder.depth),
+        ("decoder", "decoder.decoder_blocks", spec.decoder.depth),
     ):
         for i in range(depth):
             for ours, theirs in _BLOCK_NAMES[spec.block_type].items():
@@ -126,14 +126,14 @@ def mapping(spec: ModelSpec) -> list:
 def _position_tables(spec: ModelSpec) -> dict:
     """The fixed tables the release stores as buffers, [1, rows, width]."""
     return {
-        "encoder.pos_embed": sincos_2d_table(spec.width, spec.grid, spec.use_cls_token)[None],
-        "decoder.decoder_pos_embed": sincos_1d_table(spec.decoder_width, spec.n_tokens, spec.use_cls_token)[None],
+        "encoder.pos_embed": sincos_2d_table(spec.encoder.width, spec.grid, spec.use_cls_token)[None],
+        "decoder.decoder_pos_embed": sincos_1d_table(spec.decoder.width, spec.n_tokens, spec.use_cls_token)[None],
     }
 
 
 def _ignorable(key: str, spec: ModelSpec) -> bool:
     """Buffers we recompute: RoPE frequency tables of the RoPE ablation models."""
-    return (spec.encoder_rope or spec.decoder_rope) and key.endswith("rope.freqs")
+    return (spec.encoder.use_rope or spec.decoder.use_rope) and key.endswith("rope.freqs")
 
 
 class StateDictMismatch(ValueError):
@@ -176,8 +176,8 @@ def state_dict_to_params(state_dict: dict, spec: ModelSpec, ln3_from: str | None
             problems.append(f"wrong shapes ({len(misshaped)}): {'; '.join(misshaped)}")
         raise StateDictMismatch(
             "the state dict does not match the config's model "
-            f"({spec.block_type}, width {spec.width}, depth {spec.depth}, decoder {spec.decoder_width}x"
-            f"{spec.decoder_depth}); check --config picks the checkpoint's size.\n" + "\n".join(problems)
+            f"({spec.block_type}, width {spec.encoder.width}, depth {spec.encoder.depth}, decoder {spec.decoder.width}x"
+            f"{spec.decoder.depth}); check --config picks the checkpoint's size.\n" + "\n".join(problems)
         )
     for key, table in tables.items():
         diff = float(np.max(np.abs(state_dict[key] - table)))

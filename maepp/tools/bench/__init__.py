@@ -14,8 +14,6 @@ jax, flax and optax alone, so it runs on an accelerator machine without TensorFl
 import importlib
 import sys
 
-from absl import app
-
 from maepp import config_files
 
 SUBCOMMANDS = ("data", "scale", "export", "step", "loop", "swiglu_norm", "table")
@@ -23,7 +21,10 @@ SUBCOMMANDS = ("data", "scale", "export", "step", "loop", "swiglu_norm", "table"
 
 def run():
     if len(sys.argv) < 2 or sys.argv[1] not in SUBCOMMANDS:
-        sys.exit(f"usage: python -m maepp.tools.bench {{{'|'.join(SUBCOMMANDS)}}} [flags]; "
-                 f"`python -m maepp.tools.bench SUBCOMMAND --help` lists a subcommand's flags")
-    module = importlib.import_module(f"maepp.tools.bench.{sys.argv[1]}")
-    app.run(module.main, argv=config_files.resolve_argv([f"{sys.argv[0]} {sys.argv[1]}", *sys.argv[2:]]))
+        asked = len(sys.argv) == 2 and sys.argv[1] in ("--help", "-h", "--helpshort")
+        print(__doc__.strip() + "\n\n`python -m maepp.tools.bench SUBCOMMAND --help` lists a subcommand's flags.",
+              file=sys.stdout if asked else sys.stderr)
+        sys.exit(0 if asked else 1)
+    subcommand = sys.argv[1]
+    module = importlib.import_module(f"maepp.tools.bench.{subcommand}")
+    config_files.run_cli(module.main, f"maepp.tools.bench {subcommand}", argv=[sys.argv[0], *sys.argv[2:]])

@@ -8,6 +8,7 @@ import numpy as np
 from maepp import optim, sharding
 from maepp.audio import filterbanks, jax_frontend
 from maepp.audio.constants import HOP, N_FFT, crop_span
+from maepp.config_checks import check_model
 from maepp.hardware import peak_flops
 from maepp.models import MaskedAutoencoder, ModelSpec
 from maepp.models.counts import train_flops_per_example
@@ -40,6 +41,7 @@ def _random_inputs(batch_size: int, input_size, waveforms: bool):
 def bench_step(config, n_steps: int, compiler_options=None, profile_dir: str = "") -> dict:
     devices = jax.devices()
     mesh = sharding.make_mesh(config.mesh, devices)
+    check_model(config.model)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     optimizer = optim.optimizer(config)
     state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
@@ -78,7 +80,7 @@ def bench_step(config, n_steps: int, compiler_options=None, profile_dir: str = "
     peak = peak_flops(devices[0].device_kind)
     achieved = model_flops / step_s / len(devices)
     return dict(
-        width=model.spec.width, depth=model.spec.depth, dtype=config.model.dtype, frontend=config.data.frontend,
+        width=model.spec.encoder.width, depth=model.spec.encoder.depth, dtype=config.model.dtype, frontend=config.data.frontend,
         devices=f"{len(devices)} x {devices[0].device_kind}", mesh=list(mesh.shape.values()),
         global_batch=config.batch_size, steps=n_steps, compile_s=round(compile_s, 1),
         step_ms=round(step_s * 1e3, 2), clips_per_s=round(config.batch_size / step_s, 1),

@@ -1,0 +1,126 @@
+"""Every field of every config is checked (maepp/config_checks.py): a bad value of each is one line
+naming the field, and a field nothing checks fails here."""
+import math
+
+import ml_collections
+import pytest
+
+from maepp import config_checks
+from maepp.configs import audiomaepp, mae
+
+# One bad value per field: out of range, of the wrong kind, or not finite.
+BAD = {
+    "seed": -1,
+    "data.source": "",
+    "data.data_dir": 3,
+    "data.eval_source": None,
+    "data.frontend": "gpu",
+    "data.prefetch": 0,
+    "audio.filterbank": "htk",
+    "batch_size": 0,
+    "eval_batch_size": -8,
+    "mesh.data": 0,
+    "mesh.fsdp": -2,
+    "mesh.model": 1.5,
+    "mesh.dcn_data": 0,
+    "mesh.dcn_fsdp": -3,
+    "mesh.dcn_model": True,
+    "optimizer.base_learning_rate": math.inf,
+    "optimizer.b1": 1.0,
+    "optimizer.b2": -0.1,
+    "optimizer.weight_decay": math.nan,
+    "optimizer.grad_clip": -1.0,
+    "optimizer.accumulate_steps": 0,
+    "total_steps": 0,
+    "warmup_steps": -1,
+    "log_every": 0,
+    "checkpoint_every": 0,
+    "keep_checkpoints": 0,
+    "keep_period": -1,
+    "max_nonfinite_steps": 0,
+    "steps_in_flight": 0,
+    "eval_every": 0,
+    "profile.first_step": -1,
+    "profile.num_steps": 0,
+    "profile.every_secs": math.inf,
+    "model.block_type": "resnet",
+    "model.encoder.width": -64,
+    "model.encoder.depth": 0,
+    "model.encoder.heads": 0,
+    "model.encoder.use_rope": "no",
+    "model.decoder.width": -64,
+    "model.decoder.depth": 0,
+    "model.decoder.heads": 0,
+    "model.decoder.use_rope": 1,
+    "model.input_size": (200,),
+    "model.patch_size": (4, 0),
+    "model.mask_ratio": 1.5,
+    "model.use_cls_token": None,
+    "model.norm_pix_loss": "false",
+    "model.dtype": "float16",
+    "model.attention": "flash",
+    "model.separate_norm3": 0,
+    "model.remat": "sometimes",
+    "model.scan_layers": "yes",
+    "model.swiglu_norm": "triton",
+}
+
+
+def _configs():
+    return {"audiomaepp:micro": audiomaepp.get_config("micro"), "audiomaepp:huge": audiomaepp.get_config("huge"),
+            "mae:base": mae.get_config("base")}
+
+
+def _with(config, field, value):
+    """The config with one field set to anything, whatever its type (ConfigDict refuses that)."""
+    changed = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    node = changed
+    *parents, leaf = field.split(".")
+    for parent in parents:
+        node = node[parent]
+    node[leaf] = value
+    return changed
+
+
+@pytest.mark.parametrize("name", list(_configs()))
+def test_every_field_of_every_config_is_checked_and_passes(name):
+    config = _configs()[name]
+    assert set(config_checks.leaves(config)) == set(config_checks.FIELDS), "a field without a check, or a check of nothing"
+    assert set(config_checks.FIELDS) == set(BAD), "every check needs its bad value in this test"
+    config_checks.check_train_config(config, n_devices=8, batch_devices=8)
+
+
+@pytest.mark.parametrize("field", sorted(BAD))
+def test_a_bad_value_of_each_field_is_one_line_naming_it(field):
+    config = _with(audiomaepp.get_config("micro"), field, BAD[field])
+    with pytest.raises(ValueError) as error:
+        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
+    message = str(error.value)
+    assert message.startswith(f"config.{field}=") and "\n" not in message, message
+
+
+@pytest.mark.parametrize("fields,message", [
+    (dict(warmup_steps=300), "config.warmup_steps=300: must be below config.total_steps=300"),
+    ({"optimizer.accumulate_steps": 7}, "config.total_steps=300: must be a multiple of config.optimizer.accumulate_steps=7"),
+    (dict(batch_size=12), "config.batch_size=12: must be a multiple of 8: the mesh splits a batch 8 ways"),
+    ({"model.encoder.heads": 3}, "config.model.encoder.heads=3: must divide the encoder width 64"),
+    ({"model.decoder.width": 66, "model.decoder.heads": 1}, "config.model.decoder.width=66: must be a multiple of 4"),
+    ({"model.input_size": (200, 64)}, "config.model.input_size=(200, 64): its mel bins must be 80"),
+    ({"model.patch_size": (3, 16)}, "config.model.patch_size=(3, 16): must divide input_size (200, 80)"),
+    ({"model.mask_ratio": 0.999}, "config.model.mask_ratio=0.999: leaves 0 of 250 tokens visible"),
+    ({"model.attention": "cudnn"}, "config.model.attention='cudnn': needs config.model.dtype='bfloat16'"),
+    ({"model.swiglu_norm": "pallas"}, "config.model.swiglu_norm='pallas': runs on one device only, not 8"),
+])
+def test_what_fields_ask_of_each_other_is_checked(fields, message):
+    config = audiomaepp.get_config("micro")
+    for field, value in fields.items():
+        config = _with(config, field, value)
+    with pytest.raises(ValueError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
+
+
+def test_a_field_no_check_knows_is_refused_in_a_training_config_and_ignored_in_a_saved_model():
+    config = _with(audiomaepp.get_config("micro"), "model.fuse_gate_value", True)  # an option of an older maepp
+    with pytest.raises(ValueError, match=r"^config.model.fuse_gate_value=True: no such field is read"):
+        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
+    config_checks.check_model(config.model)  # a saved run's config may hold it: export still loads
