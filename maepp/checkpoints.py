@@ -107,12 +107,17 @@ def _save_failure(checkpoints, step, error) -> str:
             "re-run the same command to resume from it")
 
 
-def newest_complete(workdir) -> str:
-    """"step N in DIR" (or "none in DIR"): the newest step Orbax finished writing, read from the
-    directory names alone (unfinished ones carry a suffix), so it works after any failure."""
+def complete_steps(workdir) -> list:
+    """The steps Orbax finished writing, sorted, read from the directory names alone (unfinished
+    ones carry a suffix, damaged ones were renamed), so it works after any failure."""
     directory = workdir_path(workdir) / "checkpoints"
-    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit()] if directory.exists() else []
-    return f"{f'step {max(steps)}' if steps else 'none'} in {directory}"
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+
+
+def newest_complete(workdir) -> str:
+    """"step N in DIR" (or "none in DIR"): the newest complete step."""
+    steps = complete_steps(workdir)
+    return f"{f'step {steps[-1]}' if steps else 'none'} in {workdir_path(workdir) / 'checkpoints'}"
 
 
 def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_layout: Callable):
@@ -129,13 +134,16 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_l
     checkpoints.reload()
     for step in sorted(checkpoints.all_steps(), reverse=True):
         try:
-            saved_stacked = _saved_stacked(epath.Path(checkpoints.directory) / str(step) / "state")
+            metadata = _saved_tree(epath.Path(checkpoints.directory) / str(step) / "state")
+            saved_stacked = layer_stack.is_stacked(metadata["params"])
+            layout = target if saved_stacked == stacked else other_layout()
+            _check_same_shapes(step, metadata["params"], layout.params)
             restored = checkpoints.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target if saved_stacked == stacked else other_layout()),
-                data=ocp.args.JsonRestore(),
-            ))
+                state=ocp.args.StandardRestore(layout), data=ocp.args.JsonRestore()))
             data = restored["data"]
             reason = ""
+        except OtherModel:
+            raise
         except Exception as error:  # noqa: BLE001 - a damaged step fails in TensorStore, JSON or Orbax
             reason = _one_line(error)
         # Every process must agree: each reads its own shards, and one bad file fails one process.
@@ -174,12 +182,36 @@ def resume_position(data: dict, step: int) -> tuple:
                       f"({positions}), from before the global clip order: continuing from global position {position}")
 
 
+class OtherModel(ValueError):
+    """A checkpoint whose parameters have other shapes than the config's model: a config change, not damage."""
+
+
+def _saved_tree(state_directory) -> dict:
+    """A saved state's tree of array metadata (shapes, dtypes). Read by the item's handler: a
+    Checkpointer would also look for step metadata in the item's directory and warn on every
+    export that it is not there."""
+    return ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_directory)).tree
+
+
 def _saved_stacked(state_directory) -> bool:
-    """Whether a saved state (or params) tree has the stacked block layout, from its metadata.
-    Read by the item's handler: a Checkpointer would also look for step metadata in the item's
-    directory and warn on every export that it is not there."""
-    metadata = ocp.PyTreeCheckpointHandler().metadata(epath.Path(state_directory))
-    return layer_stack.is_stacked(metadata.tree["params"])
+    """Whether a saved state (or params) tree has the stacked block layout, from its metadata."""
+    return layer_stack.is_stacked(_saved_tree(state_directory)["params"])
+
+
+def _check_same_shapes(step: int, saved, expected):
+    """Raises OtherModel, naming the first difference, unless the saved parameters have the
+    expected tree and shapes: a model of other shapes is another run, whose checkpoints are left
+    where they are."""
+    saved_shapes = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(saved)}
+    shapes = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(expected)}
+    if saved_shapes == shapes:
+        return
+    names = sorted(set(saved_shapes) ^ set(shapes)) or sorted(k for k in shapes if shapes[k] != saved_shapes[k])
+    first = names[0]
+    raise OtherModel(
+        f"checkpoint step {step} holds parameters of another model than config.model (first difference: {first}: "
+        f"saved {saved_shapes.get(first, 'absent')}, config {shapes.get(first, 'absent')}); its checkpoints are kept "
+        "as they are: train this model in another --workdir")
 
 
 def _say_converted(step: int, saved_stacked: bool):

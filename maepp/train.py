@@ -15,7 +15,7 @@ import sys
 import traceback
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from maepp import checkpoints, config_files, distributed, run_plan
@@ -29,17 +29,21 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (wi
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed", False, "Join a multi-process job that JAX detects itself (a TPU VM pod slice). Slurm and "
     "Open MPI jobs of several tasks are detected without it.")
+flags.mark_flags_as_required(["config", "workdir"])
+_RESUME_WITH_CHANGED = flags.DEFINE_list(
+    "resume_with_changed", [], "Config fields a resumed run may change although they make another run (the "
+    "model's shapes, the seed, the data source, ...): the run is refused otherwise.")
 
 
-def _exit_now(message: str):
-    """Prints the message and exits with status 1 without running destructors: after a failure a
-    tf.data iterator can deadlock in its destructor, waiting for map workers that need the GIL it
-    holds. Every file that matters is already closed or complete (checkpoints are atomic)."""
+def _exit_now(message: str, status: int = 1):
+    """Prints the message and exits without running destructors: after a failure a tf.data
+    iterator can deadlock in its destructor, waiting for map workers that need the GIL it holds.
+    Every file that matters is already closed or complete (checkpoints are atomic)."""
     sys.stdout.flush()
     # On a line of its own: Orbax's threads may still be logging a failed save's tracebacks.
     sys.stderr.write("\n" + message + "\n")
     sys.stderr.flush()
-    os._exit(1)
+    os._exit(status)
 
 
 def _what_survived() -> str:
@@ -49,10 +53,24 @@ def _what_survived() -> str:
             f"{checkpoints.newest_complete(_WORKDIR.value)}; once the cause is fixed, resume from it with: {command}")
 
 
+def _finished(config, workdir) -> str:
+    """The line that says a workdir's run is done (its newest checkpoint is its last step), or ""."""
+    steps = checkpoints.complete_steps(workdir)
+    if not steps or steps[-1] < config.total_steps:
+        return ""
+    return (f"maepp.train: {checkpoints.workdir_path(workdir)} has finished: its newest checkpoint is step {steps[-1]} "
+            f"of config.total_steps={config.total_steps}; to train on, raise --config.total_steps")
+
+
 def main(argv):
     del argv
-    if _CONFIG.value is None or not _WORKDIR.value:
-        raise app.UsageError("--config and --workdir are required")
+    workdir = checkpoints.workdir_path(_WORKDIR.value)
+    if workdir.exists() and not workdir.is_dir():
+        _exit_now(f"maepp.train: --workdir {workdir} is a file, not a folder: name a folder (a new one starts a run)")
+    finished = _finished(_CONFIG.value, _WORKDIR.value)
+    if finished:
+        print(finished, flush=True)
+        return
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value)
     try:
         plan = run_plan.checked_plan(_CONFIG.value)
@@ -62,21 +80,23 @@ def main(argv):
     # TensorBoard), seconds of start-up that --help and a bad config need not wait for.
     from maepp.train_loop import say, train
 
+    say(f"writing to {workdir}: checkpoints/, tensorboard/ (tensorboard --logdir {workdir / 'tensorboard'})"
+        + (", pictures/ (input | masked | reconstruction)" if _CONFIG.value.data.eval_source else ""))
+
     # Orbax and JAX log every save at INFO; the run's own news is printed.
     logging.set_verbosity(logging.WARNING)
     try:
-        final = train(_CONFIG.value, _WORKDIR.value, plan)
+        final = train(_CONFIG.value, _WORKDIR.value, plan, _RESUME_WITH_CHANGED.value)
     except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse,
             WorkdirLost) as error:
         _exit_now(f"maepp.train: {error}")
     except Exception:  # noqa: BLE001 - a fault or a bug: its traceback, what survived, the same prompt exit
         _exit_now(f"{traceback.format_exc().rstrip()}\n{_what_survived()}")
-    workdir = checkpoints.workdir_path(_WORKDIR.value)
-    say(f"stopped at step {final['step']}, loss {final.get('loss', np.nan):.4f}")
-    say(f"checkpoints: {workdir / 'checkpoints'}")
-    say(f"TensorBoard: tensorboard --logdir {workdir / 'tensorboard'}")
-    if _CONFIG.value.data.eval_source:
-        say(f"pictures (input | masked | reconstruction): {workdir / 'pictures'}")
+    if final["interrupted"]:
+        _exit_now(f"maepp.train: stopped by Ctrl-C after saving step {final['step']} in {workdir / 'checkpoints'}; "
+                  "the same command resumes from it", status=130)
+    say(f"stopped at step {final['step']}, loss {final.get('loss', np.nan):.4f}; newest checkpoint: "
+        f"{checkpoints.newest_complete(workdir)}")
 
 
 def run():

@@ -3,10 +3,14 @@
 import collections
 import functools
 import itertools
+import json
+import os
 import signal
+import sys
 import threading
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
@@ -14,6 +18,7 @@ from jax.experimental import multihost_utils
 
 from maepp import checkpoints, distributed, optim, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
+from maepp.config_checks import resume_changes
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
 from maepp.evaluators.held_out import HeldOutEvaluation
 from maepp.evaluators.pictures import reconstruction_grid, write_png
@@ -27,17 +32,40 @@ from maepp.workdir_lock import WorkdirInUse, WorkdirLock, WorkdirLost
 
 
 class StopRequest:
-    """SIGTERM in a single-process run; the loop checks it between steps, saves and exits.
+    """SIGTERM or Ctrl-C (SIGINT): the loop stops at the next step, saves it and exits.
 
     A multi-process job leaves SIGTERM to JAX: its preemption notifier tells every process, and
-    they agree on one step to save at (checkpoints' reached_preemption). A handler of ours would
-    replace JAX's, and each process would stop at a step of its own.
+    they agree on one step to save at (checkpoints' reached_preemption); a handler of ours would
+    replace JAX's, and each process would stop at a step of its own. Ctrl-C there becomes a
+    SIGTERM to this process, for JAX to hand on. A second Ctrl-C exits at once: a save then under
+    way is left under Orbax's temporary name, never taken for the newest checkpoint.
     """
 
-    def __init__(self):
+    def __init__(self, workdir):
         self._event = threading.Event()
+        self.interrupted = False  # stopped by Ctrl-C: maepp.train exits 130
+        self._workdir = workdir
+        self._before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
         if jax.process_count() == 1:
             signal.signal(signal.SIGTERM, lambda *_: self._event.set())
+        signal.signal(signal.SIGINT, self._interrupt)
+
+    def close(self):
+        """Gives the signals back to whoever had them (a program that calls train() goes on)."""
+        for number, handler in self._before.items():
+            signal.signal(number, handler)
+
+    def _interrupt(self, *_):
+        if self.interrupted:
+            sys.stderr.write(f"\nmaepp.train: interrupted again: exiting now; the newest complete checkpoint is "
+                             f"{checkpoints.newest_complete(self._workdir)}\n")
+            sys.stderr.flush()
+            os._exit(130)
+        self.interrupted = True
+        if jax.process_count() > 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            self._event.set()
 
     def __bool__(self):
         return self._event.is_set()
@@ -48,13 +76,15 @@ def say(message: str):
         print(message, flush=True)
 
 
-def train(config, workdir, plan: RunPlan | None = None) -> dict:
+def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) -> dict:
     """Trains to config.total_steps (or until stopped); returns the last log step's figures and
     the run's throughput after its first step (compilation).
 
     Everything a user can get wrong in the config is checked first (maepp.run_plan; `plan`, where
     the caller has made it already), before the workdir is taken (one run per workdir,
-    maepp/workdir_lock.py) and anything is compiled.
+    maepp/workdir_lock.py) and anything is compiled. A workdir that holds checkpoints is resumed
+    only with settings its run can go on with (config_checks.resume_changes): resume_with_changed
+    names the fields whose change is meant nevertheless.
     """
     workdir = checkpoints.workdir_path(workdir)
     mesh, spec, sources = plan or checked_plan(config)
@@ -69,6 +99,16 @@ def train(config, workdir, plan: RunPlan | None = None) -> dict:
         refusal = refusal or f"{workdir} is in use by another run (process 0 found it taken)"
     if refusal:
         raise WorkdirInUse(refusal)
+    changes = []
+    saved = workdir / "config.json"
+    if checkpoints.complete_steps(workdir) and saved.exists():
+        try:
+            changes = resume_changes(ml_collections.ConfigDict(json.loads(saved.read_text())), config,
+                                     resume_with_changed)
+        except ValueError:
+            if lock is not None:
+                lock.release()
+            raise
     def check_workdir_held():
         """Before every save: raises WorkdirLost on every process if the workdir was taken over."""
         lost = ""
@@ -83,14 +123,14 @@ def train(config, workdir, plan: RunPlan | None = None) -> dict:
             raise WorkdirLost(f"{lost}; this run stopped before its next save")
 
     try:
-        return _train(config, workdir, mesh, spec, sources, check_workdir_held)
+        return _train(config, workdir, mesh, spec, sources, check_workdir_held, changes)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train(config, workdir, mesh, spec, sources, check_workdir_held) -> dict:
-    stop = StopRequest()
+def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) -> dict:
+    stop = StopRequest(workdir)
     # Model and state: resumed from the newest checkpoint, or fresh.
     model = MaskedAutoencoder(spec)
     optimizer = optim.optimizer(config)
@@ -104,8 +144,8 @@ def _train(config, workdir, mesh, spec, sources, check_workdir_held) -> dict:
         start_position, moved = checkpoints.resume_position(data, done_step)
         first_step = done_step + 1
         say(f"resumed from step {done_step} of {ckpt.directory} (data position {start_position})")
-        if moved:
-            say(moved)
+        for line in ([moved] if moved else []) + changes:
+            say(line)
     # Data: this process's rows of every global batch (maepp/data/order.py), made into global
     # arrays on a background thread, config.data.prefetch batches ahead of the step.
     report = SkipReport()
@@ -214,12 +254,13 @@ def _train(config, workdir, mesh, spec, sources, check_workdir_held) -> dict:
         raise
     finally:
         prefetch.close()
+        stop.close()
     checkpoints.finish_saves(ckpt)
     ckpt.close()
     writer.flush()
     if report.skips:
         logging.warning("%d clips skipped (%d distinct files): %s", report.skips, len(report.reasons), report.reasons)
-    return dict(step=step, **means, **rates, **throughput.run_rates())
+    return dict(step=step, interrupted=stop.interrupted, **means, **rates, **throughput.run_rates())
 
 
 def _finish_saves_in_flight(ckpt):

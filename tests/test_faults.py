@@ -48,14 +48,24 @@ BAD_CONFIGS = [
     ("checkpoint_every", 0, "must be a whole number of at least 1"),
     ("eval_every", 0, "must be a whole number of at least 1"),
     ("keep_checkpoints", 0, "must be a whole number of at least 1"),
-    ("batch_size", 0, "must be a whole number of clips"),
-    ("batch_size", -4, "must be a whole number of clips"),
-    ("optimizer.base_learning_rate", -0.1, "must be a positive number"),
-    ("model.mask_ratio", 0.0, "leaves 250 of 250 tokens visible"),
+    ("batch_size", 0, "must be a whole number of at least 1"),
+    ("batch_size", -4, "must be a whole number of at least 1"),
+    ("optimizer.base_learning_rate", -0.1, "must be a finite number in (0.0, inf)"),
+    ("model.mask_ratio", 0.999, "leaves 0 of 250 tokens visible"),
     ("data.eval_source", "folder:/nonexistent", "folder source /nonexistent is not a directory"),
     ("audio.filterbank", "htk", "use one of ('torchaudio', 'librosa')"),
     ("model.swiglu_norm", "pallas", "runs on one device only, not 8"),
 ]
+
+MISSPELT = {
+    "--config.batchsize=16": "maepp.train: --config.batchsize: no field 'batchsize'; did you mean 'batch_size'?",
+    "--config.model.mask_ration=0.7": "maepp.train: --config.model.mask_ration: no field 'model.mask_ration'; "
+                                      "did you mean 'model.mask_ratio'?",
+    "--config=configs/audiomaepp.py:mirco": "maepp.train: --config configs/audiomaepp.py:mirco: unknown model size "
+                                            "'mirco'; choose one of micro, tiny, small, medium, base, large, huge; "
+                                            "did you mean 'micro'?",
+}
+
 
 FAULTS = [
     Fault("SIGKILL right after an evaluation, before the checkpoint that follows it", "the re-run resumes from "
@@ -83,8 +93,9 @@ FAULTS = [
     *[Fault(f"`--config.{field}={value}`", f"one line: `config.{field}={value!r}: {message} ...`, before compilation",
             "nothing was written", f"test_bad_configs_are_one_line_before_compilation[{field}={value}]")
       for field, value, message in BAD_CONFIGS],
-    Fault("`--config.model.widht=3` (a misspelt field)", "`maepp.train: --config.model.widht: the config has no field "
-          "'model.widht'; check its spelling ...`", "nothing was written", "test_a_misspelt_config_field_is_one_line"),
+    *[Fault(f"`{argument}` (a misspelt field or size)", f"`{message}`", "nothing was written",
+            f"test_a_misspelt_config_field_or_size_is_one_line_naming_the_nearest[{argument}]")
+      for argument, message in MISSPELT.items()],
     Fault("export `--output` naming a file export did not write (a text file)", "one line before any work: "
           "`... exists and was not written by maepp.export; pass --overwrite ...`", "the file",
           "test_export_refuses_outputs_it_did_not_write[file]"),
@@ -370,13 +381,14 @@ def test_bad_config_fails_fast(repo_root, tmp_path):
     assert not [line for line in imports if line.split("|")[-1].strip() == "tensorflow"]
 
 
-def test_a_misspelt_config_field_is_one_line(repo_root, tmp_path):
-    result = subprocess.run(train_command(tmp_path / "w", "--config.model.widht=3"), cwd=repo_root,
-                            capture_output=True, text=True, timeout=120)
+
+@pytest.mark.parametrize("argument", list(MISSPELT))
+def test_a_misspelt_config_field_or_size_is_one_line_naming_the_nearest(repo_root, tmp_path, argument):
+    result = subprocess.run(train_command(tmp_path / "w", argument), cwd=repo_root, capture_output=True, text=True,
+                            timeout=120)
     assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        "maepp.train: --config.model.widht: the config has no field 'model.widht'; check its spelling")
+    assert result.stderr.strip() == MISSPELT[argument]
+    assert not (tmp_path / "w").exists()
 
 
 @pytest.mark.parametrize("what", ["file", "directory", "parts"])
@@ -479,6 +491,52 @@ def test_more_shards_than_open_files_allowed_is_one_line(repo_root, tmp_path):
         "hard limit (ulimit -Hn 524, or nofile in /etc/security/limits.conf), or prepare the data again (layout "
         "2.0.0 holds no file open)")
     assert not (tmp_path / "run").exists()
+
+
+def _resume(repo_root, workdir, *overrides):
+    result = subprocess.run(train_command(workdir, *TRAINED_RUN, *overrides), cwd=repo_root, capture_output=True,
+                            text=True, timeout=600)
+    return result.returncode, result.stdout, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
+
+
+@pytest.mark.parametrize("override,named", [
+    ("--config.model.encoder.width=128", "model.encoder.width 64 -> 128"),
+    ("--config.data.source=synthetic:64", "data.source 'synthetic' -> 'synthetic:64'"),
+])
+def test_resuming_with_settings_of_another_run_is_refused_and_the_run_kept(repo_root, trained_run, tmp_path,
+                                                                          override, named):
+    """A resume that would make another run (another model's shapes, another data source) is one
+    line naming each change, and touches nothing: no checkpoint is called damaged or moved, and
+    config.json keeps the run's settings."""
+    workdir = _copy_run(trained_run, tmp_path)
+    before = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    saved = (workdir / "config.json").read_text()
+    code, _, last = _resume(repo_root, workdir, "--config.total_steps=70", override)
+    assert code == 1 and last.startswith(f"maepp.train: the workdir holds a run with other settings: {named}. ")
+    assert last.endswith(f"(--resume_with_changed={named.split()[0]})")
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == before
+    assert (workdir / "config.json").read_text() == saved
+
+
+def test_a_finished_run_run_again_says_so_in_one_line_without_compiling(repo_root, trained_run, tmp_path):
+    workdir = _copy_run(trained_run, tmp_path)
+    started = time.perf_counter()
+    code, out, _ = _resume(repo_root, workdir)
+    assert code == 0 and out.strip() == (f"maepp.train: {workdir} has finished: its newest checkpoint is step 60 of "
+                                         "config.total_steps=60; to train on, raise --config.total_steps")
+    assert time.perf_counter() - started < 30  # imports only: nothing built, nothing compiled
+
+
+def test_a_resumed_run_says_what_changed_and_what_it_does(repo_root, trained_run, tmp_path):
+    """Safe changes are resumed with, each said with its effect: a longer run recomputes the
+    schedule; a change meant deliberately (--resume_with_changed) goes through."""
+    workdir = _copy_run(trained_run, tmp_path)
+    code, out, _ = _resume(repo_root, workdir, "--config.total_steps=62", "--config.seed=3",
+                           "--resume_with_changed=seed")
+    assert code == 0 and "resumed from step 60 " in out
+    assert "config.total_steps changed from 60 to 62: the cosine schedule is recomputed for the new length" in out
+    assert "config.seed changed from 0 to 3: takes effect from this step on" in out
+    assert '"seed": 3' in (workdir / "config.json").read_text()
 
 
 class _Pwn:
