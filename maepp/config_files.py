@@ -1,12 +1,15 @@
-"""Experiment configs on the command line: a file path, as ml_collections takes it
-(`--config configs/audiomaepp.py:base`), or a config installed with the package by name
-(`--config audiomaepp:base`, from the repository's configs/, shipped as maepp.configs)."""
+"""What every command-line program of maepp does before and around its main: experiment configs
+named by path (`--config configs/audiomaepp.py:base`) or by installed name (`--config
+audiomaepp:base`, from the repository's configs/, shipped as maepp.configs); overrides checked
+against the config itself; its own flags under --help; Ctrl-C as one line."""
+import difflib
 import importlib.resources
+import importlib.util
 import os
-import re
 import sys
+import traceback
 
-from absl import app
+from absl import app, flags
 
 CONFIG_FLAGS = ("config", "model_config")
 
@@ -38,25 +41,103 @@ def resolve_argv(argv: list) -> list:
     return resolved
 
 
-def _unknown_field(error: Exception, argv: list):
-    """The --config.* override that names a field the config lacks, if that is what `error` is."""
-    missing = re.findall(r"'([A-Za-z_]\w*)'", str(error))
-    for arg in argv:
-        flag = arg.split("=")[0].lstrip("-")
-        if flag.split(".")[0] in CONFIG_FLAGS and "." in flag and missing and missing[-1] in flag.split(".")[1:]:
-            return flag
-    return None
+def _config_arguments(argv: list) -> dict:
+    """{config flag: (its value, [(override path, the argument)])} from a command line."""
+    found, values = {}, {}
+    for i, arg in enumerate(argv[1:], 1):
+        flag, sep, value = arg.lstrip("-").partition("=")
+        if not arg.startswith("-"):
+            continue
+        name, _, path = flag.partition(".")
+        if name in CONFIG_FLAGS and not path:
+            values[name] = value if sep else (argv[i + 1] if i + 1 < len(argv) else "")
+        elif name in CONFIG_FLAGS:
+            found.setdefault(name, []).append((path, arg.split("=")[0]))
+    return {name: (value, found.get(name, [])) for name, value in values.items()}
 
 
-def run_cli(main, program: str):
-    """app.run(main) with installed config names resolved, and a misspelt override
-    (--config.model.widht=3) reported in one line instead of ml_collections' tracebacks."""
-    argv = resolve_argv(sys.argv)
+def load_config(spec: str, flag: str = "config"):
+    """The ConfigDict a config argument names ('FILE.py[:ARG]'); ValueError, one line, if it cannot be had."""
+    path, _, argument = spec.partition(":")
+    if not os.path.isfile(path):
+        raise ValueError(f"--{flag} {spec}: there is no file {path} (an installed config is named like audiomaepp:base)")
+    module_spec = importlib.util.spec_from_file_location("maepp_checked_config", path)
+    module = importlib.util.module_from_spec(module_spec)
     try:
-        app.run(main, argv=argv)
-    except (AttributeError, KeyError) as error:
-        flag = _unknown_field(error, argv)
-        if flag is None:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise ValueError(f"--{flag} {spec}: line {error.lineno}: {error.msg}") from None
+    except Exception as error:  # noqa: BLE001 - whatever the file's own code raises: its last frame, in one line
+        where = traceback.extract_tb(error.__traceback__)[-1]
+        raise ValueError(f"--{flag} {spec}: {where.filename}:{where.lineno}: {type(error).__name__}: {error}") from None
+    try:
+        return module.get_config(argument) if argument else module.get_config()
+    except ValueError as error:
+        raise ValueError(f"--{flag} {spec}: {error}") from None
+
+
+def check_overrides(config, overrides: list, flag: str = "config"):
+    """Raises ValueError, one line, for an override of a field the config does not have, naming the
+    nearest one."""
+    for path, argument in overrides:
+        node, walked = config, []
+        for key in path.split("."):
+            if not hasattr(node, "keys") or key not in node:
+                known = list(node.keys()) if hasattr(node, "keys") else []
+                near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                where = f"config.{'.'.join(walked)}" if walked else "the config"
+                hint = f"; did you mean {'.'.join(walked + near)!r}?" if near else \
+                    f"; {where} has {', '.join(known)}" if known else f"; {where} is a value, not a section"
+                raise ValueError(f"{argument}: no field {'.'.join(walked + [key])!r}{hint}")
+            node, walked = node[key], walked + [key]
+
+
+def _suggest_size(message: str, spec: str) -> str:
+    """An unknown size's message, with the nearest size named."""
+    argument = spec.partition(":")[2]
+    known = [name.strip(" ,.") for name in message.split("choose one of")[-1].split(",")] if "choose one of" in message else []
+    near = difflib.get_close_matches(argument, known, n=1, cutoff=0.5)
+    return f"{message}; did you mean {near[0]!r}?" if near else message
+
+
+def _show_own_flags(main):
+    """--help of a console script lists the program's own flags, with its module's description:
+    absl shows the flags and docstring of sys.argv[0]'s module, which here is the script wrapper."""
+    module = sys.modules[main.__module__]
+    for flag in flags.FLAGS.get_key_flags_for_module(module):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    main_module = sys.modules.get("__main__")
+    if main_module is not None and module.__doc__ and not getattr(main_module, "__doc__", None):
+        main_module.__doc__ = module.__doc__
+
+
+def run_cli(main, program: str, argv: list | None = None):
+    """app.run(main) for every maepp program: installed config names resolved; the config file,
+    its size and every --config.FIELD override checked first, each mistake one line; --help with
+    the program's own flags; Ctrl-C one line and exit status 130."""
+    argv = resolve_argv(sys.argv if argv is None else argv)
+    _show_own_flags(main)
+    asks_help = any(arg in ("--help", "-h", "--helpfull", "--helpshort") for arg in argv)
+    if not asks_help:
+        for flag, (spec, overrides) in _config_arguments(argv).items():
+            try:
+                check_overrides(load_config(spec, flag), overrides, flag)
+            except ValueError as error:
+                sys.exit(f"{program}: {_suggest_size(str(error), spec)}")
+    def parse_flags(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as error:
+            sys.exit(f"{program}: {'; '.join(str(error).splitlines())} (--help lists the flags)")
+        except SystemExit:
+            # absl exits 1 after printing the help it was asked for; that is a success.
+            if asks_help:
+                sys.exit(0)
             raise
-        sys.exit(f"{program}: --{flag}: the config has no field {flag.split('.', 1)[1]!r}; check its spelling "
-                 f"(python -m maepp.tools.summary --config ... prints a config's fields)")
+
+    try:
+        app.run(main, argv=argv, flags_parser=parse_flags)
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{program}: interrupted; what was finished is kept, and the same command goes on from it\n")
+        sys.stderr.flush()
+        os._exit(130)

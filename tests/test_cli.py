@@ -1,5 +1,9 @@
 """The command-line entry points, run as a user runs them."""
+import importlib.metadata
 import json
+import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -29,3 +33,44 @@ def test_summary_flops_follow_the_overrides(repo_root):
     # A lower mask ratio means more visible tokens in the encoder: more work.
     assert flops("--config.model.mask_ratio=0.5") > 1.5 * base
     assert base / 1e9 == pytest.approx(62.67, abs=0.01)
+
+
+# One flag of each program's own, which its --help must list (absl alone lists only the flags of
+# sys.argv[0]'s module: for a console script, the wrapper, which has none).
+OWN_FLAG = {
+    "maepp-train": "--resume_with_changed", "maepp-prepare": "--clips_per_shard", "maepp-export": "--[no]overwrite",
+    "maepp-evaluate": "--probes", "maepp-synthetic-task": "--seconds", "maepp-summary": "--config",
+    "maepp-convert": "--torch-checkpoint", "maepp-compile-check": "--num_slices", "maepp-scaling": "--sizes",
+    "maepp-bench": "swiglu_norm",
+}
+
+
+def _console_scripts() -> dict:
+    scripts = importlib.metadata.entry_points(group="console_scripts")
+    return {script.name: script.value for script in scripts if script.value.startswith("maepp.")}
+
+
+def test_every_console_script_is_known_here():
+    assert set(_console_scripts()) == set(OWN_FLAG)
+
+
+@pytest.mark.parametrize("script", sorted(OWN_FLAG))
+def test_help_of_each_console_script_lists_its_own_flags_and_exits_0(script):
+    result = subprocess.run([str(pathlib.Path(sys.executable).parent / script), "--help"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert OWN_FLAG[script] in result.stdout
+
+
+@pytest.mark.parametrize("module,message", [
+    ("maepp.train", "maepp.train: flag --config=None: Flag --config must have a value other than None.; "
+                    "flag --workdir=None: Flag --workdir must have a value other than None."),
+    ("maepp.downstream.evaluate", "maepp.downstream.evaluate: flag --task=None: Flag --task must have a value other "
+                                  "than None."),
+])
+def test_a_missing_required_flag_is_one_line(repo_root, module, message):
+    arguments = ["--workdir", "w"] if module == "maepp.downstream.evaluate" else []
+    result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=repo_root, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{message} (--help lists the flags)"

@@ -21,12 +21,15 @@ import sys
 
 from absl import app, flags
 
+from maepp import config_files
 from maepp.audio import filterbanks
 from maepp.data import clip_store
 from maepp.data.writer import dataset_directory, prepare
 
-_INPUT = flags.DEFINE_string("input", None, "Folder of audio files, local or gs:// (searched recursively).")
-_OUTPUT = flags.DEFINE_string("output", None, f"Where to write NAME/{clip_store.VERSION}/ with the shards, local or gs://.")
+_INPUT = flags.DEFINE_string("input", None, "Folder of audio files, local or gs:// (searched recursively).",
+                            required=True)
+_OUTPUT = flags.DEFINE_string("output", None, f"Where to write NAME/{clip_store.VERSION}/ with the shards, local or gs://.",
+                             required=True)
 _NAME = flags.DEFINE_string("name", "audio_clips", "Dataset name (TFDS name of the result).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split name.")
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Processes writing shards in parallel (Beam's DirectRunner).")
@@ -41,8 +44,6 @@ _BEAM_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "", "Apache Beam pi
 
 def main(argv):
     del argv
-    if not _INPUT.value or not _OUTPUT.value:
-        raise app.UsageError("--input and --output are required")
     try:
         manifest = prepare(_INPUT.value, _OUTPUT.value, _NAME.value, _SPLIT.value, _WORKERS.value, _CLIPS_PER_SHARD.value,
                            _STORE.value, _FILTERBANK.value, _BEAM_OPTIONS.value, progress=True)
@@ -56,7 +57,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    config_files.run_cli(main, "maepp.data.prepare")
 
 
 if __name__ == "__main__":

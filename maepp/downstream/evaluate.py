@@ -12,17 +12,17 @@ each new run computes the features afresh (the checkpoint may have changed).
 import json
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
-from maepp import checkpoints
+from maepp import checkpoints, config_files
 from maepp.audio import filterbanks
 from maepp.downstream import features
 from maepp.downstream.tasks import load_task
 from maepp.weights import store
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_TASK = flags.DEFINE_string("task", None, "Task directory.")
+_TASK = flags.DEFINE_string("task", None, "Task directory (maepp.downstream.synthetic_tasks writes one).", required=True)
 _FEATURES = flags.DEFINE_enum("features", "encoder", features.FEATURES, "What to probe.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Probe seeds (HEAR uses 10).")
 _PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linear, mlp.")
@@ -31,8 +31,6 @@ _PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linea
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
     del argv
-    if not (_WORKDIR.value and _TASK.value):
-        raise app.UsageError("--workdir and --task are required")
     try:
         task = load_task(_TASK.value)
         model, params, config, loaded = store.load_model(_WORKDIR.value, _STEP.value)
@@ -52,7 +50,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    config_files.run_cli(main, "maepp.downstream.evaluate")
 
 
 if __name__ == "__main__":

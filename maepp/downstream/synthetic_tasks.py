@@ -11,12 +11,14 @@ modulation: coloured noise whose loudness swings at 2, 4, 8 or 16 Hz, with rando
 """
 import collections
 import pathlib
+import sys
 
 import numpy as np
 import scipy.signal
 import soundfile
-from absl import app, flags
+from absl import flags
 
+from maepp import config_files
 from maepp.audio.constants import SAMPLE_RATE
 from maepp.data.synthetic import CLASSES, synthetic_clip
 
@@ -77,7 +79,8 @@ def write_task(directory, task: str, per_split: dict, seconds: float = 2.0, seed
 
 
 _TASK = flags.DEFINE_enum("task", "classes", list(TASKS), "Which labelled task to write.")
-_OUTPUT = flags.DEFINE_string("output", None, "Task directory to write (train/ and test/ go in it).")
+_OUTPUT = flags.DEFINE_string("output", None, "Task directory to write (train/ and test/ go in it).",
+                             required=True)
 _TRAIN = flags.DEFINE_integer("train", 100, "Training clips per label.")
 _TEST = flags.DEFINE_integer("test", 50, "Test clips per label.")
 _SECONDS = flags.DEFINE_float("seconds", 2.0, "Clip length.")
@@ -86,18 +89,16 @@ _SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 
 def main(argv):
     del argv
-    if not _OUTPUT.value:
-        raise app.UsageError("--output is required")
     output = pathlib.Path(_OUTPUT.value)
     if output.exists() and any(output.iterdir()):
-        raise app.UsageError(f"{output} is not empty; give a new directory")
+        sys.exit(f"maepp.downstream.synthetic_tasks: --output {output} is not empty; give a new directory")
     directory = write_task(output, _TASK.value, {"train": _TRAIN.value, "test": _TEST.value},
                            _SECONDS.value, _SEED.value)
     print(f"wrote the {_TASK.value} task to {directory}")
 
 
 def run():
-    app.run(main)
+    config_files.run_cli(main, "maepp.downstream.synthetic_tasks")
 
 
 if __name__ == "__main__":

@@ -15,11 +15,12 @@ import sys
 
 from absl import app, flags, logging
 
+from maepp import config_files
 from maepp.audio import filterbanks
 from maepp.export import artifact, clips
 from maepp.weights import store
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _INPUT = flags.DEFINE_string("input", None, "Folder of audio, CSV list of files, or tfds:NAME[:SPLIT].")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for --input tfds:... (may be gs://).")
@@ -34,8 +35,8 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an --output file tha
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
     del argv
-    if not _WORKDIR.value or not (_ARTIFACT.value or (_INPUT.value and _OUTPUT.value)):
-        raise app.UsageError("--workdir with --input and --output, or with --artifact, are required")
+    if not (_ARTIFACT.value or (_INPUT.value and _OUTPUT.value)):
+        sys.exit("maepp.export: give --input and --output, or --artifact")
     try:
         if not _ARTIFACT.value:
             clips.check_output(_OUTPUT.value, _OVERWRITE.value)  # before any work
@@ -54,7 +55,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    config_files.run_cli(main, "maepp.export")
 
 
 if __name__ == "__main__":

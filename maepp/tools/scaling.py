@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 from absl import app, flags
 
+from maepp import config_files
 from maepp.configs.audiomaepp import model_config
 from maepp.hardware import SYSTEMS
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params, sizes
@@ -278,7 +279,7 @@ def main(argv):
 
 
 def run():
-    app.run(main)
+    config_files.run_cli(main, "maepp.tools.scaling")
 
 
 if __name__ == "__main__":

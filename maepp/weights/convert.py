@@ -11,7 +11,7 @@ config.model.separate_norm3=True, LN3 takes norm2's values (the released forward
 """
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from maepp import config_files
@@ -46,20 +46,20 @@ def main(argv):
 def _convert():
     if _TORCH_CHECKPOINT.value:
         if _CONFIG.value is None or not _OUTPUT.value:
-            raise app.UsageError("--torch-checkpoint needs --config and --output")
+            sys.exit("maepp.weights.convert: --torch-checkpoint needs --config and --output")
         spec = ModelSpec.from_config(_CONFIG.value.model)
         params = state_dict_to_params(load_torch_state_dict(_TORCH_CHECKPOINT.value), spec, _LN3_FROM.value)
         out = store.save(_OUTPUT.value, params, _CONFIG.value)
         print(f"wrote maepp weights of {_TORCH_CHECKPOINT.value} to {out}")
     elif _PARAMS.value:
         if not _OUTPUT_TORCH.value:
-            raise app.UsageError("--params needs --output-torch")
+            sys.exit("maepp.weights.convert: --params needs --output-torch")
         params, config = store.load(_PARAMS.value)
         spec = ModelSpec.from_config(config.model)
         save_torch_state_dict(params_to_state_dict(params, spec), _OUTPUT_TORCH.value)
         print(f"wrote a PyTorch state dict of {_PARAMS.value} to {_OUTPUT_TORCH.value}")
     else:
-        raise app.UsageError("give --torch-checkpoint (import) or --params (export)")
+        sys.exit("maepp.weights.convert: give --torch-checkpoint FILE.pth (import) or --params DIR (export); see --help")
 
 
 def run():
