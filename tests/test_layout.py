@@ -45,6 +45,7 @@ def _python_modules(commands):
     return modules
 
 
+@pytest.mark.e2e
 @pytest.mark.long(seconds=30)
 def test_the_docs_name_only_modules_flags_and_files_that_exist(repo_root):
     commands = _readme_commands(repo_root)
@@ -79,6 +80,7 @@ def test_configs_resolve_by_path_or_installed_name(repo_root):
     assert resolved[5] == "audiomaepp:x"  # only config flags are resolved
 
 
+@pytest.mark.e2e
 @pytest.mark.xdist_group("install")
 def test_pip_install_then_train_from_another_directory_by_config_name(repo_root, tmp_path):
     """`pip install .` into a fresh venv (dependencies from this one, so no network), then
@@ -89,8 +91,11 @@ def test_pip_install_then_train_from_another_directory_by_config_name(repo_root,
     deps = next(p for p in map(pathlib.Path, sys.path) if p.name == "site-packages" and (p / "jax").is_dir())
     (site / "maepp_test_deps.pth").write_text(f"{deps}\n")  # a path only: this venv's own .pth files stay off
     python = venv / "bin" / "python"
+    build_outputs = ("build", "maepp.egg-info")  # where setuptools writes unless told otherwise (setup.py)
+    present = {name for name in build_outputs if (repo_root / name).exists()}
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--no-index", str(repo_root)], check=True, capture_output=True, cwd=tmp_path)
+    assert {name for name in build_outputs if (repo_root / name).exists()} == present, "pip wrote into the checkout"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     result = subprocess.run(
@@ -149,7 +154,9 @@ def _imports(repo_root, modules) -> dict:
 
 def test_docs_layout_names_every_module_and_imports_go_up_its_order_without_cycles(repo_root):
     groups = _layout_groups(repo_root)
-    files = [p.relative_to(repo_root).as_posix() for p in [*repo_root.glob("maepp/**/*.py"), *repo_root.glob("configs/*.py")]]
+    files = [
+        p.relative_to(repo_root).as_posix() for p in [*repo_root.glob("maepp/**/*.py"), *repo_root.glob("configs/*.py")]
+    ]
     unnamed = sorted(f for f in files if _module_name(f) not in groups)
     assert not unnamed, f"docs/layout.md does not name {unnamed}"
     edges = _imports(repo_root, groups)
@@ -179,8 +186,12 @@ def _text_files(repo_root):
     skipped = {".venv", ".git", ".peer", ".whl", "runs", "build", "__pycache__", ".pytest_cache"}
     for path in repo_root.rglob("*"):
         relative = path.relative_to(repo_root)
-        if path.is_file() and not skipped & set(relative.parts) and relative.parts[:2] != ("tests", "data") \
-                and (path.suffix in (".py", ".md", ".sh", ".sbatch", ".toml", ".txt", ".cfg") or path.name == "Makefile"):
+        if (
+            path.is_file()
+            and not skipped & set(relative.parts)
+            and relative.parts[:2] != ("tests", "data")
+            and (path.suffix in (".py", ".md", ".sh", ".sbatch", ".toml", ".txt", ".cfg") or path.name == "Makefile")
+        ):
             yield relative, path.read_text()
 
 
