@@ -7,10 +7,10 @@ CONFIG ?= configs/audiomaepp.py:micro
 WORKDIR ?= runs/demo
 JAX_VERSION := $(shell sed -n 's/^jax==//p' requirements.txt)
 
-.PHONY: train test venv summary clean
+.PHONY: train test test-fast lint venv summary clean
 
-# The venv is rebuilt whenever requirements.txt or setup.py is newer than it.
-$(STAMP): requirements.txt setup.py
+# The venv is rebuilt whenever requirements.txt, setup.py or pyproject.toml is newer than it.
+$(STAMP): requirements.txt setup.py pyproject.toml
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -38,8 +38,16 @@ venv: $(STAMP)
 train: $(STAMP)
 	$(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
 
-test: $(STAMP)
+# Everything: the linter, then both tiers of tests (pytest.mark.e2e: tests that start processes).
+test: lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 tests
+
+# The unit tier alone: tests that run in pytest's own processes.
+test-fast: lint
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not e2e" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 summary: $(STAMP)
 	$(PY) -m maepp.tools.summary --config configs/audiomaepp.py:base

@@ -33,7 +33,8 @@ def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collection
             dtype="float32",  # compute dtype; parameters are always float32
             # "auto": cuDNN's fused attention on GPUs in bfloat16, XLA's elsewhere; "xla"; "cudnn".
             attention="auto",
-            # False: the release's block, LN2 applied where LN3 stands (docs/reference.md#where-the-release-differs-from-the-paper); True: LN3 of its own.
+            # False: the release's block, LN2 applied where LN3 stands
+            # (docs/reference.md#where-the-release-differs-from-the-paper); True: LN3 of its own.
             separate_norm3=False,
             # Activations recomputed in the backward pass, per block: "none", or a jax.checkpoint_policies
             # name such as "nothing_saveable" (maepp/models/blocks.py); for large and huge at big batches.

@@ -1,4 +1,5 @@
-"""What every experiment config shares: the pretraining recipe (docs/reference.md#pretraining-recipe) and the micro CPU mode.
+"""What every experiment config shares: the pretraining recipe (docs/reference.md#pretraining-recipe)
+and the micro CPU mode.
 
 Its numbers: AdamW betas (0.9, 0.95), weight decay 0.05,
 lr = 1.5e-4 x global batch / 256, global batch 1024, 100 epochs of AudioSet, 10 of them warmup.

@@ -172,7 +172,11 @@ def resume_position(data: dict, step: int) -> tuple:
     processes = jax.process_count()
     if "position" in data:
         saved_by = int(data.get("processes", processes))
-        moved = f"resumed step {step} saved by {saved_by} processes on {processes} processes" if saved_by != processes else ""
+        moved = (
+            f"resumed step {step} saved by {saved_by} processes on {processes} processes"
+            if saved_by != processes
+            else ""
+        )
         return int(data["position"]), moved
     positions = [int(p) for p in data["positions"]]
     position = min(positions) * len(positions)
@@ -202,8 +206,12 @@ def _check_same_shapes(step: int, saved, expected):
     """Raises OtherModel, naming the first difference, unless the saved parameters have the
     expected tree and shapes: a model of other shapes is another run, whose checkpoints are left
     where they are."""
-    saved_shapes = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(saved)}
-    shapes = {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(expected)}
+    saved_shapes = {
+        jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(saved)
+    }
+    shapes = {
+        jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(expected)
+    }
     if saved_shapes == shapes:
         return
     names = sorted(set(saved_shapes) ^ set(shapes)) or sorted(k for k in shapes if shapes[k] != saved_shapes[k])

@@ -158,7 +158,9 @@ def _model_relations(model, prefix: str):
             _fail(f"{prefix}{tower}.width", width, "must be a multiple of 4: the sin-cos position tables need it")
     (time, freq), (patch_t, patch_f) = model.input_size, model.patch_size
     if freq != N_MELS:
-        _fail(f"{prefix}input_size", tuple(model.input_size), f"its mel bins must be {N_MELS}, what the front end makes")
+        _fail(
+            f"{prefix}input_size", tuple(model.input_size), f"its mel bins must be {N_MELS}, what the front end makes"
+        )
     if time % patch_t or freq % patch_f:
         _fail(f"{prefix}patch_size", tuple(model.patch_size), f"must divide input_size {tuple(model.input_size)}")
     try:
@@ -233,7 +235,11 @@ def resume_changes(saved, config, accepted=()) -> list:
     does; raises ValueError, one line, for changes that would make another run, unless accepted
     (--resume_with_changed). Fields an older saved config lacks are not compared."""
     old, new = leaves(saved), leaves(config)
-    changed = {field: (old[field], new[field]) for field in new if field in old and _comparable(old[field]) != _comparable(new[field])}
+    changed = {
+        field: (old[field], new[field])
+        for field in new
+        if field in old and _comparable(old[field]) != _comparable(new[field])
+    }
     refused = {field: values for field, values in changed.items()
                if _refused(field) and not any(field == name or field.startswith(name + ".") for name in accepted)}
     if refused:
@@ -242,7 +248,9 @@ def resume_changes(saved, config, accepted=()) -> list:
             f"the workdir holds a run with other settings: {listed}. Its checkpoints are kept as they are: train "
             f"the new settings in another --workdir, or continue this run with them deliberately "
             f"(--resume_with_changed={','.join(refused)})")
-    return [f"config.{field} changed from {old!r} to {new!r}: {_effect(field)}" for field, (old, new) in changed.items()]
+    return [
+        f"config.{field} changed from {old!r} to {new!r}: {_effect(field)}" for field, (old, new) in changed.items()
+    ]
 
 
 def _comparable(value):

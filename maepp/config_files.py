@@ -60,7 +60,9 @@ def load_config(spec: str, flag: str = "config"):
     """The ConfigDict a config argument names ('FILE.py[:ARG]'); ValueError, one line, if it cannot be had."""
     path, _, argument = spec.partition(":")
     if not os.path.isfile(path):
-        raise ValueError(f"--{flag} {spec}: there is no file {path} (an installed config is named like audiomaepp:base)")
+        raise ValueError(
+            f"--{flag} {spec}: there is no file {path} (an installed config is named like audiomaepp:base)"
+        )
     module_spec = importlib.util.spec_from_file_location("maepp_checked_config", path)
     module = importlib.util.module_from_spec(module_spec)
     try:
@@ -95,7 +97,11 @@ def check_overrides(config, overrides: list, flag: str = "config"):
 def _suggest_size(message: str, spec: str) -> str:
     """An unknown size's message, with the nearest size named."""
     argument = spec.partition(":")[2]
-    known = [name.strip(" ,.") for name in message.split("choose one of")[-1].split(",")] if "choose one of" in message else []
+    known = (
+        [name.strip(" ,.") for name in message.split("choose one of")[-1].split(",")]
+        if "choose one of" in message
+        else []
+    )
     near = difflib.get_close_matches(argument, known, n=1, cutoff=0.5)
     return f"{message}; did you mean {near[0]!r}?" if near else message
 
@@ -135,8 +141,14 @@ def run_cli(main, program: str, argv: list | None = None):
                 sys.exit(0)
             raise
 
+    def checked_main(argv):
+        try:
+            return main(argv)
+        except app.UsageError as error:  # absl would print the whole help above it
+            sys.exit(f"{program}: {error} (--help lists the flags)")
+
     try:
-        app.run(main, argv=argv, flags_parser=parse_flags)
+        app.run(checked_main, argv=argv, flags_parser=parse_flags)
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{program}: interrupted; what was finished is kept, and the same command goes on from it\n")
         sys.stderr.flush()

@@ -44,7 +44,7 @@ class Prefetcher:
         try:
             while self._put(self._make_item()):
                 pass
-        except BaseException as error:  # StopIteration included: the consumer re-raises it
+        except BaseException as error:  # noqa: BLE001 - StopIteration included: the consumer re-raises it
             self._put(_Failed(error))
 
     def __iter__(self):

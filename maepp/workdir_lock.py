@@ -146,8 +146,12 @@ class WorkdirLock:
         seen_at = time.monotonic()
         remaining = self.lease_s - (time.time() - holder.get("renewed", 0))
         if remaining > 0:
-            print(f"{self.path.parent} is held by {_describe(holder)}: waiting up to {min(remaining, self.lease_s):.0f} s "
-                  f"for its lease to run out (a live run renews it every {self.renew_s:.0f} s)", flush=True)
+            print(
+                f"{self.path.parent} is held by {_describe(holder)}: "
+                f"waiting up to {min(remaining, self.lease_s):.0f} s "
+                f"for its lease to run out (a live run renews it every {self.renew_s:.0f} s)",
+                flush=True,
+            )
         while remaining > 0:
             time.sleep(min(remaining, self.renew_s / 4))
             holder_now, generation_now = self._object.read()

@@ -2,6 +2,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import subprocess
 import tempfile
 
 # One compilation cache for the whole session, shared with the maepp processes tests start:
@@ -56,6 +57,22 @@ def trained_run(repo_root, tmp_path_factory, worker_id):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "long(seconds): a test that takes about this long on a 2-core machine")
+    config.addinivalue_line("markers", "e2e: an end-to-end test: it starts processes (maepp's programs, JAX jobs, "
+                                       "a GCS API server); `make test-fast` runs the others")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """The unit tier (`make test-fast`, tests not marked e2e) runs in this process: a test that
+    starts one must be marked e2e, or it fails here."""
+    if request.node.get_closest_marker("e2e") is not None:
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{request.node.nodeid} starts a process ({args[0] if args else kwargs}): mark it "
+                             "pytest.mark.e2e")
+
+    monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
 def pytest_collection_modifyitems(items):

@@ -17,6 +17,7 @@ def _last_json(out):
     return json.loads(out.strip().splitlines()[-1])
 
 
+@pytest.mark.e2e
 def test_bench_step_reports_model_flops_and_where_the_time_goes(repo_root, tmp_path):
     out = run_module(repo_root, "maepp.tools.bench", "step", "--config", "configs/audiomaepp.py:micro",
                      "--config.batch_size=8", "--steps", "1", "--json", "--variant", "batch_size=4",
@@ -38,12 +39,27 @@ def test_bench_step_reports_model_flops_and_where_the_time_goes(repo_root, tmp_p
     assert (tmp_path / "run1" / "module.hlo.txt").exists()
 
 
+@pytest.mark.e2e
 def test_bench_step_names_a_variant_field_the_config_lacks(repo_root):
-    result = subprocess.run([sys.executable, "-m", "maepp.tools.bench", "step", "--config", "configs/audiomaepp.py:micro",
-                             "--variant", "model.widht=3"], cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maepp.tools.bench",
+            "step",
+            "--config",
+            "configs/audiomaepp.py:micro",
+            "--variant",
+            "model.widht=3",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0 and "config has no field 'model.widht'" in result.stderr
 
 
+@pytest.mark.e2e
 def test_bench_swiglu_norm_times_xla_and_each_tiling_it_can_make(repo_root):
     out = run_module(repo_root, "maepp.tools.bench", "swiglu_norm", "--shapes", "2x48x256,1x51x2048",
                      "--tile_elements", "1024,4096", "--programs", "4", "--num_warps", "4", "--num_stages", "1,2",
@@ -105,6 +121,7 @@ def test_speed_table_compares_with_the_peer_of_the_same_run_and_batch():
     assert lines[4].endswith("|  |")  # run 2 timed no peer at 128: no ratio across runs
 
 
+@pytest.mark.e2e
 def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(repo_root, tmp_path):
     from maepp.data.writer import prepare
 
@@ -124,6 +141,7 @@ def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(re
     assert result["max_error_vs_librosa"] < 2e-3 * 4  # float16 storage: 2^-11 of values up to ~4
 
 
+@pytest.mark.e2e
 def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root):
     result = _last_json(run_module(repo_root, "maepp.tools.bench", "scale", "--processes", "2", "--clips", "48",
                                    "--clips_per_shard", "12", "--batch_size", "16", "--prepare_workers", "1", "--json"))
@@ -134,7 +152,10 @@ def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root):
     assert result["local_disk_bytes_written"] < 100_000  # nothing copied (a few logs at most)
 
 
+@pytest.mark.e2e
 def test_bench_export_counts_the_clips_it_exports(repo_root):
-    result = _last_json(run_module(repo_root, "maepp.tools.bench", "export", "--clips", "2", "--seconds", "3", "--json"))
+    result = _last_json(
+        run_module(repo_root, "maepp.tools.bench", "export", "--clips", "2", "--seconds", "3", "--json")
+    )
     assert result["clips"] == 2 and result["clips_per_s"] > 0
     assert math.isclose(result["audio_seconds_per_s"], 3 * result["clips_per_s"], rel_tol=0.05)

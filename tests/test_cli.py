@@ -14,6 +14,7 @@ from tests.helpers import run_module as _run
     "config,encoder_params,decoder_params",
     [("configs/audiomaepp.py:base", 141_855_744, 12_158_528), ("configs/mae.py:huge", 629_765_120, None)],
 )
+@pytest.mark.e2e
 def test_summary_prints_a_table_and_json_last(repo_root, config, encoder_params, decoder_params):
     out = _run(repo_root, "maepp.tools.summary", "--config", config).strip().splitlines()
     summary = json.loads(out[-1])
@@ -24,6 +25,7 @@ def test_summary_prints_a_table_and_json_last(repo_root, config, encoder_params,
     assert any(line.startswith("encoder total") for line in out)
 
 
+@pytest.mark.e2e
 def test_summary_flops_follow_the_overrides(repo_root):
     def flops(*overrides):
         out = _run(repo_root, "maepp.tools.summary", "--config", "configs/audiomaepp.py:base", *overrides)
@@ -54,6 +56,7 @@ def test_every_console_script_is_known_here():
     assert set(_console_scripts()) == set(OWN_FLAG)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(OWN_FLAG))
 def test_help_of_each_console_script_lists_its_own_flags_and_exits_0(script):
     result = subprocess.run([str(pathlib.Path(sys.executable).parent / script), "--help"], capture_output=True,
@@ -68,6 +71,7 @@ def test_help_of_each_console_script_lists_its_own_flags_and_exits_0(script):
     ("maepp.downstream.evaluate", "maepp.downstream.evaluate: flag --task=None: Flag --task must have a value other "
                                   "than None."),
 ])
+@pytest.mark.e2e
 def test_a_missing_required_flag_is_one_line(repo_root, module, message):
     arguments = ["--workdir", "w"] if module == "maepp.downstream.evaluate" else []
     result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=repo_root, capture_output=True, text=True,

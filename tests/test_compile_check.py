@@ -12,6 +12,8 @@ import pytest
 from maepp.tools import scaling
 from tests.helpers import run_module
 
+pytestmark = pytest.mark.e2e  # each test runs maepp.tools.compile_check
+
 REPO = pathlib.Path(__file__).parents[1]
 PLUGIN_DIR = pathlib.Path(os.environ.get("MAEPP_AOT_PLUGINS", REPO / ".venv" / "aot-plugins"))
 
@@ -63,9 +65,22 @@ def test_micro_compiles_for_two_v5e_2x2_slices_sharded_with_waveform_crops_as_ar
 
 @needs_libtpu
 def test_a_step_over_hbm_exits_1_and_names_the_config_change(repo_root):
-    result = subprocess.run([sys.executable, "-m", "maepp.tools.compile_check", "--config", "configs/audiomaepp.py:micro",
-                             "--topology", "v5e:2x2", "--config.batch_size=65536", "--json"],
-                            cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maepp.tools.compile_check",
+            "--config",
+            "configs/audiomaepp.py:micro",
+            "--topology",
+            "v5e:2x2",
+            "--config.batch_size=65536",
+            "--json",
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # libtpu refuses the program at compile time; its activations alone are over 16 GiB.
@@ -88,8 +103,20 @@ def test_v4_and_v5p_slices_have_one_device_per_chip_as_jax_sees_them(repo_root):
 @pytest.mark.parametrize("topology, message", [("v9x:2x2", "chip 'v9x' unknown"),
                                                ("h100:x8", "name the GPUs of one node")])
 def test_an_unknown_target_is_a_clear_error(repo_root, topology, message):
-    result = subprocess.run([sys.executable, "-m", "maepp.tools.compile_check", "--config", "configs/audiomaepp.py:micro",
-                             "--topology", topology], cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maepp.tools.compile_check",
+            "--config",
+            "configs/audiomaepp.py:micro",
+            "--topology",
+            topology,
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 1 and message in result.stderr
 
 

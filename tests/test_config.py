@@ -85,7 +85,9 @@ def _with(config, field, value):
 @pytest.mark.parametrize("name", list(_configs()))
 def test_every_field_of_every_config_is_checked_and_passes(name):
     config = _configs()[name]
-    assert set(config_checks.leaves(config)) == set(config_checks.FIELDS), "a field without a check, or a check of nothing"
+    assert set(config_checks.leaves(config)) == set(config_checks.FIELDS), (
+        "a field without a check, or a check of nothing"
+    )
     assert set(config_checks.FIELDS) == set(BAD), "every check needs its bad value in this test"
     config_checks.check_train_config(config, n_devices=8, batch_devices=8)
 
@@ -99,18 +101,27 @@ def test_a_bad_value_of_each_field_is_one_line_naming_it(field):
     assert message.startswith(f"config.{field}=") and "\n" not in message, message
 
 
-@pytest.mark.parametrize("fields,message", [
-    (dict(warmup_steps=300), "config.warmup_steps=300: must be below config.total_steps=300"),
-    ({"optimizer.accumulate_steps": 7}, "config.total_steps=300: must be a multiple of config.optimizer.accumulate_steps=7"),
-    (dict(batch_size=12), "config.batch_size=12: must be a multiple of 8: the mesh splits a batch 8 ways"),
-    ({"model.encoder.heads": 3}, "config.model.encoder.heads=3: must divide the encoder width 64"),
-    ({"model.decoder.width": 66, "model.decoder.heads": 1}, "config.model.decoder.width=66: must be a multiple of 4"),
-    ({"model.input_size": (200, 64)}, "config.model.input_size=(200, 64): its mel bins must be 80"),
-    ({"model.patch_size": (3, 16)}, "config.model.patch_size=(3, 16): must divide input_size (200, 80)"),
-    ({"model.mask_ratio": 0.999}, "config.model.mask_ratio=0.999: leaves 0 of 250 tokens visible"),
-    ({"model.attention": "cudnn"}, "config.model.attention='cudnn': needs config.model.dtype='bfloat16'"),
-    ({"model.swiglu_norm": "pallas"}, "config.model.swiglu_norm='pallas': runs on one device only, not 8"),
-])
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        (dict(warmup_steps=300), "config.warmup_steps=300: must be below config.total_steps=300"),
+        (
+            {"optimizer.accumulate_steps": 7},
+            "config.total_steps=300: must be a multiple of config.optimizer.accumulate_steps=7",
+        ),
+        (dict(batch_size=12), "config.batch_size=12: must be a multiple of 8: the mesh splits a batch 8 ways"),
+        ({"model.encoder.heads": 3}, "config.model.encoder.heads=3: must divide the encoder width 64"),
+        (
+            {"model.decoder.width": 66, "model.decoder.heads": 1},
+            "config.model.decoder.width=66: must be a multiple of 4",
+        ),
+        ({"model.input_size": (200, 64)}, "config.model.input_size=(200, 64): its mel bins must be 80"),
+        ({"model.patch_size": (3, 16)}, "config.model.patch_size=(3, 16): must divide input_size (200, 80)"),
+        ({"model.mask_ratio": 0.999}, "config.model.mask_ratio=0.999: leaves 0 of 250 tokens visible"),
+        ({"model.attention": "cudnn"}, "config.model.attention='cudnn': needs config.model.dtype='bfloat16'"),
+        ({"model.swiglu_norm": "pallas"}, "config.model.swiglu_norm='pallas': runs on one device only, not 8"),
+    ],
+)
 def test_what_fields_ask_of_each_other_is_checked(fields, message):
     config = audiomaepp.get_config("micro")
     for field, value in fields.items():

@@ -17,7 +17,7 @@ def _random_params(spec, seed=0):
     _, params = model_and_params(spec, seed)
     leaves, treedef = jax.tree.flatten(params)
     rng = np.random.default_rng(seed)
-    return jax.tree.unflatten(treedef, [rng.standard_normal(l.shape).astype(np.float32) for l in leaves])
+    return jax.tree.unflatten(treedef, [rng.standard_normal(leaf.shape).astype(np.float32) for leaf in leaves])
 
 
 @pytest.mark.parametrize("block_type", ["macaron_swiglu", "vit"])
@@ -120,6 +120,7 @@ def test_a_block_trained_under_the_release_switch_exports_to_what_the_release_co
     np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.e2e
 def test_cli_imports_a_pth_file_and_exports_it_back(tmp_path, repo_root):
     torch = pytest.importorskip("torch")
     spec = spec_for()
@@ -129,8 +130,18 @@ def test_cli_imports_a_pth_file_and_exports_it_back(tmp_path, repo_root):
     # As the release saves it: wrapped under "model", with other training state beside it.
     torch.save({"model": {k: torch.from_numpy(v) for k, v in state_dict.items()}, "epoch": 99}, pth)
     out = tmp_path / "imported"
-    run_module(repo_root, "maepp.weights.convert", "--torch-checkpoint", str(pth), "--config", "configs/audiomaepp.py:micro",
-         "--output", str(out), "--ln3-from", "norm3")
+    run_module(
+        repo_root,
+        "maepp.weights.convert",
+        "--torch-checkpoint",
+        str(pth),
+        "--config",
+        "configs/audiomaepp.py:micro",
+        "--output",
+        str(out),
+        "--ln3-from",
+        "norm3",
+    )
     loaded, loaded_config = store.load(out)
     jax.tree.map(np.testing.assert_array_equal, loaded, params)
     assert loaded_config.model.encoder.width == spec.encoder.width
@@ -142,6 +153,7 @@ def test_cli_imports_a_pth_file_and_exports_it_back(tmp_path, repo_root):
         np.testing.assert_array_equal(reloaded[key], value)
 
 
+@pytest.mark.e2e
 def test_cli_names_the_missing_key(tmp_path, repo_root):
     torch = pytest.importorskip("torch")
     spec = spec_for()

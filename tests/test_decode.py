@@ -11,7 +11,9 @@ def _clip(seconds, rate=16000, seed=0):
     return synthetic_clip(np.random.default_rng(seed), seconds=seconds, sample_rate=rate)[0]
 
 
-@pytest.mark.parametrize("ext,subtype", [(".wav", "PCM_16"), (".flac", "PCM_24"), (".ogg", "VORBIS"), (".mp3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize(
+    "ext,subtype", [(".wav", "PCM_16"), (".flac", "PCM_24"), (".ogg", "VORBIS"), (".mp3", "MPEG_LAYER_III")]
+)
 def test_reads_each_format_as_16k_mono(tmp_path, ext, subtype):
     path = tmp_path / f"clip{ext}"
     soundfile.write(path, np.stack([_clip(1.0, 22050), _clip(1.0, 22050, 1)], axis=1), 22050, subtype=subtype)

@@ -54,6 +54,7 @@ def _export_command(run, inputs, output, *extra):
             "--output", str(output), "--block_clips", "40", *extra]
 
 
+@pytest.mark.e2e
 def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo_root, trained_run, clips_400,
                                                                             tmp_path):
     reference = tmp_path / "reference.npz"
@@ -90,6 +91,7 @@ def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo
     np.testing.assert_allclose(got["embeddings"][row], alone.scene(waveform), atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_timestamps_and_csv_input(trained_run, tmp_path):
     folder = tmp_path / "few"
     folder.mkdir()
@@ -110,6 +112,7 @@ def test_timestamps_and_csv_input(trained_run, tmp_path):
     np.testing.assert_allclose(out["embeddings"][0], out["frame_embeddings"][: lengths[0]].mean(axis=0), rtol=1e-6)
 
 
+@pytest.mark.e2e
 def test_artifact_runs_with_only_jax_and_numpy(repo_root, trained_run, tmp_path):
     model, params, config, _ = store.load_model(trained_run)
     directory = artifact.write_artifact(tmp_path / "artifact", model, params, config)

@@ -165,6 +165,7 @@ def reliability_page() -> str:
     return "\n".join(lines) + "\n"
 
 
+@pytest.mark.e2e
 def test_the_reliability_page_is_made_from_this_table(repo_root):
     assert (repo_root / "docs" / "reliability.md").read_text() == reliability_page(), \
         "docs/reliability.md is stale: python -m tests.test_faults > docs/reliability.md"
@@ -176,6 +177,7 @@ def _copy_run(trained_run, tmp_path):
     return workdir
 
 
+@pytest.mark.e2e
 def test_a_second_run_on_a_workdir_in_use_is_refused(repo_root, tmp_path):
     with WorkdirLock(tmp_path / "busy"):  # the first run, holding the workdir
         result = subprocess.run(train_command(tmp_path / "busy"), cwd=repo_root, capture_output=True, text=True)
@@ -185,10 +187,18 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(repo_root, tmp_path):
     assert not (tmp_path / "busy" / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_a_killed_runs_workdir_is_taken_over(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from maepp.workdir_lock import WorkdirLock; "
-                               f"lock = WorkdirLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); time.sleep(600)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from maepp.workdir_lock import WorkdirLock; "
+            f"lock = WorkdirLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); time.sleep(600)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(WorkdirInUse, match=f"pid {holder.pid} on "):
         WorkdirLock(tmp_path).acquire()
@@ -212,6 +222,7 @@ def _damage(step_dir, how: str):
         step_dir.mkdir()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("how", ["truncated", "metadata", "empty"])
 def test_a_damaged_newest_checkpoint_is_skipped(trained_run, tmp_path, how, capsys):
     workdir = _copy_run(trained_run, tmp_path)
@@ -228,6 +239,7 @@ def test_a_damaged_newest_checkpoint_is_skipped(trained_run, tmp_path, how, caps
     assert len(aside) == 1 and manager.all_steps(read=True) == [30]
 
 
+@pytest.mark.e2e
 def test_export_weights_skip_a_damaged_newest_checkpoint(trained_run, tmp_path, capsys):
     from maepp.weights import store
 
@@ -238,6 +250,7 @@ def test_export_weights_skip_a_damaged_newest_checkpoint(trained_run, tmp_path, 
     assert "skipped damaged checkpoints: step 60 (" in capsys.readouterr().out
 
 
+@pytest.mark.e2e
 def test_a_failed_save_stops_the_run_in_one_line(repo_root, tmp_path):
     """Files capped at 48 KB (ulimit -f), as on a full disk: the TensorBoard events (6 KB) fit, a
     checkpoint does not. Orbax splits a save over data files by how its threads run, but whole
@@ -290,6 +303,7 @@ def _unfinished_saves(workdir) -> list:
     return sorted(p.name for p in (workdir / "checkpoints").glob("*.orbax-checkpoint-tmp*"))
 
 
+@pytest.mark.e2e
 @pytest.mark.long(seconds=100)
 def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root, trained_run, tmp_path):
     """The second half of the shared uninterrupted run (from its step-30 checkpoint), hit by five
@@ -332,6 +346,7 @@ def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root
     assert_trees_equal(saved_params(workdir, 60), saved_params(trained_run, 60))
 
 
+@pytest.mark.e2e
 def test_an_internal_fault_names_what_survived_and_the_command_that_resumes(repo_root, tmp_path):
     workdir = tmp_path / "w"
     # tests/test_loop.py's run: the same compiled steps, from the compilation cache.
@@ -367,6 +382,7 @@ def test_bad_configs_are_one_line_before_compilation(tmp_path, field, value, mes
     assert time.perf_counter() - start < 30 and not (tmp_path / "w" / "checkpoints").exists()
 
 
+@pytest.mark.e2e
 def test_bad_config_fails_fast(repo_root, tmp_path):
     """On 4 fake devices a batch of 6 cannot be split: one line, and the process exits (it used to
     hang in the tf.data iterator's destructor), before it has loaded TensorFlow."""
@@ -376,12 +392,15 @@ def test_bad_config_fails_fast(repo_root, tmp_path):
                             text=True, timeout=120)
     assert result.returncode == 1
     *imports, last = result.stderr.strip().splitlines()
-    assert last == "maepp.train: config.batch_size=6: must be a multiple of 4: the mesh splits a batch 4 ways over 4 devices"
+    assert (
+        last
+        == "maepp.train: config.batch_size=6: must be a multiple of 4: the mesh splits a batch 4 ways over 4 devices"
+    )
     assert "maepp.sharding" in "".join(imports)  # Python's import log, one line per module
     assert not [line for line in imports if line.split("|")[-1].strip() == "tensorflow"]
 
 
-
+@pytest.mark.e2e
 @pytest.mark.parametrize("argument", list(MISSPELT))
 def test_a_misspelt_config_field_or_size_is_one_line_naming_the_nearest(repo_root, tmp_path, argument):
     result = subprocess.run(train_command(tmp_path / "w", argument), cwd=repo_root, capture_output=True, text=True,
@@ -391,6 +410,7 @@ def test_a_misspelt_config_field_or_size_is_one_line_naming_the_nearest(repo_roo
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("what", ["file", "directory", "parts"])
 def test_export_refuses_outputs_it_did_not_write(repo_root, trained_run, tmp_path, what):
     output = tmp_path / "out.npz"
@@ -443,6 +463,7 @@ def test_prepare_names_stay_inside_the_output(tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "out").exists()
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("kind", ["trainer", "malicious"])
 def test_convert_reads_trainer_checkpoints_and_refuses_code(repo_root, tmp_path, kind):
     import argparse
@@ -470,6 +491,7 @@ def test_convert_reads_trainer_checkpoints_and_refuses_code(repo_root, tmp_path,
         assert not (tmp_path / "imported").exists()
 
 
+@pytest.mark.e2e
 def test_more_shards_than_open_files_allowed_is_one_line(repo_root, tmp_path):
     """ArrayRecord keeps a descriptor open per shard read; with 12 shards under a hard limit of
     520 open files (the run needs 512 besides), maepp.train refuses before it compiles."""
@@ -503,6 +525,7 @@ def _resume(repo_root, workdir, *overrides):
     ("--config.model.encoder.width=128", "model.encoder.width 64 -> 128"),
     ("--config.data.source=synthetic:64", "data.source 'synthetic' -> 'synthetic:64'"),
 ])
+@pytest.mark.e2e
 def test_resuming_with_settings_of_another_run_is_refused_and_the_run_kept(repo_root, trained_run, tmp_path,
                                                                           override, named):
     """A resume that would make another run (another model's shapes, another data source) is one
@@ -518,6 +541,7 @@ def test_resuming_with_settings_of_another_run_is_refused_and_the_run_kept(repo_
     assert (workdir / "config.json").read_text() == saved
 
 
+@pytest.mark.e2e
 def test_a_finished_run_run_again_says_so_in_one_line_without_compiling(repo_root, trained_run, tmp_path):
     workdir = _copy_run(trained_run, tmp_path)
     started = time.perf_counter()
@@ -527,6 +551,7 @@ def test_a_finished_run_run_again_says_so_in_one_line_without_compiling(repo_roo
     assert time.perf_counter() - started < 30  # imports only: nothing built, nothing compiled
 
 
+@pytest.mark.e2e
 def test_a_resumed_run_says_what_changed_and_what_it_does(repo_root, trained_run, tmp_path):
     """Safe changes are resumed with, each said with its effect: a longer run recomputes the
     schedule; a change meant deliberately (--resume_with_changed) goes through."""

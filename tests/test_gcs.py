@@ -18,6 +18,8 @@ from maepp.tools.gcs_emulator import GcsEmulator
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock
 from tests.helpers import assert_trees_equal, saved_params, train, train_command
 
+pytestmark = pytest.mark.e2e  # every test talks to a GCS API server process
+
 
 @pytest.fixture(scope="module")
 def gcs():
@@ -99,7 +101,9 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
     # 1. Another run takes the lease over: this one stops before its next save, in one line.
     first = start()
     wait_for_step(first, 3)
-    blobs.blob("run/lock.json").upload_from_string(json.dumps(dict(host="elsewhere", pid=1, started=0, renewed=time.time())))
+    blobs.blob("run/lock.json").upload_from_string(
+        json.dumps(dict(host="elsewhere", pid=1, started=0, renewed=time.time()))
+    )
     _, err = first.communicate(timeout=300)
     assert first.returncode == 1
     assert "was taken over by another run (pid 1 on elsewhere" in err.strip().splitlines()[-1]
@@ -173,10 +177,22 @@ def test_prepared_in_a_bucket_each_process_reads_its_share_in_place(gcs, bucket,
         meters.append(meter)
         scratch = tmp_path / f"scratch_{process}"
         scratch.mkdir()
-        readers.append(subprocess.Popen(
-            [sys.executable, "-c", _READ_SHARE, f"prepared:{dataset}", json.dumps(rows), str(tmp_path / f"{process}.npz")],
-            cwd=repo_root, env={**env, **gcs.client_environment(meter), "TMPDIR": str(scratch)},
-            stderr=subprocess.PIPE, text=True))
+        readers.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-c",
+                    _READ_SHARE,
+                    f"prepared:{dataset}",
+                    json.dumps(rows),
+                    str(tmp_path / f"{process}.npz"),
+                ],
+                cwd=repo_root,
+                env={**env, **gcs.client_environment(meter), "TMPDIR": str(scratch)},
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for reader in readers:
         assert reader.wait(timeout=300) == 0, reader.stderr.read()[-3000:]
     shares = [np.load(tmp_path / f"{process}.npz") for process in range(2)]

@@ -10,6 +10,8 @@ import torch
 
 from maepp.export import hear
 
+pytestmark = pytest.mark.e2e  # every test reads the shared trained run
+
 needs_validator = pytest.mark.skipif(importlib.util.find_spec("hearvalidator") is None,
                                      reason="the [hear] extra (hearvalidator) is not installed")
 

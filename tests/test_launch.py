@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # each test runs a launcher
+
 LAUNCHERS = ["launch/local.sh", "launch/tpu_pod.sh", "launch/slurm.sbatch"]
 
 
@@ -29,8 +31,20 @@ def test_local_launcher_starts_one_process_per_index(repo_root):
     assert len(commands) == 3
     for i, command in enumerate(commands):
         assert command[:2] == ["env", f"XLA_FLAGS={os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2"]
-        assert command[3:] == ["-m", "maepp.train", "--coordinator", "127.0.0.1:15000", "--num_processes", "3",
-                               "--process_id", str(i), "--config", "configs/audiomaepp.py:micro", "--workdir", "runs/a b"]
+        assert command[3:] == [
+            "-m",
+            "maepp.train",
+            "--coordinator",
+            "127.0.0.1:15000",
+            "--num_processes",
+            "3",
+            "--process_id",
+            str(i),
+            "--config",
+            "configs/audiomaepp.py:micro",
+            "--workdir",
+            "runs/a b",
+        ]
 
 
 def test_tpu_pod_launcher_copies_installs_and_trains_on_every_worker(repo_root):
@@ -43,7 +57,9 @@ def test_tpu_pod_launcher_copies_installs_and_trains_on_every_worker(repo_root):
     assert "maepp/train.py" in listed and not any(name.startswith((".venv", "runs")) for name in listed)
     for command in (copy, install, train):
         assert command[:4] == ["gcloud", "compute", "tpus", "tpu-vm"] and "--worker=all" in command
-        assert command[command.index("--zone") + 1] == "us-central2-b" and command[command.index("--project") + 1] == "p"
+        assert (
+            command[command.index("--zone") + 1] == "us-central2-b" and command[command.index("--project") + 1] == "p"
+        )
     assert "'jax[tpu]==0.10.2'" in install[-1] and "-e ." in install[-1]
     remote = shlex.split(train[-1].removeprefix("--command=").split("&&", 1)[1])
     assert remote == [".venv/bin/python", "-m", "maepp.train", "--distributed", "--config",

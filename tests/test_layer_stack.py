@@ -72,6 +72,7 @@ def test_release_weights_import_into_and_export_from_the_stacked_layout():
         np.testing.assert_array_equal(exported[key], value, err_msg=key)
 
 
+@pytest.mark.e2e
 def test_a_run_resumes_and_exports_in_the_other_layout(trained_run, tmp_path, capsys):
     """The shared run saved per-block checkpoints. They restore, optimizer moments included,
     into a scanned model's state; a scanned state's checkpoint restores into the per-block one;

@@ -328,7 +328,9 @@ def test_a_non_finite_step_leaves_the_state_untouched():
     poisoned = _batch(4).at[1, 17, 3].set(jnp.nan)
     after, metrics = step(state, poisoned, jax.random.key(1))
     assert int(metrics["skipped"]) == 1 and not np.isfinite(float(metrics["loss"]))
-    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), (after.params, after.opt_state), (state.params, state.opt_state))
+    same = jax.tree.map(
+        lambda a, b: bool(np.array_equal(a, b)), (after.params, after.opt_state), (state.params, state.opt_state)
+    )
     assert all(jax.tree.leaves(same))
     assert int(after.step) == int(state.step) + 1
 

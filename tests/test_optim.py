@@ -56,13 +56,6 @@ def test_accumulation_schedule_counts_updates_and_scales_by_effective_batch():
         assert float(optim.schedule(plain)(update)) == float(optim.schedule(accumulated)(update))
 
 
-@pytest.mark.parametrize("changes", [{"warmup_steps": 300}, {"optimizer.accumulate_steps": 7},
-                                     {"optimizer.accumulate_steps": 0}])
-def test_bad_schedules_are_clear_errors(changes):
-    with pytest.raises(ValueError, match="config."):
-        optim.schedule(_config(**changes))
-
-
 def test_accumulated_update_equals_one_update_on_the_mean_gradient():
     """Two accumulated half batches == AdamW applied once to the mean of their gradients."""
     model, _ = model_and_params(spec_for())

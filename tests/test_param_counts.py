@@ -10,7 +10,8 @@ AUDIOMAEPP_ENCODER = {
     "small": 35_538_432,
     "medium": 63_107_056,
     "base": 141_855_744,
-    # The paper prints 640.1M for Large; the released code gives this (docs/reference.md#where-the-release-differs-from-the-paper: unresolved).
+    # The paper prints 640.1M for Large; the released code gives this
+    # (docs/reference.md#where-the-release-differs-from-the-paper: unresolved).
     "large": 503_992_256,
     "huge": 1_049_714_304,
 }

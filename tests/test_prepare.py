@@ -109,6 +109,7 @@ def _prepare_command(audio_folder, output, *beam):
             "--clips_per_shard", "2", *beam]
 
 
+@pytest.mark.e2e
 @pytest.mark.long(seconds=40)
 def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_resumes_to_it(
         repo_root, audio_folder, tmp_path):

@@ -31,6 +31,7 @@ def uninterrupted(trained_run):
     return trained_run
 
 
+@pytest.mark.e2e
 def test_loss_falls_clearly(uninterrupted):
     losses = logged_scalars(uninterrupted)
     assert sorted(losses) == list(range(1, 61))
@@ -38,6 +39,7 @@ def test_loss_falls_clearly(uninterrupted):
     assert last < 0.75 * first, (first, last)
 
 
+@pytest.mark.e2e
 def test_held_out_loss_falls_and_pictures_are_written(uninterrupted):
     held_out = logged_scalars(uninterrupted, "eval_loss")
     assert sorted(held_out) == [30, 60] and held_out[60] < held_out[30], held_out
@@ -48,11 +50,14 @@ def test_held_out_loss_falls_and_pictures_are_written(uninterrupted):
     assert image.shape == (4 * 82 - 2, 3 * 202 - 2, 1) and image.std() > 10
 
 
+@pytest.mark.e2e
 def test_profile_trace_is_written(uninterrupted):
-    # config.profile (off in micro's config, on in this run): steps 20-25 traced into TensorBoard's profile plugin directory
+    # config.profile (off in micro's config, on in this run): steps 20-25 traced into TensorBoard's
+    # profile plugin directory
     assert list((uninterrupted / "tensorboard" / "plugins" / "profile").glob("*/*.xplane.pb"))
 
 
+@pytest.mark.e2e
 def test_a_device_frontend_run_follows_the_host_run_and_saves_its_step_on_sigterm(repo_root, uninterrupted,
                                                                                    tmp_path):
     """config.data.frontend=device: raw samples in, log-mels made in the train step; the same crops,
@@ -117,6 +122,7 @@ def _follows(run, reference, steps, tag="loss"):
 SHARED = [*RUN, "--config.profile.first_step=0"]
 
 
+@pytest.mark.e2e
 @pytest.mark.long(seconds=130)
 def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resumes_on_one(repo_root, trained_run,
                                                                                          tmp_path):
@@ -158,6 +164,7 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     _follows(workdir, trained_run, [30, 60], "eval_loss")
 
 
+@pytest.mark.e2e
 @pytest.mark.long(seconds=70)
 def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_spans_them(repo_root, trained_run,
                                                                                        tmp_path):
@@ -174,6 +181,7 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     _follows(workdir, trained_run, [60], "eval_loss")
 
 
+@pytest.mark.e2e
 def test_every_process_sees_every_processes_numbers(repo_root):
     """What the console line sums (skipped clips) and compares (input wait) over processes: two
     real JAX processes gather distinct numbers in process order."""

@@ -87,7 +87,9 @@ def _decode_with_ffmpeg(data: bytes, name) -> np.ndarray:
             stream = container.streams.audio[0]
             # Planar float32, each frame [channels, samples], whatever the codec decodes to.
             to_planar = av.AudioResampler(format="fltp", layout=stream.layout, rate=stream.rate)
-            chunks = [resampled.to_ndarray() for frame in container.decode(stream) for resampled in to_planar.resample(frame)]
+            chunks = [
+                resampled.to_ndarray() for frame in container.decode(stream) for resampled in to_planar.resample(frame)
+            ]
             sample_rate = stream.rate
     except (av.FFmpegError, ValueError) as error:
         raise BadAudio(name, f"unreadable ({error})") from error

@@ -96,7 +96,9 @@ class ClipStoreSource:
         self._kv = ts.KvStore.open(kvstore_spec(self.directory)).result()
         manifest = self._read_whole("manifest.json")
         if manifest is None:
-            raise FileNotFoundError(f"{self.directory} holds no manifest.json: prepare it with python -m maepp.data.prepare")
+            raise FileNotFoundError(
+                f"{self.directory} holds no manifest.json: prepare it with python -m maepp.data.prepare"
+            )
         manifest = json.loads(manifest)
         self.manifest = manifest
         self.store, self.filterbank = manifest["store"], manifest["filterbank"]

@@ -19,7 +19,7 @@ maepp/data/writer.py.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from maepp import config_files
 from maepp.audio import filterbanks
@@ -32,21 +32,39 @@ _OUTPUT = flags.DEFINE_string("output", None, f"Where to write NAME/{clip_store.
                              required=True)
 _NAME = flags.DEFINE_string("name", "audio_clips", "Dataset name (TFDS name of the result).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split name.")
-_WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Processes writing shards in parallel (Beam's DirectRunner).")
+_WORKERS = flags.DEFINE_integer(
+    "workers", os.cpu_count(), "Processes writing shards in parallel (Beam's DirectRunner)."
+)
 _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 1024, "Input files per shard.")
-_STORE = flags.DEFINE_enum("store", "log_mel", clip_store.STORES, "What a shard keeps of each clip (maepp/data/clip_store.py).")
+_STORE = flags.DEFINE_enum(
+    "store", "log_mel", clip_store.STORES, "What a shard keeps of each clip (maepp/data/clip_store.py)."
+)
 _FILTERBANK = flags.DEFINE_enum("filterbank", filterbanks.DEFAULT, filterbanks.NAMES,
                                 "Mel filterbank of the stored log-mels or stats (config.audio.filterbank).")
-_BEAM_OPTIONS = flags.DEFINE_string("beam_pipeline_options", "", "Apache Beam pipeline options, e.g. "
-                                    "'--runner=DirectRunner --direct_num_workers=4 --direct_running_mode=multi_processing' "
-                                    "or a Dataflow, Flink or Spark runner's; they replace --workers.")
+_BEAM_OPTIONS = flags.DEFINE_string(
+    "beam_pipeline_options",
+    "",
+    "Apache Beam pipeline options, e.g. "
+    "'--runner=DirectRunner --direct_num_workers=4 --direct_running_mode=multi_processing' "
+    "or a Dataflow, Flink or Spark runner's; they replace --workers.",
+)
 
 
 def main(argv):
     del argv
     try:
-        manifest = prepare(_INPUT.value, _OUTPUT.value, _NAME.value, _SPLIT.value, _WORKERS.value, _CLIPS_PER_SHARD.value,
-                           _STORE.value, _FILTERBANK.value, _BEAM_OPTIONS.value, progress=True)
+        manifest = prepare(
+            _INPUT.value,
+            _OUTPUT.value,
+            _NAME.value,
+            _SPLIT.value,
+            _WORKERS.value,
+            _CLIPS_PER_SHARD.value,
+            _STORE.value,
+            _FILTERBANK.value,
+            _BEAM_OPTIONS.value,
+            progress=True,
+        )
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"maepp.data.prepare: {error}")
     out = dataset_directory(_OUTPUT.value, _NAME.value)

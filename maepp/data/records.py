@@ -54,7 +54,9 @@ class RecordsSource:
         manifest = self.files[0].rsplit("/", 1)[0] + "/manifest.json"  # prepare's, beside its shards
         self.manifest = json.loads(tf.io.gfile.GFile(manifest).read()) if tf.io.gfile.exists(manifest) else None
         self._counting = threading.Lock()
-        self.reads = self.bytes_read = 0  # records and their bytes read so far by log_mel_crops (the reader's own count)
+        self.reads = self.bytes_read = (
+            0  # records and their bytes read so far by log_mel_crops (the reader's own count)
+        )
         self._last = threading.local()
         if len(self._records) == 0:
             raise ValueError(f"the shards matching {pattern!r} hold no clips")

@@ -65,7 +65,8 @@ class FolderSource:
 
 
 def source_from_string(spec: str, data_dir=None):
-    """'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', 'prepared:DIR', 'records:GLOB' or 'tfds:NAME[:SPLIT]' -> a source."""
+    """'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', 'prepared:DIR', 'records:GLOB' or
+    'tfds:NAME[:SPLIT]' -> a source."""
     kind, _, argument = spec.partition(":")
     if kind == "synthetic":
         n_clips, _, seed = argument.partition(":")

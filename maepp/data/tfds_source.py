@@ -48,8 +48,8 @@ def tfds_source(name: str, split: str = "train", data_dir=None):
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         features = set(builder.info.features)
-    except Exception:
-        return TfdsAudioSource(name, split, data_dir)  # raises the clear error
+    except Exception:  # noqa: BLE001 - not a dataset TFDS can open: TfdsAudioSource raises the clear error
+        return TfdsAudioSource(name, split, data_dir)
     if features in records.FEATURE_NAMES.values():
         return RecordsSource(str(builder.data_path / f"{name}-{split}.array_record-*"))
     return TfdsAudioSource(name, split, data_dir)

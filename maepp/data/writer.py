@@ -242,8 +242,12 @@ def _index(listings: list, store: str) -> bytes:
     for number, listing in enumerate(listings):
         units = np.asarray(listing["units"], np.int64)
         offsets = listing["header_bytes"] + (np.cumsum(units) - units) * clip_store.unit_bytes(store)
-        for offset, size, length, mean, std in zip(offsets, units, listing["lengths"], listing["means"], listing["stds"]):
-            rows.append((number, offset, size, length, np.nan if mean is None else mean, np.nan if std is None else std))
+        for offset, size, length, mean, std in zip(
+            offsets, units, listing["lengths"], listing["means"], listing["stds"]
+        ):
+            rows.append(
+                (number, offset, size, length, np.nan if mean is None else mean, np.nan if std is None else std)
+            )
     buffer = io.BytesIO()
     np.save(buffer, np.array(rows, clip_store.INDEX_DTYPE))
     return buffer.getvalue()

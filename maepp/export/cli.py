@@ -13,7 +13,7 @@ with only jax and numpy installed.
 """
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from maepp import config_files
 from maepp.audio import filterbanks

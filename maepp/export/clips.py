@@ -168,7 +168,9 @@ def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=
             _save_npz(path, **_embed_block(source, embedder, list(indices), timestamps, pool))
             done_now += len(indices)
             rate = done_now / (time.time() - started)
-            print(f"\rembedded {indices[-1] + 1}/{len(source)} clips ({rate:.1f} clips/s)", end="", file=log, flush=True)
+            print(
+                f"\rembedded {indices[-1] + 1}/{len(source)} clips ({rate:.1f} clips/s)", end="", file=log, flush=True
+            )
     print(file=log)
     blocks = [_load_npz(parts / f"block_{number:06d}.npz") for number in range(n_blocks)]
     result = _assemble(blocks, timestamps)

@@ -7,8 +7,8 @@
 A clip's standardised log-mel [T, 80] is cut into crop-sized chunks (200 frames; the last one
 zero-padded, 0 being the clip's mean after standardisation). Each chunk's 250 tokens become 50
 frame embeddings, one per time step of 4 log-mel frames (40 ms): the 5 frequency patches of
-that step concatenated (docs/reference.md#downstream-evaluation; the released code interleaves times here). Steps that hold
-only padding are dropped. Log-mel frame t is centred at 10 t ms, so step s at 40 s + 15 ms.
+that step concatenated (docs/reference.md#downstream-evaluation; the released code interleaves
+times here). Steps that hold only padding are dropped. Log-mel frame t is centred at 10 t ms, so step s at 40 s + 15 ms.
 """
 import json
 import math

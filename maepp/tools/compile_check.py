@@ -43,7 +43,9 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compile chec
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"]
 ).strip()
-PLUGIN_DIR = pathlib.Path(os.environ.get("MAEPP_AOT_PLUGINS", pathlib.Path(__file__).parents[2] / ".venv" / "aot-plugins"))
+PLUGIN_DIR = pathlib.Path(
+    os.environ.get("MAEPP_AOT_PLUGINS", pathlib.Path(__file__).parents[2] / ".venv" / "aot-plugins")
+)
 if PLUGIN_DIR.is_dir():
     sys.path.insert(0, str(PLUGIN_DIR))
 
@@ -60,7 +62,8 @@ from maepp.train_step import make_train_step  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:large")
 _TOPOLOGY = flags.DEFINE_string(
-    "topology", None, "TPU slice (v5e:4x4, v4:2x2x2, v5p:2x2x4), GPUs of one node (h100:8) or nodes of GPUs (h100:4x8).")
+    "topology", None, "TPU slice (v5e:4x4, v4:2x2x2, v5p:2x2x4), GPUs of one node (h100:8) or nodes of GPUs (h100:4x8)."
+)
 _NUM_SLICES = flags.DEFINE_integer("num_slices", 1, "TPU slices of --topology in the job (multi-slice).")
 _JSON = flags.DEFINE_bool("json", False, "Print only the JSON line.")
 flags.mark_flags_as_required(["config", "topology"])
@@ -98,13 +101,17 @@ def abstract_devices(topology: str, num_slices: int = 1) -> list:
     nodes of N GPUs, one process each ("h100:4x8"), for compiling only."""
     chip, _, shape = topology.partition(":")
     if chip not in TPU_CHIPS and chip not in GPU_TARGETS:
-        raise ValueError(f"topology {topology!r}: chip {chip!r} unknown; use one of {', '.join(TPU_CHIPS + tuple(GPU_TARGETS))}")
+        raise ValueError(
+            f"topology {topology!r}: chip {chip!r} unknown; use one of {', '.join(TPU_CHIPS + tuple(GPU_TARGETS))}"
+        )
     if num_slices < 1 or (num_slices > 1 and chip in GPU_TARGETS):
         raise ValueError(f"--num_slices {num_slices}: TPU slices only, at least 1; name GPU nodes in the topology "
                          f"(e.g. {chip}:4x8)")
     nodes, _, gpus = shape.rpartition("x") if chip in GPU_TARGETS else ("", "", "")
     if chip in GPU_TARGETS and not re.fullmatch(r"([1-9]\d*x)?[1-9]\d*", shape):
-        raise ValueError(f"topology {topology!r}: name the GPUs of one node, e.g. {chip}:8, or nodes x GPUs, e.g. {chip}:4x8")
+        raise ValueError(
+            f"topology {topology!r}: name the GPUs of one node, e.g. {chip}:8, or nodes x GPUs, e.g. {chip}:4x8"
+        )
     plugin, extra = ("jax_plugins.xla_cuda12", "gpu-aot") if chip in GPU_TARGETS else ("libtpu", "tpu")
     if importlib.util.find_spec(plugin) is None:
         raise ValueError(f"compiling for {chip} needs {plugin}, which is not installed: run make (it installs "
@@ -115,7 +122,9 @@ def abstract_devices(topology: str, num_slices: int = 1) -> list:
     # v4 and v5p chips hold two TensorCores that JAX drives as one device ("megacore"), as on a
     # real slice; libtpu's default description lists each core.
     options = dict(chip_config_name="megacore") if CHIPS[chip].megacore else {}
-    return topologies.get_topology_desc(platform="tpu", topology_name=topology, num_slices=num_slices, **options).devices
+    return topologies.get_topology_desc(
+        platform="tpu", topology_name=topology, num_slices=num_slices, **options
+    ).devices
 
 
 def compile_train_step(config, topology: str, num_slices: int = 1) -> MemoryReport:
@@ -129,7 +138,8 @@ def compile_train_step(config, topology: str, num_slices: int = 1) -> MemoryRepo
     if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ValueError(f"config.batch_size {config.batch_size} does not divide over data x fsdp = "
                          f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
-    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))  # raw-sample crops in, or log-mels
+    # Raw-sample crops in (the front end in the step), or log-mels.
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))
     inputs = (jax_frontend.crop_shapes(config.batch_size, model.spec.input_size[0]) if to_log_mel
               else jax.ShapeDtypeStruct((config.batch_size, *model.spec.input_size), jnp.float32))
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)),
@@ -187,8 +197,10 @@ def main(argv):
             print(f"per device: libtpu refused the program: its temporaries alone take "
                   f"{report.temporaries_bytes / GIB:.3f} GiB of {report.hbm_gib} GiB HBM")
         else:
-            print(f"per device: state and batch {report.arguments_bytes / GIB:.3f} GiB, temporaries "
-                  f"{report.temporaries_bytes / GIB:.3f} GiB, peak {report.peak_gib:.3f} GiB of {report.hbm_gib} GiB HBM")
+            print(
+                f"per device: state and batch {report.arguments_bytes / GIB:.3f} GiB, temporaries "
+                f"{report.temporaries_bytes / GIB:.3f} GiB, peak {report.peak_gib:.3f} GiB of {report.hbm_gib} GiB HBM"
+            )
     print(json.dumps(dict(dataclasses.asdict(report), peak_gib=round(report.peak_gib, 3), fits=report.fits,
                           compile_s=round(report.compile_s, 1))))
     if not report.fits:

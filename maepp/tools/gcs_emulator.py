@@ -171,7 +171,9 @@ class Meter:
                     if name.lower() not in _HOP_BY_HOP:
                         head.append(f"{name}: {value}")
                 head.append(f"Content-Length: {len(payload)}")
-                client.sendall(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else payload))
+                client.sendall(
+                    ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else payload)
+                )
         except (OSError, ValueError, http.client.HTTPException):
             return  # the client went away
         finally:

@@ -19,7 +19,7 @@ import sys
 
 import flax.linen as nn
 import jax
-from absl import app, flags
+from absl import flags
 
 from maepp import config_files
 from maepp.configs.audiomaepp import model_config
@@ -79,9 +79,9 @@ def recommended_mesh(params, system) -> dict:
     needed at these widths."""
     per_granule, memory = system.devices // system.granules, system.chip.memory_gib
     fsdp = 1
-    while fsdp < per_granule and state_bytes_per_device(params, dict(data=system.devices // fsdp, fsdp=fsdp, model=1)) > (
-        STATE_SHARE * memory * GIB
-    ):
+    while fsdp < per_granule and state_bytes_per_device(
+        params, dict(data=system.devices // fsdp, fsdp=fsdp, model=1)
+    ) > (STATE_SHARE * memory * GIB):
         fsdp *= 2
     return dict(data=per_granule // fsdp, fsdp=fsdp, model=1, dcn_data=system.granules)
 
@@ -128,7 +128,8 @@ def _checks_section(all_params) -> list:
         "state's shards (without gradients) and the batch's; the prediction is this page's count of",
         "them. Peak adds activations and temporaries, which the table above does not count.",
         "",
-        "| hardware | size | mesh | batch per device | arguments (GiB) | predicted (GiB) | difference | peak (GiB) | fits |",
+        "| hardware | size | mesh | batch per device | arguments (GiB) | predicted (GiB) | difference | peak (GiB) "
+        "| fits |",
         "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for line in CHECKS.read_text().splitlines():
@@ -138,11 +139,14 @@ def _checks_section(all_params) -> list:
         if r["arguments_bytes"] is None:  # refused by libtpu as over HBM: only its temporaries are known
             measured, peak = f"- | {predicted / GIB:.3f} | -", f"over {r['peak_bytes'] / GIB:.2f}"
         else:
-            measured = f"{r['arguments_bytes'] / GIB:.3f} | {predicted / GIB:.3f} | {r['arguments_bytes'] / predicted - 1:+.1%}"
+            difference = r["arguments_bytes"] / predicted - 1
+            measured = f"{r['arguments_bytes'] / GIB:.3f} | {predicted / GIB:.3f} | {difference:+.1%}"
             peak = f"{r['peak_bytes'] / GIB:.2f}"
         lines.append(
-            f"| {r['hardware']} | {r['size']} | ({r['mesh'][0]},{r['mesh'][1]},{r['mesh'][2]}) | {r['per_device_batch']} "
-            f"| {measured} | {peak} of {r['hbm_gib']} | {'yes' if r['fits'] else 'NO'} |")
+            f"| {r['hardware']} | {r['size']} | ({r['mesh'][0]},{r['mesh'][1]},{r['mesh'][2]}) "
+            f"| {r['per_device_batch']} "
+            f"| {measured} | {peak} of {r['hbm_gib']} | {'yes' if r['fits'] else 'NO'} |"
+        )
     return lines + [""]
 
 
@@ -249,7 +253,8 @@ def report() -> str:
         "",
         "## Batch and learning rate",
         "",
-        f"The recipe (docs/reference.md#pretraining-recipe) uses a global batch of {GLOBAL_BATCH} at lr 1.5e-4 x batch / 256 = 6e-4. The",
+        "The recipe (docs/reference.md#pretraining-recipe) uses a global batch of "
+        f"{GLOBAL_BATCH} at lr 1.5e-4 x batch / 256 = 6e-4. The",
         "global batch (`config.batch_size`) is split over data x fsdp, so it must divide by their product.",
         "Keep the global batch when the device count changes; the",
         "per-device batch shrinks or grows with it:",

@@ -34,8 +34,9 @@ def format_table(spec: ModelSpec) -> str:
         f"block {spec.block_type}, dtype {spec.dtype}; input {spec.input_size[0]}x{spec.input_size[1]}, "
         f"patches {spec.patch_size[0]}x{spec.patch_size[1]} -> {n_time}x{n_freq} = {spec.n_tokens} tokens, "
         f"{spec.n_visible} visible (mask ratio {spec.mask_ratio})",
-        f"encoder {spec.encoder.width} wide x {spec.encoder.depth} deep, {spec.encoder.heads} heads, RoPE {spec.encoder.use_rope}; "
-        f"decoder {spec.decoder.width} x {spec.decoder.depth}, {spec.decoder.heads} heads, RoPE {spec.decoder.use_rope}",
+        f"encoder {spec.encoder.width} wide x {spec.encoder.depth} deep, {spec.encoder.heads} heads, "
+        f"RoPE {spec.encoder.use_rope}; decoder {spec.decoder.width} x {spec.decoder.depth}, "
+        f"{spec.decoder.heads} heads, RoPE {spec.decoder.use_rope}",
         "",
         f"{'parameters':<28}{'count':>16}",
     ]

@@ -26,11 +26,17 @@ from maepp.weights.release import (
     state_dict_to_params,
 )
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the checkpoint's model, e.g. configs/audiomaepp.py:base")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config of the checkpoint's model, e.g. configs/audiomaepp.py:base"
+)
 _TORCH_CHECKPOINT = flags.DEFINE_string("torch-checkpoint", None, "Released PyTorch checkpoint (.pth) to import.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the maepp weights to (must not hold weights).")
-_LN3_FROM = flags.DEFINE_enum("ln3-from", None, ["norm2", "norm3"],
-                              "Where a separate-LN3 model's LN3 comes from (default norm2; the release's block: norm3).")
+_LN3_FROM = flags.DEFINE_enum(
+    "ln3-from",
+    None,
+    ["norm2", "norm3"],
+    "Where a separate-LN3 model's LN3 comes from (default norm2; the release's block: norm3).",
+)
 _PARAMS = flags.DEFINE_string("params", None, "maepp weights directory to export (with --output-torch).")
 _OUTPUT_TORCH = flags.DEFINE_string("output-torch", None, "PyTorch state-dict file to write from --params.")
 
@@ -59,7 +65,9 @@ def _convert():
         save_torch_state_dict(params_to_state_dict(params, spec), _OUTPUT_TORCH.value)
         print(f"wrote a PyTorch state dict of {_PARAMS.value} to {_OUTPUT_TORCH.value}")
     else:
-        sys.exit("maepp.weights.convert: give --torch-checkpoint FILE.pth (import) or --params DIR (export); see --help")
+        sys.exit(
+            "maepp.weights.convert: give --torch-checkpoint FILE.pth (import) or --params DIR (export); see --help"
+        )
 
 
 def run():

@@ -1,6 +1,7 @@
 """PyTorch state dicts of the released AudioMAE++ / MAE <-> maepp parameters.
 
-The library behind `python -m maepp.weights.convert`. State-dict names and layouts are those of docs/reference.md#the-releases-weights,
+The library behind `python -m maepp.weights.convert`. State-dict names and layouts are those of
+docs/reference.md#the-releases-weights,
 "Official PyTorch state-dict names": PyTorch Linear weights are [out, in]; qkv's output is laid
 out (3, heads, head_dim); in SwiGLU linear1 is the value path and linear2 the gate.
 
@@ -201,7 +202,9 @@ def state_dict_to_params(state_dict: dict, spec: ModelSpec, ln3_from: str | None
 def params_to_state_dict(params: dict, spec: ModelSpec) -> dict:
     """maepp params (either layout) -> {name: float32 numpy} loadable by the released PyTorch model."""
     params = layer_stack.to_layout(nn.meta.unbox(params), False)
-    state_dict = {e.torch_key: np.asarray(e.to_torch(np.asarray(_lookup(params, e.path))), np.float32) for e in mapping(spec)}
+    state_dict = {
+        e.torch_key: np.asarray(e.to_torch(np.asarray(_lookup(params, e.path))), np.float32) for e in mapping(spec)
+    }
     state_dict.update(_position_tables(spec))
     return state_dict
 

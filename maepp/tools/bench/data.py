@@ -24,7 +24,7 @@ from maepp.data.pipeline import FRONTENDS, centre_offset, eval_dataset, host_cor
 from maepp.data.sources import source_from_string
 from maepp.tools.bench.report import report
 
-_SOURCE = flags.DEFINE_string("source", None, "Data source: prepared:DIR, records:GLOB or folder:DIR.")
+_SOURCE = flags.DEFINE_string("source", None, "Data source: prepared:DIR, records:GLOB or folder:DIR.", required=True)
 _CLIPS = flags.DEFINE_integer("clips", 256, "Crops to time in each method.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 _FRONTEND = flags.DEFINE_enum("frontend", "host", FRONTENDS, "Where the pipeline's crops become log-mels.")
@@ -141,14 +141,21 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
-    if not _SOURCE.value:
-        raise app.UsageError("--source is required")
     result = bench_data(_SOURCE.value, _CLIPS.value, _BATCH.value, _FRONTEND.value)
-    report(result,
-           f"pipeline ({_FRONTEND.value} front end): {result['pipeline_crops_per_s']} crops/s on {result['host_cores']} cores = "
-           f"{result['pipeline_crops_per_s_per_core']} per core",
-           f"librosa loop: {result['librosa_crops_per_s_per_core']} crops/s on one core",
-           f"ratio per core: {result['ratio_per_core']}x",
-           *([f"{result['store']} store: {result['bytes_per_hour'] / 1e6:.1f} MB per hour of audio, "
-              f"{result['bytes_read_per_crop']:,} bytes read per crop ({result['read_over_crop_bytes']}x the crop's own), "
-              f"centre crops within {result['max_error_vs_librosa']:.2g} of librosa"] if result["store"] else []))
+    report(
+        result,
+        f"pipeline ({_FRONTEND.value} front end): {result['pipeline_crops_per_s']} crops/s on "
+        f"{result['host_cores']} cores = {result['pipeline_crops_per_s_per_core']} per core",
+        f"librosa loop: {result['librosa_crops_per_s_per_core']} crops/s on one core",
+        f"ratio per core: {result['ratio_per_core']}x",
+        *(
+            [
+                f"{result['store']} store: {result['bytes_per_hour'] / 1e6:.1f} MB per hour of audio, "
+                f"{result['bytes_read_per_crop']:,} bytes read per crop "
+                f"({result['read_over_crop_bytes']}x the crop's own), "
+                f"centre crops within {result['max_error_vs_librosa']:.2g} of librosa"
+            ]
+            if result["store"]
+            else []
+        ),
+    )

@@ -55,9 +55,14 @@ def bench_export(n_clips: int, seconds: float) -> dict:
         clips.export(FolderSource(folder), embedder, pathlib.Path(scratch) / "out.npz", log=io.StringIO())
         elapsed = time.perf_counter() - start
     return dict(
-        encoder=loaded, width=model.spec.encoder.width, depth=model.spec.encoder.depth, clips=n_clips, clip_seconds=seconds,
+        encoder=loaded,
+        width=model.spec.encoder.width,
+        depth=model.spec.encoder.depth,
+        clips=n_clips,
+        clip_seconds=seconds,
         devices=f"{jax.local_device_count()} x {jax.local_devices()[0].device_kind}",
-        clips_per_s=round(n_clips / elapsed, 2), audio_seconds_per_s=round(n_clips * seconds / elapsed, 1),
+        clips_per_s=round(n_clips / elapsed, 2),
+        audio_seconds_per_s=round(n_clips * seconds / elapsed, 1),
     )
 
 

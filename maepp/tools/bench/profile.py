@@ -153,9 +153,17 @@ def summarise(xplane_path: str, hlo_text: str, n_steps: int, top: int = 10) -> d
         share={c: round(by_category[c] / total, 4) for c in CATEGORIES} if total else {},
         ms_per_step={c: round(by_category[c] / n_steps / 1e6, 3) for c in CATEGORIES},
         top_kernels=[
-            dict(hlo_op=op, kernel=kernel, category=category, ms_per_step=round(ns / n_steps / 1e6, 3),
-                 launches_per_step=count / n_steps, op_name=_short(op_name))
-            for (op, category), (ns, count, kernel, op_name) in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:top]
+            dict(
+                hlo_op=op,
+                kernel=kernel,
+                category=category,
+                ms_per_step=round(ns / n_steps / 1e6, 3),
+                launches_per_step=count / n_steps,
+                op_name=_short(op_name),
+            )
+            for (op, category), (ns, count, kernel, op_name) in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[
+                :top
+            ]
         ],
     )
 

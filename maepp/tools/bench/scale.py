@@ -34,7 +34,9 @@ _SECONDS = flags.DEFINE_float("seconds", 2.0, "Length of each clip.")
 _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 100, "Clips per shard.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Global batch, split over the processes.")
 _EPOCHS = flags.DEFINE_integer("epochs", 1, "Epochs each process reads.")
-_WORKERS = flags.DEFINE_integer("prepare_workers", None, "Beam workers preparing the dataset (default: this host's cores).")
+_WORKERS = flags.DEFINE_integer(
+    "prepare_workers", None, "Beam workers preparing the dataset (default: this host's cores)."
+)
 
 # One simulated host: its share of every global batch through the training pipeline.
 _READER = """
@@ -132,13 +134,16 @@ def main(argv):
 
     r = bench_scale(_PROCESSES.value, _CLIPS.value, _SECONDS.value, _CLIPS_PER_SHARD.value, _BATCH.value, _EPOCHS.value,
                     _WORKERS.value or host_cores())
-    report(r,
-           f"{r['processes']} processes read {r['clips']:,} clips in {r['shards']} shards ({r['dataset_bytes'] / 1e6:.1f} MB) "
-           f"from a GCS API server on 127.0.0.1, {r['epochs']} epoch(s) each (bench took {time.perf_counter() - t:.0f} s)",
-           f"time to the first batch: {r['first_batch_s']} s (slowest process)",
-           f"bytes read per process over the dataset's, per epoch: {r['read_per_process_over_dataset']} "
-           f"(1/{r['processes']} = {1 / r['processes']:.4f})",
-           f"bytes read per crop over the crop's own: {r['read_per_crop_over_crop_bytes']}",
-           f"requests per second per process: {r['requests_per_s_per_process']:,} "
-           f"({r['crops_per_s_per_process']:,} crops/s)",
-           f"local disk bytes written by the readers: {r['local_disk_bytes_written']:,}")
+    report(
+        r,
+        f"{r['processes']} processes read {r['clips']:,} clips in {r['shards']} shards "
+        f"({r['dataset_bytes'] / 1e6:.1f} MB) "
+        f"from a GCS API server on 127.0.0.1, {r['epochs']} epoch(s) each (bench took {time.perf_counter() - t:.0f} s)",
+        f"time to the first batch: {r['first_batch_s']} s (slowest process)",
+        f"bytes read per process over the dataset's, per epoch: {r['read_per_process_over_dataset']} "
+        f"(1/{r['processes']} = {1 / r['processes']:.4f})",
+        f"bytes read per crop over the crop's own: {r['read_per_crop_over_crop_bytes']}",
+        f"requests per second per process: {r['requests_per_s_per_process']:,} "
+        f"({r['crops_per_s_per_process']:,} crops/s)",
+        f"local disk bytes written by the readers: {r['local_disk_bytes_written']:,}",
+    )

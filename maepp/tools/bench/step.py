@@ -90,11 +90,15 @@ def main(argv):
         profile_dir = _PROFILE_DIR.value and f"{_PROFILE_DIR.value}/run{i}"
         try:
             r = dict(variant=overrides, **bench_step(config, _STEPS.value, compiler_options, profile_dir))
-        except Exception as error:  # one variant the backend refuses must not end a sweep on a rented GPU
+        except Exception as error:  # noqa: BLE001 - one variant the backend refuses must not end a sweep on a GPU
             report(dict(variant=overrides, error=f"{type(error).__name__}: {error}"[:2000]),
                    f"train step {overrides}: failed: {type(error).__name__}: {str(error)[:500]}")
             continue
-        mfu = f"MFU {r['mfu']:.1%} of {r['peak_bf16_tflops_per_device']:.0f} TFLOP/s" if r["mfu"] else "MFU n/a (no peak known)"
+        mfu = (
+            f"MFU {r['mfu']:.1%} of {r['peak_bf16_tflops_per_device']:.0f} TFLOP/s"
+            if r["mfu"]
+            else "MFU n/a (no peak known)"
+        )
         report(r,
                f"train step {overrides or '(config)'}, width {r['width']} depth {r['depth']} {r['dtype']}, "
                f"global batch {r['global_batch']} on {r['devices']}, mesh {r['mesh']}: {r['step_ms']} ms "

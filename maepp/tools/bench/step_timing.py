@@ -80,10 +80,17 @@ def bench_step(config, n_steps: int, compiler_options=None, profile_dir: str = "
     peak = peak_flops(devices[0].device_kind)
     achieved = model_flops / step_s / len(devices)
     return dict(
-        width=model.spec.encoder.width, depth=model.spec.encoder.depth, dtype=config.model.dtype, frontend=config.data.frontend,
-        devices=f"{len(devices)} x {devices[0].device_kind}", mesh=list(mesh.shape.values()),
-        global_batch=config.batch_size, steps=n_steps, compile_s=round(compile_s, 1),
-        step_ms=round(step_s * 1e3, 2), clips_per_s=round(config.batch_size / step_s, 1),
+        width=model.spec.encoder.width,
+        depth=model.spec.encoder.depth,
+        dtype=config.model.dtype,
+        frontend=config.data.frontend,
+        devices=f"{len(devices)} x {devices[0].device_kind}",
+        mesh=list(mesh.shape.values()),
+        global_batch=config.batch_size,
+        steps=n_steps,
+        compile_s=round(compile_s, 1),
+        step_ms=round(step_s * 1e3, 2),
+        clips_per_s=round(config.batch_size / step_s, 1),
         model_tflop_per_step=round(model_flops / 1e12, 4),
         xla_tflop_per_step=round(_xla_flops(compiled) / 1e12, 4),
         achieved_tflops_per_device=round(achieved / 1e12, 2),

@@ -18,7 +18,10 @@ def read_results(path: str) -> list:
 def _settings(row: dict) -> str:
     if "peer" in row:
         return "official release, " + " + ".join(
-            ["bf16 autocast" if row["amp"] == "bf16" else "float32"] + ["SDPA"] * row["sdpa"] + ["torch.compile"] * row["compile"])
+            ["bf16 autocast" if row["amp"] == "bf16" else "float32"]
+            + ["SDPA"] * row["sdpa"]
+            + ["torch.compile"] * row["compile"]
+        )
     overrides = {k: v for k, v in row["variant"].items() if k != "batch_size"}
     settings = [f"maepp {row['dtype']}", f"attention {overrides.pop('model.attention', row.get('attention', 'xla'))}"]
     return ", ".join(settings + [f"{k}={v}" for k, v in overrides.items()])
