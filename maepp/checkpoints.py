@@ -131,32 +131,53 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_l
     """
     target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
     stacked = layer_stack.is_stacked(state.params)
-    checkpoints.reload()
-    for step in sorted(checkpoints.all_steps(), reverse=True):
+
+    def restore_step(step):
+        restored, reason = None, ""
         try:
             metadata = _saved_tree(epath.Path(checkpoints.directory) / str(step) / "state")
             saved_stacked = layer_stack.is_stacked(metadata["params"])
             layout = target if saved_stacked == stacked else other_layout()
             _check_same_shapes(step, metadata["params"], layout.params)
-            restored = checkpoints.restore(step, args=ocp.args.Composite(
+            items = checkpoints.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(layout), data=ocp.args.JsonRestore()))
-            data = restored["data"]
-            reason = ""
+            restored = (items["state"], items["data"], saved_stacked)
         except OtherModel:
             raise
         except Exception as error:  # noqa: BLE001 - a damaged step fails in TensorStore, JSON or Orbax
             reason = _one_line(error)
         # Every process must agree: each reads its own shards, and one bad file fails one process.
         failed = multihost_utils.process_allgather(np.asarray([bool(reason)])).reshape(-1)
-        if not failed.any():
-            restored_state = restored["state"]
-            if saved_stacked != stacked:
-                restored_state = jax.jit(functools.partial(layer_stack.to_layout, stacked=stacked),
-                                         out_shardings=shardings)(restored_state)
-                _say_converted(step, saved_stacked)
-            return step, restored_state, data
-        _set_aside(checkpoints, step, reason or f"it does not restore on process {int(np.argmax(failed))}")
-    return None
+        if failed.any():
+            return None, reason or f"it does not restore on process {int(np.argmax(failed))}"
+        return restored, ""
+
+    checkpoints.reload()
+    step, restored = _walk_back(checkpoints.all_steps(), restore_step,
+                                on_damaged=functools.partial(_set_aside, checkpoints))
+    if step is None:
+        return None
+    restored_state, data, saved_stacked = restored
+    if saved_stacked != stacked:
+        restored_state = jax.jit(functools.partial(layer_stack.to_layout, stacked=stacked),
+                                 out_shardings=shardings)(restored_state)
+        _say_converted(step, saved_stacked)
+    return step, restored_state, data
+
+
+def _walk_back(steps, restore_step: Callable, on_damaged: Callable) -> tuple:
+    """The one walk-back over a run's checkpoint steps, for training and for reading parameters:
+    newest first, -> (step, restored) of the first step that restores, or (None, None).
+
+    restore_step(step) -> (restored, reason), the reason "" when it restored; on_damaged(step,
+    reason) is told of each newer step that did not, before the next one is tried.
+    """
+    for step in sorted(steps, reverse=True):
+        restored, reason = restore_step(step)
+        if not reason:
+            return step, restored
+        on_damaged(step, reason)
+    return None, None
 
 
 def resume_position(data: dict, step: int) -> tuple:
@@ -254,9 +275,8 @@ def restore_params(workdir, shapes, sharding, step: int = None):
     if step is not None and step not in steps:
         raise FileNotFoundError(f"no checkpoint of step {step} in {directory}; there are steps {sorted(steps)}")
     stacked = layer_stack.is_stacked(shapes)
-    candidates = [step] if step is not None else sorted(steps, reverse=True)
-    reasons = []
-    for candidate in candidates:
+
+    def restore_step(candidate):
         try:
             saved_stacked = _saved_stacked(directory / str(candidate) / "state")
             saved_shapes = jax.eval_shape(functools.partial(layer_stack.to_layout, stacked=saved_stacked), shapes)
@@ -268,9 +288,16 @@ def restore_params(workdir, shapes, sharding, step: int = None):
                     item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
                 ),
             )
-            if reasons:
-                print(f"skipped damaged checkpoints: {'; '.join(reasons)}", flush=True)
-            return candidate, layer_stack.to_layout(restored["params"], stacked)
-        except Exception as error:  # noqa: BLE001
-            reasons.append(f"step {candidate} ({_one_line(error)})")
-    raise FileNotFoundError(f"no checkpoint in {directory} restores: {'; '.join(reasons)}")
+            return layer_stack.to_layout(restored["params"], stacked), ""
+        except Exception as error:  # noqa: BLE001 - a damaged step fails in TensorStore, JSON or Orbax
+            return None, _one_line(error)
+
+    # Reading parameters moves nothing aside: a run's checkpoints are the training run's to manage.
+    reasons = []
+    found, params = _walk_back([step] if step is not None else steps, restore_step,
+                               on_damaged=lambda candidate, reason: reasons.append(f"step {candidate} ({reason})"))
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint in {directory} restores: {'; '.join(reasons)}")
+    if reasons:
+        print(f"skipped damaged checkpoints: {'; '.join(reasons)}", flush=True)
+    return found, params

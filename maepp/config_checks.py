@@ -11,7 +11,8 @@ import math
 from maepp.audio import filterbanks
 from maepp.audio.constants import N_MELS
 from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
-from maepp.models.layers import ATTENTION_IMPLEMENTATIONS, SWIGLU_NORM_IMPLEMENTATIONS
+from maepp.models.layers import (ATTENTION_IMPLEMENTATIONS, SWIGLU_NORM_IMPLEMENTATIONS, resolved_attention,
+                                 resolved_swiglu_norm)
 from maepp.models.patches import num_visible
 from maepp.models.spec import DTYPES
 
@@ -255,3 +256,25 @@ def resume_changes(saved, config, accepted=()) -> list:
 
 def _comparable(value):
     return tuple(value) if isinstance(value, list) else value
+
+
+def resolve_auto(model, backend: str, device_count: int) -> dict:
+    """config.model's "auto" choices as this backend and device count resolve them:
+    {"model.attention": "xla", ...}, only for fields set to "auto". A run resolves them once,
+    before compiling, and records them (maepp.train_loop's run_info.jsonl)."""
+    resolved = {
+        "attention": resolved_attention(model.attention, model.dtype, backend),
+        "swiglu_norm": resolved_swiglu_norm(model.swiglu_norm, model.dtype, backend, device_count),
+    }
+    return {f"model.{field}": value for field, value in resolved.items() if model[field] == "auto"}
+
+
+def held_out_warning(config) -> str:
+    """One line when a run on the user's own data would evaluate on the procedural clips (the
+    default held-out set), which says nothing of how the model does on that data; or ""."""
+    source, held_out = config.data.source, config.data.eval_source
+    if source.startswith("synthetic") or not held_out.startswith("synthetic"):
+        return ""
+    return (f"warning: config.data.eval_source={held_out!r} is procedural audio, not clips like "
+            f"config.data.source={source!r}; set --config.data.eval_source to held-out clips of your own (a folder, "
+            "a prepared dataset or a tfds split), or to '' for no held-out evaluation")

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 
 from maepp import sharding
-from maepp.config_checks import check_train_config
+from maepp.config_checks import check_train_config, resolve_auto
 from maepp.data.sources import source_from_string
 from maepp.models import ModelSpec
 
@@ -16,6 +16,7 @@ class RunPlan(NamedTuple):
     mesh: jax.sharding.Mesh
     spec: ModelSpec
     sources: dict  # "source", and "eval_source" where the config names one -> a data source
+    resolved: dict  # the config's "auto" choices as this backend resolves them: {"model.attention": "xla"}
 
 
 def checked_plan(config) -> RunPlan:
@@ -23,7 +24,10 @@ def checked_plan(config) -> RunPlan:
     anything the config gets wrong: before the workdir is taken and before any compilation."""
     mesh = sharding.make_mesh(config.mesh)
     check_train_config(config, mesh.size, mesh.shape["data"] * mesh.shape["fsdp"])
-    spec = ModelSpec.from_config(config.model)
+    resolved = resolve_auto(config.model, jax.default_backend(), mesh.size)
+    model = config.model.copy_and_resolve_references()
+    model.update({field.removeprefix("model."): value for field, value in resolved.items()})
+    spec = ModelSpec.from_config(model)
     sources = {}
     for field in ("source", "eval_source"):
         if field == "source" or config.data.eval_source:
@@ -32,7 +36,7 @@ def checked_plan(config) -> RunPlan:
             except (ValueError, FileNotFoundError) as error:
                 raise ValueError(f"config.data.{field}={config.data[field]!r}: {error}") from None
     check_open_files(sources)
-    return RunPlan(mesh, spec, sources)
+    return RunPlan(mesh, spec, sources, resolved)
 
 
 # Descriptors a run needs besides its data sources': libraries, sockets, checkpoint writes.

@@ -1,6 +1,7 @@
 """The train loop: config -> mesh -> data -> state (fresh or resumed) -> step -> loop, as
 `python -m maepp.train` (maepp/train.py, its flags and messages) runs it."""
 import collections
+import dataclasses
 import functools
 import itertools
 import json
@@ -8,6 +9,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -18,6 +21,7 @@ from jax.experimental import multihost_utils
 
 from maepp import checkpoints, distributed, optim, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
+from maepp.cadence import Cadence
 from maepp.config_checks import resume_changes
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
 from maepp.evaluators.held_out import HeldOutEvaluation
@@ -87,7 +91,7 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     names the fields whose change is meant nevertheless.
     """
     workdir = checkpoints.workdir_path(workdir)
-    mesh, spec, sources = plan or checked_plan(config)
+    mesh, spec, sources, resolved = plan or checked_plan(config)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
     refusal = ""
     if lock is not None:
@@ -123,15 +127,71 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
             raise WorkdirLost(f"{lost}; this run stopped before its next save")
 
     try:
+        _record_start(workdir, mesh, resolved)
         return _train(config, workdir, mesh, spec, sources, check_workdir_held, changes)
     finally:
         if lock is not None:
             lock.release()
 
 
+def _record_start(workdir, mesh, resolved: dict):
+    """One line per start of the run in WORKDIR/run_info.jsonl (process 0): when, on what, and
+    what the config's "auto" choices resolved to. A resumed run may start on other hardware."""
+    if jax.process_index() != 0:
+        return
+    start = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), processes=jax.process_count(),
+                 backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind, mesh=dict(mesh.shape),
+                 jax=jax.__version__, resolved=resolved)
+    info = workdir / "run_info.jsonl"
+    earlier = info.read_text() if info.exists() else ""  # gs:// objects cannot be appended to
+    info.write_text(earlier + json.dumps(start) + "\n")
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop runs on, made by _set_up: the state and the step that comes next, the step
+    function, the batches, and where the figures go."""
+    mesh: jax.sharding.Mesh
+    state: Any  # maepp.train_step.TrainState, sharded
+    first_step: int  # 1, or the step after the checkpoint resumed from
+    ckpt: Any  # orbax CheckpointManager
+    train_step: Callable
+    batches: Prefetcher  # -> (global batch, the data position after it)
+    report: SkipReport  # clips the input skipped, and why
+    writer: Any  # clu metric writer
+    hooks: list  # clu periodic actions (the profiler)
+    held_out: HeldOutEvaluation | None
+    throughput: Throughput
+    learning_rate: Callable  # update number -> learning rate, for the log
+    cadence: Cadence
+
+
 def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) -> dict:
     stop = StopRequest(workdir)
-    # Model and state: resumed from the newest checkpoint, or fresh.
+    run = None
+    try:
+        run = _set_up(config, workdir, mesh, spec, sources, changes)
+        step, means, rates = _loop(run, config, workdir, stop, check_workdir_held)
+    except BaseException:
+        if run is not None:
+            _finish_saves_in_flight(run.ckpt)
+        raise
+    finally:
+        if run is not None:
+            run.batches.close()
+        stop.close()
+    checkpoints.finish_saves(run.ckpt)
+    run.ckpt.close()
+    run.writer.flush()
+    if run.report.skips:
+        logging.warning("%d clips skipped (%d distinct files): %s", run.report.skips, len(run.report.reasons),
+                        run.report.reasons)
+    return dict(step=step, interrupted=stop.interrupted, **means, **rates, **run.throughput.run_rates())
+
+
+def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
+    """The state (resumed from the newest checkpoint that restores, or fresh), the data from its
+    position, the compiled step's function, and the run's writers."""
     model = MaskedAutoencoder(spec)
     optimizer = optim.optimizer(config)
     state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
@@ -146,31 +206,9 @@ def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) ->
         say(f"resumed from step {done_step} of {ckpt.directory} (data position {start_position})")
         for line in ([moved] if moved else []) + changes:
             say(line)
-    # Data: this process's rows of every global batch (maepp/data/order.py), made into global
-    # arrays on a background thread, config.data.prefetch batches ahead of the step.
     report = SkipReport()
-    filterbank = filterbanks.from_config(config)
-    batches = train_dataset(
-        sources["source"],
-        seed=config.seed,
-        batch_size=config.batch_size,
-        rows=sharding.process_rows(mesh, config.batch_size),
-        crop_frames=spec.input_size[0],
-        start_position=start_position,
-        report=report,
-        frontend=config.data.frontend,
-        filterbank=filterbank,
-    ).as_numpy_iterator()
-    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbank)
-    made = itertools.count(1)
-
-    def next_global_batch():
-        batch = next(batches)
-        inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if to_log_mel else batch["log_mel"]
-        # The position after this batch: what a checkpoint taken after its step records.
-        position = start_position + next(made) * config.batch_size
-        return jax.tree.map(lambda rows: sharding.global_batch(rows, mesh, config.batch_size), inputs), position
-
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))
+    next_global_batch = _global_batches(config, mesh, spec, sources["source"], start_position, report)
     train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
     writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
@@ -187,80 +225,102 @@ def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) ->
         ))
     held_out = HeldOutEvaluation(config, model, mesh, state_shardings.params, sources["eval_source"]) \
         if config.data.eval_source else None
-
-    schedule = optim.schedule(config)  # for the logged learning rate
-    base_rng = jax.random.key(config.seed + 1)
     throughput = Throughput(train_flops_per_example(spec) * config.batch_size, config.batch_size,
                             config.total_steps, mesh.devices.flatten())
-    window = progress.new_window(sharding.replicated(mesh))
-    # Steps in flight are bounded: the host waits for the step `in_flight` before the newest.
-    in_flight = collections.deque()
-    prefetch = Prefetcher(next_global_batch, depth=config.data.prefetch)
-    means, rates = {}, {}
-    step = first_step - 1
-    try:
-        for step in range(first_step, config.total_steps + 1):
-            inputs, position = next(prefetch)
-            state, metrics = train_step(state, inputs, jax.random.fold_in(base_rng, step))
-            window = progress.accumulate(window, metrics)
-            in_flight.append(metrics["loss"])
-            if len(in_flight) > config.steps_in_flight:
-                in_flight.popleft().block_until_ready()
-            for hook in hooks:
-                hook(step)
-            preempted = bool(stop) or ckpt.reached_preemption(step)
-            interval = step % config.checkpoint_every == 0
-            last = step == config.total_steps
-            evaluate_now = held_out is not None and not preempted and (step % config.eval_every == 0 or last)
-            # The host reads the devices only here: at log steps, evaluations, and where a save
-            # decides on the streak.
-            if step % config.log_every and step != first_step and not (interval or preempted or last or evaluate_now):
-                continue
-            checkpoints.check_saves(ckpt)  # a failed asynchronous save stops the run here, in one line
-            means = progress.window_means(window)
-            window = progress.new_window(sharding.replicated(mesh), streak=means["nonfinite_in_a_row"])
-            skipped_clips, waits_s = distributed.every_process([report.skips, prefetch.wait_s]).T
-            if step == first_step:  # compilation is not the run's speed
-                throughput.start(step, waits_s)
-            else:
-                rates = throughput.report(step, waits_s)
-            update = (step - 1) // config.optimizer.accumulate_steps
-            writer.write_scalars(step, dict(
-                loss=means["loss"], grad_norm=means["grad_norm"], skipped=means["skipped"],
-                learning_rate=float(schedule(update)), skipped_clips=int(skipped_clips.sum()),
-                **{k: v for k, v in rates.items() if k != "input_wait_host"}))
-            say(progress.console_line(step, config.total_steps, means, rates, int(skipped_clips.sum()),
-                                      jax.process_count()))
-            if means["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
-                checkpoints.finish_saves(ckpt)
-                raise FloatingPointError(
-                    f"{means['nonfinite_in_a_row']} steps in a row had a non-finite loss or gradient (last: step "
-                    f"{step}); parameters were not updated by them. The last good checkpoint is step "
-                    f"{ckpt.latest_step()} in {ckpt.directory}; lower the learning rate or enable "
-                    "config.optimizer.grad_clip"
-                )
-            if evaluate_now:
-                evaluate(held_out, state.params, step, writer, workdir)
-                throughput.start(step, waits_s)  # evaluation time is not training speed
-            # No interval saves during a non-finite streak: the newest checkpoint stays before it.
-            if (interval and not means["nonfinite_in_a_row"]) or preempted or last:
-                check_workdir_held()
-                checkpoints.save(ckpt, step, state, position)
-            if preempted:
-                say(f"stop requested: saved step {step}, exiting")
-                break
-    except BaseException:
-        _finish_saves_in_flight(ckpt)
-        raise
-    finally:
-        prefetch.close()
-        stop.close()
-    checkpoints.finish_saves(ckpt)
-    ckpt.close()
-    writer.flush()
-    if report.skips:
-        logging.warning("%d clips skipped (%d distinct files): %s", report.skips, len(report.reasons), report.reasons)
-    return dict(step=step, interrupted=stop.interrupted, **means, **rates, **throughput.run_rates())
+    batches = Prefetcher(next_global_batch, depth=config.data.prefetch)  # its thread starts making them now
+    return Run(mesh=mesh, state=state, first_step=first_step, ckpt=ckpt, train_step=train_step, batches=batches,
+               report=report, writer=writer, hooks=hooks, held_out=held_out, throughput=throughput,
+               learning_rate=optim.schedule(config),
+               cadence=Cadence.from_config(config, first_step, evaluates=held_out is not None))
+
+
+def _global_batches(config, mesh, spec, source, start_position: int, report: SkipReport) -> Callable:
+    """-> a function giving the next global batch and the data position after it: this process's
+    rows of every global batch (maepp/data/order.py), from start_position, made global arrays."""
+    filterbank = filterbanks.from_config(config)
+    batches = train_dataset(
+        source,
+        seed=config.seed,
+        batch_size=config.batch_size,
+        rows=sharding.process_rows(mesh, config.batch_size),
+        crop_frames=spec.input_size[0],
+        start_position=start_position,
+        report=report,
+        frontend=config.data.frontend,
+        filterbank=filterbank,
+    ).as_numpy_iterator()
+    waveforms = jax_frontend.in_train_step(config.data.frontend, filterbank)
+    made = itertools.count(1)
+
+    def next_global_batch():
+        batch = next(batches)
+        inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if waveforms else batch["log_mel"]
+        # The position after this batch: what a checkpoint taken after its step records.
+        position = start_position + next(made) * config.batch_size
+        return jax.tree.map(lambda rows: sharding.global_batch(rows, mesh, config.batch_size), inputs), position
+
+    return next_global_batch
+
+
+def _loop(run: Run, config, workdir, stop: StopRequest, check_workdir_held: Callable) -> tuple:
+    """Steps from run.first_step to config.total_steps or a stop; -> (last step, its log's means and rates)."""
+    base_rng = jax.random.key(config.seed + 1)
+    window = progress.new_window(sharding.replicated(run.mesh))
+    in_flight = collections.deque()  # the host waits for the step `steps_in_flight` before the newest
+    state, means, rates = run.state, {}, {}
+    step = run.first_step - 1
+    for step in range(run.first_step, config.total_steps + 1):
+        inputs, position = next(run.batches)
+        state, metrics = run.train_step(state, inputs, jax.random.fold_in(base_rng, step))
+        window = progress.accumulate(window, metrics)
+        in_flight.append(metrics["loss"])
+        if len(in_flight) > config.steps_in_flight:
+            in_flight.popleft().block_until_ready()
+        for hook in run.hooks:
+            hook(step)
+        # Every process asks JAX about preemption at every step, so that they agree on the step.
+        stop_requested = bool(stop) or run.ckpt.reached_preemption(step)
+        if not run.cadence.log_due(step, stop_requested):
+            continue  # the host never waits for the devices here
+        checkpoints.check_saves(run.ckpt)  # a failed asynchronous save stops the run here, in one line
+        means = progress.window_means(window)
+        window = progress.new_window(sharding.replicated(run.mesh), streak=means["nonfinite_in_a_row"])
+        rates, waits_s = _log(run, config, step, means, rates)
+        if means["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
+            checkpoints.finish_saves(run.ckpt)
+            raise FloatingPointError(
+                f"{means['nonfinite_in_a_row']} steps in a row had a non-finite loss or gradient (last: step "
+                f"{step}); parameters were not updated by them. The last good checkpoint is step "
+                f"{run.ckpt.latest_step()} in {run.ckpt.directory}; lower the learning rate or enable "
+                "config.optimizer.grad_clip"
+            )
+        if run.cadence.eval_due(step, stop_requested):
+            evaluate(run.held_out, state.params, step, run.writer, workdir)
+            run.throughput.start(step, waits_s)  # evaluation time is not training speed
+        if run.cadence.save_due(step, stop_requested, means["nonfinite_in_a_row"]):
+            check_workdir_held()
+            checkpoints.save(run.ckpt, step, state, position)
+        if stop_requested:
+            say(f"stop requested: saved step {step}, exiting")
+            break
+    return step, means, rates
+
+
+def _log(run: Run, config, step: int, means: dict, rates: dict) -> tuple:
+    """One log step's figures to TensorBoard and the console; -> (throughput rates, every
+    process's input wait). The first step's time is compilation's, not the run's speed."""
+    skipped_clips, waits_s = distributed.every_process([run.report.skips, run.batches.wait_s]).T
+    if step == run.first_step:
+        run.throughput.start(step, waits_s)
+    else:
+        rates = run.throughput.report(step, waits_s)
+    update = (step - 1) // config.optimizer.accumulate_steps
+    run.writer.write_scalars(step, dict(
+        loss=means["loss"], grad_norm=means["grad_norm"], skipped=means["skipped"],
+        learning_rate=float(run.learning_rate(update)), skipped_clips=int(skipped_clips.sum()),
+        **{k: v for k, v in rates.items() if k != "input_wait_host"}))
+    say(progress.console_line(step, config.total_steps, means, rates, int(skipped_clips.sum()), jax.process_count()))
+    return rates, waits_s
 
 
 def _finish_saves_in_flight(ckpt):
@@ -280,6 +340,7 @@ def evaluate(held_out: HeldOutEvaluation, params, step: int, writer, workdir):
     loss, pictures = held_out(params)
     skipped = int(distributed.every_process([held_out.report.skips]).sum())
     writer.write_scalars(step, dict(eval_loss=loss, eval_skipped_clips=skipped))
+    say(f"step {step} | held-out loss {loss:.4f}" + (f" | {skipped} held-out clips skipped" if skipped else ""))
     if jax.process_index() == 0:
         grid = reconstruction_grid(pictures)
         writer.write_images(step, dict(reconstruction=grid[None]))

@@ -135,3 +135,26 @@ def test_a_field_no_check_knows_is_refused_in_a_training_config_and_ignored_in_a
     with pytest.raises(ValueError, match=r"^config.model.fuse_gate_value=True: no such field is read"):
         config_checks.check_train_config(config, n_devices=8, batch_devices=8)
     config_checks.check_model(config.model)  # a saved run's config may hold it: export still loads
+
+
+def test_own_data_with_the_procedural_held_out_set_is_warned_of():
+    config = audiomaepp.get_config("micro")
+    assert config_checks.held_out_warning(config) == ""  # procedural training data: the procedural held-out set fits
+    config.data.source = "prepared:/data/audio_clips/2.0.0"
+    assert "--config.data.eval_source" in config_checks.held_out_warning(config)
+    config.data.eval_source = "folder:/data/held_out"
+    assert config_checks.held_out_warning(config) == ""
+    config.data.eval_source = ""
+    assert config_checks.held_out_warning(config) == ""
+
+
+def test_auto_choices_resolve_from_the_backend_and_the_device_count():
+    model = audiomaepp.get_config("base").model
+    model.swiglu_norm = "auto"
+    assert config_checks.resolve_auto(model, "cpu", 8) == {"model.attention": "xla", "model.swiglu_norm": "xla"}
+    model.dtype = "bfloat16"
+    assert config_checks.resolve_auto(model, "gpu", 1) == {"model.attention": "cudnn", "model.swiglu_norm": "pallas"}
+    # The kernels carry no sharding rule: several devices stay with XLA's ops.
+    assert config_checks.resolve_auto(model, "gpu", 8) == {"model.attention": "cudnn", "model.swiglu_norm": "xla"}
+    model.attention, model.swiglu_norm = "xla", "xla"  # chosen, not "auto": nothing to record
+    assert config_checks.resolve_auto(model, "gpu", 1) == {}

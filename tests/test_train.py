@@ -162,6 +162,10 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     assert "stopped at step 60" in result.stdout
     _follows(workdir, trained_run, range(1, 61))
     _follows(workdir, trained_run, [30, 60], "eval_loss")
+    starts = [json.loads(line) for line in (workdir / "run_info.jsonl").read_text().splitlines()]
+    assert [(s["processes"], s["mesh"]) for s in starts] == [
+        (2, {"data": 2, "fsdp": 2, "model": 1}), (1, {"data": 4, "fsdp": 1, "model": 1})]
+    assert all(s["resolved"] == {"model.attention": "xla"} for s in starts)  # "auto" on CPUs
 
 
 @pytest.mark.e2e
@@ -197,6 +201,7 @@ def test_every_process_sees_every_processes_numbers(repo_root):
         assert out.strip().splitlines()[-1] == "[[1.0, 0.0], [2.0, 10.0]]"  # after Gloo's own lines
 
 
+@pytest.mark.e2e
 def test_repeated_non_finite_steps_stop_the_run_naming_the_last_good_checkpoint(tmp_path):
     from maepp.configs import audiomaepp
     from maepp.train_loop import train as train_in_process

@@ -126,14 +126,20 @@ def padded_attention(q, k, v, implementation: str, multiple: int = CUDNN_SEQUENC
     return out[:, :length]
 
 
+def resolved_attention(implementation: str, dtype, backend: str) -> str:
+    """What "auto" attention runs as: cuDNN's on GPUs in bfloat16, where it is faster; XLA's elsewhere."""
+    if implementation != "auto":
+        return implementation
+    return "cudnn" if jnp.dtype(dtype) == jnp.bfloat16 and backend == "gpu" else "xla"
+
+
 def attention(q, k, v, implementation: str = "auto"):
     """Softmax attention over [batch, n, heads, head_dim].
 
     "xla": XLA's own ops. "cudnn": cuDNN's fused flash attention (GPUs, bfloat16 inputs), 1.23x
     the base model's train step on an H200 (docs/performance.md). "auto": cuDNN where it applies.
     """
-    if implementation == "auto":
-        implementation = "cudnn" if q.dtype == jnp.bfloat16 and jax.default_backend() == "gpu" else "xla"
+    implementation = resolved_attention(implementation, q.dtype, jax.default_backend())
     if implementation == "xla":
         return jax.nn.dot_product_attention(q, k, v)
     return padded_attention(q, k, v, implementation)
@@ -189,11 +195,15 @@ def fused_swiglu_norm(implementation: str, hidden_shape, dtype) -> bool:
     sharding rule (XLA would gather a sharded batch onto every device), so "auto" leaves meshes
     of several devices to XLA, and maepp.config_checks refuses "pallas" on them.
     """
-    if implementation == "xla" or not swiglu_norm.applies(hidden_shape):
-        return False
-    if implementation == "pallas":
-        return True
-    return dtype == jnp.bfloat16 and jax.default_backend() == "gpu" and jax.device_count() == 1
+    implementation = resolved_swiglu_norm(implementation, dtype, jax.default_backend(), jax.device_count())
+    return implementation == "pallas" and swiglu_norm.applies(hidden_shape)
+
+
+def resolved_swiglu_norm(implementation: str, dtype, backend: str, device_count: int) -> str:
+    """What "auto" runs as: the Pallas kernels on one GPU in bfloat16, XLA's ops elsewhere."""
+    if implementation != "auto":
+        return implementation
+    return "pallas" if jnp.dtype(dtype) == jnp.bfloat16 and backend == "gpu" and device_count == 1 else "xla"
 
 
 class SwiGLU(nn.Module):
