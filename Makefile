@@ -38,11 +38,12 @@ venv: $(STAMP)
 train: $(STAMP)
 	$(PY) -m maepp.train --config $(CONFIG) --workdir $(WORKDIR)
 
-# Everything: the linter, then both tiers of tests (pytest.mark.e2e: tests that start processes).
+# Everything: the linter, then both tiers of tests (pytest.mark.e2e: tests that start processes or
+# train a run end to end).
 test: lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 tests
 
-# The unit tier alone: tests that run in pytest's own processes.
+# The unit tier alone: tests of parts, in pytest's own processes.
 test-fast: lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not e2e" tests
 

@@ -16,6 +16,10 @@ usage() {
   exit 2
 }
 
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 [[ $# -ge 1 && $1 =~ ^[1-9][0-9]*$ ]] || usage
 processes=$1
 shift
@@ -31,7 +35,11 @@ while [[ $# -gt 0 ]]; do
     *) usage ;;
   esac
 done
-python=${PYTHON:-python3}
+# The checkout's environment (what `make` builds), as launch/slurm.sbatch uses; PYTHON overrides it.
+here=$(cd "$(dirname "$0")/.." && pwd)
+default_python=python3
+[[ -x $here/.venv/bin/python ]] && default_python=$here/.venv/bin/python
+python=${PYTHON:-$default_python}
 
 xla_flags="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=${devices}"
 pids=()

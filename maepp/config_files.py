@@ -9,7 +9,7 @@ import os
 import sys
 import traceback
 
-from absl import app, flags
+from absl import app, flags, logging
 
 CONFIG_FLAGS = ("config", "model_config")
 
@@ -142,6 +142,10 @@ def run_cli(main, program: str, argv: list | None = None):
             raise
 
     def checked_main(argv):
+        # JAX, Orbax and TensorFlow log at INFO (backends probed, every save and restore); a
+        # program's own news is printed. absl's --verbosity=0 brings their logs back.
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except app.UsageError as error:  # absl would print the whole help above it

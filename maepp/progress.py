@@ -47,6 +47,9 @@ def window_means(window: dict) -> dict:
                 nonfinite_in_a_row=int(host["streak"]))
 
 
+ETA_AFTER_STEPS, ETA_AFTER_SECONDS = 10, 10.0  # timed steps and seconds before the console shows an ETA
+
+
 class Throughput:
     """Rates between consecutive log steps, from the host clock and every process's input wait."""
 
@@ -78,7 +81,11 @@ class Throughput:
         per_device = self.flops_per_step * steps / seconds / self.n_devices
         rates = dict(steps_per_s=steps / seconds, clips_per_s=self.batch_size * steps / seconds,
                      tflops_per_device=per_device / 1e12, input_wait=waited[slowest] / seconds,
-                     input_wait_host=slowest, eta_s=(self.total_steps - step) * seconds / steps)
+                     input_wait_host=slowest)
+        # An ETA from a step or two (a slow first window, a cache warming up) misleads; from the
+        # run's average once it has timed enough of both, steps and seconds.
+        if self.timed["steps"] >= ETA_AFTER_STEPS and self.timed["seconds"] >= ETA_AFTER_SECONDS:
+            rates["eta_s"] = (self.total_steps - step) * self.timed["seconds"] / self.timed["steps"]
         if self.peak:
             rates["mfu"] = per_device / self.peak
         return rates
@@ -96,7 +103,8 @@ def console_line(step: int, total_steps: int, means: dict, rates: dict, skipped_
     """step 120/300 | loss 0.4312 | 95.2 clips/s | 0.05 TFLOP/s per device, MFU n/a | input wait 2% | ETA 3m05s
 
     With several processes the wait is the slowest one's, named: `input wait 9% (slowest: process 3)`;
-    skipped_clips is the run's count over all processes."""
+    skipped_clips is the run's count over all processes. The ETA shows once the run has timed
+    ETA_AFTER_STEPS steps and ETA_AFTER_SECONDS seconds."""
     parts = [f"step {step}/{total_steps}", f"loss {means['loss']:.4f}"]
     if means["skipped"]:
         parts.append(f"{means['skipped']} non-finite steps skipped")
@@ -104,12 +112,13 @@ def console_line(step: int, total_steps: int, means: dict, rates: dict, skipped_
         parts.append(f"{skipped_clips} clips skipped")
     if rates:
         mfu = f"MFU {rates['mfu']:.1%}" if "mfu" in rates else "MFU n/a"
-        minutes, seconds = divmod(int(round(rates["eta_s"])), 60)
-        hours, minutes = divmod(minutes, 60)
-        eta = f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
         wait = f"input wait {rates['input_wait']:.0%}"
         if processes > 1:
             wait += f" (slowest: process {rates['input_wait_host']})"
         parts += [f"{rates['clips_per_s']:.1f} clips/s", f"{rates['tflops_per_device']:.2f} TFLOP/s per device, {mfu}",
-                  wait, f"ETA {eta}"]
+                  wait]
+    if "eta_s" in rates:
+        minutes, seconds = divmod(int(round(rates["eta_s"])), 60)
+        hours, minutes = divmod(minutes, 60)
+        parts.append(f"ETA {hours}h{minutes:02d}m" if hours else f"ETA {minutes}m{seconds:02d}s")
     return " | ".join(parts)

@@ -15,10 +15,10 @@ import sys
 import traceback
 
 import numpy as np
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
-from maepp import checkpoints, config_files, distributed, run_plan
+from maepp import checkpoints, config_checks, config_files, distributed, run_plan
 from maepp.workdir_lock import WorkdirInUse, WorkdirLost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
@@ -80,11 +80,12 @@ def main(argv):
     # TensorBoard), seconds of start-up that --help and a bad config need not wait for.
     from maepp.train_loop import say, train
 
+    warning = config_checks.held_out_warning(_CONFIG.value)
+    if warning:
+        say(f"maepp.train: {warning}")
     say(f"writing to {workdir}: checkpoints/, tensorboard/ (tensorboard --logdir {workdir / 'tensorboard'})"
         + (", pictures/ (input | masked | reconstruction)" if _CONFIG.value.data.eval_source else ""))
 
-    # Orbax and JAX log every save at INFO; the run's own news is printed.
-    logging.set_verbosity(logging.WARNING)
     try:
         final = train(_CONFIG.value, _WORKDIR.value, plan, _RESUME_WITH_CHANGED.value)
     except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse,

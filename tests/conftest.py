@@ -50,7 +50,7 @@ def trained_run(repo_root, tmp_path_factory, worker_id):
     workdir = session_dir / "trained_run"
     with FileLock(str(session_dir / "trained_run.lock")):
         if not (workdir / "trained").exists():
-            assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN)
+            assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN, quiet=True)
             (workdir / "trained").touch()
     return workdir
 
@@ -58,13 +58,15 @@ def trained_run(repo_root, tmp_path_factory, worker_id):
 def pytest_configure(config):
     config.addinivalue_line("markers", "long(seconds): a test that takes about this long on a 2-core machine")
     config.addinivalue_line("markers", "e2e: an end-to-end test: it starts processes (maepp's programs, JAX jobs, "
-                                       "a GCS API server); `make test-fast` runs the others")
+                                       "a GCS API server) or trains a run in its own; `make test-fast` runs the "
+                                       "others")
 
 
 @pytest.fixture(autouse=True)
 def _unit_tests_start_no_process(request, monkeypatch):
     """The unit tier (`make test-fast`, tests not marked e2e) runs in this process: a test that
-    starts one must be marked e2e, or it fails here."""
+    starts one must be marked e2e, or it fails here. (A test that trains a run in this process
+    through maepp.train_loop.train is end to end too, and marked so.)"""
     if request.node.get_closest_marker("e2e") is not None:
         return
 

@@ -56,9 +56,12 @@ def fake_devices_environment(count: int, **more) -> dict:
     return dict(os.environ, XLA_FLAGS=flags, **more)
 
 
-def train(repo_root, workdir, *overrides):
+def train(repo_root, workdir, *overrides, quiet=False):
+    """Runs maepp.train; returns its stdout. quiet: it must print nothing on stderr either (the
+    libraries' INFO logs and start-up lines are off unless --verbosity asks for them)."""
     result = subprocess.run(train_command(workdir, *overrides), cwd=repo_root, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not (quiet and result.stderr), result.stderr[-3000:]
     return result.stdout
 
 

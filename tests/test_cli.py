@@ -78,3 +78,14 @@ def test_a_missing_required_flag_is_one_line(repo_root, module, message):
                             timeout=120)
     assert result.returncode == 1
     assert result.stderr.strip() == f"{message} (--help lists the flags)"
+
+
+@pytest.mark.e2e
+def test_verbosity_brings_the_libraries_logs_back(repo_root, tmp_path):
+    """Off by default (the shared run, conftest's trained_run, prints nothing on stderr)."""
+    from tests.helpers import train_command
+
+    command = train_command(tmp_path / "w", "--config.total_steps=1", "--config.warmup_steps=0",
+                            "--config.data.eval_source=", "--config.profile.first_step=0", "--verbosity=0")
+    stderr = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=True).stderr.splitlines()
+    assert any(line.startswith("I") and "checkpoint" in line.lower() for line in stderr), stderr  # Orbax's saves

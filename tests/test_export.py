@@ -88,7 +88,7 @@ def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo
     alone = artifact.local_embedder(model, params)
     row = got["paths"].tolist().index("clip_0201.wav")
     waveform, _ = soundfile.read(clips_400 / "clip_0201.wav")
-    np.testing.assert_allclose(got["embeddings"][row], alone.scene(waveform), atol=1e-5)
+    np.testing.assert_allclose(got["embeddings"][row], alone.scene(waveform, SAMPLE_RATE), atol=1e-5)
 
 
 @pytest.mark.e2e
@@ -120,7 +120,7 @@ def test_artifact_runs_with_only_jax_and_numpy(repo_root, trained_run, tmp_path)
         artifact.write_artifact(directory, model, params, config)
     waveform = np.random.default_rng(2).uniform(-1, 1, size=int(4.2 * SAMPLE_RATE))
     np.save(tmp_path / "wave.npy", waveform)
-    want = artifact.local_embedder(model, params).frames(waveform)
+    want = artifact.local_embedder(model, params).frames(waveform, SAMPLE_RATE)
     # A fresh interpreter where the training stack cannot be imported at all.
     script = f"""
 import sys
@@ -128,7 +128,7 @@ for name in ("flax", "optax", "orbax", "tensorflow", "librosa", "maepp.models", 
     sys.modules[name] = None
 import numpy as np
 from maepp.export import embed
-frames = embed.load({str(directory)!r}).frames(np.load({str(tmp_path / "wave.npy")!r}))
+frames = embed.load({str(directory)!r}).frames(np.load({str(tmp_path / "wave.npy")!r}), 16000)
 np.save({str(tmp_path / "frames.npy")!r}, frames)
 """
     subprocess.run([sys.executable, "-c", script], cwd=repo_root, check=True, capture_output=True)
@@ -137,3 +137,16 @@ np.save({str(tmp_path / "frames.npy")!r}, frames)
     np.testing.assert_allclose(got, want, atol=1e-5)
     assert embed.load(directory).frame_size == 320
 
+
+
+def test_a_clip_at_another_rate_or_with_channels_is_refused_not_embedded():
+    from maepp.audio import filterbanks
+
+    embedder = embed.Embedder(lambda batch: np.zeros((len(batch), 50, 8), np.float32), frame_size=8,
+                        filterbank=filterbanks.mel_filterbank(), batch_size=2)
+    second = np.zeros(SAMPLE_RATE)
+    assert embedder.frames(second, SAMPLE_RATE).shape == (26, 8)  # 101 log-mel frames -> ceil(101 / 4)
+    with pytest.raises(ValueError, match=r"sample_rate=22050: .* librosa.resample\(waveform, orig_sr=22050"):
+        embedder.scene(np.zeros(22050), 22050)
+    with pytest.raises(ValueError, match=r"shape \(16000, 2\): .* one channel"):
+        embedder.scene(np.zeros((SAMPLE_RATE, 2)), SAMPLE_RATE)

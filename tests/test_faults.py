@@ -70,7 +70,7 @@ MISSPELT = {
 FAULTS = [
     Fault("SIGKILL right after an evaluation, before the checkpoint that follows it", "the re-run resumes from "
           "the step before and redraws that evaluation's picture over the killed run's", "everything",
-          "test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run"),
+          "test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_run"),
     Fault("a second run started on a workdir in use", "`maepp.train: W is in use by another run (pid P on H, "
           "started T) ...` before anything is compiled; the first run goes on", "the first run, untouched",
           "test_a_second_run_on_a_workdir_in_use_is_refused"),
@@ -140,12 +140,16 @@ FAULTS = [
     Fault("ArrayRecord shards that would hold more files open than the hard limit allows", "one line before "
           "compiling, naming both numbers and the fix", "nothing was written",
           "test_more_shards_than_open_files_allowed_is_one_line"),
-    Fault("a storm of 5 SIGKILLs: at a random moment of start-up, during an asynchronous save, after a random "
-          "step, during another save, right after the last evaluation (checkpoints every 10 steps)",
-          "each re-run resumes from the newest complete checkpoint; unfinished saves are removed",
+    Fault("a storm of 3 SIGKILLs and 3 Ctrl-Cs: SIGKILL at a random moment of start-up and during an "
+          "asynchronous save; Ctrl-C after a random step; Ctrl-C twice, the second during the save the first "
+          "asked for; SIGKILL right after the last evaluation (checkpoints every 10 steps)",
+          "each re-run resumes from the newest complete checkpoint; unfinished saves are removed. Ctrl-C: one line, "
+          "exit status 130: `maepp.train: stopped by Ctrl-C after saving step N in DIR; the same command resumes "
+          "from it`; a second Ctrl-C: `maepp.train: interrupted again: exiting now; the newest complete checkpoint "
+          "is step N in DIR`",
           "the run: every step's loss, the held-out loss and the final parameters equal the uninterrupted run's "
           "bit for bit",
-          "test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run"),
+          "test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_run"),
     Fault("an internal fault mid-run (the pictures folder's path taken by a file, found at the first evaluation)",
           "its traceback, then one line: `stopped by the error above. The newest complete checkpoint is step N in "
           "DIR; once the cause is fixed, resume from it with: COMMAND`; a save in flight is let finish",
@@ -278,9 +282,10 @@ class _Launch:
         self.started, self.started_wall = time.monotonic(), time.time()
         self.unfinished_before = set(_unfinished_saves(workdir))
         self.process = subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, stdout=subprocess.PIPE,
-                                        stderr=subprocess.DEVNULL, text=True)
-        self.lines = []
-        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+                                        stderr=subprocess.PIPE, text=True)
+        self.lines, self.errors = [], []
+        for stream, lines in ((self.process.stdout, self.lines), (self.process.stderr, self.errors)):
+            threading.Thread(target=lines.extend, args=(stream,), daemon=True).start()
 
     def wrote(self, path) -> bool:
         return path.exists() and path.stat().st_mtime >= self.started_wall
@@ -289,13 +294,21 @@ class _Launch:
         steps = [int(line.split()[1].split("/")[0]) for line in list(self.lines) if line.startswith("step ")]
         return max(steps, default=0)
 
-    def kill_when(self, moment, what: str):
+    def signal_when(self, moment, what: str, number=signal.SIGKILL):
         deadline = time.monotonic() + 300
         while not moment(self):
             assert self.process.poll() is None and time.monotonic() < deadline, f"no moment {what!r} in this run"
             time.sleep(0.002)
-        self.process.send_signal(signal.SIGKILL)
+        self.process.send_signal(number)
+
+    def kill_when(self, moment, what: str):
+        self.signal_when(moment, what)
         self.process.wait()
+
+    def last_error(self) -> str:
+        self.process.wait(timeout=120)
+        time.sleep(0.2)  # the reader thread's last line
+        return self.errors[-1].strip() if self.errors else ""
 
 
 def _unfinished_saves(workdir) -> list:
@@ -305,9 +318,9 @@ def _unfinished_saves(workdir) -> list:
 
 @pytest.mark.e2e
 @pytest.mark.long(seconds=100)
-def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root, trained_run, tmp_path):
-    """The second half of the shared uninterrupted run (from its step-30 checkpoint), hit by five
-    SIGKILLs at moments drawn from a seeded generator, then run to the end. Checkpoints every 10
+def test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_run(repo_root, trained_run, tmp_path):
+    """The second half of the shared uninterrupted run (from its step-30 checkpoint), hit by three
+    SIGKILLs and three Ctrl-Cs at moments drawn from a seeded generator, then run to the end. Checkpoints every 10
     steps instead of 30 give the storm more to break, and change no number."""
     rng = random.Random(2026)
     start_up_s, after_step = rng.uniform(2.0, 8.0), rng.randint(42, 48)
@@ -319,8 +332,6 @@ def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root
     moments = [
         (f"{start_up_s:.1f} s after start", lambda run: time.monotonic() - run.started > start_up_s),
         during_a_save,  # of step 40
-        (f"after step {after_step}", lambda run: run.newest_step() >= after_step),
-        during_a_save,  # of step 50
         ("right after the evaluation at step 60, before its save",
          lambda run: run.wrote(workdir / "pictures" / "step_0000060.png")),
     ]
@@ -330,10 +341,12 @@ def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root
         run.kill_when(moment, what)
         killed_mid_save += what == during_a_save[0] and bool(set(_unfinished_saves(workdir)) - run.unfinished_before)
         resumed_from += [int(line.split()[3]) for line in run.lines if line.startswith("resumed from step")]
+        if what == during_a_save[0]:  # two runs stopped by Ctrl-C, between steps 40 and 60
+            resumed_from += _stopped_by_ctrl_c(repo_root, workdir, overrides, after=after_step)
     final = _Launch(repo_root, workdir, overrides)
     assert final.process.wait(timeout=300) == 0
     assert any(line.startswith("stopped at step 60") for line in final.lines)
-    assert killed_mid_save == 2, "a kill meant for the middle of a save came after it"
+    assert killed_mid_save == 1, "a kill meant for the middle of a save came after it"
     resumed_from += [int(line.split()[3]) for line in final.lines if line.startswith("resumed from step")]
     assert len(resumed_from) >= 5 and min(resumed_from) == 30, resumed_from  # the first kill may come before its line
     assert _unfinished_saves(workdir) == []
@@ -344,6 +357,32 @@ def test_a_storm_of_sigkills_ends_bit_exact_with_the_uninterrupted_run(repo_root
     assert logged_scalars(workdir) == {step: v for step, v in logged_scalars(trained_run).items() if step > 30}
     assert logged_scalars(workdir, "eval_loss") == {60: logged_scalars(trained_run, "eval_loss")[60]}
     assert_trees_equal(saved_params(workdir, 60), saved_params(trained_run, 60))
+
+
+def _stopped_by_ctrl_c(repo_root, workdir, overrides, after: int) -> list:
+    """Ctrl-C once after a step: the run saves the next step and exits 130 in one line. Then Ctrl-C
+    twice, the second during the save the first asked for: the run exits at once, 130, its save
+    left unfinished (never taken for the newest). -> the steps the two runs resumed from."""
+    once = _Launch(repo_root, workdir, overrides)
+    once.signal_when(lambda run: run.newest_step() > after, f"a step after {after}", signal.SIGINT)
+    line = once.last_error()
+    assert once.process.returncode == 130, once.errors[-5:]
+    saved = int(line.split("after saving step ")[1].split()[0])
+    assert line == (f"maepp.train: stopped by Ctrl-C after saving step {saved} in {workdir / 'checkpoints'}; the "
+                    "same command resumes from it")
+    assert checkpoints.complete_steps(workdir)[-1] == saved and _unfinished_saves(workdir) == []
+
+    twice = _Launch(repo_root, workdir, overrides)
+    twice.signal_when(lambda run: run.newest_step() > saved, f"a step after {saved}", signal.SIGINT)
+    twice.signal_when(lambda run: set(_unfinished_saves(workdir)) - run.unfinished_before, "the save Ctrl-C asked for",
+                      signal.SIGINT)
+    line = twice.last_error()
+    assert twice.process.returncode == 130, twice.errors[-5:]
+    newest = checkpoints.complete_steps(workdir)[-1]
+    assert line == f"maepp.train: interrupted again: exiting now; the newest complete checkpoint is " \
+                   f"step {newest} in {workdir / 'checkpoints'}"
+    assert newest == saved and _unfinished_saves(workdir)  # the next run removes it
+    return [int(line.split()[3]) for run in (once, twice) for line in run.lines if line.startswith("resumed from step")]
 
 
 @pytest.mark.e2e

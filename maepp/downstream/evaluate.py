@@ -12,7 +12,7 @@ each new run computes the features afresh (the checkpoint may have changed).
 import json
 import sys
 
-from absl import flags, logging
+from absl import flags
 
 from maepp import checkpoints, config_files
 from maepp.audio import filterbanks
@@ -31,7 +31,6 @@ _PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linea
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
     del argv
     try:
         task = load_task(_TASK.value)

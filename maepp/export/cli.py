@@ -13,7 +13,7 @@ with only jax and numpy installed.
 """
 import sys
 
-from absl import flags, logging
+from absl import flags
 
 from maepp import config_files
 from maepp.audio import filterbanks
@@ -33,7 +33,6 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an --output file tha
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
     del argv
     if not (_ARTIFACT.value or (_INPUT.value and _OUTPUT.value)):
         sys.exit("maepp.export: give --input and --output, or --artifact")

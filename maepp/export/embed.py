@@ -1,8 +1,11 @@
 """Embeddings of whole clips from a frozen encoder, with only jax and numpy needed.
 
     embedder = maepp.embed.load("artifact_dir")      # written by python -m maepp.export --artifact
-    frames = embedder.frames(waveform_16k)          # [ceil(T / 4), 5 * D], T = 1 + samples // 160
-    scene = embedder.scene(waveform_16k)            # [5 * D], the mean of the frames
+    frames = embedder.frames(waveform, 16000)      # [ceil(T / 4), 5 * D], T = 1 + samples // 160
+    scene = embedder.scene(waveform, 16000)        # [5 * D], the mean of the frames
+
+The waveform is mono [samples] at 16 kHz: a clip at another rate is refused, not embedded as if
+it were 16 kHz (resample it first, e.g. librosa.resample(waveform, orig_sr=sr, target_sr=16000)).
 
 A clip's standardised log-mel [T, 80] is cut into crop-sized chunks (200 frames; the last one
 zero-padded, 0 being the clip's mean after standardisation). Each chunk's 250 tokens become 50
@@ -72,14 +75,28 @@ class Embedder:
             start += len(piece)
         return result
 
-    def frames(self, waveform) -> np.ndarray:
-        return self.frames_of_log_mels([self.log_mel(waveform)])[0]
+    def frames(self, waveform, sample_rate: int) -> np.ndarray:
+        """Mono [samples] at 16 kHz -> frame embeddings [ceil(T / 4), E]."""
+        return self.frames_of_log_mels([self.log_mel(_checked_waveform(waveform, sample_rate))])[0]
 
-    def scene(self, waveform) -> np.ndarray:
-        return self.frames(waveform).mean(axis=0)
+    def scene(self, waveform, sample_rate: int) -> np.ndarray:
+        """Mono [samples] at 16 kHz -> the clip's embedding [E], the mean of its frames."""
+        return self.frames(waveform, sample_rate).mean(axis=0)
 
     def timestamps_ms(self, n_frames: int) -> np.ndarray:
         return timestamps_ms(n_frames, self.patch_frames)
+
+
+def _checked_waveform(waveform, sample_rate: int) -> np.ndarray:
+    """The waveform as given, or ValueError naming what is wrong with it and what to do."""
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"sample_rate={sample_rate}: the encoder takes {SAMPLE_RATE} Hz audio; resample it first, "
+                         f"e.g. librosa.resample(waveform, orig_sr={sample_rate}, target_sr={SAMPLE_RATE})")
+    waveform = np.asarray(waveform)
+    if waveform.ndim != 1:
+        raise ValueError(f"waveform of shape {waveform.shape}: the encoder takes one channel [samples]; mix it "
+                         "down first, e.g. waveform.mean(axis=-1) for [samples, channels]")
+    return waveform
 
 
 def load(directory, batch_size: int = 64) -> Embedder:

@@ -11,7 +11,8 @@ TPU slices (v4, v5e, v5p, v6e; --num_slices of them, joined by the data-centre n
 libtpu at the version jax's `tpu` extra names; H100s (h100:N, N GPUs of one node; h100:NODESxN,
 nodes of N GPUs, one process each) need jax's CUDA plugin at jax's version. `make` installs both into
 .venv/aot-plugins, which only this module puts on its path, so no other program loads them
-(`pip install -e .[tpu,gpu-aot]` puts them in the environment instead). The step is lowered
+(`pip install maepp[tpu,gpu-aot]` puts them in the environment instead, and MAEPP_AOT_PLUGINS
+names another folder that holds them). The step is lowered
 with the config's mesh over the topology's abstract devices and compiled on this CPU: by
 libtpu, or by XLA's GPU compiler against maepp/tools/targets/h100.pbtxt, the description XLA wrote
 of a real H100 80GB HBM3 (less the fields this jaxlib does not parse). XLA's memory_analysis()
@@ -28,7 +29,7 @@ import re
 import sys
 import time
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 # libtpu looks for a TPU VM's metadata at start-up; these say there is none to find, and this
@@ -43,9 +44,8 @@ os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compile chec
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", ""), "--xla_gpu_enable_triton_gemm=false", "--xla_gpu_autotune_level=0"]
 ).strip()
-PLUGIN_DIR = pathlib.Path(
-    os.environ.get("MAEPP_AOT_PLUGINS", pathlib.Path(__file__).parents[2] / ".venv" / "aot-plugins")
-)
+# `make` installs them into .venv/aot-plugins: the environment's own prefix, wherever maepp is installed.
+PLUGIN_DIR = pathlib.Path(os.environ.get("MAEPP_AOT_PLUGINS", pathlib.Path(sys.prefix) / "aot-plugins"))
 if PLUGIN_DIR.is_dir():
     sys.path.insert(0, str(PLUGIN_DIR))
 
@@ -114,8 +114,9 @@ def abstract_devices(topology: str, num_slices: int = 1) -> list:
         )
     plugin, extra = ("jax_plugins.xla_cuda12", "gpu-aot") if chip in GPU_TARGETS else ("libtpu", "tpu")
     if importlib.util.find_spec(plugin) is None:
-        raise ValueError(f"compiling for {chip} needs {plugin}, which is not installed: run make (it installs "
-                         f"it into {PLUGIN_DIR}) or pip install -e .[{extra}]")
+        raise ValueError(f"compiling for {chip} needs {plugin}, which is not installed: pip install 'maepp[{extra}]', "
+                         f"or in a checkout run make (it installs it into .venv/aot-plugins), or set "
+                         f"MAEPP_AOT_PLUGINS to a folder that holds it (looked in {PLUGIN_DIR})")
     if chip in GPU_TARGETS:
         return topologies.get_topology_desc(platform="cuda", topology_name="", topology=f"1x{nodes or 1}x{gpus}",
                                             target_config=GPU_TARGETS[chip].read_text()).devices
@@ -180,7 +181,6 @@ def advice(report: MemoryReport) -> str:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
     if not _JSON.value:
         slices = f" x {_NUM_SLICES.value} slices" if _NUM_SLICES.value > 1 else ""
         print(f"compiling the train step for {_TOPOLOGY.value}{slices} on this CPU (large models take minutes)",

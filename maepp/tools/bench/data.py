@@ -16,7 +16,7 @@ import time
 
 import librosa
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from maepp.audio import filterbanks, reference
 from maepp.audio.constants import N_MELS, SAMPLE_RATE, crop_span
@@ -140,7 +140,6 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
     result = bench_data(_SOURCE.value, _CLIPS.value, _BATCH.value, _FRONTEND.value)
     report(
         result,

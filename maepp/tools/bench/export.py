@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 import soundfile
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from maepp import config_files
@@ -49,7 +49,7 @@ def bench_export(n_clips: int, seconds: float) -> dict:
         for i in range(n_clips + 1):
             soundfile.write(folder / f"{i:05d}.wav", synthetic_clip(rng, seconds=seconds)[0], SAMPLE_RATE)
         warm_up = folder / "00000.wav"
-        embedder.scene(soundfile.read(warm_up)[0])  # compiles the encoder
+        embedder.scene(*soundfile.read(warm_up))  # compiles the encoder
         warm_up.unlink()
         start = time.perf_counter()
         clips.export(FolderSource(folder), embedder, pathlib.Path(scratch) / "out.npz", log=io.StringIO())
@@ -68,7 +68,6 @@ def bench_export(n_clips: int, seconds: float) -> dict:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax and JAX log every restore at INFO
     result = bench_export(_CLIPS.value, _SECONDS.value)
     report(result, f"export: {result['clips_per_s']} clips/s of {result['clip_seconds']} s "
                    f"({result['audio_seconds_per_s']} s of audio per s) on {result['devices']}")

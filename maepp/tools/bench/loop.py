@@ -10,7 +10,7 @@ last line is JSON: loop and step steps/s, their ratio, and the loop's input-wait
 """
 import tempfile
 
-from absl import flags, logging
+from absl import flags
 from ml_collections import config_flags
 
 from maepp import config_files
@@ -43,7 +43,6 @@ def bench_loop(config, n_steps: int) -> dict:
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
     r = bench_loop(_CONFIG.value, _STEPS.value)
     report(r, f"train loop on {r['source']} ({r['frontend']} front end), global batch {r['global_batch']} on "
               f"{r['devices']}: {r['loop_steps_per_s']} steps/s, {r['input_wait']:.1%} of the time waiting for input",

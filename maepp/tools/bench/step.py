@@ -22,7 +22,7 @@ of the compiled step is printed beside them: on the CPU the two agree (tests/tes
 GPU, XLA's count leaves out the matrix products it hands to cuBLAS, so there it is far lower and
 says nothing about MFU.
 """
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from maepp import config_files
@@ -81,7 +81,6 @@ def apply_variant(config, overrides: dict):
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
     if _STEPS.value < 1:
         raise app.UsageError("--steps must be at least 1")
     variants = [{}] + [parse_variant(text) for text in _VARIANTS.value]

@@ -16,7 +16,7 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from absl import flags, logging
+from absl import flags
 
 from maepp.models import swiglu_norm
 from maepp.models.layers import LAYER_NORM_EPS, layer_norm
@@ -61,7 +61,6 @@ def _say(line: str):
 
 def main(argv):
     del argv
-    logging.set_verbosity(logging.WARNING)
     results = []
     for shape_text in _SHAPES.value.split(","):
         batch, tokens, hidden = (int(x) for x in shape_text.split("x"))
