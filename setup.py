@@ -39,6 +39,7 @@ setup(
         "av>=14",
         "google-cloud-storage>=2.14",
         "tqdm>=4.60",
+        "pillow>=10.1",
     ],
     extras_require={
         # Reading released PyTorch checkpoints (maepp.weights.convert).

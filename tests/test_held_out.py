@@ -7,7 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from maepp.evaluators.held_out_step import make_eval_step
-from maepp.evaluators.pictures import GAP, reconstruction_grid, write_png
+from maepp.evaluators.pictures import LEFT, RIGHT, SCALE, colours, panel_origin, reconstruction_grid, write_png
 from maepp.models import MASKING_RNG
 from maepp.models.patches import patchify
 from tests.helpers import model_and_params, spec_for
@@ -57,10 +57,26 @@ def test_grid_layout_and_png_round_trip(tmp_path):
     pictures = np.zeros((3, 2, 200, 80), np.float32)
     pictures[:, :, :, 0] = 1.0  # lowest mel band loud
     grid = reconstruction_grid(pictures)
-    assert grid.shape == (2 * (80 + GAP) - GAP, 3 * (200 + GAP) - GAP, 1) and grid.dtype == np.uint8
-    assert np.all(grid[79, :200] == 255) and np.all(grid[:79, :200] == 0)  # low frequencies at the bottom
-    assert np.all(grid[80:82] == 255)  # the gap between clips
+    assert grid.ndim == 3 and grid.shape[2] == 3 and grid.dtype == np.uint8
+    loud, quiet = colours(1.0), colours(0.0)
+    for clip in range(2):
+        for kind in range(3):
+            top, left = panel_origin(clip, kind, 200, 80)
+            panel = grid[top : top + 80 * SCALE, left : left + 200 * SCALE]  # each frame and bin drawn SCALE times
+            assert np.all(panel[-SCALE:] == loud) and np.all(panel[:-SCALE] == quiet)  # low frequencies at the bottom
+    first_row_end = panel_origin(0, 0, 200, 80)[0] + 80 * SCALE
+    assert np.all(grid[first_row_end : panel_origin(1, 0, 200, 80)[0], LEFT:-RIGHT] == 255)  # the gap between clips
+    title_band = grid[: panel_origin(0, 0, 200, 80)[0]]
+    for kind in range(3):  # each column's title is drawn above it
+        left = panel_origin(0, kind, 200, 80)[1]
+        assert np.any(title_band[:, left : left + 200 * SCALE] < 128)
     path = tmp_path / "pictures" / "step_0000001.png"
     write_png(path, grid)
     np.testing.assert_array_equal(tf.io.decode_png(path.read_bytes()).numpy(), grid)
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_colour_scale_runs_from_dark_to_bright():
+    brightness = colours(np.linspace(0, 1, 11)).astype(np.float32) @ np.array([0.299, 0.587, 0.114])
+    assert np.all(np.diff(brightness) > 0)  # readable in grey too
+    np.testing.assert_array_equal(colours([-1.0, 2.0]), colours([0.0, 1.0]))  # clipped
