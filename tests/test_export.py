@@ -150,3 +150,25 @@ def test_a_clip_at_another_rate_or_with_channels_is_refused_not_embedded():
         embedder.scene(np.zeros(22050), 22050)
     with pytest.raises(ValueError, match=r"shape \(16000, 2\): .* one channel"):
         embedder.scene(np.zeros((SAMPLE_RATE, 2)), SAMPLE_RATE)
+
+
+def test_a_long_clips_memory_is_its_log_mel_and_embeddings_not_its_spectra():
+    """Ten minutes of audio through the artifact's path (front end, chunks, embeddings). Its
+    whole-clip float64 STFT peaked at 673 MB (4 GB an hour); in blocks it holds the float32
+    log-mel, its chunks and the embeddings (19 MB each here) and one block's spectra (about 30 MB)."""
+    import tracemalloc
+
+    from maepp.audio import filterbanks
+
+    embedder = embed.Embedder(lambda batch: np.zeros((len(batch), 50, 320), np.float32), frame_size=320,
+                              filterbank=filterbanks.mel_filterbank(), batch_size=64)
+    waveform = (0.3 * np.sin(np.arange(600 * SAMPLE_RATE) * 0.05)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        frames = embedder.frames(waveform, SAMPLE_RATE)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert frames.shape == (15001, 320)
+    log_mel_bytes = 60001 * 80 * 4
+    assert peak < 5 * log_mel_bytes, f"peak {peak / 1e6:.0f} MB"  # 70 MB measured; the STFT alone took 673 MB

@@ -60,14 +60,18 @@ class Embedder:
     def frames_of_log_mels(self, log_mels) -> list:
         """[T_i, 80] each -> frame embeddings [ceil(T_i / 4), E] each; all clips' chunks batched."""
         pieces = [chunks(log_mel, self.chunk_length) for log_mel in log_mels]
-        every_chunk = np.concatenate(pieces) if pieces else np.zeros((0, self.chunk_length, 80), np.float32)
-        outputs = []
+        every_chunk = pieces[0] if len(pieces) == 1 else \
+            np.concatenate(pieces) if pieces else np.zeros((0, self.chunk_length, 80), np.float32)
+        # Filled in place: a long clip's embeddings are held once, not once per batch and again joined.
+        frames = np.zeros((0, 1, self.frame_size), np.float32)
         for start in range(0, len(every_chunk), self.batch_size):
             batch = every_chunk[start : start + self.batch_size]
             full = np.zeros((self.batch_size,) + batch.shape[1:], np.float32)
             full[: len(batch)] = batch
-            outputs.append(np.asarray(self.chunk_frames(full), np.float32)[: len(batch)])
-        frames = np.concatenate(outputs) if outputs else np.zeros((0, 1, self.frame_size), np.float32)
+            output = np.asarray(self.chunk_frames(full), np.float32)[: len(batch)]
+            if start == 0:
+                frames = np.empty((len(every_chunk),) + output.shape[1:], np.float32)
+            frames[start : start + len(batch)] = output
         result, start = [], 0
         for log_mel, piece in zip(log_mels, pieces):
             clip = frames[start : start + len(piece)].reshape(-1, self.frame_size)
