@@ -19,9 +19,10 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     # frontend: where training crops become log-mels: "host" (tf.data) or "device" (in the train
     # step; for hosts too slow for the STFT, best with records:, whose clip stats are stored).
     # prefetch: global batches made ahead on a background thread and placed on the devices.
-    config.data = ml_collections.ConfigDict(
-        dict(source="synthetic", data_dir="", eval_source="synthetic:256:1", frontend="host", prefetch=2)
-    )
+    # damaged_clips: a prepared log_mel clip holding what no clip can (a value not finite, or
+    # beyond what its standardisation allows): "stop" the run naming it, or "skip" and count it.
+    config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir="", eval_source="synthetic:256:1",
+                                                 frontend="host", prefetch=2, damaged_clips="stop"))
     # The mel filterbank of every log-mel (maepp/audio/filterbanks.py): "torchaudio", as the release
     # built it, or "librosa"; prepared records must have been made with the same one.
     config.audio = ml_collections.ConfigDict(dict(filterbank="torchaudio"))

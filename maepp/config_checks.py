@@ -16,6 +16,7 @@ from maepp.models.layers import (ATTENTION_IMPLEMENTATIONS, SWIGLU_NORM_IMPLEMEN
 from maepp.models.patches import num_visible
 from maepp.models.spec import DTYPES
 
+DAMAGED_CLIPS = ("stop", "skip")  # config.data.damaged_clips (maepp/data/pipeline.py)
 FRONTENDS = ("host", "device")  # config.data.frontend: where crops become log-mels (maepp/data/pipeline.py)
 
 
@@ -99,6 +100,7 @@ FIELDS = {
     "data.eval_source": _text("held-out clips; empty for no evaluation"),
     "data.frontend": _choice(FRONTENDS),
     "data.prefetch": _whole(1, "batches made ahead"),
+    "data.damaged_clips": _choice(DAMAGED_CLIPS),
     "audio.filterbank": _choice(filterbanks.NAMES),
     "batch_size": _whole(1, "clips per step, over all devices"),
     "eval_batch_size": _whole(1, "held-out clips per step, over all devices"),

@@ -1,8 +1,9 @@
 """What every command-line program of maepp does before and around its main: experiment configs
 named by path (`--config configs/audiomaepp.py:base`) or by installed name (`--config
 audiomaepp:base`, from the repository's configs/, shipped as maepp.configs); overrides checked
-against the config itself; its own flags under --help; Ctrl-C as one line."""
+against the config itself; its own flags under --help; Ctrl-C and a full disk as one line."""
 import difflib
+import errno
 import importlib.resources
 import importlib.util
 import os
@@ -117,6 +118,26 @@ def _show_own_flags(main):
         main_module.__doc__ = module.__doc__
 
 
+# A write that found no room: a full disk, a quota, a file size limit (ulimit -f).
+FULL_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+FULL_DISK_WORDS = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def out_of_space(error: BaseException) -> str:
+    """What the OS said, and of which file, if a write found no room anywhere in the error's chain
+    (TensorFlow and TensorStore pass it on as text); "" otherwise."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in FULL_DISK_ERRNOS:
+            return f"{error.strerror}: {error.filename}" if error.filename else str(error.strerror)
+        for line in str(error).splitlines():
+            if any(words in line for words in FULL_DISK_WORDS):
+                return line.strip()[:300]
+        error = error.__cause__ or error.__context__
+    return ""
+
+
 def run_cli(main, program: str, argv: list | None = None):
     """app.run(main) for every maepp program: installed config names resolved; the config file,
     its size and every --config.FIELD override checked first, each mistake one line; --help with
@@ -150,6 +171,12 @@ def run_cli(main, program: str, argv: list | None = None):
             return main(argv)
         except app.UsageError as error:  # absl would print the whole help above it
             sys.exit(f"{program}: {error} (--help lists the flags)")
+        except Exception as error:  # noqa: BLE001 - a full disk, whatever wrote first; anything else as it is
+            full = out_of_space(error)
+            if not full:
+                raise
+            sys.exit(f"{program}: out of space ({full}); what was finished is kept: free space, then run the same "
+                     "command again to go on from it")
 
     try:
         app.run(checked_main, argv=argv, flags_parser=parse_flags)

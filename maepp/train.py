@@ -78,6 +78,7 @@ def main(argv):
         _exit_now(f"maepp.train: {error}")
     # Imported once the config has passed its checks: the loop brings in TensorFlow (tf.data,
     # TensorBoard), seconds of start-up that --help and a bad config need not wait for.
+    from maepp.data.clip_store import DamagedClip
     from maepp.train_loop import say, train
 
     warning = config_checks.held_out_warning(_CONFIG.value)
@@ -88,10 +89,17 @@ def main(argv):
 
     try:
         final = train(_CONFIG.value, _WORKDIR.value, plan, _RESUME_WITH_CHANGED.value)
+    except DamagedClip as error:
+        _exit_now(f"maepp.train: {error}. The newest complete checkpoint is {checkpoints.newest_complete(workdir)}")
     except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse,
             WorkdirLost) as error:
         _exit_now(f"maepp.train: {error}")
-    except Exception:  # noqa: BLE001 - a fault or a bug: its traceback, what survived, the same prompt exit
+    except Exception as error:  # noqa: BLE001 - a fault or a bug: its traceback, what survived, the same prompt exit
+        full = config_files.out_of_space(error)
+        if full:  # whatever wrote first: a picture, TensorBoard's events, a checkpoint
+            _exit_now(f"maepp.train: out of space ({full}); the newest complete checkpoint is "
+                      f"{checkpoints.newest_complete(workdir)}. Free space, then re-run the same command to resume "
+                      "from it")
         _exit_now(f"{traceback.format_exc().rstrip()}\n{_what_survived()}")
     if final["interrupted"]:
         _exit_now(f"maepp.train: stopped by Ctrl-C after saving step {final['step']} in {workdir / 'checkpoints'}; "

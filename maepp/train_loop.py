@@ -23,7 +23,7 @@ from maepp import checkpoints, distributed, optim, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
 from maepp.cadence import Cadence
 from maepp.config_checks import resume_changes
-from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, train_dataset
+from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, reraise_damaged, train_dataset
 from maepp.evaluators.held_out import HeldOutEvaluation
 from maepp.evaluators.pictures import reconstruction_grid, write_png
 from maepp.models import MaskedAutoencoder
@@ -248,12 +248,17 @@ def _global_batches(config, mesh, spec, source, start_position: int, report: Ski
         report=report,
         frontend=config.data.frontend,
         filterbank=filterbank,
+        damaged_clips=config.data.damaged_clips,
     ).as_numpy_iterator()
     waveforms = jax_frontend.in_train_step(config.data.frontend, filterbank)
     made = itertools.count(1)
 
     def next_global_batch():
-        batch = next(batches)
+        try:
+            batch = next(batches)
+        except Exception as error:  # noqa: BLE001 - tf.data's errors carry ours as text
+            reraise_damaged(error)
+            raise
         inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if waveforms else batch["log_mel"]
         # The position after this batch: what a checkpoint taken after its step records.
         position = start_position + next(made) * config.batch_size

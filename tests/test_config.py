@@ -15,6 +15,7 @@ BAD = {
     "data.data_dir": 3,
     "data.eval_source": None,
     "data.frontend": "gpu",
+    "data.damaged_clips": "ignore",
     "data.prefetch": 0,
     "audio.filterbank": "htk",
     "batch_size": 0,

@@ -87,7 +87,12 @@ FAULTS = [
           "restores is used", "everything", "test_export_weights_skip_a_damaged_newest_checkpoint"),
     Fault("the disk fills while a checkpoint is written (files capped at 48 KB)", "one line: which save failed, the "
           "newest complete checkpoint, and to re-run the same command after freeing space; exit status 1",
-          "every complete checkpoint", "test_a_failed_save_stops_the_run_in_one_line"),
+          "every complete checkpoint", "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[checkpoint]"),
+    Fault("the disk fills while a held-out picture is written, before any checkpoint (files capped at 48 KB)",
+          "one line, exit status 1: `maepp.train: out of space (File too large: WORKDIR/pictures/step_0000005.png); "
+          "the newest complete checkpoint is none in DIR. Free space, then re-run the same command to resume from "
+          "it`", "every complete checkpoint; no part of the picture is left",
+          "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[picture]"),
     Fault("a batch that does not divide over the devices (4 fake devices)", "one line naming config.batch_size and "
           "the multiple it needs; the process exits at once", "nothing was written", "test_bad_config_fails_fast"),
     *[Fault(f"`--config.{field}={value}`", f"one line: `config.{field}={value!r}: {message} ...`, before compilation",
@@ -155,6 +160,11 @@ FAULTS = [
           "DIR; once the cause is fixed, resume from it with: COMMAND`; a save in flight is let finish",
           "every complete checkpoint; the printed command is the one that was run",
           "test_an_internal_fault_names_what_survived_and_the_command_that_resumes"),
+    Fault("a prepared clip's stored bytes overwritten (0xFF: float16 NaN), as by a bad sector",
+          "`config.data.damaged_clips='stop'` (the default): one line naming the shard, the clip's index and name, "
+          "the value, and both ways on; `'skip'`: the clips that stand in for it are read, and it is counted in "
+          "`skipped_clips`", "every other clip; nothing damaged reaches a step",
+          "tests/test_prepare.py::test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted"),
     Fault("a long clip embedded (maepp.export, maepp.hear and evaluate share the path): 10 minutes of audio",
           "nothing: the front end takes it in blocks of 2,048 frames",
           "memory: a peak of 70 MB measured (about 0.4 GB an hour of audio: the float32 log-mel, its chunks, the "
@@ -261,24 +271,34 @@ def test_export_weights_skip_a_damaged_newest_checkpoint(trained_run, tmp_path, 
 
 
 @pytest.mark.e2e
-def test_a_failed_save_stops_the_run_in_one_line(repo_root, tmp_path):
+@pytest.mark.parametrize("first_write", ["checkpoint", "picture"])
+def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, tmp_path, first_write):
     """Files capped at 48 KB (ulimit -f), as on a full disk: the TensorBoard events (6 KB) fit, a
-    checkpoint does not. Orbax splits a save over data files by how its threads run, but whole
-    arrays go in each, and the file holding a 64 KB kernel fails. SIGXFSZ is ignored, so a
-    too-large write fails (EFBIG) instead of killing."""
+    checkpoint does not (Orbax splits a save over data files by how its threads run, but whole
+    arrays go in each, and the file holding a 64 KB kernel fails), nor does a held-out picture
+    (about 200 KB), which comes first when an evaluation precedes the first save. SIGXFSZ is
+    ignored, so a too-large write fails (EFBIG) instead of killing."""
+    evaluation = ["--config.eval_every=5", "--config.data.eval_source=synthetic:16:1", "--config.eval_batch_size=8"] \
+        if first_write == "picture" else ["--config.data.eval_source="]
     command = " ".join(shlex.quote(word) for word in train_command(
-        tmp_path / "full", "--config.total_steps=40", "--config.checkpoint_every=10", "--config.log_every=5",
-        "--config.data.eval_source=", "--config.batch_size=8"))
+        tmp_path / "full", "--config.total_steps=12", "--config.warmup_steps=1", "--config.checkpoint_every=10",
+        "--config.log_every=5", "--config.batch_size=8", *evaluation))
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR="")  # the cache's files would hit the cap too
     result = subprocess.run(["bash", "-c", f"ulimit -f 48; trap '' XFSZ; exec {command}"], cwd=repo_root,
                             capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("maepp.train: saving checkpoints failed (") and "File too large" in last
-    assert last.endswith("re-run the same command to resume from it")
-    newest = last.split("the newest complete checkpoint is ")[1].split(" in ")[0]  # "none" or "step N"
-    assert newest == "none" or (tmp_path / "full" / "checkpoints" / newest.split()[1] / "state").is_dir()
     assert "stopped at step" not in result.stdout
+    if first_write == "checkpoint":
+        assert last.startswith("maepp.train: saving checkpoints failed (") and "File too large" in last
+        assert last.endswith("re-run the same command to resume from it")
+        newest = last.split("the newest complete checkpoint is ")[1].split(" in ")[0]  # "none" or "step N"
+        assert newest == "none" or (tmp_path / "full" / "checkpoints" / newest.split()[1] / "state").is_dir()
+        return
+    picture = tmp_path / "full" / "pictures" / "step_0000005.png"
+    assert last == (f"maepp.train: out of space (File too large: {picture}); the newest complete checkpoint is none in "
+                    f"{tmp_path / 'full' / 'checkpoints'}. Free space, then re-run the same command to resume from it")
+    assert list(picture.parent.iterdir()) == []  # no part of the picture is left
 
 
 class _Launch:

@@ -292,3 +292,38 @@ def test_log_mel_store_refuses_what_needs_audio(log_mel_store):
         train_dataset(source, seed=0, batch_size=2, frontend="device")
     with pytest.raises(ValueError, match="crops of 300 frames"):
         train_dataset(source, seed=0, batch_size=2, crop_frames=300)
+
+
+def test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted(audio_folder, tmp_path):
+    """One clip's stored bytes overwritten with 0xFF (float16 NaN), as by a bad sector: "stop"
+    names its shard and clip in one line; "skip" reads the clips that stand in for it, and
+    counts it."""
+    from maepp.data.clip_store import DamagedClip
+    from maepp.data.pipeline import SkipReport, reraise_damaged
+
+    manifest = prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
+    out = _dataset(tmp_path)
+    index = np.load(out / manifest["index"])
+    shard = manifest["shards"][int(index["shard"][2])]["file"]
+    with open(out / shard, "r+b") as damaged:
+        damaged.seek(int(index["offset"][2]))
+        damaged.write(b"\xff" * int(index["units"][2]) * 80 * 2)
+    source = ClipStoreSource(str(out))
+    epoch = len(source) // 4  # batches of one epoch: every clip once
+
+    with pytest.raises(DamagedClip) as stopped:
+        try:
+            list(train_dataset(source, seed=0, batch_size=4).take(epoch).as_numpy_iterator())
+        except Exception as error:  # tf.data's own error, which carries ours as text
+            reraise_damaged(error)
+            raise
+    assert str(stopped.value) == (
+        f"{out / shard}: clip 2 ({source.name(2)}) is damaged: its stored log-mel holds nan (crop frame 0, mel band "
+        f"0), which no standardised clip of {int(index['length'][2])} frames can; prepare the data again, or skip "
+        "such clips and count them with --config.data.damaged_clips=skip")
+
+    report = SkipReport()
+    batches = list(train_dataset(source, seed=0, batch_size=4, report=report, damaged_clips="skip")
+                   .take(epoch).as_numpy_iterator())
+    assert all(np.isfinite(batch["log_mel"]).all() for batch in batches)
+    assert report.skips == 1 and list(report.reasons) == [source.name(2)]

@@ -34,6 +34,10 @@ PAYLOADS = {"log_mel": (np.dtype(np.float16), (N_MELS,)), "pcm": (np.dtype(np.in
 GCS_REQUESTS_IN_FLIGHT = 256
 
 
+class DamagedClip(ValueError):
+    """A stored clip holds what no clip can, and config.data.damaged_clips is "stop"."""
+
+
 def shard_name(name: str, split: str, shard: int, n_shards: int) -> str:
     return f"{name}-{split}.clips-{shard:05d}-of-{n_shards:05d}.npy"
 
@@ -174,6 +178,27 @@ class ClipStoreSource:
         starts = np.minimum(starts, room)
         payloads = self._read(indices, starts, starts + crop_frames)
         return np.frombuffer(b"".join(payloads), np.float16).reshape(len(indices), crop_frames, N_MELS)
+
+    def damaged_crops(self, indices, crops) -> dict:
+        """log_mel crops [k, frames, 80] float16 -> {row: why} for each crop holding what no
+        standardised log-mel can: a value not finite, or beyond sqrt(n), the largest magnitude a
+        clip of n values standardised by its sample std can reach. Damage that stays within that
+        (a flipped low bit) cannot be told from audio here: the store keeps no checksums."""
+        indices = np.asarray(indices, np.int64)
+        # Float16 magnitudes order as their bit patterns with the sign cleared; inf and NaN lie above all.
+        bits = np.asarray(crops).view(np.uint16) & np.uint16(0x7FFF)
+        largest = bits.reshape(len(indices), -1).max(axis=1)
+        values = np.maximum(self._length[indices], 1) * N_MELS
+        limits = np.float16(np.minimum(np.sqrt(values) * 1.01 + 1.0, 65504.0)).view(np.uint16)  # float16 rounding
+        damaged = {}
+        for row in np.flatnonzero(largest > limits):
+            frame, band = np.unravel_index(int(np.argmax(bits[row])), bits[row].shape)
+            value = np.asarray(crops)[row, frame, band]
+            clip = int(indices[row])
+            damaged[int(row)] = (f"{self.files[self._shard[clip]]}: clip {clip} ({self.name(clip)}) is damaged: its "
+                                 f"stored log-mel holds {value} (crop frame {frame}, mel band {band}), which no "
+                                 f"standardised clip of {int(self._length[clip])} frames can")
+        return damaged
 
     # The audio stores: a crop's samples and the clip's stats.
     def clip_info(self, index: int):

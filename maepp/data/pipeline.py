@@ -35,6 +35,7 @@ from maepp.audio import filterbanks, tf_frontend
 from maepp.audio.constants import HOP, N_FFT, N_MELS, crop_span
 from maepp.audio.decode import BadAudio
 from maepp.data import clip_store
+from maepp.data.clip_store import DamagedClip
 from maepp.data.order import GlobalOrder, batch_positions, crop_fractions
 
 _ENDLESS = 2**62
@@ -227,15 +228,43 @@ def _check_log_mel_store(source, crop_frames: int, frontend: str):
                          f"{clip_store.MIN_FRAMES} frames only; prepare with --store pcm for longer crops")
 
 
+def reraise_damaged(error: Exception):
+    """tf.data hands a DamagedClip raised in the graph on as its own error, with a traceback in its
+    text: raises the DamagedClip again, as one line. Anything else is left to the caller."""
+    marker = f"{DamagedClip.__name__}: "
+    if marker in str(error):
+        raise DamagedClip(str(error).split(marker, 1)[1].splitlines()[0]) from None
+
+
 def _stored_log_mel_batches(source, order: GlobalOrder, seed: int, batch_size: int, rows: np.ndarray,
-                            crop_frames: int, start_position: int):
+                            crop_frames: int, start_position: int, report: SkipReport, damaged_clips: str):
     """train_dataset for the log_mel store: per batch, one Python call reads the crops of this
-    process's rows, each exactly its own bytes, all at once."""
+    process's rows, each exactly its own bytes, all at once. A damaged crop stops the stream
+    (DamagedClip), or is skipped and counted, its row read from the clips that stand in for it."""
+
+    def crops_of(positions):
+        epochs, indices = order.clips(positions)
+        crops = source.log_mel_crops(indices, crop_fractions(seed, epochs, indices), crop_frames)
+        return crops, source.damaged_crops(indices, crops), indices
 
     def read(batch):
         positions = batch_positions(start_position, batch_size, rows, int(batch))
-        epochs, indices = order.clips(positions)
-        return source.log_mel_crops(indices, crop_fractions(seed, epochs, indices), crop_frames), positions
+        crops, damaged, indices = crops_of(positions)
+        if not damaged:
+            return crops, positions
+        if damaged_clips == "stop":
+            raise DamagedClip(f"{next(iter(damaged.values()))}; prepare the data again, or skip such clips and "
+                              "count them with --config.data.damaged_clips=skip")
+        crops = crops.copy()  # read-only: it views the bytes read
+        for row, why in damaged.items():
+            report.add(source.name(int(indices[row])), why)
+            for candidate in order.replacements(int(positions[row])):
+                crop, still_damaged, (index,) = crops_of([candidate])
+                if not still_damaged:
+                    crops[row] = crop[0]
+                    break
+                report.add(source.name(int(index)), still_damaged[0])
+        return crops, positions
 
     @_as_written
     def load(batch):
@@ -272,21 +301,23 @@ def _all_rows(rows, batch_size: int) -> np.ndarray:
 
 def train_dataset(source, *, seed: int, batch_size: int, rows=None, crop_frames: int = 200,
                   start_position: int = 0, report: SkipReport = None, frontend: str = "host",
-                  filterbank: str = filterbanks.DEFAULT):
+                  filterbank: str = filterbanks.DEFAULT, damaged_clips: str = "stop"):
     """-> tf.data.Dataset of this process's share of each global batch: dicts of position
     [len(rows)] int64 (each row's global position) and, by frontend, log_mel [len(rows),
     crop_frames, 80] float32 ("host") or WAVEFORM_CROP_KEYS ("device", see _waveform_crop).
 
     batch_size is the global batch; rows the rows of it this process reads (all by default).
-    The stream after k batches continues from start_position + k * batch_size.
+    The stream after k batches continues from start_position + k * batch_size. damaged_clips:
+    what a stored clip that holds what no clip can does ("stop": DamagedClip; "skip": counted).
     """
     _check_filterbank(source, filterbank)
     rows = _all_rows(rows, batch_size)
     order = GlobalOrder(len(source), seed)
     if getattr(source, "store", None) == "log_mel":
         _check_log_mel_store(source, crop_frames, frontend)
-        return _tuned_without_a_model_thread(
-            _stored_log_mel_batches(source, order, seed, batch_size, rows, crop_frames, start_position))
+        return _tuned_without_a_model_thread(_stored_log_mel_batches(
+            source, order, seed, batch_size, rows, crop_frames, start_position,
+            report if report is not None else SkipReport(), damaged_clips))
     report = report if report is not None else SkipReport()
     check_usable_audio(source, report)  # fail before any compilation starts
     reader = CropReader(source, crop_frames, report)

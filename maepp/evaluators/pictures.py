@@ -92,5 +92,9 @@ def write_png(path, image: np.ndarray):
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(path.name + ".tmp")
-    partial.write_bytes(tf.io.encode_png(image).numpy())
+    try:
+        partial.write_bytes(tf.io.encode_png(image).numpy())
+    except OSError as error:  # a full disk: name the picture, and leave no part of it
+        partial.unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
     partial.replace(path)
