@@ -6,7 +6,8 @@
 #
 # Three steps, each on all workers (gcloud compute tpus tpu-vm ... --worker=all):
 #   1. copy this checkout (git ls-files, so no venv or runs) to ~/maepp;
-#   2. install it into ~/maepp/.venv with requirements.txt's pinned stack and jax[tpu] at its version;
+#   2. install it into ~/maepp/.venv: requirements.txt's pinned stack (less the CPU torch and the
+#      test tools) and jax[tpu] at its version;
 #   3. run python -m maepp.train --distributed (JAX finds the other workers itself).
 # The workdir must be a bucket: every worker writes its shards of each checkpoint there. Every
 # step is idempotent, so after a preemption (spot VMs, queued resources) re-running the same
@@ -67,8 +68,10 @@ run tar -czf "$bundle" -C "$repo" -T "${scratch}/files"
 run gcloud compute tpus tpu-vm scp "$bundle" "${tpu}:maepp.tar.gz" --worker=all "${target[@]}"
 install="mkdir -p ~/maepp && tar -xzf ~/maepp.tar.gz -C ~/maepp && cd ~/maepp"
 install+=" && { [ -x .venv/bin/python ] || python3 -m venv .venv; }"
-# The stack make tests (requirements.txt's pins), plus libtpu at the version jax names.
-install+=" && .venv/bin/pip install --quiet -r requirements.txt 'jax[tpu]==${jax_version}'"
+# The stack make tests (requirements.txt's pins up to its extras: no CPU torch, no test tools), plus
+# libtpu at the version jax names.
+install+=" && sed '/^# Extras \\[torch\\]/,\$d' requirements.txt > pod-requirements.txt"
+install+=" && .venv/bin/pip install --quiet -r pod-requirements.txt 'jax[tpu]==${jax_version}'"
 install+=" && .venv/bin/pip install --quiet --no-deps -e ."
 run gcloud compute tpus tpu-vm ssh "$tpu" --worker=all "${target[@]}" --command="$install"
 train=$(printf '%q ' .venv/bin/python -m maepp.train --distributed --config "$config" --workdir "$workdir" "$@")

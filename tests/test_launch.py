@@ -62,8 +62,13 @@ def test_tpu_pod_launcher_copies_installs_and_trains_on_every_worker(repo_root):
         assert (
             command[command.index("--zone") + 1] == "us-central2-b" and command[command.index("--project") + 1] == "p"
         )
-    # The pinned stack make tests, not whatever pip resolves on the day.
-    assert "-r requirements.txt 'jax[tpu]==0.10.2'" in install[-1] and "--no-deps -e ." in install[-1]
+    # The pinned stack make tests, not whatever pip resolves on the day, less its extras and test tools.
+    assert "-r pod-requirements.txt 'jax[tpu]==0.10.2'" in install[-1] and "--no-deps -e ." in install[-1]
+    keep = install[-1].split("sed ", 1)[1].split(" > pod-requirements.txt")[0]
+    kept = subprocess.run(["sh", "-c", f"sed {keep}"], cwd=repo_root, capture_output=True, text=True,
+                          check=True).stdout
+    assert "\njax==0.10.2\n" in kept and "tensorstore==" in kept and "protobuf==" in kept
+    assert "torch==" not in kept and "pytest==" not in kept
     remote = shlex.split(train[-1].removeprefix("--command=").split("&&", 1)[1])
     assert remote == [".venv/bin/python", "-m", "maepp.train", "--distributed", "--config",
                       "configs/audiomaepp.py:large", "--workdir", "gs://bucket/run", "--config.mesh.fsdp=16"]

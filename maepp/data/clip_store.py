@@ -38,6 +38,38 @@ class DamagedClip(ValueError):
     """A stored clip holds what no clip can, and config.data.damaged_clips is "stop"."""
 
 
+def _limit_bits(frames) -> np.ndarray:
+    """The float16 bit patterns (sign cleared) of the largest magnitude a clip of `frames` frames,
+    standardised by its sample std, can hold: sqrt(n) for n values, plus float16 rounding."""
+    values = np.maximum(np.asarray(frames, np.float64), 1) * N_MELS
+    return np.float16(np.minimum(np.sqrt(values) * 1.01 + 1.0, 65504.0)).view(np.uint16)
+
+
+def damaged_rows(crops, frames_of) -> dict:
+    """log_mel crops [k, frames, 80] float16 -> {row: (frame, band, value)} for each crop holding
+    what no standardised log-mel can: a value not finite, or beyond _limit_bits of its clip's
+    length (frames_of(rows) -> those rows' clip lengths, asked only for rows that could be
+    damaged). Damage within that (a flipped low bit) cannot be told from audio: no checksums."""
+    # Float16 magnitudes order as their bit patterns with the sign cleared; inf and NaN lie above all.
+    bits = np.asarray(crops).view(np.uint16) & np.uint16(0x7FFF)
+    largest = bits.reshape(len(bits), -1).max(axis=1)
+    rows = np.flatnonzero(largest > _limit_bits(1))  # a one-frame clip's bound is the smallest
+    if not len(rows):
+        return {}
+    found = {}
+    for row, limit in zip(rows, _limit_bits(frames_of(rows))):
+        if largest[row] > limit:
+            frame, band = np.unravel_index(int(np.argmax(bits[row])), bits[row].shape)
+            found[int(row)] = (int(frame), int(band), np.asarray(crops)[row, frame, band])
+    return found
+
+
+def damage_reason(shard: str, clip: int, name: str, frames: int, where: tuple) -> str:
+    frame, band, value = where
+    return (f"{shard}: clip {clip} ({name}) is damaged: its stored log-mel holds {value} (crop frame {frame}, mel "
+            f"band {band}), which no standardised clip of {frames} frames can")
+
+
 def shard_name(name: str, split: str, shard: int, n_shards: int) -> str:
     return f"{name}-{split}.clips-{shard:05d}-of-{n_shards:05d}.npy"
 
@@ -180,25 +212,15 @@ class ClipStoreSource:
         return np.frombuffer(b"".join(payloads), np.float16).reshape(len(indices), crop_frames, N_MELS)
 
     def damaged_crops(self, indices, crops) -> dict:
-        """log_mel crops [k, frames, 80] float16 -> {row: why} for each crop holding what no
-        standardised log-mel can: a value not finite, or beyond sqrt(n), the largest magnitude a
-        clip of n values standardised by its sample std can reach. Damage that stays within that
-        (a flipped low bit) cannot be told from audio here: the store keeps no checksums."""
+        """log_mel crops [k, frames, 80] -> {row: why} for each crop damaged_rows finds."""
         indices = np.asarray(indices, np.int64)
-        # Float16 magnitudes order as their bit patterns with the sign cleared; inf and NaN lie above all.
-        bits = np.asarray(crops).view(np.uint16) & np.uint16(0x7FFF)
-        largest = bits.reshape(len(indices), -1).max(axis=1)
-        values = np.maximum(self._length[indices], 1) * N_MELS
-        limits = np.float16(np.minimum(np.sqrt(values) * 1.01 + 1.0, 65504.0)).view(np.uint16)  # float16 rounding
-        damaged = {}
-        for row in np.flatnonzero(largest > limits):
-            frame, band = np.unravel_index(int(np.argmax(bits[row])), bits[row].shape)
-            value = np.asarray(crops)[row, frame, band]
+        found = damaged_rows(crops, lambda rows: self._length[indices[rows]])
+        reasons = {}
+        for row, where in found.items():
             clip = int(indices[row])
-            damaged[int(row)] = (f"{self.files[self._shard[clip]]}: clip {clip} ({self.name(clip)}) is damaged: its "
-                                 f"stored log-mel holds {value} (crop frame {frame}, mel band {band}), which no "
-                                 f"standardised clip of {int(self._length[clip])} frames can")
-        return damaged
+            reasons[row] = damage_reason(self.files[self._shard[clip]], clip, self.name(clip), int(self._length[clip]),
+                                         where)
+        return reasons
 
     # The audio stores: a crop's samples and the clip's stats.
     def clip_info(self, index: int):

@@ -29,6 +29,7 @@ from array_record.python import array_record_data_source
 
 from maepp.audio import filterbanks
 from maepp.audio.decode import decode_segment, decode_soundfile
+from maepp.data import clip_store
 
 VERSION = "1.0.0"
 STORES = ("log_mel", "pcm", "flac")
@@ -46,6 +47,7 @@ class RecordsSource:
     """Clips of ArrayRecord shards, by a glob over shard files, local or gs://."""
 
     def __init__(self, pattern: str):
+        self.pattern = pattern
         # ".tmp" files are shards still being written by maepp.data.prepare.
         self.files = sorted(f for f in tf.io.gfile.glob(pattern) if not f.endswith(".tmp"))
         if not self.files:
@@ -100,6 +102,16 @@ class RecordsSource:
             self.reads += len(crops)
             self.bytes_read += read
         return np.stack(crops).reshape(len(crops), crop_frames, 80)
+
+    def damaged_crops(self, indices, crops) -> dict:
+        """log_mel crops -> {row: why}, as clip_store.ClipStoreSource.damaged_crops; the shard is
+        named by the pattern (ArrayRecord keeps which file holds a record to itself)."""
+        indices = np.asarray(indices, np.int64)
+        frames = lambda rows: [self._example(int(i))["num_frames"].int64_list.value[0] for i in indices[rows]]
+        found = clip_store.damaged_rows(crops, frames)
+        return {row: clip_store.damage_reason(f"the shards {self.pattern}", int(indices[row]),
+                                              self.name(int(indices[row])), frames([row])[0], where)
+                for row, where in found.items()}
 
     def name(self, index: int) -> str:
         return self._example(index)["path"].bytes_list.value[0].decode()
