@@ -15,6 +15,16 @@ from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 CONFIG_FILES = {"macaron_swiglu": audiomaepp, "vit": mae}
 
 
+# Absolute, on standardised log-mels, between two float64-accurate STFTs (librosa's FFT runs in
+# float64: its float64 window promotes the frames; TF's in float64; the JAX sliced DFT exactly,
+# in any summation order). What differs is float32 arithmetic after the STFT, which a CPU may
+# order differently: each value's rounding (a few ulps of |log-mel| < 32: 2e-6 each) and the
+# clip's float32 mean and std, summed pairwise over up to 80,000 values (<= 17 u of the sum of
+# |values| < 32 each: 3e-5), divided by a std above 1. Measured: 2.6e-6. The same bound holds for
+# crops standardised by a clip's stored float32 statistics, and for the in-step (device) front end
+# against the host's: both differ only in that float32 arithmetic.
+LOG_MEL_TOLERANCE = 1e-4
+
 def spec_for(size="micro", block_type="macaron_swiglu", **model_overrides):
     config = CONFIG_FILES[block_type].get_config(size)
     for key, value in model_overrides.items():

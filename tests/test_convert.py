@@ -104,6 +104,7 @@ def test_imported_block_computes_what_the_released_block_computes(separate_norm3
     ours = block.apply({"params": params["encoder"]["blocks_0"]}, x, np.zeros((2, 11)))
     sd = {k: torch.from_numpy(v) for k, v in state_dict.items()}
     theirs = _released_block_forward(torch, sd, "encoder.blocks.0", torch.from_numpy(x), spec.encoder.heads).numpy()
+    # float32 torch against XLA: other GEMM orders
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=2e-5, rtol=1e-4)
 
 
@@ -117,7 +118,7 @@ def test_a_block_trained_under_the_release_switch_exports_to_what_the_release_co
     ours = MacaronBlock(heads=spec.encoder.heads).apply({"params": params["decoder"]["blocks_0"]}, x, np.zeros((2, 7)))
     sd = {k: torch.from_numpy(v) for k, v in convert.params_to_state_dict(params, spec).items()}
     theirs = _released_block_forward(torch, sd, "decoder.decoder_blocks.0", torch.from_numpy(x), spec.decoder.heads)
-    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-5, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-5, rtol=1e-4)  # as above
 
 
 @pytest.mark.e2e

@@ -77,6 +77,7 @@ def test_scores_and_interval():
     labels = np.array([[1, 0], [0, 1], [1, 0]], np.float32)
     assert probes.score(logits, labels, multilabel=True) == pytest.approx(1.0)
     mean, half = probes.mean_and_interval([0.8, 0.9, 1.0])
+    # t(0.975, 2) to 7 digits
     assert mean == pytest.approx(0.9) and half == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
 
 

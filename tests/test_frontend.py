@@ -11,14 +11,9 @@ from maepp.audio.constants import F_MAX, F_MIN, HOP, N_FFT, N_MELS, SAMPLE_RATE
 from maepp.audio.decode import load_audio
 from maepp.data.synthetic import synthetic_clip
 from tests import torchaudio_reference
+from tests.helpers import LOG_MEL_TOLERANCE
 
-# Absolute, on standardised log-mels, between two float64-accurate STFTs (librosa's FFT runs in
-# float64: its float64 window promotes the frames; TF's in float64; the JAX sliced DFT exactly,
-# in any summation order). What differs is float32 arithmetic after the STFT, which a CPU may
-# order differently: each value's rounding (a few ulps of |log-mel| < 32: 2e-6 each) and the
-# clip's float32 mean and std, summed pairwise over up to 80,000 values (<= 17 u of the sum of
-# |values| < 32 each: 3e-5), divided by a std above 1. Measured: 2.6e-6.
-TOLERANCE = 1e-4
+TOLERANCE = LOG_MEL_TOLERANCE  # tests/helpers.py says why
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +159,7 @@ def test_sliced_dft_resolves_bins_120_db_under_the_peak():
     assert expected.min() < 1e-12 * expected.max()  # the frames do have bins that quiet
     # Relative to each bin, down to 1e-14 of the frame's peak bin.
     audible = expected > 1e-14 * expected.max(axis=1, keepdims=True)
+    # bfloat16 products summed in float32 slices (maepp/audio/sliced_dft.py) keep about 16 bits per bin
     np.testing.assert_allclose(got[audible], expected[audible], rtol=1e-4)
 
 

@@ -34,5 +34,6 @@ def test_scene_embedding_is_the_mean_of_the_timestamp_embeddings(trained_run):
     np.testing.assert_allclose(times[0, :2].numpy(), [15.0, 55.0])
     assert float(times.max()) <= 1070.0
     scene = hear.get_scene_embeddings(audio, model)
+    # float32 means, summed in another order
     np.testing.assert_allclose(scene.numpy(), frames.numpy().mean(axis=1), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(scene[0], scene[1])

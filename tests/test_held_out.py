@@ -29,12 +29,14 @@ def test_eval_loss_is_the_models_loss_over_valid_clips_only():
     x = jax.random.normal(jax.random.key(0), (4, 200, 80))
     out = _eval(x, [True] * 4)
     loss = jax.jit(lambda p, x: model.apply({"params": p}, x, rngs={MASKING_RNG: jax.random.key(3)})["loss"])(params, x)
+    # the same float32 sums, split over batches
     np.testing.assert_allclose(out["error_sum"] / out["masked_patches"], loss, rtol=1e-6)
     assert float(out["masked_patches"]) == 4 * 200  # 80% of 250 patches per clip
     # Padding rows (valid False) count for nothing, whatever they hold.
     half = _eval(x.at[2:].set(0.0), [True, True, False, False])
     garbage = _eval(x.at[2:].set(1e3), [True, True, False, False])
     assert float(half["masked_patches"]) == 2 * 200
+    # the same float32 sums, split over batches
     np.testing.assert_allclose(half["error_sum"], garbage["error_sum"], rtol=1e-6)
 
 

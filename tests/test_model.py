@@ -74,8 +74,8 @@ def test_loss_ignores_predictions_at_visible_positions():
     visible = (out["mask"] == 0)[..., None]
     garbage = out["pred"] + 1e3 * visible  # wreck every visible prediction
     loss = reconstruction_loss(out["pred"], patches, out["mask"], norm_pix_loss=False)
-    np.testing.assert_allclose(loss, out["loss"], rtol=1e-6)
-    np.testing.assert_allclose(reconstruction_loss(garbage, patches, out["mask"], False), loss, rtol=1e-6)
+    np.testing.assert_allclose(loss, out["loss"], rtol=1e-6)  # float32 means in another order
+    np.testing.assert_allclose(reconstruction_loss(garbage, patches, out["mask"], False), loss, rtol=1e-6)  # same
     # ...while one masked prediction does move it.
     masked_pos = int(np.flatnonzero(np.asarray(out["mask"][0]))[0])
     nudged = out["pred"].at[0, masked_pos].add(1.0)
@@ -139,6 +139,7 @@ def test_encoder_position_table_layout():
     np.testing.assert_array_equal(table[0], 0)  # CLS row
     for t, f in [(0, 0), (3, 2), (49, 4)]:
         row = table[1 + t * 5 + f]
+        # float32 sin and cos of the same angles: a few ulps
         np.testing.assert_allclose(row[: width // 2], sincos_1d(width // 2, np.array([f]))[0], atol=1e-6)
         np.testing.assert_allclose(row[width // 2 :], sincos_1d(width // 2, np.array([t]))[0], atol=1e-6)
 
@@ -254,9 +255,9 @@ def test_attention_padded_for_cudnn_equals_plain_attention(tokens, head_dim):
     plain, plain_grads = value_and_grads(lambda q, k, v: attention(q, k, v, "xla"))
     padded, padded_grads = value_and_grads(lambda q, k, v: padded_attention(q, k, v, "xla"))
     assert padded.shape == plain.shape
-    np.testing.assert_allclose(padded, plain, atol=1e-6)
+    np.testing.assert_allclose(padded, plain, atol=1e-6)  # padding changes the softmax sums' order
     for a, b in zip(padded_grads, plain_grads):
-        np.testing.assert_allclose(a, b, atol=1e-6)
+        np.testing.assert_allclose(a, b, atol=1e-6)  # as above
     # "auto" is XLA's on a CPU (cuDNN's needs a GPU and bfloat16).
     forward = lambda implementation: jax.jit(lambda q, k, v: attention(q, k, v, implementation))(q, k, v)
     np.testing.assert_array_equal(forward("auto"), forward("xla"))
@@ -295,7 +296,7 @@ def test_rope_uses_true_token_positions():
     swapped = x.at[:, 0:4].set(x[:, 4:8]).at[:, 4:8].set(x[:, 0:4])  # swap time patches 0 and 1
     a = model.apply({"params": params}, x, method=MaskedAutoencoder.encode)
     b = model.apply({"params": params}, swapped, method=MaskedAutoencoder.encode)
-    assert not np.allclose(a[0, 0:5], b[0, 5:10], atol=1e-4)
+    assert not np.allclose(a[0, 0:5], b[0, 5:10], atol=1e-4)  # far above float32 rounding: a real difference
 
 
 @pytest.mark.parametrize("block_type", ["macaron_swiglu", "vit"])

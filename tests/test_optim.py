@@ -44,7 +44,7 @@ def test_schedule_warms_up_to_batch_scaled_peak_then_decays_to_zero():
     assert float(rate(0)) == 0.0 and float(rate(50)) == pytest.approx(1.5e-4)
     assert float(rate(100)) == pytest.approx(3e-4)
     assert float(rate(550)) == pytest.approx(1.5e-4, rel=1e-3)  # half way down the cosine
-    assert float(rate(1000)) == pytest.approx(0.0, abs=1e-12)
+    assert float(rate(1000)) == pytest.approx(0.0, abs=1e-12)  # cos(pi) in float32 leaves ~1e-15
 
 
 def test_accumulation_schedule_counts_updates_and_scales_by_effective_batch():
@@ -87,7 +87,7 @@ def test_accumulated_update_equals_one_update_on_the_mean_gradient():
     expected = reference_update(start)
     moved = 0
     for a, b, p in zip(jax.tree.leaves(after_two.params), jax.tree.leaves(expected), jax.tree.leaves(start)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)  # a mean of two gradients against their sum halved
         moved += int(np.any(np.asarray(a) != np.asarray(p)))
     # Every parameter moved but the release's unused norm3 (no gradient, no decay: LayerNorm).
     unused = [path for path, _ in jax.tree_util.tree_leaves_with_path(start) if "norm3" in jax.tree_util.keystr(path)]

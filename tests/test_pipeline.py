@@ -7,6 +7,7 @@ from maepp.audio import jax_frontend, reference
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, eval_dataset, train_dataset
 from maepp.data.sources import FolderSource, source_from_string
 from maepp.data.synthetic import synthetic_clip
+from tests.helpers import LOG_MEL_TOLERANCE
 
 
 def _batches(dataset, n):
@@ -73,7 +74,7 @@ def test_device_frontend_crops_equal_host_crops(messy_folder):
         np.testing.assert_array_equal(on_device["position"], on_host["position"])
         assert on_device["samples"].shape == (6, 199 * 160 + 400)
         mel = np.asarray(jax_frontend.crop_log_mel({key: on_device[key] for key in WAVEFORM_CROP_KEYS}))
-        np.testing.assert_allclose(mel, on_host["log_mel"], atol=1e-4, rtol=0)
+        np.testing.assert_allclose(mel, on_host["log_mel"], atol=LOG_MEL_TOLERANCE, rtol=0)
 
 
 def test_unknown_frontend_is_a_clear_error():
@@ -130,7 +131,7 @@ def test_eval_is_one_pass_of_centre_crops_with_a_padded_last_batch(messy_folder)
             if ok and source.name(index) != "short.wav":
                 whole = reference.log_mel(source.load(index))
                 start = (len(whole) - 200) // 2
-                np.testing.assert_allclose(mel, whole[start : start + 200], atol=1e-4, rtol=0)
+                np.testing.assert_allclose(mel, whole[start : start + 200], atol=LOG_MEL_TOLERANCE, rtol=0)
 
 
 def test_eval_rows_of_two_processes_cover_the_set_once(messy_folder):

@@ -9,6 +9,7 @@ from maepp.data.pipeline import eval_dataset, random_offset, train_dataset
 from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
+from tests.helpers import LOG_MEL_TOLERANCE
 from tests.legacy_records import write_legacy_dataset
 
 
@@ -46,4 +47,4 @@ def test_audio_records_crop_from_their_stored_stats(clips, tmp_path):
             whole = reference.log_mel(source.load(index))
             offset = random_offset(len(whole), 200, np.random.default_rng([2, epoch, index]))
             expected = np.tile(whole, (-(-200 // len(whole)), 1))[offset : offset + 200]
-            np.testing.assert_allclose(mel, expected, atol=1e-4, rtol=0)
+            np.testing.assert_allclose(mel, expected, atol=LOG_MEL_TOLERANCE, rtol=0)

@@ -42,6 +42,7 @@ def test_there_are_eight_devices():
 
 @pytest.mark.parametrize("shape", MESHES[1:])
 def test_same_seed_same_losses_on_every_mesh(runs, shape):
+    # Losses: float32 sums over another mesh's shards, in another order.
     np.testing.assert_allclose(runs[shape][0], runs[(8, 1, 1)][0], rtol=1e-5)
     reference = jax.tree.leaves(runs[(8, 1, 1)][1].params)
     # Adam turns the summation-order noise of near-zero gradients into steps of up to lr (1e-3);
