@@ -16,11 +16,11 @@ import csv
 import hashlib
 import json
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from etils import epath
+from tqdm import tqdm
 
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.data.sources import FolderSource
@@ -158,20 +158,15 @@ def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=
         raise ValueError(f"{parts} holds an unfinished export of other clips or settings; delete it to start over")
     plan_path.write_text(json.dumps(plan))
     n_blocks = -(-len(source) // block_clips)
-    started, done_now = time.time(), 0
-    with ThreadPoolExecutor(workers) as pool:
-        for number in range(n_blocks):
-            path = parts / f"block_{number:06d}.npz"
-            if path.exists():
-                continue
-            indices = range(number * block_clips, min(len(source), (number + 1) * block_clips))
-            _save_npz(path, **_embed_block(source, embedder, list(indices), timestamps, pool))
-            done_now += len(indices)
-            rate = done_now / (time.time() - started)
-            print(
-                f"\rembedded {indices[-1] + 1}/{len(source)} clips ({rate:.1f} clips/s)", end="", file=log, flush=True
-            )
-    print(file=log)
+    blocks_of = [range(n * block_clips, min(len(source), (n + 1) * block_clips)) for n in range(n_blocks)]
+    to_do = [n for n in range(n_blocks) if not (parts / f"block_{n:06d}.npz").exists()]
+    # tqdm's rate and ETA count only this run's clips: a resumed export starts at what was done.
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(source), initial=len(source) - sum(
+            len(blocks_of[n]) for n in to_do), unit="clip", desc="embedded", file=log, mininterval=1.0) as bar:
+        for number in to_do:
+            indices = list(blocks_of[number])
+            _save_npz(parts / f"block_{number:06d}.npz", **_embed_block(source, embedder, indices, timestamps, pool))
+            bar.update(len(indices))
     blocks = [_load_npz(parts / f"block_{number:06d}.npz") for number in range(n_blocks)]
     result = _assemble(blocks, timestamps)
     _save_npz(output, **result, written_by=np.array(WRITTEN_BY))
