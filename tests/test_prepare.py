@@ -330,3 +330,21 @@ def test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted(aud
     assert all(np.isfinite(batch["log_mel"]).all() for batch in batches)
     # At least once: tf.data reads batches ahead, and later epochs hold the clip too.
     assert report.skips >= 1 and list(report.reasons) == [source.name(2)], report.reasons
+
+
+def test_a_file_past_the_longest_clip_becomes_clips_named_by_where_they_start(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    soundfile.write(root / "talk.wav", synthetic_clip(rng, 5.0)[0], 16000)
+    soundfile.write(root / "short.wav", synthetic_clip(rng, 1.0)[0], 16000)
+    manifest = prepare(root, tmp_path / "out", workers=1, store="pcm", max_clip_seconds=2.0)
+    source = ClipStoreSource(str(_dataset(tmp_path / "out")))
+    clips = {source.name(i): source.clip_info(i)[0] for i in range(len(source))}
+    assert clips == {"short.wav": 16000, "talk.wav@0s": 32000, "talk.wav@2s": 32000, "talk.wav@4s": 16000}
+    assert manifest["files"] == 2 and manifest["clips"] == 4 and manifest["max_clip_seconds"] == 2.0
+    whole = load_audio(root / "talk.wav")
+    index = [source.name(i) for i in range(len(source))].index("talk.wav@2s")
+    np.testing.assert_array_equal(source.load(index), whole[32000:64000])  # 16-bit in, 16-bit stored
+    with pytest.raises(ValueError, match="--max_clip_seconds 0: must be above 0"):
+        prepare(root, tmp_path / "other", workers=1, max_clip_seconds=0)

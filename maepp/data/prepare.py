@@ -24,7 +24,7 @@ from absl import flags
 from maepp import config_files
 from maepp.audio import filterbanks
 from maepp.data import clip_store
-from maepp.data.writer import dataset_directory, prepare
+from maepp.data.writer import MAX_CLIP_SECONDS, dataset_directory, prepare
 
 _INPUT = flags.DEFINE_string("input", None, "Folder of audio files, local or gs:// (searched recursively).",
                             required=True)
@@ -41,6 +41,10 @@ _STORE = flags.DEFINE_enum(
 )
 _FILTERBANK = flags.DEFINE_enum("filterbank", filterbanks.DEFAULT, filterbanks.NAMES,
                                 "Mel filterbank of the stored log-mels or stats (config.audio.filterbank).")
+_MAX_CLIP_SECONDS = flags.DEFINE_float(
+    "max_clip_seconds", MAX_CLIP_SECONDS, "Files longer than this become several clips of at most this length, "
+    "each named by where it starts (talk.wav@600s), so memory stays bounded whatever a file's length."
+)
 _BEAM_OPTIONS = flags.DEFINE_string(
     "beam_pipeline_options",
     "",
@@ -64,6 +68,7 @@ def main(argv):
             _FILTERBANK.value,
             _BEAM_OPTIONS.value,
             progress=True,
+            max_clip_seconds=_MAX_CLIP_SECONDS.value,
         )
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"maepp.data.prepare: {error}")

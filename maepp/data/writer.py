@@ -80,7 +80,21 @@ def clip_payload(store: str, filterbank: str, waveform: np.ndarray) -> dict:
     return dict(payload=payload, units=units, length=len(pcm), mean=mean, std=std)
 
 
-def write_shard(job: dict, input_root: str, output: str, store: str, filterbank: str) -> dict:
+MAX_CLIP_SECONDS = 600.0  # prepare's default --max_clip_seconds
+
+
+def clip_pieces(relative: str, waveform: np.ndarray, max_samples: int) -> list:
+    """A file's audio -> [(clip name, samples)]: the whole file, or, past max_samples, pieces of
+    max_samples from its start, each named by where it starts (`talk.wav@600s`). A clip's front
+    end then holds one piece's spectra, whatever the file's length."""
+    if len(waveform) <= max_samples:
+        return [(relative, waveform)]
+    return [(f"{relative}@{start / SAMPLE_RATE:g}s", waveform[start : start + max_samples])
+            for start in range(0, len(waveform), max_samples)]
+
+
+def write_shard(job: dict, input_root: str, output: str, store: str, filterbank: str,
+                max_clip_seconds: float = MAX_CLIP_SECONDS) -> dict:
     """Writes one shard and then its clip list; returns the clip list. job: file, paths."""
     out = epath.Path(output)
     clips = dict(names=[], units=[], lengths=[], means=[], stds=[])
@@ -92,11 +106,12 @@ def write_shard(job: dict, input_root: str, output: str, store: str, filterbank:
             except BadAudio as bad:
                 skipped[relative] = bad.reason
                 continue
-            clip = clip_payload(store, filterbank, waveform)
-            payloads.write(clip["payload"])
-            for key, value in (("names", relative), ("units", clip["units"]), ("lengths", clip["length"]),
-                               ("means", clip["mean"]), ("stds", clip["std"])):
-                clips[key].append(value)
+            for clip_name, piece in clip_pieces(relative, waveform, int(max_clip_seconds * SAMPLE_RATE)):
+                clip = clip_payload(store, filterbank, piece)
+                payloads.write(clip["payload"])
+                for key, value in (("names", clip_name), ("units", clip["units"]), ("lengths", clip["length"]),
+                                   ("means", clip["mean"]), ("stds", clip["std"])):
+                    clips[key].append(value)
             samples += len(waveform)
         header = clip_store.npy_header(store, sum(clips["units"]))
         size = len(header) + payloads.tell()
@@ -118,15 +133,20 @@ def _finished(out: epath.Path) -> set:
     return {path.name.removesuffix(".json") + ".npy" for path in out.glob("*.clips-*.json")}
 
 
-def _check_plan(out: epath.Path, files: list, clips_per_shard: int, store: str, filterbank: str):
-    """A resumed run must be the same preparation: same files, same sharding, same store and filterbank."""
+def _check_plan(out: epath.Path, files: list, clips_per_shard: int, store: str, filterbank: str,
+                max_clip_seconds: float):
+    """A resumed run must be the same preparation: same files, same sharding, same store, filterbank
+    and longest clip."""
     plan = dict(clips_per_shard=clips_per_shard, files=len(files), store=store, filterbank=filterbank,
                 files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest())
+    if max_clip_seconds != MAX_CLIP_SECONDS:  # plans written before the option hold none
+        plan["max_clip_seconds"] = max_clip_seconds
     plan_path = out / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise ValueError(
             f"{out} holds a preparation of other files, sharding, store or filterbank ({plan_path}); "
-            "use a new --output, or the same --input, --clips_per_shard, --store and --filterbank to resume"
+            "use a new --output, or the same --input, --clips_per_shard, --store, --filterbank and "
+            "--max_clip_seconds to resume"
         )
     _write_bytes_atomically(plan_path, [json.dumps(plan).encode()])
 
@@ -175,9 +195,12 @@ def _watch_progress(out: epath.Path, jobs: list, done: threading.Event):
 
 
 def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1, clips_per_shard=1024,
-            store="log_mel", filterbank=filterbanks.DEFAULT, beam_pipeline_options="", progress=False) -> dict:
+            store="log_mel", filterbank=filterbanks.DEFAULT, beam_pipeline_options="", progress=False,
+            max_clip_seconds=MAX_CLIP_SECONDS) -> dict:
     """Writes (or finishes) the prepared dataset; returns the manifest. progress: a tqdm bar of the
-    files written, as shards finish."""
+    files written, as shards finish. A file longer than max_clip_seconds becomes several clips."""
+    if not max_clip_seconds > 0:
+        raise ValueError(f"--max_clip_seconds {max_clip_seconds}: must be above 0")
     if store not in clip_store.STORES:
         raise ValueError(f"--store {store!r}: use one of {clip_store.STORES}")
     if filterbank not in filterbanks.NAMES:
@@ -191,7 +214,7 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_root}")
     out = dataset_directory(output_dir, name)
     out.mkdir(parents=True, exist_ok=True)
-    _check_plan(out, files, clips_per_shard, store, filterbank)
+    _check_plan(out, files, clips_per_shard, store, filterbank, max_clip_seconds)
     if _local(out):
         for leftover in out.glob("*.tmp"):  # a writer killed mid-file; its shard is written again
             leftover.unlink()
@@ -209,7 +232,7 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
             watcher.start()
         try:
             _run_pipeline(jobs, pipeline_options(workers, beam_pipeline_options), input_root=input_root,
-                          output=str(out), store=store, filterbank=filterbank)
+                          output=str(out), store=store, filterbank=filterbank, max_clip_seconds=max_clip_seconds)
         finally:
             done.set()
             if watcher:
@@ -225,6 +248,7 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         input=input_root,
         files=len(files),
         clips=sum(len(listing["clips"]) for listing in listings),
+        max_clip_seconds=max_clip_seconds,
         hours=sum(listing["seconds"] for listing in listings) / 3600,
         index=clip_store.index_name(name, split),
         shards=[dict(file=listing["file"], clips=len(listing["clips"]), bytes=listing["bytes"],
