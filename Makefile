@@ -41,7 +41,8 @@ train: $(STAMP)
 # Everything: the linter, then both tiers of tests (pytest.mark.e2e: tests that start processes or
 # train a run end to end).
 # Three workers on two cores: end-to-end tests spend much of their time waiting on the processes
-# they start, and a third worker fills those waits (pytest alone: 12m40 with two, 10m51 with three).
+# they start, and a third worker fills those waits (pytest alone, 2-core VM: 12m40 with two, 11m40
+# with three).
 test: lint
 	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=10 tests
 
