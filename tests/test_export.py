@@ -55,6 +55,24 @@ def _export_command(run, inputs, output, *extra):
 
 
 @pytest.mark.e2e
+def test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks(repo_root, trained_run, clips_400, tmp_path):
+    output = tmp_path / "out.npz"
+    process = subprocess.Popen(_export_command(trained_run, clips_400, output), cwd=repo_root,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = tmp_path / "out.npz.parts"
+    deadline = time.time() + 300
+    while not (parts / "block_000001.npz").exists():
+        assert process.poll() is None and time.time() < deadline, "the export ended before it could be stopped"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == ("maepp.export: interrupted; what was finished is kept, and the same "
+                                            "command goes on from it")
+    assert (parts / "block_000000.npz").exists() and not output.exists() and not list(parts.glob("*.tmp"))
+
+
+@pytest.mark.e2e
 def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo_root, trained_run, clips_400,
                                                                             tmp_path):
     reference = tmp_path / "reference.npz"

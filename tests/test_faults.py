@@ -160,6 +160,10 @@ FAULTS = [
           "DIR; once the cause is fixed, resume from it with: COMMAND`; a save in flight is let finish",
           "every complete checkpoint; the printed command is the one that was run",
           "test_an_internal_fault_names_what_survived_and_the_command_that_resumes"),
+    Fault("Ctrl-C during `maepp.export`", "one line, exit status 130: `maepp.export: interrupted; what was finished "
+          "is kept, and the same command goes on from it`", "every finished block; the same command resumes "
+          "from them (as after a SIGKILL: test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export)",
+          "tests/test_export.py::test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks"),
     Fault("a prepared clip's stored bytes overwritten (0xFF: float16 NaN), as by a bad sector",
           "`config.data.damaged_clips='stop'` (the default): one line naming the shard, the clip's index and name, "
           "the value, and both ways on; `'skip'`: the clips that stand in for it are read, and it is counted in "
