@@ -93,14 +93,8 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     workdir = checkpoints.workdir_path(workdir)
     mesh, spec, sources, resolved = plan or checked_plan(config)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
-    refusal = ""
-    if lock is not None:
-        try:
-            lock.acquire()
-        except WorkdirInUse as error:
-            refusal = str(error)
-    if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(refusal))):
-        refusal = refusal or f"{workdir} is in use by another run (process 0 found it taken)"
+    refusal = _on_process_0(lock.acquire if lock else None, WorkdirInUse,
+                            f"{workdir} is in use by another run (process 0 found it taken)")
     if refusal:
         raise WorkdirInUse(refusal)
     changes = []
@@ -113,16 +107,11 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
             if lock is not None:
                 lock.release()
             raise
+
     def check_workdir_held():
         """Before every save: raises WorkdirLost on every process if the workdir was taken over."""
-        lost = ""
-        if lock is not None:
-            try:
-                lock.check_held()
-            except WorkdirLost as error:
-                lost = str(error)
-        if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(lost))):
-            lost = lost or f"{workdir} was taken over by another run (process 0 found it taken)"
+        lost = _on_process_0(lock.check_held if lock else None, WorkdirLost,
+                             f"{workdir} was taken over by another run (process 0 found it taken)")
         if lost:
             raise WorkdirLost(f"{lost}; this run stopped before its next save")
 
@@ -132,6 +121,20 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     finally:
         if lock is not None:
             lock.release()
+
+
+def _on_process_0(check, refused, elsewhere: str) -> str:
+    """The lock's verdict on every process: check() runs on process 0 (the others pass None);
+    -> the text of the `refused` error it raised there, `elsewhere` on the other processes, or ""."""
+    message = ""
+    if check is not None:
+        try:
+            check()
+        except refused as error:
+            message = str(error)
+    if jax.process_count() > 1 and multihost_utils.broadcast_one_to_all(np.int32(bool(message))):
+        message = message or elsewhere
+    return message
 
 
 def _record_start(workdir, mesh, resolved: dict):
@@ -207,8 +210,10 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
         for line in ([moved] if moved else []) + changes:
             say(line)
     report = SkipReport()
-    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))
-    next_global_batch = _global_batches(config, mesh, spec, sources["source"], start_position, report)
+    filterbank = filterbanks.from_config(config)
+    to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbank)
+    next_global_batch = _global_batches(config, mesh, spec, sources["source"], start_position, report, filterbank,
+                                        waveforms=to_log_mel is not None)
     train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
     writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
@@ -234,10 +239,11 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
                cadence=Cadence.from_config(config, first_step, evaluates=held_out is not None))
 
 
-def _global_batches(config, mesh, spec, source, start_position: int, report: SkipReport) -> Callable:
+def _global_batches(config, mesh, spec, source, start_position: int, report: SkipReport, filterbank: str,
+                    waveforms: bool) -> Callable:
     """-> a function giving the next global batch and the data position after it: this process's
-    rows of every global batch (maepp/data/order.py), from start_position, made global arrays."""
-    filterbank = filterbanks.from_config(config)
+    rows of every global batch (maepp/data/order.py), from start_position, made global arrays;
+    waveforms: the crops' samples go to the step (its front end), else their log-mels."""
     batches = train_dataset(
         source,
         seed=config.seed,
@@ -250,7 +256,6 @@ def _global_batches(config, mesh, spec, source, start_position: int, report: Ski
         filterbank=filterbank,
         damaged_clips=config.data.damaged_clips,
     ).as_numpy_iterator()
-    waveforms = jax_frontend.in_train_step(config.data.frontend, filterbank)
     made = itertools.count(1)
 
     def next_global_batch():
