@@ -131,9 +131,10 @@ FAULTS = [
           "gs://B/W/lock.json was taken over by another run (pid P on H, ...); this run stopped before its next save`",
           "every checkpoint it had written",
           "tests/test_gcs.py::test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run"),
-    Fault("a run on a gs:// workdir killed (SIGKILL)", "the next run waits the dead run's lease out (`... waiting "
-          "up to N s for its lease to run out ...`), takes it over and resumes", "the run: its final parameters "
-          "equal an uninterrupted run's bit for bit",
+    Fault("a run on a gs:// workdir killed (SIGKILL)", "the next run waits out what is left of the dead run's "
+          "lease (`... waiting up to N s for its lease to run out ...`; alone in "
+          "`test_a_dead_runs_lease_is_waited_out_then_taken_over`), takes it over and resumes",
+          "the run: its final parameters equal an uninterrupted run's bit for bit",
           "tests/test_gcs.py::test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run"),
     Fault("a shard of a prepared dataset deleted, another truncated", "one line before anything runs, naming "
           "each: `... 2 of 3 shards do not match manifest.json: F (missing), G (1,000 bytes, not N) ...`",

@@ -68,6 +68,21 @@ def test_of_two_runs_starting_together_exactly_one_holds_the_workdir(gcs, bucket
     assert _storage_client(gcs).bucket(bucket).get_blob("run/lock.json") is None
 
 
+def test_a_dead_runs_lease_is_waited_out_then_taken_over(gcs, bucket, monkeypatch, capsys):
+    """The lease of a run that died a moment ago (renewed now, never again) holds its successor
+    off until it runs out; then the successor takes it over."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.default["STORAGE_EMULATOR_HOST"])
+    lock_blob = _storage_client(gcs).bucket(bucket).blob("run/lock.json")
+    lock_blob.upload_from_string(json.dumps(dict(host="dead-host", pid=7, started=0, renewed=time.time())))
+    started = time.monotonic()
+    with WorkdirLock(f"gs://{bucket}/run", lease_s=3.0, renew_s=0.5) as successor:
+        waited = time.monotonic() - started
+        out = capsys.readouterr().out
+        assert "is held by pid 7 on dead-host" in out and "s for its lease to run out" in out
+        assert "took over" in out and waited >= 2.0  # the lease's 3 s, less the time to read it
+        assert json.loads(lock_blob.download_as_text())["token"] == successor.me["token"]
+
+
 @pytest.mark.long(seconds=100)
 def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run(gcs, bucket, repo_root, tmp_path,
                                                                                     monkeypatch):
@@ -80,8 +95,9 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
     train(repo_root, tmp_path / "local", *overrides)  # the uninterrupted run
 
     workdir = f"gs://{bucket}/run"
-    # A lease longer than a run takes to start, so the successor below finds it still running.
-    env = {**os.environ, **gcs.client_environment(), "MAEPP_WORKDIR_LEASE_S": "15"}
+    # A short lease: the killed run's successor takes it over within seconds, having waited out what
+    # is left of it, if anything (how long it waits depends on how long it took to start).
+    env = {**os.environ, **gcs.client_environment(), "MAEPP_WORKDIR_LEASE_S": "5"}
     blobs = _storage_client(gcs).bucket(bucket)
 
     def steps_saved():
@@ -118,11 +134,11 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
     os.killpg(second.pid, signal.SIGKILL)
     second.wait()
 
-    # 3. The successor finds the dead run's lease, waits it out, resumes and finishes.
+    # 3. The successor takes the dead run's lease over, resumes and finishes.
     third = start()
     out, err = third.communicate(timeout=600)
     assert third.returncode == 0, err[-3000:]
-    assert "waiting up to" in out and "for its lease to run out" in out and "took over" in out
+    assert "from a run that stopped renewing it" in out
     assert "resumed from step " in out and "stopped at step 12" in out
     import orbax.checkpoint as ocp
 
