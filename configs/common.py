@@ -14,15 +14,13 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config.seed = 0
     # source: "synthetic" (embedded procedural audio), "synthetic:N", "folder:PATH",
     # "records:GLOB" (maepp.data.prepare's shards) or "tfds:NAME[:SPLIT]" (prepared in data_dir).
-    # eval_source: held-out clips for the periodic reconstruction loss and pictures ("" = none);
-    # "synthetic:256:1" is 256 procedural clips from a seed the training clips do not use.
     # frontend: where training crops become log-mels: "host" (tf.data) or "device" (in the train
     # step; for hosts too slow for the STFT, best with records:, whose clip stats are stored).
     # prefetch: global batches made ahead on a background thread and placed on the devices.
     # damaged_clips: a prepared log_mel clip holding what no clip can (a value not finite, or
     # beyond what its standardisation allows): "stop" the run naming it, or "skip" and count it.
-    config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir="", eval_source="synthetic:256:1",
-                                                 frontend="host", prefetch=2, damaged_clips="stop"))
+    config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir="", frontend="host", prefetch=2,
+                                                 damaged_clips="stop"))
     # The mel filterbank of every log-mel (maepp/audio/filterbanks.py): "torchaudio", as the release
     # built it, or "librosa"; prepared records must have been made with the same one.
     config.audio = ml_collections.ConfigDict(dict(filterbank="torchaudio"))
@@ -44,8 +42,14 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config.keep_period = 20_000  # ...and every keep_period-th step
     config.max_nonfinite_steps = 10  # non-finite steps in a row before the run stops (checked at log steps)
     config.steps_in_flight = 2  # dispatched steps the host may run ahead of the devices
-    config.eval_every = 10_000  # and at the last step
-    config.eval_batch_size = 1024  # global
+    # Evaluators, each run every `every` steps and at the last (maepp/evaluators/, docs/training.md):
+    # held_out: the reconstruction loss and pictures on held-out clips (source: as data.source
+    # names clips, "" = none); "synthetic:256:1" is 256 procedural clips from a seed the training
+    # clips do not use. A config file adds more after get_config, e.g. a linear probe on a task:
+    #   config.evals.kw = dict(type="probe", task="/data/speech_commands", every=5000, shots=16)
+    config.evals = ml_collections.ConfigDict(dict(
+        held_out=dict(type="held_out", source="synthetic:256:1", every=10_000, batch_size=1024),  # batch: global
+    ))
     # clu's Profile action: a jax.profiler trace of num_steps steps from first_step (0 = never),
     # then again every every_secs; it lands in WORKDIR/tensorboard (TensorBoard's profile tab).
     config.profile = ml_collections.ConfigDict(dict(first_step=100, num_steps=5, every_secs=3600.0))
@@ -58,7 +62,6 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
         config.log_every = 10
         config.checkpoint_every = 100
         config.keep_period = 0
-        config.eval_every = 100
-        config.eval_batch_size = 32
+        config.evals.held_out.update(every=100, batch_size=32)
         config.profile.first_step = 0  # a trace is 36 MB here: on a small disk it crowds out checkpoints
     return config

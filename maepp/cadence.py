@@ -14,12 +14,13 @@ class Cadence:
     total_steps: int
     log_every: int
     checkpoint_every: int
-    eval_every: int = 0  # 0: the run has no held-out evaluation
+    evals: tuple = ()  # (evaluator name, its every), for the evaluators the run has
 
     @classmethod
-    def from_config(cls, config, first_step: int, evaluates: bool) -> "Cadence":
+    def from_config(cls, config, first_step: int, evaluators=()) -> "Cadence":
+        """evaluators: the names of config.evals the run evaluates."""
         return cls(first_step, config.total_steps, config.log_every, config.checkpoint_every,
-                   config.eval_every if evaluates else 0)
+                   tuple((name, config.evals[name].every) for name in evaluators))
 
     def last(self, step: int) -> bool:
         return step == self.total_steps
@@ -28,12 +29,12 @@ class Cadence:
         """The loop ends after this step: the last step, or a stop asked for (SIGTERM, Ctrl-C, preemption)."""
         return stop_requested or self.last(step)
 
-    def eval_due(self, step: int, stop_requested: bool) -> bool:
-        """Every eval_every steps and at the last; never on a requested stop, whose job may have
-        seconds left to save in."""
-        if not self.eval_every or stop_requested:
-            return False
-        return step % self.eval_every == 0 or self.last(step)
+    def evals_due(self, step: int, stop_requested: bool) -> list:
+        """The evaluators to run after this step: each every its `every` steps and at the last;
+        none on a requested stop, whose job may have seconds left to save in."""
+        if stop_requested:
+            return []
+        return [name for name, every in self.evals if step % every == 0 or self.last(step)]
 
     def save_due(self, step: int, stop_requested: bool, nonfinite_in_a_row: int = 0) -> bool:
         """Always when stopping; every checkpoint_every steps otherwise, except during a run of
@@ -45,4 +46,4 @@ class Cadence:
     def log_due(self, step: int, stop_requested: bool) -> bool:
         """The host reads the devices' figures at this step (and logs them)."""
         return (step % self.log_every == 0 or step == self.first_step or step % self.checkpoint_every == 0
-                or self.stopping(step, stop_requested) or self.eval_due(step, stop_requested))
+                or self.stopping(step, stop_requested) or bool(self.evals_due(step, stop_requested)))

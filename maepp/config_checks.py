@@ -4,10 +4,18 @@ check_train_config(config, mesh) and check_model(config.model) raise ValueError:
 the field, its value and what it must be (`config.batch_size=6: must be a multiple of 4 ...`).
 FIELDS holds one check per leaf of the configs in configs/, so a value's type, range and
 finiteness are checked once; RELATIONS checks what one field asks of another. A test enumerates
-the configs' leaves and fails on a leaf FIELDS does not check.
-"""
-import math
+the configs' leaves and fails on a leaf FIELDS does not check. config.evals holds named
+evaluators, each checked by the fields of its type (EVALUATORS).
 
+Older configs held the held-out evaluation in loose fields (data.eval_source, eval_every,
+eval_batch_size); with_evals moves them into config.evals.held_out, for config files and saved
+runs of that time alike.
+"""
+import difflib
+import math
+import re
+
+from maepp import config_files
 from maepp.audio import filterbanks
 from maepp.audio.constants import N_MELS
 from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
@@ -97,13 +105,11 @@ FIELDS = {
     "seed": _whole(0, "the run's random seed"),
     "data.source": _text("where training clips come from", may_be_empty=False),
     "data.data_dir": _text("TFDS's data_dir; empty for its default"),
-    "data.eval_source": _text("held-out clips; empty for no evaluation"),
     "data.frontend": _choice(FRONTENDS),
     "data.prefetch": _whole(1, "batches made ahead"),
     "data.damaged_clips": _choice(DAMAGED_CLIPS),
     "audio.filterbank": _choice(filterbanks.NAMES),
     "batch_size": _whole(1, "clips per step, over all devices"),
-    "eval_batch_size": _whole(1, "held-out clips per step, over all devices"),
     **{f"mesh.{axis}": _MESH_AXIS for axis in ("data", "fsdp", "model", "dcn_data", "dcn_fsdp", "dcn_model")},
     "optimizer.base_learning_rate": _real("lr for a batch of 256", 0.0, low_open=True),
     "optimizer.b1": _real("Adam's first-moment decay", 0.0, 1.0),
@@ -119,11 +125,95 @@ FIELDS = {
     "keep_period": _whole(0, "every keep_period-th checkpoint is kept too; 0 is off"),
     "max_nonfinite_steps": _whole(1, "non-finite steps in a row before the run stops"),
     "steps_in_flight": _whole(1, "steps dispatched ahead"),
-    "eval_every": _whole(1, "steps between evaluations"),
     "profile.first_step": _whole(0, "step of the first trace; 0 is off"),
     "profile.num_steps": _whole(1, "steps traced"),
     "profile.every_secs": _real("seconds between traces", 0.0),
 }
+
+
+# config.evals.<name>: dict(type=..., every=N, ...). What each type reads: its fields' checks, and the
+# values of the fields an entry may leave out; the others it must give.
+_EVERY = _whole(1, "steps between evaluations; it runs at the last step too")
+EVALUATORS = {
+    # The reconstruction loss over held-out clips, with pictures (maepp/evaluators/held_out.py).
+    "held_out": dict(
+        fields={"type": _choice(("held_out",)), "source": _text("held-out clips, as config.data.source names "
+                                                                "clips; empty for no evaluation"),
+                "every": _EVERY, "batch_size": _whole(1, "held-out clips per step, over all devices")},
+        defaults=dict(every=10_000, batch_size=1024),
+    ),
+    # A linear probe on a labelled task's scene embeddings (maepp/evaluators/probe.py).
+    "probe": dict(
+        fields={"type": _choice(("probe",)), "task": _text("a labelled task's directory", may_be_empty=False),
+                "every": _EVERY, "shots": _whole(0, "training clips per class; 0 takes them all"),
+                "l2": _real("the ridge penalty on standardised features", 0.0, low_open=True),
+                "batch_size": _whole(1, "200-frame chunks per encoder call, over all devices")},
+        defaults=dict(shots=0, l2=1.0, batch_size=256),
+    ),
+}
+_EVALUATOR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # it names TensorBoard tags and console lines
+
+
+def evaluator_settings(entry) -> dict:
+    """An evaluator entry's fields, with its type's defaults for those it leaves out."""
+    return {**EVALUATORS[entry["type"]]["defaults"], **dict(entry)}
+
+
+def with_evals(config):
+    """The config with the loose held-out fields of older configs (data.eval_source, eval_every,
+    eval_batch_size) moved into config.evals.held_out; a config without them, unchanged. An
+    empty data.eval_source, which meant no evaluation, leaves no held_out entry."""
+    loose = {}
+    for old, new in config_files.MOVED_FIELDS.items():
+        section, _, field = old.rpartition(".")
+        if field in (config[section] if section else config):
+            loose[new.rpartition(".")[2]] = (config[section] if section else config)[field]
+    if not loose:
+        return config
+    config = config.copy_and_resolve_references()
+    for old in config_files.MOVED_FIELDS:
+        section, _, field = old.rpartition(".")
+        node = config[section] if section else config
+        if field in node:
+            del node[field]
+    if "evals" not in config:
+        config.evals = {}
+    held_out = dict(type="held_out", **EVALUATORS["held_out"]["defaults"])
+    held_out.update(config.evals.get("held_out", {}))
+    held_out.update(loose)
+    if "held_out" in config.evals:
+        del config.evals["held_out"]
+    if held_out.get("source"):
+        config.evals.held_out = held_out
+    return config
+
+
+def _check_evals(evals, batch_devices: int):
+    """Each entry of config.evals: a name, a known type, that type's fields (required ones given,
+    no field it does not read), and batches the mesh can split."""
+    for name, entry in evals.items():
+        if not _EVALUATOR_NAME.match(name):
+            raise ValueError(f"config.evals.{name}: an evaluator's name is a letter, then letters, digits or _ "
+                             "(it names the evaluator's TensorBoard tags)")
+        if not hasattr(entry, "items") or "type" not in entry:
+            raise ValueError(f"config.evals.{name}: must be dict(type=..., every=N, ...) with a type of "
+                             f"{tuple(EVALUATORS)}")
+        if entry["type"] not in EVALUATORS:
+            near = difflib.get_close_matches(str(entry["type"]), EVALUATORS, n=1, cutoff=0.6)
+            _fail(f"evals.{name}.type", entry["type"], f"use one of {tuple(EVALUATORS)}"
+                  + (f"; did you mean {near[0]!r}?" if near else ""))
+        kind = EVALUATORS[entry["type"]]
+        for required in (field for field in kind["fields"] if field != "type" and field not in kind["defaults"]):
+            if required not in entry:
+                raise ValueError(f"config.evals.{name}: needs {required} (a {entry['type']} evaluator reads "
+                                 f"{', '.join(kind['fields'])})")
+        _check_fields(leaves(entry), kind["fields"], f"evals.{name}.", strict=True)
+        settings = evaluator_settings(entry)
+        if entry["type"] == "held_out" and not settings["source"]:
+            continue
+        if settings["batch_size"] % batch_devices:
+            _fail(f"evals.{name}.batch_size", settings["batch_size"],
+                  f"must be a multiple of {batch_devices}: the mesh splits a batch {batch_devices} ways")
 
 
 def leaves(config, prefix="") -> dict:
@@ -184,7 +274,9 @@ def check_model(model, prefix: str = "model."):
 def check_train_config(config, n_devices: int, batch_devices: int):
     """Every field of a training config, then what fields ask of each other and of the mesh
     (n_devices devices, splitting a batch batch_devices ways)."""
-    _check_fields(leaves(config), FIELDS, "", strict=True)
+    _check_fields({field: value for field, value in leaves(config).items() if not field.startswith("evals.")},
+                  FIELDS, "", strict=True)
+    _check_evals(config.get("evals", {}), batch_devices)
     _model_relations(config.model, "model.")
     if config.warmup_steps >= config.total_steps:
         _fail("warmup_steps", config.warmup_steps, f"must be below config.total_steps={config.total_steps}")
@@ -193,12 +285,9 @@ def check_train_config(config, n_devices: int, batch_devices: int):
         if config[field] % every:
             _fail(field, config[field], f"must be a multiple of config.optimizer.accumulate_steps={every}: the "
                                         "schedule counts updates")
-    for field in ("batch_size", "eval_batch_size"):
-        if field == "eval_batch_size" and not config.data.eval_source:
-            continue
-        if config[field] % batch_devices:
-            _fail(field, config[field], f"must be a multiple of {batch_devices}: the mesh splits a batch "
-                                        f"{batch_devices} ways over {n_devices} devices")
+    if config.batch_size % batch_devices:
+        _fail("batch_size", config.batch_size, f"must be a multiple of {batch_devices}: the mesh splits a batch "
+                                               f"{batch_devices} ways over {n_devices} devices")
     if config.model.swiglu_norm == "pallas" and n_devices > 1:
         _fail("model.swiglu_norm", "pallas", f"runs on one device only, not {n_devices}: its kernels carry no "
               "sharding rule; use 'auto' (the kernels on one GPU, XLA's ops on a mesh) or 'xla'")
@@ -218,7 +307,7 @@ RESUME_EFFECTS = {
     "optimizer": "the optimizer uses the new setting from this step on",
     "mesh": "the state is resharded onto the new mesh",
     "model": "the computation changes, not the parameters",
-    "data.eval_source": "held-out losses from now on are over other clips: not comparable with earlier ones",
+    "evals": "the evaluator's figures from this step on are not comparable with its earlier ones",
 }
 
 
@@ -271,12 +360,21 @@ def resolve_auto(model, backend: str, device_count: int) -> dict:
     return {f"model.{field}": value for field, value in resolved.items() if model[field] == "auto"}
 
 
+def held_out_sources(config) -> dict:
+    """{evaluator name: its source} of the config's held-out evaluators that have one."""
+    return {name: entry["source"] for name, entry in config.get("evals", {}).items()
+            if entry.get("type") == "held_out" and entry.get("source")}
+
+
 def held_out_warning(config) -> str:
     """One line when a run on the user's own data would evaluate on the procedural clips (the
     default held-out set), which says nothing of how the model does on that data; or ""."""
-    source, held_out = config.data.source, config.data.eval_source
-    if source.startswith("synthetic") or not held_out.startswith("synthetic"):
+    source = config.data.source
+    procedural = {name: held_out for name, held_out in held_out_sources(config).items()
+                  if held_out.startswith("synthetic")}
+    if source.startswith("synthetic") or not procedural:
         return ""
-    return (f"warning: config.data.eval_source={held_out!r} is procedural audio, not clips like "
-            f"config.data.source={source!r}; set --config.data.eval_source to held-out clips of your own (a folder, "
-            "a prepared dataset or a tfds split), or to '' for no held-out evaluation")
+    name, held_out = next(iter(procedural.items()))
+    return (f"warning: config.evals.{name}.source={held_out!r} is procedural audio, not clips like "
+            f"config.data.source={source!r}; set --config.evals.{name}.source to held-out clips of your own (a "
+            "folder, a prepared dataset or a tfds split), or to '' for no held-out evaluation")

@@ -13,6 +13,9 @@ import traceback
 from absl import app, flags, logging
 
 CONFIG_FLAGS = ("config", "model_config")
+# Fields of older configs, and where they are now (config_checks.with_evals moves their values).
+MOVED_FIELDS = {"data.eval_source": "evals.held_out.source", "eval_every": "evals.held_out.every",
+                "eval_batch_size": "evals.held_out.batch_size"}
 
 
 def installed(name: str) -> str:
@@ -86,6 +89,9 @@ def check_overrides(config, overrides: list, flag: str = "config"):
         node, walked = config, []
         for key in path.split("."):
             if not hasattr(node, "keys") or key not in node:
+                if path in MOVED_FIELDS:
+                    raise ValueError(f"{argument}: moved to --{flag}.{MOVED_FIELDS[path]} (the evaluators are "
+                                     f"{flag}.evals)")
                 known = list(node.keys()) if hasattr(node, "keys") else []
                 near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 where = f"config.{'.'.join(walked)}" if walked else "the config"

@@ -7,15 +7,18 @@ from typing import NamedTuple
 import jax
 
 from maepp import sharding
-from maepp.config_checks import check_train_config, resolve_auto
+from maepp.config_checks import check_train_config, held_out_sources, resolve_auto
 from maepp.data.sources import source_from_string
+from maepp.downstream.tasks import load_task
 from maepp.models import ModelSpec
 
 
 class RunPlan(NamedTuple):
     mesh: jax.sharding.Mesh
     spec: ModelSpec
-    sources: dict  # "source", and "eval_source" where the config names one -> a data source
+    # "data.source" -> the training clips; "evals.NAME" -> a held-out evaluator's clips (a data
+    # source) or a probe's labelled task (maepp.downstream.tasks.Task)
+    sources: dict
     resolved: dict  # the config's "auto" choices as this backend resolves them: {"model.attention": "xla"}
 
 
@@ -28,13 +31,21 @@ def checked_plan(config) -> RunPlan:
     model = config.model.copy_and_resolve_references()
     model.update({field.removeprefix("model."): value for field, value in resolved.items()})
     spec = ModelSpec.from_config(model)
+    named = {"data.source": config.data.source}
+    named.update({f"evals.{name}.source": clips for name, clips in held_out_sources(config).items()})
     sources = {}
-    for field in ("source", "eval_source"):
-        if field == "source" or config.data.eval_source:
+    for field, name in named.items():
+        try:
+            key = field.removesuffix(".source") if field.startswith("evals.") else field
+            sources[key] = source_from_string(name, config.data.data_dir or None)
+        except (ValueError, FileNotFoundError) as error:
+            raise ValueError(f"config.{field}={name!r}: {error}") from None
+    for name, entry in config.get("evals", {}).items():
+        if entry.type == "probe":
             try:
-                sources[field] = source_from_string(config.data[field], config.data.data_dir or None)
+                sources[f"evals.{name}"] = load_task(entry.task)
             except (ValueError, FileNotFoundError) as error:
-                raise ValueError(f"config.data.{field}={config.data[field]!r}: {error}") from None
+                raise ValueError(f"config.evals.{name}.task={entry.task!r}: {error}") from None
     check_open_files(sources)
     return RunPlan(mesh, spec, sources, resolved)
 
@@ -53,7 +64,7 @@ def check_open_files(sources: dict):
     if hard != resource.RLIM_INFINITY and needed > hard:
         field = next(field for field, source in sources.items() if getattr(source, "open_files", 0))
         raise ValueError(
-            f"config.data.{field}: its shards keep {needed - OTHER_OPEN_FILES:,} files open, and with "
+            f"config.{field}: its shards keep {needed - OTHER_OPEN_FILES:,} files open, and with "
             f"{OTHER_OPEN_FILES} more for the rest of the run that is {needed:,}, above this process's limit of "
             f"{hard:,} open files (soft limit raised to the hard one): raise the hard limit (ulimit -Hn {needed}, "
             "or nofile in /etc/security/limits.conf), or prepare the data again (layout 2.0.0 holds no file open)")

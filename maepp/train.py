@@ -67,13 +67,14 @@ def main(argv):
     workdir = checkpoints.workdir_path(_WORKDIR.value)
     if workdir.exists() and not workdir.is_dir():
         _exit_now(f"maepp.train: --workdir {workdir} is a file, not a folder: name a folder (a new one starts a run)")
-    finished = _finished(_CONFIG.value, _WORKDIR.value)
+    config = config_checks.with_evals(_CONFIG.value)  # a config of older maepp: loose held-out fields
+    finished = _finished(config, _WORKDIR.value)
     if finished:
         print(finished, flush=True)
         return
     distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value)
     try:
-        plan = run_plan.checked_plan(_CONFIG.value)
+        plan = run_plan.checked_plan(config)
     except (ValueError, FileNotFoundError) as error:
         _exit_now(f"maepp.train: {error}")
     # Imported once the config has passed its checks: the loop brings in TensorFlow (tf.data,
@@ -81,14 +82,14 @@ def main(argv):
     from maepp.data.clip_store import DamagedClip
     from maepp.train_loop import say, train
 
-    warning = config_checks.held_out_warning(_CONFIG.value)
+    warning = config_checks.held_out_warning(config)
     if warning:
         say(f"maepp.train: {warning}")
     say(f"writing to {workdir}: checkpoints/, tensorboard/ (tensorboard --logdir {workdir / 'tensorboard'})"
-        + (", pictures/ (input | masked | reconstruction)" if _CONFIG.value.data.eval_source else ""))
+        + (", pictures/ (input | masked | reconstruction)" if config_checks.held_out_sources(config) else ""))
 
     try:
-        final = train(_CONFIG.value, _WORKDIR.value, plan, _RESUME_WITH_CHANGED.value)
+        final = train(config, _WORKDIR.value, plan, _RESUME_WITH_CHANGED.value)
     except DamagedClip as error:
         _exit_now(f"maepp.train: {error}. The newest complete checkpoint is {checkpoints.newest_complete(workdir)}")
     except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse,

@@ -22,10 +22,9 @@ from jax.experimental import multihost_utils
 from maepp import checkpoints, distributed, optim, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
 from maepp.cadence import Cadence
-from maepp.config_checks import resume_changes
+from maepp.config_checks import resume_changes, with_evals
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, reraise_damaged, train_dataset
-from maepp.evaluators.held_out import HeldOutEvaluation
-from maepp.evaluators.pictures import reconstruction_grid, write_png
+from maepp.evaluators.registry import make_evaluators
 from maepp.models import MaskedAutoencoder
 from maepp.models.counts import train_flops_per_example
 from maepp.prefetch import Prefetcher
@@ -91,6 +90,7 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     names the fields whose change is meant nevertheless.
     """
     workdir = checkpoints.workdir_path(workdir)
+    config = with_evals(config)  # a config of older maepp names its held-out evaluation in loose fields
     mesh, spec, sources, resolved = plan or checked_plan(config)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
     refusal = _on_process_0(lock.acquire if lock else None, WorkdirInUse,
@@ -101,7 +101,7 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     saved = workdir / "config.json"
     if checkpoints.complete_steps(workdir) and saved.exists():
         try:
-            changes = resume_changes(ml_collections.ConfigDict(json.loads(saved.read_text())), config,
+            changes = resume_changes(with_evals(ml_collections.ConfigDict(json.loads(saved.read_text()))), config,
                                      resume_with_changed)
         except ValueError:
             if lock is not None:
@@ -163,7 +163,7 @@ class Run:
     report: SkipReport  # clips the input skipped, and why
     writer: Any  # clu metric writer
     hooks: list  # clu periodic actions (the profiler)
-    held_out: HeldOutEvaluation | None
+    evaluators: dict  # name -> evaluator (maepp/evaluators/registry.py)
     throughput: Throughput
     learning_rate: Callable  # update number -> learning rate, for the log
     cadence: Cadence
@@ -212,7 +212,7 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
     report = SkipReport()
     filterbank = filterbanks.from_config(config)
     to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbank)
-    next_global_batch = _global_batches(config, mesh, spec, sources["source"], start_position, report, filterbank,
+    next_global_batch = _global_batches(config, mesh, spec, sources["data.source"], start_position, report, filterbank,
                                         waveforms=to_log_mel is not None)
     train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
@@ -228,15 +228,14 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
             logdir=workdir / "tensorboard", first_profile=config.profile.first_step,
             num_profile_steps=config.profile.num_steps, every_secs=config.profile.every_secs,
         ))
-    held_out = HeldOutEvaluation(config, model, mesh, state_shardings.params, sources["eval_source"]) \
-        if config.data.eval_source else None
+    evaluators = make_evaluators(config, model, mesh, state_shardings.params, sources)
     throughput = Throughput(train_flops_per_example(spec) * config.batch_size, config.batch_size,
                             config.total_steps, mesh.devices.flatten())
     batches = Prefetcher(next_global_batch, depth=config.data.prefetch)  # its thread starts making them now
     return Run(mesh=mesh, state=state, first_step=first_step, ckpt=ckpt, train_step=train_step, batches=batches,
-               report=report, writer=writer, hooks=hooks, held_out=held_out, throughput=throughput,
+               report=report, writer=writer, hooks=hooks, evaluators=evaluators, throughput=throughput,
                learning_rate=optim.schedule(config),
-               cadence=Cadence.from_config(config, first_step, evaluates=held_out is not None))
+               cadence=Cadence.from_config(config, first_step, list(evaluators)))
 
 
 def _global_batches(config, mesh, spec, source, start_position: int, report: SkipReport, filterbank: str,
@@ -304,8 +303,9 @@ def _loop(run: Run, config, workdir, stop: StopRequest, check_workdir_held: Call
                 f"{run.ckpt.latest_step()} in {run.ckpt.directory}; lower the learning rate or enable "
                 "config.optimizer.grad_clip"
             )
-        if run.cadence.eval_due(step, stop_requested):
-            evaluate(run.held_out, state.params, step, run.writer, workdir)
+        due = run.cadence.evals_due(step, stop_requested)
+        if due:
+            evaluate({name: run.evaluators[name] for name in due}, state.params, step, run.writer, workdir)
             run.throughput.start(step, waits_s)  # evaluation time is not training speed
         if run.cadence.save_due(step, stop_requested, means["nonfinite_in_a_row"]):
             check_workdir_held()
@@ -345,13 +345,14 @@ def _finish_saves_in_flight(ckpt):
         logging.warning("a checkpoint save in flight failed too: %s", error)
 
 
-def evaluate(held_out: HeldOutEvaluation, params, step: int, writer, workdir):
-    """Held-out loss to TensorBoard; pictures to TensorBoard and WORKDIR/pictures (process 0)."""
-    loss, pictures = held_out(params)
-    skipped = int(distributed.every_process([held_out.report.skips]).sum())
-    writer.write_scalars(step, dict(eval_loss=loss, eval_skipped_clips=skipped))
-    say(f"step {step} | held-out loss {loss:.4f}" + (f" | {skipped} held-out clips skipped" if skipped else ""))
-    if jax.process_index() == 0:
-        grid = reconstruction_grid(pictures)
-        writer.write_images(step, dict(reconstruction=grid[None]))
-        write_png(workdir / "pictures" / f"step_{step:07d}.png", grid)
+def evaluate(evaluators: dict, params, step: int, writer, workdir):
+    """The evaluators due at this step, in config order: each writes its figures, and the time it
+    took to TensorBoard (eval_seconds/NAME); one console line holds them all."""
+    parts = []
+    for name, evaluator in evaluators.items():
+        started = time.perf_counter()
+        text = evaluator.evaluate(params, step, writer, workdir)
+        seconds = time.perf_counter() - started
+        writer.write_scalars(step, {f"eval_seconds/{name}": seconds})
+        parts.append(f"{text} ({seconds:.1f} s)")
+    say(f"step {step} | " + " | ".join(parts))

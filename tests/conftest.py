@@ -40,9 +40,10 @@ def repo_root():
 
 @pytest.fixture(scope="session")
 def trained_run(repo_root, tmp_path_factory, worker_id):
-    """A micro run's workdir (maepp.train, tests/helpers.py TRAINED_RUN), made once per session
-    and shared by pytest-xdist's workers (the first to need it trains, the others wait)."""
-    from tests.helpers import TRAINED_RUN, train
+    """A micro run's workdir (maepp.train, tests/helpers.py TRAINED_RUN, with a probe evaluator:
+    probed_config), made once per session and shared by pytest-xdist's workers (the first to need
+    it trains, the others wait)."""
+    from tests.helpers import TRAINED_RUN, train, write_probed_config
 
     session_dir = tmp_path_factory.getbasetemp()
     if worker_id != "master":  # each worker has its own directory inside the session's
@@ -50,9 +51,17 @@ def trained_run(repo_root, tmp_path_factory, worker_id):
     workdir = session_dir / "trained_run"
     with FileLock(str(session_dir / "trained_run.lock")):
         if not (workdir / "trained").exists():
-            assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN, quiet=True)
+            (session_dir / "probe").mkdir(exist_ok=True)
+            config = write_probed_config(session_dir / "probe")
+            assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN, quiet=True, config=config)
             (workdir / "trained").touch()
     return workdir
+
+
+@pytest.fixture(scope="session")
+def probed_config(trained_run):
+    """The shared run's config file: micro with a probe evaluator (tests/helpers.py PROBED_CONFIG)."""
+    return trained_run.parent / "probe" / "probed.py"
 
 
 def pytest_configure(config):

@@ -51,12 +51,34 @@ def run_module(repo_root, *args):
 MICRO = "configs/audiomaepp.py:micro"
 # The run tests share (conftest's trained_run): 60 steps, checkpoints and held-out evaluation at 30 and 60.
 TRAINED_RUN = ["--config.total_steps=60", "--config.checkpoint_every=30", "--config.log_every=1",
-               "--config.warmup_steps=5", "--config.eval_every=30", "--config.data.eval_source=synthetic:64:1",
-               "--config.profile.first_step=20"]
+               "--config.warmup_steps=5", "--config.evals.held_out.every=30",
+               "--config.evals.held_out.source=synthetic:64:1", "--config.profile.first_step=20"]
+# The shared run's config file (conftest's probed_config): micro, and a probe evaluator on the
+# labelled synthetic `classes` task, added after get_config as the README shows.
+PROBE_TASK_CLIPS = {"train": 8, "test": 4}  # per class, written by maepp.downstream.synthetic_tasks
+PROBE = dict(type="probe", every=30, shots=6, batch_size=16)
+PROBED_CONFIG = """from maepp.configs import audiomaepp
 
 
-def train_command(workdir, *overrides):
-    return [sys.executable, "-m", "maepp.train", "--config", MICRO, "--workdir", str(workdir), *overrides]
+def get_config():
+    config = audiomaepp.get_config("micro")
+    config.evals.classes = dict(task={task!r}, **{probe!r})
+    return config
+"""
+
+
+def write_probed_config(directory):
+    """-> the path of a config file adding a probe evaluator to micro, with its task, in directory."""
+    from maepp.downstream.synthetic_tasks import write_task
+
+    task = write_task(directory / "classes_task", "classes", PROBE_TASK_CLIPS)
+    path = directory / "probed.py"
+    path.write_text(PROBED_CONFIG.format(task=str(task), probe=PROBE))
+    return path
+
+
+def train_command(workdir, *overrides, config=MICRO):
+    return [sys.executable, "-m", "maepp.train", "--config", str(config), "--workdir", str(workdir), *overrides]
 
 
 def fake_devices_environment(count: int, **more) -> dict:
@@ -66,10 +88,11 @@ def fake_devices_environment(count: int, **more) -> dict:
     return dict(os.environ, XLA_FLAGS=flags, **more)
 
 
-def train(repo_root, workdir, *overrides, quiet=False):
+def train(repo_root, workdir, *overrides, quiet=False, config=MICRO):
     """Runs maepp.train; returns its stdout. quiet: it must print nothing on stderr either (the
     libraries' INFO logs and start-up lines are off unless --verbosity asks for them)."""
-    result = subprocess.run(train_command(workdir, *overrides), cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run(train_command(workdir, *overrides, config=config), cwd=repo_root, capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not (quiet and result.stderr), result.stderr[-3000:]
     return result.stdout

@@ -86,6 +86,6 @@ def test_verbosity_brings_the_libraries_logs_back(repo_root, tmp_path):
     from tests.helpers import train_command
 
     command = train_command(tmp_path / "w", "--config.total_steps=1", "--config.warmup_steps=0",
-                            "--config.data.eval_source=", "--config.profile.first_step=0", "--verbosity=0")
+                            "--config.evals.held_out.source=", "--config.profile.first_step=0", "--verbosity=0")
     stderr = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=True).stderr.splitlines()
     assert any(line.startswith("I") and "checkpoint" in line.lower() for line in stderr), stderr  # Orbax's saves

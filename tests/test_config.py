@@ -13,13 +13,11 @@ BAD = {
     "seed": -1,
     "data.source": "",
     "data.data_dir": 3,
-    "data.eval_source": None,
     "data.frontend": "gpu",
     "data.damaged_clips": "ignore",
     "data.prefetch": 0,
     "audio.filterbank": "htk",
     "batch_size": 0,
-    "eval_batch_size": -8,
     "mesh.data": 0,
     "mesh.fsdp": -2,
     "mesh.model": 1.5,
@@ -40,7 +38,6 @@ BAD = {
     "keep_period": -1,
     "max_nonfinite_steps": 0,
     "steps_in_flight": 0,
-    "eval_every": 0,
     "profile.first_step": -1,
     "profile.num_steps": 0,
     "profile.every_secs": math.inf,
@@ -86,9 +83,10 @@ def _with(config, field, value):
 @pytest.mark.parametrize("name", list(_configs()))
 def test_every_field_of_every_config_is_checked_and_passes(name):
     config = _configs()[name]
-    assert set(config_checks.leaves(config)) == set(config_checks.FIELDS), (
-        "a field without a check, or a check of nothing"
-    )
+    fields = {field for field in config_checks.leaves(config) if not field.startswith("evals.")}
+    assert fields == set(config_checks.FIELDS), "a field without a check, or a check of nothing"
+    for entry in config.evals.values():  # each evaluator's fields are its type's
+        assert set(entry) <= set(config_checks.EVALUATORS[entry.type]["fields"])
     assert set(config_checks.FIELDS) == set(BAD), "every check needs its bad value in this test"
     config_checks.check_train_config(config, n_devices=8, batch_devices=8)
 
@@ -142,11 +140,84 @@ def test_own_data_with_the_procedural_held_out_set_is_warned_of():
     config = audiomaepp.get_config("micro")
     assert config_checks.held_out_warning(config) == ""  # procedural training data: the procedural held-out set fits
     config.data.source = "prepared:/data/audio_clips/2.0.0"
-    assert "--config.data.eval_source" in config_checks.held_out_warning(config)
-    config.data.eval_source = "folder:/data/held_out"
+    assert "--config.evals.held_out.source" in config_checks.held_out_warning(config)
+    config.evals.held_out.source = "folder:/data/held_out"
     assert config_checks.held_out_warning(config) == ""
-    config.data.eval_source = ""
+    config.evals.held_out.source = ""
     assert config_checks.held_out_warning(config) == ""
+
+
+# One bad value per field of each evaluator type, beside a good entry of that type.
+GOOD_EVALUATORS = {"held_out": dict(type="held_out", source="synthetic:16:1", every=5, batch_size=8),
+                   "probe": dict(type="probe", task="/data/task", every=5, shots=4, l2=1.0, batch_size=8)}
+BAD_EVALUATOR_FIELDS = {
+    "held_out": dict(type="held-out", source=3, every=0, batch_size=-8),
+    "probe": dict(type="linear", task="", every=2.5, shots=-1, l2=0.0, batch_size=0),
+}
+
+
+@pytest.mark.parametrize("kind,field", [(kind, field) for kind, fields in BAD_EVALUATOR_FIELDS.items()
+                                        for field in fields])
+def test_a_bad_field_of_each_evaluator_type_is_one_line_naming_it(kind, field):
+    assert set(BAD_EVALUATOR_FIELDS[kind]) == set(config_checks.EVALUATORS[kind]["fields"])
+    config = audiomaepp.get_config("micro")
+    config.evals.kw = GOOD_EVALUATORS[kind]
+    config_checks.check_train_config(config, n_devices=8, batch_devices=8)
+    config = _with(config, f"evals.kw.{field}", BAD_EVALUATOR_FIELDS[kind][field])
+    with pytest.raises(ValueError) as error:
+        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
+    message = str(error.value)
+    assert message.startswith(f"config.evals.kw.{field}=") and "\n" not in message, message
+
+
+@pytest.mark.parametrize(
+    "entry,message",
+    [
+        (dict(type="prob", task="/t", every=5), "config.evals.kw.type='prob': use one of ('held_out', 'probe'); "
+                                                "did you mean 'probe'?"),
+        (dict(type="probe", every=5), "config.evals.kw: needs task"),
+        (dict(type="probe", task="/t", every=5, shot=4), "config.evals.kw.shot=4: no such field is read"),
+        (dict(type="probe", task="/t", every=5, batch_size=12), "config.evals.kw.batch_size=12: must be a multiple "
+                                                                "of 8"),
+        (dict(task="/t", every=5), "config.evals.kw: must be dict(type=..."),
+    ],
+)
+def test_a_bad_evaluator_entry_is_one_line(entry, message):
+    config = audiomaepp.get_config("micro")
+    config.evals.kw = entry
+    with pytest.raises(ValueError) as error:
+        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
+
+
+def _with_loose_held_out_fields(config, **loose):
+    """The config as maepp wrote it before config.evals: the held-out evaluation in loose fields."""
+    old = ml_collections.ConfigDict(config.to_dict())
+    del old["evals"]
+    old.data.eval_source = loose.get("source", "synthetic:256:1")
+    old.eval_every, old.eval_batch_size = loose.get("every", 100), loose.get("batch_size", 32)
+    return old
+
+
+def test_the_loose_held_out_fields_of_older_configs_become_the_held_out_evaluator():
+    config = audiomaepp.get_config("micro")
+    old = _with_loose_held_out_fields(config)
+    assert config_checks.with_evals(old).to_dict() == config.to_dict()
+    assert "evals" not in old and old.eval_every == 100  # the caller's config is left as it was
+    assert config_checks.with_evals(config) is config  # nothing to move
+    # An empty eval_source meant no evaluation: no held_out evaluator.
+    assert "held_out" not in config_checks.with_evals(_with_loose_held_out_fields(config, source="")).evals
+
+
+def test_a_run_saved_with_loose_held_out_fields_resumes_without_a_change():
+    config = audiomaepp.get_config("micro")
+    saved = config_checks.with_evals(_with_loose_held_out_fields(config))
+    assert config_checks.resume_changes(saved, config) == []
+    config.evals.held_out.source = "folder:/data/held_out"
+    config.evals.kw = GOOD_EVALUATORS["probe"]  # an evaluator added on resume: not a change of the run
+    assert config_checks.resume_changes(saved, config) == [
+        "config.evals.held_out.source changed from 'synthetic:256:1' to 'folder:/data/held_out': the evaluator's "
+        "figures from this step on are not comparable with its earlier ones"]
 
 
 def test_auto_choices_resolve_from_the_backend_and_the_device_count():
@@ -159,3 +230,14 @@ def test_auto_choices_resolve_from_the_backend_and_the_device_count():
     assert config_checks.resolve_auto(model, "gpu", 8) == {"model.attention": "cudnn", "model.swiglu_norm": "xla"}
     model.attention, model.swiglu_norm = "xla", "xla"  # chosen, not "auto": nothing to record
     assert config_checks.resolve_auto(model, "gpu", 1) == {}
+
+
+def test_a_probe_on_a_folder_that_is_not_a_task_is_one_line_before_compiling(tmp_path):
+    from maepp.run_plan import checked_plan
+
+    config = audiomaepp.get_config("micro")
+    config.evals.kw = dict(type="probe", task=str(tmp_path), every=5)
+    with pytest.raises(ValueError) as error:
+        checked_plan(config)
+    assert str(error.value).startswith(f"config.evals.kw.task={str(tmp_path)!r}: {tmp_path} is not a task: it needs "
+                                       "train/ and test/ folders"), str(error.value)

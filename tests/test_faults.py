@@ -46,13 +46,14 @@ class Fault:
 BAD_CONFIGS = [
     ("log_every", 0, "must be a whole number of at least 1"),
     ("checkpoint_every", 0, "must be a whole number of at least 1"),
-    ("eval_every", 0, "must be a whole number of at least 1"),
+    ("evals.held_out.every", 0, "must be a whole number of at least 1"),
+    ("evals.held_out.type", "prob", "use one of ('held_out', 'probe')"),
     ("keep_checkpoints", 0, "must be a whole number of at least 1"),
     ("batch_size", 0, "must be a whole number of at least 1"),
     ("batch_size", -4, "must be a whole number of at least 1"),
     ("optimizer.base_learning_rate", -0.1, "must be a finite number in (0.0, inf)"),
     ("model.mask_ratio", 0.999, "leaves 0 of 250 tokens visible"),
-    ("data.eval_source", "folder:/nonexistent", "folder source /nonexistent is not a directory"),
+    ("evals.held_out.source", "folder:/nonexistent", "folder source /nonexistent is not a directory"),
     ("audio.filterbank", "htk", "use one of ('torchaudio', 'librosa')"),
     ("model.swiglu_norm", "pallas", "runs on one device only, not 8"),
 ]
@@ -64,6 +65,8 @@ MISSPELT = {
     "--config=configs/audiomaepp.py:mirco": "maepp.train: --config configs/audiomaepp.py:mirco: unknown model size "
                                             "'mirco'; choose one of micro, tiny, small, medium, base, large, huge; "
                                             "did you mean 'micro'?",
+    "--config.eval_every=5": "maepp.train: --config.eval_every: moved to --config.evals.held_out.every (the "
+                             "evaluators are config.evals)",
 }
 
 
@@ -283,8 +286,9 @@ def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, 
     arrays go in each, and the file holding a 64 KB kernel fails), nor does a held-out picture
     (about 200 KB), which comes first when an evaluation precedes the first save. SIGXFSZ is
     ignored, so a too-large write fails (EFBIG) instead of killing."""
-    evaluation = ["--config.eval_every=5", "--config.data.eval_source=synthetic:16:1", "--config.eval_batch_size=8"] \
-        if first_write == "picture" else ["--config.data.eval_source="]
+    evaluation = ["--config.evals.held_out.every=5", "--config.evals.held_out.source=synthetic:16:1",
+                  "--config.evals.held_out.batch_size=8"] if first_write == "picture" else \
+        ["--config.evals.held_out.source="]
     command = " ".join(shlex.quote(word) for word in train_command(
         tmp_path / "full", "--config.total_steps=12", "--config.warmup_steps=1", "--config.checkpoint_every=10",
         "--config.log_every=5", "--config.batch_size=8", *evaluation))
@@ -421,9 +425,9 @@ def test_an_internal_fault_names_what_survived_and_the_command_that_resumes(repo
     workdir = tmp_path / "w"
     # tests/test_loop.py's run: the same compiled steps, from the compilation cache.
     command = train_command(workdir, "--config.total_steps=10", "--config.warmup_steps=1",
-                            "--config.checkpoint_every=4", "--config.eval_every=5", "--config.log_every=7",
-                            "--config.data.eval_source=synthetic:16:1", "--config.batch_size=8",
-                            "--config.eval_batch_size=8")
+                            "--config.checkpoint_every=4", "--config.evals.held_out.every=5", "--config.log_every=7",
+                            "--config.evals.held_out.source=synthetic:16:1", "--config.batch_size=8",
+                            "--config.evals.held_out.batch_size=8")
     workdir.mkdir()
     (workdir / "pictures").write_text("a file where the run's pictures folder goes")
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)

@@ -90,8 +90,8 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
     save, in one line), the run killed with SIGKILL (its successor waits the lease out), and a
     resume; the final parameters equal an uninterrupted local run's bit for bit."""
     overrides = ["--config.total_steps=12", "--config.warmup_steps=2", "--config.checkpoint_every=3",
-                 "--config.log_every=3", "--config.eval_every=100", "--config.data.eval_source=synthetic:16:1",
-                 "--config.eval_batch_size=8"]
+                 "--config.log_every=3", "--config.evals.held_out.every=100",
+                 "--config.evals.held_out.source=synthetic:16:1", "--config.evals.held_out.batch_size=8"]
     train(repo_root, tmp_path / "local", *overrides)  # the uninterrupted run
 
     workdir = f"gs://{bucket}/run"
@@ -264,7 +264,7 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
     out = _two_processes(repo_root, tmp_path / "run", launch, "--config.total_steps=16", "--config.warmup_steps=1",
                          "--config.log_every=4", "--config.checkpoint_every=16", "--config.batch_size=16",
                          "--config.data.prefetch=1",
-                         "--config.data.eval_source=", f"--config.data.source=prepared:gs://{bucket}/data",
+                         "--config.evals.held_out.source=", f"--config.data.source=prepared:gs://{bucket}/data",
                          "--config.mesh.data=2", "--config.mesh.dcn_model=2", "--config.profile.first_step=0")
     lines = [line for line in out.splitlines() if line.startswith("step ") and "input wait" in line]
     assert [line.split("/")[0] for line in lines] == ["step 4", "step 8", "step 12", "step 16"]

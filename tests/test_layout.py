@@ -101,7 +101,7 @@ def test_pip_install_then_train_from_another_directory_by_config_name(repo_root,
     result = subprocess.run(
         [str(venv / "bin" / "maepp-train"), "--config", "audiomaepp:micro", "--workdir", "W",
          "--config.total_steps=2", "--config.warmup_steps=1", "--config.batch_size=8", "--config.log_every=1",
-         "--config.data.eval_source=", "--config.profile.first_step=0"],
+         "--config.evals.held_out.source=", "--config.profile.first_step=0"],
         cwd=elsewhere, capture_output=True, text=True, timeout=600,
         env={**os.environ, "PYTHONPATH": ""})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -105,12 +105,13 @@ def test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps(tmp_p
     from tests.helpers import logged_scalars
 
     config = audiomaepp.get_config("micro")
-    config.update(batch_size=8, total_steps=10, warmup_steps=1, log_every=7, checkpoint_every=4, eval_every=5)
-    config.data.eval_source = "synthetic:16:1"
-    config.eval_batch_size = 8
+    config.update(batch_size=8, total_steps=10, warmup_steps=1, log_every=7, checkpoint_every=4)
+    config.evals.held_out.update(source="synthetic:16:1", every=5, batch_size=8)
     train(config, tmp_path)
     assert sorted(logged_scalars(tmp_path)) == [1, 4, 5, 7, 8, 10]  # first, saves, evaluation, log step, last
     eval_loss = logged_scalars(tmp_path, "eval_loss")
     assert sorted(eval_loss) == [5, 10]
-    assert f"step 5 | held-out loss {eval_loss[5]:.4f}" in capsys.readouterr().out.splitlines()
+    seconds = logged_scalars(tmp_path, "eval_seconds/held_out")
+    assert sorted(seconds) == [5, 10] and all(s > 0 for s in seconds.values())  # what each evaluation took
+    assert f"step 5 | held-out loss {eval_loss[5]:.4f} ({seconds[5]:.1f} s)" in capsys.readouterr().out.splitlines()
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 8, 10]

@@ -15,7 +15,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from maepp.evaluators.pictures import reconstruction_grid
 from tests.helpers import TRAINED_RUN as RUN
-from tests.helpers import fake_devices_environment, leaves, logged_scalars, saved_params, train_command
+from maepp.downstream.tasks import load_task
+from tests.helpers import MICRO, PROBE, fake_devices_environment, leaves, logged_scalars, saved_params, train_command
 
 
 def _image_steps(workdir, tag="reconstruction") -> list:
@@ -85,7 +86,7 @@ def test_a_device_frontend_run_follows_the_host_run_and_saves_its_step_on_sigter
         assert device[step] == pytest.approx(host[step], abs=1e-4), step
 
 
-def _two_processes(repo_root, workdir, launch, *overrides):
+def _two_processes(repo_root, workdir, launch, *overrides, config=MICRO):
     """maepp.train as two JAX processes of 2 fake CPU devices each (jax.distributed on localhost).
 
     launch(i) -> (extra flags, extra environment) of process i.
@@ -95,7 +96,7 @@ def _two_processes(repo_root, workdir, launch, *overrides):
         flags, environment = launch(i)
         env = fake_devices_environment(2, **environment)
         processes.append(subprocess.Popen(
-            train_command(workdir, *flags, *overrides),
+            train_command(workdir, *flags, *overrides, config=config),
             cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         ))
     outputs = [p.communicate(timeout=600) for p in processes]
@@ -156,10 +157,12 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     assert 10 <= stopped < 30
     data = json.loads((workdir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
     assert data == {"position": 32 * stopped, "processes": 2}  # one global position: 32 clips a step
+    _as_older_maepp_saved_it(workdir / "config.json")
     result = subprocess.run(train_command(workdir, *SHARED), cwd=repo_root, env=fake_devices_environment(4),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed step {stopped} saved by 2 processes on 1 processes" in result.stdout
+    assert "config.evals" not in result.stdout  # the loose fields were the same held-out evaluation: no change
     assert "stopped at step 60" in result.stdout
     _follows(workdir, trained_run, range(1, 61))
     _follows(workdir, trained_run, [30, 60], "eval_loss")
@@ -169,21 +172,41 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     assert all(s["resolved"] == {"model.attention": "xla"} for s in starts)  # "auto" on CPUs
 
 
+def _as_older_maepp_saved_it(config_json):
+    """Rewrites a workdir's config.json as maepp saved it before config.evals: loose held-out fields."""
+    config = json.loads(config_json.read_text())
+    held_out = config.pop("evals")["held_out"]
+    config["data"]["eval_source"] = held_out["source"]
+    config.update(eval_every=held_out["every"], eval_batch_size=held_out["batch_size"])
+    config_json.write_text(json.dumps(config))
+
+
 @pytest.mark.e2e
 @pytest.mark.long(seconds=70)
 def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_spans_them(repo_root, trained_run,
-                                                                                       tmp_path):
+                                                                                       probed_config, tmp_path):
     """The shared run's step-30 checkpoint (one process) goes on over two processes joined
     through a Slurm task environment (1 -> 2), on a mesh whose model axis spans them
     (dcn_model=2): each holds every row of the batch and half of each layer's heads and hidden
-    units. Its losses and the held-out loss at the end are the shared run's."""
+    units. Its losses and the held-out loss at the end are the shared run's. Its probe's score at
+    the end is the same on both processes, and what one process computes from the checkpoint."""
+    from maepp.downstream import features
+    from maepp.weights import store
+
     workdir = tmp_path / "two_hosts"
     shutil.copytree(trained_run / "checkpoints" / "30", workdir / "checkpoints" / "30")
     out = _two_processes(repo_root, workdir, _by_slurm_environment, *SHARED, "--config.mesh.data=2",
-                         "--config.mesh.dcn_model=2")
+                         "--config.mesh.dcn_model=2", config=probed_config)
     assert "resumed step 30 saved by 1 processes on 2 processes" in out and "stopped at step 60" in out
     _follows(workdir, trained_run, range(31, 61))
     _follows(workdir, trained_run, [60], "eval_loss")
+    score = logged_scalars(workdir, "classes/accuracy")[60]
+    assert f"probe classes accuracy {score:.4f}" in out and "(the same on 2 processes)" in out
+    task = load_task(probed_config.parent / "classes_task")
+    model, params, config, _ = store.load_model(workdir, 60)
+    embedder = features.features_embedder("encoder", model, params, config.audio.filterbank)
+    clip_features = features.task_features(task, embedder, tmp_path / "features.npz", log=None)
+    assert score == pytest.approx(features.ridge_score(task, clip_features, PROBE["shots"]), abs=1e-6)
 
 
 @pytest.mark.e2e
@@ -211,7 +234,7 @@ def test_repeated_non_finite_steps_stop_the_run_naming_the_last_good_checkpoint(
     # A rate that overflows the parameters: from step 2 on every loss is inf or NaN.
     config.optimizer.base_learning_rate = 1e34
     config.update(batch_size=8, warmup_steps=0, total_steps=50, checkpoint_every=1, max_nonfinite_steps=3, log_every=1)
-    config.data.eval_source = ""
+    config.evals = {}
     config.profile.first_step = 0
     with pytest.raises(FloatingPointError, match=r"3 steps in a row .* last good checkpoint is step (\d+)") as error:
         train_in_process(config, tmp_path)

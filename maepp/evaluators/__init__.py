@@ -1,1 +1,2 @@
-"""What a training run evaluates as it goes: the held-out reconstruction loss and its pictures."""
+"""What a training run evaluates as it goes (config.evals): the held-out reconstruction loss and
+its pictures, and linear probes on labelled tasks."""

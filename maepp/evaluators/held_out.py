@@ -1,4 +1,5 @@
-"""Periodic reconstruction loss on held-out clips (config.data.eval_source), with pictures.
+"""Periodic reconstruction loss on held-out clips (config.evals.NAME = dict(type="held_out",
+source=...)), with pictures.
 
 Global batch j holds clips j B ... (j + 1) B - 1 of the held-out source, the last one padded
 with invalid rows, and every process reads the rows of it its devices hold (eval_dataset), so
@@ -8,28 +9,28 @@ different steps are comparable. The sums stay on the devices until the pass ends
 """
 import jax
 
-from maepp import sharding
+from maepp import distributed, sharding
 from maepp.audio import filterbanks
 from maepp.data.pipeline import SkipReport, eval_dataset
-from maepp.data.sources import source_from_string
 from maepp.evaluators.held_out_step import make_eval_step
+from maepp.evaluators.pictures import reconstruction_grid, write_png
 
 N_PICTURES = 4
 
 
 class HeldOutEvaluation:
-    def __init__(self, config, model, mesh, params_shardings, source=None):
-        self.source = source or source_from_string(config.data.eval_source, config.data.data_dir or None)
-        self.batch_size = config.eval_batch_size
+    def __init__(self, name: str, settings: dict, config, model, mesh, params_shardings, source):
+        """settings: the entry of config.evals (config_checks.evaluator_settings); source: its clips."""
+        self.name, self.source, self.batch_size = name, source, settings["batch_size"]
         self.rows = sharding.process_rows(mesh, self.batch_size)
         self.crop_frames = model.spec.input_size[0]
         self.mesh = mesh
         self.rng = jax.random.key(config.seed + 2)
-        self.report = SkipReport()
+        self.skip_report = SkipReport()
         self.filterbank = filterbanks.from_config(config)
         split = sharding.batch_sharding(mesh)
         self.step = jax.jit(
-            make_eval_step(model, min(N_PICTURES, config.eval_batch_size)),
+            make_eval_step(model, min(N_PICTURES, self.batch_size)),
             in_shardings=(params_shardings, split, split, sharding.replicated(mesh)),
             out_shardings=sharding.replicated(mesh),
         )
@@ -38,7 +39,7 @@ class HeldOutEvaluation:
         """-> (loss over all held-out clips' masked patches, pictures [3, n, T, F] numpy)."""
         batches = eval_dataset(
             self.source, batch_size=self.batch_size, rows=self.rows, crop_frames=self.crop_frames,
-            report=self.report, filterbank=self.filterbank,
+            report=self.skip_report, filterbank=self.filterbank,
         ).as_numpy_iterator()
         error_sum = masked_patches = pictures = None
         for number, batch in enumerate(batches):
@@ -55,5 +56,20 @@ class HeldOutEvaluation:
         error_sum, masked_patches, pictures = jax.device_get((error_sum, masked_patches, pictures))
         if not masked_patches:
             raise ValueError(f"held-out source {len(self.source)} clips gave no usable audio: "
-                             f"{self.report.reasons}")
+                             f"{self.skip_report.reasons}")
         return float(error_sum) / float(masked_patches), pictures
+
+    def evaluate(self, params, step: int, writer, workdir) -> str:
+        """Evaluates; the loss to TensorBoard (eval_loss, as the held-out loss has always been
+        tagged, for the evaluator named held_out), the pictures to TensorBoard and to
+        WORKDIR/pictures (process 0); -> its part of the console line."""
+        loss, pictures = self(params)
+        skipped = int(distributed.every_process([self.skip_report.skips]).sum())
+        suffix = "" if self.name == "held_out" else f"_{self.name}"
+        writer.write_scalars(step, {f"eval_loss{suffix}": loss, f"eval_skipped_clips{suffix}": skipped})
+        if jax.process_index() == 0:
+            grid = reconstruction_grid(pictures)
+            writer.write_images(step, {f"reconstruction{suffix}": grid[None]})
+            write_png(workdir / f"pictures{suffix}" / f"step_{step:07d}.png", grid)
+        label = "held-out loss" if self.name == "held_out" else f"{self.name} loss"
+        return f"{label} {loss:.4f}" + (f", {skipped} clips skipped" if skipped else "")

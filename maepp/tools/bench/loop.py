@@ -27,7 +27,7 @@ def bench_loop(config, n_steps: int) -> dict:
     config.total_steps = n_steps + 1
     config.warmup_steps = min(config.warmup_steps, n_steps)
     config.checkpoint_every = config.total_steps
-    config.data.eval_source = ""
+    config.evals = {}
     config.profile.first_step = 0
     with tempfile.TemporaryDirectory(prefix="maepp-bench-loop-") as workdir:
         loop = train(config, workdir)

@@ -1,0 +1,48 @@
+"""The closed-form linear probe: ridge regression to one-hot (or multi-hot) targets, as big_vision's
+few-shot evaluator fits its probes. Deterministic and one linear solve: what a training run can
+afford at every evaluation (maepp/evaluators/probe.py), and what maepp.downstream.evaluate runs as
+its `ridge` probe on the same clips, so the two give the same number.
+
+Clips: fold 0 of the task; the probe fits on its train and valid splits (it has nothing to tune),
+at most `shots` clips per class (by their first label, in the task's order; 0 takes all), and is
+scored on its test split: accuracy, or mAP for a multi-label task (maepp/downstream/probes.py).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maepp.downstream.tasks import Task
+
+
+def probe_clips(task: Task, shots: int) -> tuple:
+    """-> (training clips, test clips) of fold 0, each [(path, [label, ...]), ...]."""
+    fold = task.folds[0]
+    taken, per_class = [], {}
+    for path, labels in fold.train + fold.valid:
+        if shots and per_class.get(labels[0], 0) >= shots:
+            continue
+        per_class[labels[0]] = per_class.get(labels[0], 0) + 1
+        taken.append((path, labels))
+    return taken, list(fold.test)
+
+
+def targets(labelled: list, labels: list) -> np.ndarray:
+    """[(path, [label, ...]), ...] -> multi-hot [n, classes] float32 (one-hot for single-label tasks)."""
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.zeros((len(labelled), len(labels)), np.float32)
+    for row, (_, values) in enumerate(labelled):
+        y[row, [index[value] for value in values]] = 1.0
+    return y
+
+
+@jax.jit
+def ridge_logits(train_x, train_y, test_x, l2):
+    """Features standardised with the training clips' statistics, then W minimising
+    |X W - (Y - mean Y)|^2 + l2 |W|^2 in closed form: train_x [n, E], train_y [n, C], test_x [m, E]
+    float32 -> test logits [m, C]."""
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+    x, test = (train_x - mean) / std, (test_x - mean) / std
+    y_mean = train_y.mean(axis=0)
+    gram = x.T @ x + l2 * jnp.eye(x.shape[1], dtype=x.dtype)
+    weights = jax.scipy.linalg.solve(gram, x.T @ (train_y - y_mean), assume_a="pos")
+    return test @ weights + y_mean
