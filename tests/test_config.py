@@ -207,6 +207,11 @@ def test_the_loose_held_out_fields_of_older_configs_become_the_held_out_evaluato
     assert config_checks.with_evals(config) is config  # nothing to move
     # An empty eval_source meant no evaluation: no held_out evaluator.
     assert "held_out" not in config_checks.with_evals(_with_loose_held_out_fields(config, source="")).evals
+    # An older config file sets a loose field on today's config: it changes the held_out evaluator.
+    config.eval_every = 500
+    moved = config_checks.with_evals(config)
+    assert "eval_every" not in moved and moved.evals.held_out.to_dict() == dict(
+        type="held_out", source="synthetic:256:1", every=500, batch_size=32)
 
 
 def test_a_run_saved_with_loose_held_out_fields_resumes_without_a_change():
