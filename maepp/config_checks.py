@@ -163,19 +163,22 @@ def with_evals(config):
     """The config with the loose held-out fields of older configs (data.eval_source, eval_every,
     eval_batch_size) moved into config.evals.held_out; a config without them, unchanged. An
     empty data.eval_source, which meant no evaluation, leaves no held_out entry."""
-    loose = {}
+    def parent_and_leaf(config, dotted: str):
+        section, _, leaf = dotted.rpartition(".")
+        return (config[section] if section else config), leaf
+
+    loose = {}  # held_out's field -> the value an older field held
     for old, new in config_files.MOVED_FIELDS.items():
-        section, _, field = old.rpartition(".")
-        if field in (config[section] if section else config):
-            loose[new.rpartition(".")[2]] = (config[section] if section else config)[field]
+        node, leaf = parent_and_leaf(config, old)
+        if leaf in node:
+            loose[new.rpartition(".")[2]] = node[leaf]
     if not loose:
         return config
     config = config.copy_and_resolve_references()
     for old in config_files.MOVED_FIELDS:
-        section, _, field = old.rpartition(".")
-        node = config[section] if section else config
-        if field in node:
-            del node[field]
+        node, leaf = parent_and_leaf(config, old)
+        if leaf in node:
+            del node[leaf]
     if "evals" not in config:
         config.evals = {}
     held_out = dict(type="held_out", **EVALUATORS["held_out"]["defaults"])

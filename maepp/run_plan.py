@@ -31,15 +31,9 @@ def checked_plan(config) -> RunPlan:
     model = config.model.copy_and_resolve_references()
     model.update({field.removeprefix("model."): value for field, value in resolved.items()})
     spec = ModelSpec.from_config(model)
-    named = {"data.source": config.data.source}
-    named.update({f"evals.{name}.source": clips for name, clips in held_out_sources(config).items()})
-    sources = {}
-    for field, name in named.items():
-        try:
-            key = field.removesuffix(".source") if field.startswith("evals.") else field
-            sources[key] = source_from_string(name, config.data.data_dir or None)
-        except (ValueError, FileNotFoundError) as error:
-            raise ValueError(f"config.{field}={name!r}: {error}") from None
+    sources = {"data.source": _source(config, "data.source", config.data.source)}
+    for name, clips in held_out_sources(config).items():
+        sources[f"evals.{name}"] = _source(config, f"evals.{name}.source", clips)
     for name, entry in config.get("evals", {}).items():
         if entry.type == "probe":
             try:
@@ -48,6 +42,14 @@ def checked_plan(config) -> RunPlan:
                 raise ValueError(f"config.evals.{name}.task={entry.task!r}: {error}") from None
     check_open_files(sources)
     return RunPlan(mesh, spec, sources, resolved)
+
+
+def _source(config, field: str, clips: str):
+    """The data source `clips` names, or ValueError, one line naming the field."""
+    try:
+        return source_from_string(clips, config.data.data_dir or None)
+    except (ValueError, FileNotFoundError) as error:
+        raise ValueError(f"config.{field}={clips!r}: {error}") from None
 
 
 # Descriptors a run needs besides its data sources': libraries, sockets, checkpoint writes.
