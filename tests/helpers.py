@@ -77,6 +77,18 @@ def write_probed_config(directory):
     return path
 
 
+def ridge_score_of(workdir, step: int, task_dir, features_file, shots: int = PROBE["shots"]) -> float:
+    """What maepp.downstream.evaluate's ridge probe scores for a run's checkpoint, in this process."""
+    from maepp.downstream import features
+    from maepp.downstream.tasks import load_task
+    from maepp.weights import store
+
+    task = load_task(task_dir)
+    model, params, config, _ = store.load_model(workdir, step)
+    embedder = features.features_embedder("encoder", model, params, config.audio.filterbank)
+    return features.ridge_score(task, features.task_features(task, embedder, features_file, log=None), shots)
+
+
 def train_command(workdir, *overrides, config=MICRO):
     return [sys.executable, "-m", "maepp.train", "--config", str(config), "--workdir", str(workdir), *overrides]
 

@@ -80,6 +80,14 @@ def _with(config, field, value):
     return changed
 
 
+def _assert_refused_in_one_line(config, start: str):
+    """check_train_config refuses the config with one line that starts with `start`."""
+    with pytest.raises(ValueError) as error:
+        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
+    message = str(error.value)
+    assert message.startswith(start) and "\n" not in message, message
+
+
 @pytest.mark.parametrize("name", list(_configs()))
 def test_every_field_of_every_config_is_checked_and_passes(name):
     config = _configs()[name]
@@ -94,10 +102,7 @@ def test_every_field_of_every_config_is_checked_and_passes(name):
 @pytest.mark.parametrize("field", sorted(BAD))
 def test_a_bad_value_of_each_field_is_one_line_naming_it(field):
     config = _with(audiomaepp.get_config("micro"), field, BAD[field])
-    with pytest.raises(ValueError) as error:
-        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
-    message = str(error.value)
-    assert message.startswith(f"config.{field}=") and "\n" not in message, message
+    _assert_refused_in_one_line(config, f"config.{field}=")
 
 
 @pytest.mark.parametrize(
@@ -164,10 +169,7 @@ def test_a_bad_field_of_each_evaluator_type_is_one_line_naming_it(kind, field):
     config.evals.kw = GOOD_EVALUATORS[kind]
     config_checks.check_train_config(config, n_devices=8, batch_devices=8)
     config = _with(config, f"evals.kw.{field}", BAD_EVALUATOR_FIELDS[kind][field])
-    with pytest.raises(ValueError) as error:
-        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
-    message = str(error.value)
-    assert message.startswith(f"config.evals.kw.{field}=") and "\n" not in message, message
+    _assert_refused_in_one_line(config, f"config.evals.kw.{field}=")
 
 
 @pytest.mark.parametrize(
@@ -185,9 +187,7 @@ def test_a_bad_field_of_each_evaluator_type_is_one_line_naming_it(kind, field):
 def test_a_bad_evaluator_entry_is_one_line(entry, message):
     config = audiomaepp.get_config("micro")
     config.evals.kw = entry
-    with pytest.raises(ValueError) as error:
-        config_checks.check_train_config(config, n_devices=8, batch_devices=8)
-    assert str(error.value).startswith(message) and "\n" not in str(error.value), str(error.value)
+    _assert_refused_in_one_line(config, message)
 
 
 def _with_loose_held_out_fields(config, **loose):

@@ -9,7 +9,7 @@ import soundfile
 
 from maepp.downstream import ridge
 from maepp.downstream.tasks import load_task
-from tests.helpers import PROBE, logged_scalars, run_module
+from tests.helpers import PROBE, logged_scalars, ridge_score_of, run_module
 
 
 def _task(directory, seconds: dict) -> object:
@@ -85,9 +85,6 @@ def test_a_runs_probe_scores_are_logged_and_downstream_evaluate_reproduces_them(
     """The shared run evaluates its probe at steps 30 and 60; from each checkpoint,
     maepp.downstream.evaluate's ridge probe with the same shots and l2 gets the same accuracy (at
     step 60 as a user runs it, at step 30 through its library, in this process)."""
-    from maepp.downstream import features
-    from maepp.weights import store
-
     logged = logged_scalars(trained_run, "classes/accuracy")
     assert sorted(logged) == [30, 60]
     assert sorted(logged_scalars(trained_run, "eval_seconds/classes")) == [30, 60]
@@ -95,8 +92,5 @@ def test_a_runs_probe_scores_are_logged_and_downstream_evaluate_reproduces_them(
     out = run_module(repo_root, "maepp.downstream.evaluate", "--workdir", str(trained_run), "--step", "60",
                      "--task", str(task), "--probes", "ridge", "--shots", str(PROBE["shots"]), "--l2", "1.0")
     assert logged[60] == pytest.approx(json.loads(out.strip().splitlines()[-1])["ridge"]["mean"], abs=1e-6)
-    model, params, config, _ = store.load_model(trained_run, 30)
-    embedder = features.features_embedder("encoder", model, params, config.audio.filterbank)
-    clip_features = features.task_features(load_task(task), embedder, tmp_path / "step_30.npz", log=None)
-    score = features.ridge_score(load_task(task), clip_features, PROBE["shots"], l2=1.0)
+    score = ridge_score_of(trained_run, 30, task, tmp_path / "step_30.npz")
     assert logged[30] == pytest.approx(score, abs=1e-6)  # TensorBoard keeps float32

@@ -15,8 +15,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from maepp.evaluators.pictures import reconstruction_grid
 from tests.helpers import TRAINED_RUN as RUN
-from maepp.downstream.tasks import load_task
-from tests.helpers import MICRO, PROBE, fake_devices_environment, leaves, logged_scalars, saved_params, train_command
+from tests.helpers import (MICRO, fake_devices_environment, leaves, logged_scalars, ridge_score_of, saved_params,
+                           train_command)
 
 
 def _image_steps(workdir, tag="reconstruction") -> list:
@@ -190,9 +190,6 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     (dcn_model=2): each holds every row of the batch and half of each layer's heads and hidden
     units. Its losses and the held-out loss at the end are the shared run's. Its probe's score at
     the end is the same on both processes, and what one process computes from the checkpoint."""
-    from maepp.downstream import features
-    from maepp.weights import store
-
     workdir = tmp_path / "two_hosts"
     shutil.copytree(trained_run / "checkpoints" / "30", workdir / "checkpoints" / "30")
     out = _two_processes(repo_root, workdir, _by_slurm_environment, *SHARED, "--config.mesh.data=2",
@@ -202,11 +199,8 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     _follows(workdir, trained_run, [60], "eval_loss")
     score = logged_scalars(workdir, "classes/accuracy")[60]
     assert f"probe classes accuracy {score:.4f}" in out and "(the same on 2 processes)" in out
-    task = load_task(probed_config.parent / "classes_task")
-    model, params, config, _ = store.load_model(workdir, 60)
-    embedder = features.features_embedder("encoder", model, params, config.audio.filterbank)
-    clip_features = features.task_features(task, embedder, tmp_path / "features.npz", log=None)
-    assert score == pytest.approx(features.ridge_score(task, clip_features, PROBE["shots"]), abs=1e-6)
+    one_process = ridge_score_of(workdir, 60, probed_config.parent / "classes_task", tmp_path / "features.npz")
+    assert score == pytest.approx(one_process, abs=1e-6)
 
 
 @pytest.mark.e2e

@@ -73,8 +73,7 @@ def ridge_score(task: Task, features: dict, shots: int = 0, l2: float = 1.0) -> 
     logits = ridge.ridge_logits(np.stack([features[path] for path, _ in train]).astype(np.float32),
                                 ridge.targets(train, task.labels),
                                 np.stack([features[path] for path, _ in test]).astype(np.float32), l2)
-    y = ridge.targets(test, task.labels)
-    return probes.score(np.asarray(logits), y if task.multilabel else y.argmax(axis=1), task.multilabel)
+    return probes.score(np.asarray(logits), ridge.scored_labels(test, task), task.multilabel)
 
 
 def evaluate(task: Task, features: dict, seeds: int, probe_names=("linear", "mlp"), shots: int = 0,

@@ -35,6 +35,13 @@ def targets(labelled: list, labels: list) -> np.ndarray:
     return y
 
 
+def scored_labels(labelled: list, task: Task) -> np.ndarray:
+    """What probes.score compares logits with: multi-hot [n, classes] for a multi-label task,
+    class indices [n] otherwise."""
+    y = targets(labelled, task.labels)
+    return y if task.multilabel else y.argmax(axis=1)
+
+
 @jax.jit
 def ridge_logits(train_x, train_y, test_x, l2):
     """Features standardised with the training clips' statistics, then W minimising

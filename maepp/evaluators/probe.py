@@ -30,7 +30,7 @@ class ProbeEvaluation:
         """settings: the entry of config.evals (config_checks.evaluator_settings); task: its
         labelled task (maepp.downstream.tasks.load_task)."""
         self.name, self.task, self.mesh = name, task, mesh
-        self.batch_size, self.l2 = settings["batch_size"], settings["l2"]
+        self.batch_size = settings["batch_size"]
         self.train_clips, self.test_clips = ridge.probe_clips(task, settings["shots"])
         self.metric = "mAP" if task.multilabel else "accuracy"
         self.filterbank = filterbanks.mel_filterbank(filterbanks.from_config(config))
@@ -50,7 +50,7 @@ class ProbeEvaluation:
         split, whole = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         self.add_chunks = jax.jit(add_chunks, in_shardings=(params_shardings, split, split, split, whole),
                                   out_shardings=whole, donate_argnums=4)
-        l2 = self.l2
+        l2 = settings["l2"]
 
         def fit(sums, train_rows, test_rows, train_y):
             """Scene embeddings [clips, E] -> the test clips' logits [m, C] of the ridge probe."""
@@ -101,9 +101,7 @@ class ProbeEvaluation:
         self.train_rows = jax.device_put(np.arange(n_train), whole)
         self.test_rows = jax.device_put(np.arange(n_train, len(log_mels)), whole)
         self.train_y = jax.device_put(ridge.targets(kept["train"], self.task.labels), whole)
-        self.test_y = ridge.targets(kept["test"], self.task.labels)
-        if not self.task.multilabel:
-            self.test_y = self.test_y.argmax(axis=1)
+        self.test_y = ridge.scored_labels(kept["test"], self.task)
         self.prepared = f"{n_train} training and {len(kept['test'])} test clips read in " \
                         f"{time.perf_counter() - started:.1f} s"
 
