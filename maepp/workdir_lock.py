@@ -14,6 +14,9 @@ On gs:// the lease is lock.json itself, written only with a precondition on its 
       holder's timestamp) is a dead run's, and is taken over, again on its generation;
     - the holder checks the lease before every save (check_held), so a run whose lease was taken
       stops before it writes another checkpoint.
+Whose lease it is, is read from the token in lock.json, never from the generation alone: the
+renewal thread changes the generation while the loop checks it, and a write that GCS stored but
+whose answer was lost is retried by the client and refused (412) on its own new generation.
 The lease lasts $MAEPP_WORKDIR_LEASE_S seconds (60 by default): how long a crashed run keeps its
 successor waiting, against how long a run may go without renewing before it is taken for dead.
 Process 0 holds it for the whole job.
@@ -139,7 +142,7 @@ class WorkdirLock:
     def _acquire_lease(self):
         holder, generation = self._object.read()
         if generation is None:
-            self._generation = self._object.write(self._text(), if_generation=0)
+            self._generation = self._write_mine(if_generation=0)
             if self._generation is not None:
                 return
             holder, generation = self._object.read()  # another run created it first
@@ -159,7 +162,7 @@ class WorkdirLock:
                 raise WorkdirInUse(self._refusal(holder_now))
             remaining = min(self.lease_s - (time.monotonic() - seen_at),
                             self.lease_s - (time.time() - holder.get("renewed", 0)))
-        self._generation = self._object.write(self._text(), if_generation=generation)
+        self._generation = self._write_mine(if_generation=generation)
         if self._generation is None:
             raise WorkdirInUse(self._refusal(self._object.read()[0]))
         print(f"took over {self.path} from a run that stopped renewing it ({_describe(holder)})", flush=True)
@@ -168,12 +171,27 @@ class WorkdirLock:
         return (f"{self.path.parent} is in use by another run ({_describe(holder) if holder else 'unknown'}): two runs "
                 "on one workdir would mix their checkpoints. Stop that run, or give this one another --workdir")
 
+    def _is_mine(self, holder: dict) -> bool:
+        return holder.get("token") == self.me["token"]
+
+    def _write_mine(self, if_generation: int):
+        """Writes this run's lock.json on `if_generation`; -> its new generation, or None if another
+        run's lock.json is there (a refused retry of this run's own stored write is not)."""
+        generation = self._object.write(self._text(), if_generation=if_generation)
+        if generation is None:
+            holder, generation = self._object.read()
+            if not self._is_mine(holder):
+                return None
+        return generation
+
+    def _taken_over(self, holder: dict) -> str:
+        return f"{self.path} was taken over by another run ({_describe(holder) if holder else 'unknown'})"
+
     def _renew(self):
         while not self._stop.wait(self.renew_s):
-            generation = self._object.write(self._text(), if_generation=self._generation)
+            generation = self._write_mine(if_generation=self._generation)
             if generation is None:
-                holder, _ = self._object.read()
-                self.lost = f"{self.path} was taken over by another run ({_describe(holder) if holder else 'unknown'})"
+                self.lost = self._taken_over(self._object.read()[0])
                 return
             self._generation = generation
 
@@ -182,9 +200,9 @@ class WorkdirLock:
         if self.local:
             return
         if not self.lost:
-            holder, generation = self._object.read()
-            if generation != self._generation:
-                self.lost = f"{self.path} was taken over by another run ({_describe(holder) if holder else 'unknown'})"
+            holder, _ = self._object.read()
+            if not self._is_mine(holder):
+                self.lost = self._taken_over(holder)
         if self.lost:
             raise WorkdirLost(self.lost)
 

@@ -83,6 +83,24 @@ def test_a_dead_runs_lease_is_waited_out_then_taken_over(gcs, bucket, monkeypatc
         assert json.loads(lock_blob.download_as_text())["token"] == successor.me["token"]
 
 
+def test_a_holder_renewing_its_lease_fast_is_never_taken_for_another_run(gcs, bucket, monkeypatch):
+    """Ownership is read from lock.json's token: a check made while the renewal thread writes a new
+    generation, and a renewal refused because its own earlier write was stored though its answer
+    was lost (here: its text uploaded from outside), both find the lease still this run's."""
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.default["STORAGE_EMULATOR_HOST"])
+    lock_blob = _storage_client(gcs).bucket(bucket).blob("run/lock.json")
+    with WorkdirLock(f"gs://{bucket}/run", lease_s=1.0, renew_s=0.02) as lock:
+        lock_blob.upload_from_string(lock._text())  # the stored write whose answer never came back
+        checks, end = 0, time.monotonic() + 4
+        while time.monotonic() < end:
+            lock.check_held()  # raises WorkdirLost if it takes its own renewal for a takeover
+            checks += 1
+        renewed = json.loads(lock_blob.download_as_text())["renewed"]
+        assert checks > 50 and not lock.lost
+        assert time.time() - renewed < 1.0  # still renewing after the refused renewal
+    assert _storage_client(gcs).bucket(bucket).get_blob("run/lock.json") is None
+
+
 @pytest.mark.long(seconds=100)
 def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run(gcs, bucket, repo_root, tmp_path,
                                                                                     monkeypatch):
