@@ -1,6 +1,7 @@
 """gs:// end to end, against a real GCS API server on 127.0.0.1 (maepp/tools/gcs_emulator.py):
 the workdir lock's preconditions, a gs:// workdir that is taken over, killed and resumed bit for
-bit, and prepared data written to and read from a bucket in place, each process its share."""
+bit, prepared data written to and read from a bucket in place, each process its share, and a
+probe task read from a bucket."""
 import json
 import os
 import signal
@@ -290,3 +291,41 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
     assert wait >= 30 and f"input wait {wait}% (slowest: process 1) |" in lines[-1], lines[-1]
     assert narrow.counts()["requests"] >= 16 * 16  # process 1 read every row of each of its batches
 
+
+
+def test_a_probe_task_in_a_bucket_is_the_task_on_disk(gcs, bucket, tmp_path, monkeypatch):
+    """A labelled task uploaded to a bucket loads as the same splits and labels, and the probe
+    evaluator reads from it the very scene embeddings and score it reads from the local copy."""
+    import jax
+
+    from maepp import sharding
+    from maepp.config_checks import evaluator_settings
+    from maepp.configs import audiomaepp
+    from maepp.downstream.tasks import load_task
+    from maepp.evaluators.probe import ProbeEvaluation
+    from maepp.models import MaskedAutoencoder, ModelSpec
+    from maepp.optim import optimizer
+    from tests.helpers import PROBE
+
+    blobs, rng = _storage_client(gcs).bucket(bucket), np.random.default_rng(0)
+    for split, per_label in (("train", 4), ("test", 2)):
+        for label in ("hum", "noise"):
+            for i in range(per_label):
+                path = tmp_path / "task" / split / label / f"{i}.wav"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                soundfile.write(path, synthetic_clip(rng, 1.0 + 0.5 * i)[0], 16000)
+                blobs.blob(str(path.relative_to(tmp_path))).upload_from_filename(str(path))
+    for variable, value in gcs.client_environment().items():
+        monkeypatch.setenv(variable, value)
+    local, remote = load_task(tmp_path / "task"), load_task(f"gs://{bucket}/task")
+    assert (remote.name, remote.labels, remote.folds) == (local.name, local.labels, local.folds)
+    assert len(remote.paths()) == 12
+
+    config = audiomaepp.get_config("micro")
+    mesh = sharding.make_mesh(config.mesh)
+    model = MaskedAutoencoder(ModelSpec.from_config(config.model))
+    state, shardings = sharding.create_sharded_state(model, optimizer(config), mesh, jax.random.key(0))
+    probes = [ProbeEvaluation("kw", evaluator_settings(dict(PROBE, task=str(task.root), batch_size=8)), config,
+                              model, mesh, shardings.params, task) for task in (local, remote)]
+    np.testing.assert_array_equal(*(np.asarray(probe.scene_embeddings(state.params)) for probe in probes))
+    assert probes[0](state.params) == probes[1](state.params) and not probes[1].unreadable

@@ -25,7 +25,7 @@ from maepp.weights import store
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _TASK = flags.DEFINE_string(
-    "task", None, "Task directory (maepp.downstream.synthetic_tasks writes one).", required=True
+    "task", None, "Task directory, local or gs:// (maepp.downstream.synthetic_tasks writes one).", required=True
 )
 _FEATURES = flags.DEFINE_enum("features", "encoder", features.FEATURES, "What to probe.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Probe seeds (HEAR uses 10).")

@@ -1,4 +1,4 @@
-"""Labelled downstream tasks on disk, as maepp.downstream.evaluate reads them.
+"""Labelled downstream tasks, on disk or in a bucket (gs://), as maepp.downstream.evaluate reads them.
 
     DIR/train/<label>/*.wav, DIR/test/<label>/*.wav [, DIR/valid/<label>/*.wav]
         a labelled folder (any audio format); without valid/, a fixed fifth of train is held out.
@@ -8,9 +8,9 @@
 """
 import dataclasses
 import json
-import pathlib
 
 import numpy as np
+from etils import epath
 
 from maepp.audio.decode import AUDIO_EXTENSIONS
 
@@ -25,7 +25,7 @@ class Fold:
 @dataclasses.dataclass
 class Task:
     name: str
-    root: pathlib.Path
+    root: epath.Path
     multilabel: bool
     labels: list  # the vocabulary, sorted
     folds: list
@@ -36,19 +36,19 @@ class Task:
                        for path, _ in split})
 
 
-def _labelled_folder(directory: pathlib.Path, split: str) -> list:
+def _labelled_folder(directory: epath.Path, split: str) -> list:
     split_dir = directory / split
     return sorted((str(path.relative_to(directory)), [path.parent.name])
                   for path in split_dir.glob("*/*") if path.suffix.lower() in AUDIO_EXTENSIONS)
 
 
-def _hear_split(directory: pathlib.Path, split: str) -> list:
+def _hear_split(directory: epath.Path, split: str) -> list:
     labels = json.loads((directory / f"{split}.json").read_text())
     return sorted((f"16000/{split}/{name}", list(values)) for name, values in labels.items())
 
 
 def load_task(directory) -> Task:
-    directory = pathlib.Path(directory)
+    directory = epath.Path(directory)
     metadata_path = directory / "task_metadata.json"
     if metadata_path.exists():
         metadata = json.loads(metadata_path.read_text())
