@@ -44,11 +44,12 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config.steps_in_flight = 2  # dispatched steps the host may run ahead of the devices
     # Evaluators, each run every `every` steps and at the last (maepp/evaluators/, docs/training.md):
     # held_out: the reconstruction loss and pictures on held-out clips (source: as data.source
-    # names clips, "" = none); "synthetic:256:1" is 256 procedural clips from a seed the training
+    # names clips, "" = none); "auto" is the split `prepare --holdout` kept out of a prepared
+    # training dataset, else "synthetic:256:1", 256 procedural clips from a seed the training
     # clips do not use. A config file adds more after get_config, e.g. a linear probe on a task:
     #   config.evals.kw = dict(type="probe", task="/data/speech_commands", every=5000, shots=16)
     config.evals = ml_collections.ConfigDict(dict(
-        held_out=dict(type="held_out", source="synthetic:256:1", every=10_000, batch_size=1024),  # batch: global
+        held_out=dict(type="held_out", source="auto", every=10_000, batch_size=1024),  # batch: global
     ))
     # clu's Profile action: a jax.profiler trace of num_steps steps from first_step (0 = never),
     # then again every every_secs; it lands in WORKDIR/tensorboard (TensorBoard's profile tab).

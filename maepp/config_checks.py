@@ -138,7 +138,8 @@ EVALUATORS = {
     # The reconstruction loss over held-out clips, with pictures (maepp/evaluators/held_out.py).
     "held_out": dict(
         fields={"type": _choice(("held_out",)), "source": _text("held-out clips, as config.data.source names "
-                                                                "clips; empty for no evaluation"),
+                                                                "clips; \"auto\" (resolve_held_out); empty for "
+                                                                "no evaluation"),
                 "every": _EVERY, "batch_size": _whole(1, "held-out clips per step, over all devices")},
         defaults=dict(every=10_000, batch_size=1024),
     ),
@@ -325,11 +326,13 @@ def _effect(field: str) -> str:
     return "takes effect from this step on"
 
 
-def resume_changes(saved, config, accepted=()) -> list:
+def resume_changes(saved, config, accepted=(), resolved=None) -> list:
     """The fields whose value differs from the saved config.json, as lines saying what the change
     does; raises ValueError, one line, for changes that would make another run, unless accepted
-    (--resume_with_changed). Fields an older saved config lacks are not compared."""
-    old, new = leaves(saved), leaves(config)
+    (--resume_with_changed). Fields an older saved config lacks are not compared; "auto" on either
+    side is compared as `resolved` (run_plan's) resolves it."""
+    old, new = ({field: (resolved or {}).get(field, value) if value == "auto" else value
+                 for field, value in leaves(c).items()} for c in (saved, config))
     changed = {
         field: (old[field], new[field])
         for field in new
@@ -363,21 +366,46 @@ def resolve_auto(model, backend: str, device_count: int) -> dict:
     return {f"model.{field}": value for field, value in resolved.items() if model[field] == "auto"}
 
 
-def held_out_sources(config) -> dict:
-    """{evaluator name: its source} of the config's held-out evaluators that have one."""
-    return {name: entry["source"] for name, entry in config.get("evals", {}).items()
+# What a held_out evaluator's source "auto" (the default) reads when the training clips have no
+# held-out split: 256 procedural clips from a seed the training clips do not use.
+HELD_OUT_FALLBACK = "synthetic:256:1"
+
+
+def resolve_held_out(config, training_clips) -> dict:
+    """{"evals.NAME.source": clips} for each held_out evaluator whose source is "auto": the split that
+    `prepare --holdout` kept out of the training dataset (its source's `holdout`), where it has one,
+    else HELD_OUT_FALLBACK. A run resolves it with the model's "auto" choices (resolve_auto)."""
+    clips = getattr(training_clips, "holdout", None) or HELD_OUT_FALLBACK
+    return {f"evals.{name}.source": clips for name, entry in config.get("evals", {}).items()
+            if entry.get("type") == "held_out" and entry.get("source") == "auto"}
+
+
+def held_out_sources(config, resolved=None) -> dict:
+    """{evaluator name: its source} of the config's held-out evaluators that have one; "auto" as
+    `resolved` (run_plan's) resolves it."""
+    resolved = resolved or {}
+    evals = config.get("evals", {})
+    return {name: resolved.get(f"evals.{name}.source", entry["source"]) for name, entry in evals.items()
             if entry.get("type") == "held_out" and entry.get("source")}
 
 
-def held_out_warning(config) -> str:
-    """One line when a run on the user's own data would evaluate on the procedural clips (the
-    default held-out set), which says nothing of how the model does on that data; or ""."""
+def held_out_notice(config, resolved=None) -> str:
+    """One line for the start of a run on the user's own data: where its held-out loss comes from,
+    when "auto" found the dataset's held-out split; a warning when it would be the procedural
+    clips, which say nothing of how the model does on that data; or ""."""
     source = config.data.source
-    procedural = {name: held_out for name, held_out in held_out_sources(config).items()
-                  if held_out.startswith("synthetic")}
-    if source.startswith("synthetic") or not procedural:
+    if source.startswith("synthetic"):
         return ""
-    name, held_out = next(iter(procedural.items()))
-    return (f"warning: config.evals.{name}.source={held_out!r} is procedural audio, not clips like "
-            f"config.data.source={source!r}; set --config.evals.{name}.source to held-out clips of your own (a "
-            "folder, a prepared dataset or a tfds split), or to '' for no held-out evaluation")
+    chosen = held_out_sources(config, resolved)
+    procedural = {name: held_out for name, held_out in chosen.items() if held_out.startswith("synthetic")}
+    if procedural:
+        name, held_out = next(iter(procedural.items()))
+        return (f"warning: config.evals.{name}.source={held_out!r} is procedural audio, not clips like "
+                f"config.data.source={source!r}; set --config.evals.{name}.source to held-out clips of your own (a "
+                "folder, a prepared dataset or a tfds split; prepare --holdout writes one beside the training "
+                "clips), or to '' for no held-out evaluation")
+    found = {name: held_out for name, held_out in chosen.items() if config.evals[name].source == "auto"}
+    if found:
+        name, held_out = next(iter(found.items()))
+        return f"config.evals.{name}: held-out loss on {held_out}, the clips prepare --holdout kept out of training"
+    return ""

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import jax
 
 from maepp import sharding
-from maepp.config_checks import check_train_config, held_out_sources, resolve_auto
+from maepp.config_checks import check_train_config, held_out_sources, resolve_auto, resolve_held_out
 from maepp.data.sources import source_from_string
 from maepp.downstream.tasks import load_task
 from maepp.models import ModelSpec
@@ -19,7 +19,9 @@ class RunPlan(NamedTuple):
     # "data.source" -> the training clips; "evals.NAME" -> a held-out evaluator's clips (a data
     # source) or a probe's labelled task (maepp.downstream.tasks.Task)
     sources: dict
-    resolved: dict  # the config's "auto" choices as this backend resolves them: {"model.attention": "xla"}
+    # the config's "auto" choices as this backend and data resolve them:
+    # {"model.attention": "xla", "evals.held_out.source": "prepared:/data/x/2.0.0/holdout"}
+    resolved: dict
 
 
 def checked_plan(config) -> RunPlan:
@@ -32,7 +34,8 @@ def checked_plan(config) -> RunPlan:
     model.update({field.removeprefix("model."): value for field, value in resolved.items()})
     spec = ModelSpec.from_config(model)
     sources = {"data.source": _source(config, "data.source", config.data.source)}
-    for name, clips in held_out_sources(config).items():
+    resolved.update(resolve_held_out(config, sources["data.source"]))
+    for name, clips in held_out_sources(config, resolved).items():
         sources[f"evals.{name}"] = _source(config, f"evals.{name}.source", clips)
     for name, entry in config.get("evals", {}).items():
         if entry.type == "probe":

@@ -82,9 +82,9 @@ def main(argv):
     from maepp.data.clip_store import DamagedClip
     from maepp.train_loop import say, train
 
-    warning = config_checks.held_out_warning(config)
-    if warning:
-        say(f"maepp.train: {warning}")
+    notice = config_checks.held_out_notice(config, plan.resolved)
+    if notice:
+        say(f"maepp.train: {notice}")
     say(f"writing to {workdir}: checkpoints/, tensorboard/ (tensorboard --logdir {workdir / 'tensorboard'})"
         + (", pictures/ (input | masked | reconstruction)" if config_checks.held_out_sources(config) else ""))
 

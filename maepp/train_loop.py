@@ -102,7 +102,7 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     if checkpoints.complete_steps(workdir) and saved.exists():
         try:
             changes = resume_changes(with_evals(ml_collections.ConfigDict(json.loads(saved.read_text()))), config,
-                                     resume_with_changed)
+                                     resume_with_changed, resolved)
         except ValueError:
             if lock is not None:
                 lock.release()

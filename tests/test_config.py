@@ -141,15 +141,21 @@ def test_a_field_no_check_knows_is_refused_in_a_training_config_and_ignored_in_a
     config_checks.check_model(config.model)  # a saved run's config may hold it: export still loads
 
 
-def test_own_data_with_the_procedural_held_out_set_is_warned_of():
+def test_own_data_with_the_procedural_held_out_set_is_warned_of_and_a_held_out_split_is_named():
     config = audiomaepp.get_config("micro")
-    assert config_checks.held_out_warning(config) == ""  # procedural training data: the procedural held-out set fits
+    procedural = {"evals.held_out.source": config_checks.HELD_OUT_FALLBACK}  # "auto" without a held-out split
+    assert config_checks.held_out_notice(config, procedural) == ""  # procedural training data: procedural held-out
     config.data.source = "prepared:/data/audio_clips/2.0.0"
-    assert "--config.evals.held_out.source" in config_checks.held_out_warning(config)
+    warning = config_checks.held_out_notice(config, procedural)
+    assert warning.startswith("warning:") and "--config.evals.held_out.source" in warning and "--holdout" in warning
+    split = {"evals.held_out.source": "prepared:/data/audio_clips/2.0.0/holdout"}
+    assert config_checks.held_out_notice(config, split) == (
+        "config.evals.held_out: held-out loss on prepared:/data/audio_clips/2.0.0/holdout, the clips prepare "
+        "--holdout kept out of training")
     config.evals.held_out.source = "folder:/data/held_out"
-    assert config_checks.held_out_warning(config) == ""
+    assert config_checks.held_out_notice(config, {}) == ""
     config.evals.held_out.source = ""
-    assert config_checks.held_out_warning(config) == ""
+    assert config_checks.held_out_notice(config, {}) == ""
 
 
 # One bad value per field of each evaluator type, beside a good entry of that type.
@@ -202,7 +208,10 @@ def _with_loose_held_out_fields(config, **loose):
 def test_the_loose_held_out_fields_of_older_configs_become_the_held_out_evaluator():
     config = audiomaepp.get_config("micro")
     old = _with_loose_held_out_fields(config)
-    assert config_checks.with_evals(old).to_dict() == config.to_dict()
+    migrated = config_checks.with_evals(old)
+    assert migrated.evals.held_out.source == "synthetic:256:1"  # older maepp's default, kept as it was
+    migrated.evals.held_out.source = config.evals.held_out.source
+    assert migrated.to_dict() == config.to_dict()
     assert "evals" not in old and old.eval_every == 100  # the caller's config is left as it was
     assert config_checks.with_evals(config) is config  # nothing to move
     # An empty eval_source meant no evaluation: no held_out evaluator.
@@ -211,13 +220,19 @@ def test_the_loose_held_out_fields_of_older_configs_become_the_held_out_evaluato
     config.eval_every = 500
     moved = config_checks.with_evals(config)
     assert "eval_every" not in moved and moved.evals.held_out.to_dict() == dict(
-        type="held_out", source="synthetic:256:1", every=500, batch_size=32)
+        type="held_out", source="auto", every=500, batch_size=32)
 
 
 def test_a_run_saved_with_loose_held_out_fields_resumes_without_a_change():
+    """Its explicit procedural held-out set is what today's "auto" resolves to without a held-out
+    split; with one, the evaluator's figures change, and the resume says so."""
     config = audiomaepp.get_config("micro")
     saved = config_checks.with_evals(_with_loose_held_out_fields(config))
-    assert config_checks.resume_changes(saved, config) == []
+    assert config_checks.resume_changes(saved, config, resolved={"evals.held_out.source": "synthetic:256:1"}) == []
+    split = {"evals.held_out.source": "prepared:/data/x/2.0.0/holdout"}
+    assert config_checks.resume_changes(saved, config, resolved=split) == [
+        "config.evals.held_out.source changed from 'synthetic:256:1' to 'prepared:/data/x/2.0.0/holdout': the "
+        "evaluator's figures from this step on are not comparable with its earlier ones"]
     config.evals.held_out.source = "folder:/data/held_out"
     config.evals.kw = GOOD_EVALUATORS["probe"]  # an evaluator added on resume: not a change of the run
     assert config_checks.resume_changes(saved, config) == [

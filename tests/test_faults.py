@@ -142,9 +142,10 @@ FAULTS = [
     Fault("a shard of a prepared dataset deleted, another truncated", "one line before anything runs, naming "
           "each: `... 2 of 3 shards do not match manifest.json: F (missing), G (1,000 bytes, not N) ...`",
           "the data, untouched", "tests/test_prepare.py::test_a_missing_or_truncated_shard_is_refused_naming_it"),
-    Fault("`maepp.data.prepare` on Beam's DirectRunner, two workers, killed (SIGKILL to all) after two shards",
-          "the same command resumes: finished shards are kept", "the output, byte for byte what an uninterrupted "
-          "run writes", "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
+    Fault("`maepp.data.prepare --workers 2` (Beam's local runner, two worker processes) killed (SIGKILL to all) "
+          "after two shards", "the same command resumes: finished shards are kept; it prints its progress bar and "
+          "summary, nothing else", "the output, byte for byte what an uninterrupted run writes",
+          "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
           "killed_run_resumes_to_it"),
     Fault("ArrayRecord shards that would hold more files open than the hard limit allows", "one line before "
           "compiling, naming both numbers and the fix", "nothing was written",

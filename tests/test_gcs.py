@@ -292,7 +292,6 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
     assert narrow.counts()["requests"] >= 16 * 16  # process 1 read every row of each of its batches
 
 
-
 def test_a_probe_task_in_a_bucket_is_the_task_on_disk(gcs, bucket, tmp_path, monkeypatch):
     """A labelled task uploaded to a bucket loads as the same splits and labels, and the probe
     evaluator reads from it the very scene embeddings and score it reads from the local copy."""

@@ -99,11 +99,52 @@ def test_second_run_skips_finished_shards_and_redoes_interrupted_ones(audio_fold
     assert not list(out.glob("*.tmp"))  # leftovers of killed writers are cleared
 
 
-def test_resuming_with_other_files_sharding_store_or_filterbank_is_refused(audio_folder, tmp_path):
+def test_resuming_with_other_files_sharding_store_filterbank_or_holdout_is_refused(audio_folder, tmp_path):
     prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1)
-    for change in (dict(clips_per_shard=5), dict(store="pcm"), dict(filterbank="librosa")):
-        with pytest.raises(ValueError, match="other files, sharding, store or filterbank"):
+    for change in (dict(clips_per_shard=5), dict(store="pcm"), dict(filterbank="librosa"), dict(holdout=0.25)):
+        with pytest.raises(ValueError, match="other files, sharding, store, filterbank or held-out fraction"):
             prepare(audio_folder, tmp_path, **{"clips_per_shard": 4, "workers": 1, **change})
+
+
+def test_a_held_out_fraction_is_prepared_beside_the_training_split_and_training_evaluates_on_it(audio_folder,
+                                                                                                tmp_path):
+    """--holdout 0.25 of 11 audio files: 3 files, chosen by their names' hashes whatever the listing's
+    order, prepared into holdout/ and named by the training split's manifest; a run on the dataset
+    resolves its held-out evaluator's "auto" to that split. A re-run with another fraction is refused."""
+    from maepp.config_checks import held_out_notice
+    from maepp.configs import audiomaepp
+    from maepp.data.listing import list_audio_files
+    from maepp.data.writer import held_out_files
+    from maepp.run_plan import checked_plan
+
+    files, _ = list_audio_files(str(audio_folder))
+    held = held_out_files(files, 0.25)
+    assert len(files) == 11 and len(held) == 3 and held_out_files(files[::-1], 0.25) == held
+    manifest = prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1, holdout=0.25)
+    out = _dataset(tmp_path)
+    held_manifest = json.loads((out / "holdout" / "manifest.json").read_text())
+    assert manifest["holdout"] == "holdout" and held_manifest["split"] == "holdout"
+    assert manifest["files"] == 8 and held_manifest["files"] == 3
+    train, held_out = ClipStoreSource(str(out)), ClipStoreSource(str(out / "holdout"))
+    train_names = {train.name(i) for i in range(len(train))}
+    held_names = {held_out.name(i) for i in range(len(held_out))}
+    assert held_names == held - set(held_manifest["skipped"]) and not train_names & held
+    assert len(train_names) + len(held_names) == 9  # every clip in one split: broken.wav and silent.wav are skipped
+    with pytest.raises(ValueError, match="held-out fraction"):
+        prepare(audio_folder, tmp_path, clips_per_shard=4, workers=1, holdout=0.5)
+    with pytest.raises(ValueError, match="leaving none to train on"):
+        prepare(audio_folder, tmp_path / "all", workers=1, holdout=0.99)
+
+    config = audiomaepp.get_config("micro")
+    config.data.source = f"prepared:{out}"
+    plan = checked_plan(config)
+    assert plan.resolved["evals.held_out.source"] == f"prepared:{out}/holdout"
+    evaluated = plan.sources["evals.held_out"]
+    assert {evaluated.name(i) for i in range(len(evaluated))} == held_names
+    assert held_out_notice(config, plan.resolved).startswith(f"config.evals.held_out: held-out loss on prepared:{out}")
+    prepare(audio_folder, tmp_path / "whole", clips_per_shard=4, workers=1)  # no held-out split: procedural clips
+    config.data.source = f"prepared:{_dataset(tmp_path / 'whole')}"
+    assert checked_plan(config).resolved["evals.held_out.source"] == "synthetic:256:1"
 
 
 def _prepare_command(audio_folder, output, *beam):
@@ -117,12 +158,11 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
         repo_root, audio_folder, tmp_path):
     """The runner does not change the output: Beam's local runner with two worker processes
     writes the single-process path's bytes. Killed once its first shards are done, the same
-    command resumes and ends with the same bytes."""
+    command resumes and ends with the same bytes, printing its progress bar and its summary and
+    nothing else (the worker processes' start-up logging goes to a file, removed at the end)."""
     prepare(audio_folder, tmp_path / "one", clips_per_shard=2, workers=1)
     expected = _files(_dataset(tmp_path / "one"))
-    two_workers = ["--beam_pipeline_options",
-                   "--runner=FnApiRunner --direct_num_workers=2 --direct_running_mode=multi_processing"]
-    command = _prepare_command(audio_folder, tmp_path / "two", *two_workers)
+    command = _prepare_command(audio_folder, tmp_path / "two", "--workers", "2")
     process = subprocess.Popen(command, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     out = _dataset(tmp_path / "two")
@@ -133,8 +173,13 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
     os.killpg(process.pid, signal.SIGKILL)  # the runner and its workers
     process.wait()
     assert not (out / "manifest.json").exists()
-    subprocess.run(command, cwd=repo_root, check=True, capture_output=True)
+    (tmp_path / "scratch").mkdir()
+    finished = subprocess.run(command, cwd=repo_root, check=True, capture_output=True, text=True,
+                              env={**os.environ, "TMPDIR": str(tmp_path / "scratch")})
     assert _files(out) == expected
+    lines = [line for line in finished.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert lines and all(line.startswith("prepare: ") for line in lines), finished.stderr[-2000:]
+    assert finished.stdout.startswith("9 clips") and not list((tmp_path / "scratch").iterdir())
 
 
 @pytest.fixture(scope="module")

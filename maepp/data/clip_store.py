@@ -4,6 +4,7 @@
     OUTPUT/NAME/2.0.0/NAME-SPLIT.clips-00000-of-00012.json   the shard's clips: names, lengths, stats
     OUTPUT/NAME/2.0.0/NAME-SPLIT.index.npy                   every clip's shard, byte offset, length, stats
     OUTPUT/NAME/2.0.0/manifest.json                          store, filterbank, counts, hours, shards, skipped files
+    OUTPUT/NAME/2.0.0/holdout/                               prepare --holdout's split, a prepared folder of its own
 
 A shard is a NumPy .npy file, so any tool reads it, of one of three stores:
     log_mel  float16 [frames, 80]: each clip's standardised log-mel (docs/reference.md, "Input"),
@@ -149,6 +150,11 @@ class ClipStoreSource:
         self.reads = self.bytes_read = 0  # byte ranges and their bytes read so far (the reader's own count)
         if not len(self):
             raise ValueError(f"{self.directory} holds no clips")
+
+    @property
+    def holdout(self):
+        """The source string of the split prepare --holdout kept out of these clips, or None."""
+        return f"prepared:{self.directory}/{self.manifest['holdout']}" if "holdout" in self.manifest else None
 
     def _read_whole(self, key: str):
         result = self._kv.read(key).result()

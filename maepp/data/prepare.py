@@ -1,7 +1,7 @@
 r"""Turns a folder of audio (local or gs://) into shards of 16 kHz clips, on Apache Beam.
 
     python -m maepp.data.prepare --input DIR --output DIR [--store log_mel|pcm|flac] [--workers N] \
-        [--clips_per_shard 1024] [--filterbank torchaudio|librosa] [--beam_pipeline_options "..."]
+        [--clips_per_shard 1024] [--filterbank torchaudio|librosa] [--holdout 0.01] [--beam_pipeline_options "..."]
 
 Every audio file under --input (AudioSet as users download it: wav, flac, ogg, mp3, m4a/AAC,
 opus, webm, at any rate and channel count) is resampled to 16 kHz mono and stored as --store
@@ -9,6 +9,8 @@ keeps it: log_mel (the default; each clip's standardised log-mel, so a training 
 its own bytes), pcm or flac (audio, for the device front end or longer crops). Log-mels and their
 stats use --filterbank, which training's config.audio.filterbank must match
 (maepp/audio/filterbanks.py). Every file not taken is listed with the reason in manifest.json.
+--holdout F keeps a fraction F of the files out of training, prepared alike in the dataset's
+holdout/ folder: a training run on the dataset evaluates its held-out loss there (by default).
 
 The work runs as a Beam pipeline: on this machine's DirectRunner with --workers processes, or
 anywhere Beam runs with --beam_pipeline_options (e.g. "--runner=DataflowRunner --project=P
@@ -16,6 +18,7 @@ anywhere Beam runs with --beam_pipeline_options (e.g. "--runner=DataflowRunner -
 are kept. Layout and reading: maepp/data/clip_store.py; writing and resume rules:
 maepp/data/writer.py.
 """
+import json
 import os
 import sys
 
@@ -24,7 +27,7 @@ from absl import flags
 from maepp import config_files
 from maepp.audio import filterbanks
 from maepp.data import clip_store
-from maepp.data.writer import MAX_CLIP_SECONDS, dataset_directory, prepare
+from maepp.data.writer import HOLDOUT_SPLIT, MAX_CLIP_SECONDS, dataset_directory, prepare
 
 _INPUT = flags.DEFINE_string("input", None, "Folder of audio files, local or gs:// (searched recursively).",
                             required=True)
@@ -44,6 +47,10 @@ _FILTERBANK = flags.DEFINE_enum("filterbank", filterbanks.DEFAULT, filterbanks.N
 _MAX_CLIP_SECONDS = flags.DEFINE_float(
     "max_clip_seconds", MAX_CLIP_SECONDS, "Files longer than this become several clips of at most this length, "
     "each named by where it starts (talk.wav@600s), so memory stays bounded whatever a file's length."
+)
+_HOLDOUT = flags.DEFINE_float(
+    "holdout", 0.0, f"Fraction of the files kept out of training, written as the split {HOLDOUT_SPLIT!r} in the "
+    f"dataset's {HOLDOUT_SPLIT}/ folder, where training's held-out loss is computed (0: none)."
 )
 _BEAM_OPTIONS = flags.DEFINE_string(
     "beam_pipeline_options",
@@ -69,12 +76,17 @@ def main(argv):
             _BEAM_OPTIONS.value,
             progress=True,
             max_clip_seconds=_MAX_CLIP_SECONDS.value,
+            holdout=_HOLDOUT.value,
         )
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"maepp.data.prepare: {error}")
     out = dataset_directory(_OUTPUT.value, _NAME.value)
     print(f"{manifest['clips']} clips ({manifest['hours']:.2f} h) in {len(manifest['shards'])} shards under {out}; "
           f"{len(manifest['skipped'])} files left out (listed in manifest.json)")
+    if "holdout" in manifest:
+        held = json.loads((out / manifest["holdout"] / "manifest.json").read_text())
+        print(f"{held['clips']} more clips ({held['hours']:.2f} h) held out under {out / manifest['holdout']}: "
+              "training on this dataset computes its held-out loss on them")
     matching = "" if _FILTERBANK.value == filterbanks.DEFAULT else f" --config.audio.filterbank={_FILTERBANK.value}"
     print(f"train on them with --config.data.source=prepared:{out}{matching}")
 

@@ -18,6 +18,7 @@ lists, the index and the manifest are the same whoever wrote them. Resumable and
 import hashlib
 import io
 import json
+import logging as python_logging
 import math
 import os
 import re
@@ -93,10 +94,11 @@ def clip_pieces(relative: str, waveform: np.ndarray, max_samples: int) -> list:
             for start in range(0, len(waveform), max_samples)]
 
 
-def write_shard(job: dict, input_root: str, output: str, store: str, filterbank: str,
+def write_shard(job: dict, input_root: str, store: str, filterbank: str,
                 max_clip_seconds: float = MAX_CLIP_SECONDS) -> dict:
-    """Writes one shard and then its clip list; returns the clip list. job: file, paths."""
-    out = epath.Path(output)
+    """Writes one shard and then its clip list; returns the clip list. job: output (its split's
+    folder), file, paths."""
+    out = epath.Path(job["output"])
     clips = dict(names=[], units=[], lengths=[], means=[], stds=[])
     skipped, samples = {}, 0
     with tempfile.TemporaryFile(prefix="maepp-shard-") as payloads:
@@ -134,73 +136,155 @@ def _finished(out: epath.Path) -> set:
 
 
 def _check_plan(out: epath.Path, files: list, clips_per_shard: int, store: str, filterbank: str,
-                max_clip_seconds: float):
-    """A resumed run must be the same preparation: same files, same sharding, same store, filterbank
-    and longest clip."""
+                max_clip_seconds: float, holdout: float):
+    """A resumed run must be the same preparation: same files, same sharding, same store, filterbank,
+    longest clip and held-out fraction."""
     plan = dict(clips_per_shard=clips_per_shard, files=len(files), store=store, filterbank=filterbank,
                 files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest())
     if max_clip_seconds != MAX_CLIP_SECONDS:  # plans written before the option hold none
         plan["max_clip_seconds"] = max_clip_seconds
+    if holdout:  # nor before this one
+        plan["holdout"] = holdout
     plan_path = out / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise ValueError(
-            f"{out} holds a preparation of other files, sharding, store or filterbank ({plan_path}); "
-            "use a new --output, or the same --input, --clips_per_shard, --store, --filterbank and "
-            "--max_clip_seconds to resume"
+            f"{out} holds a preparation of other files, sharding, store, filterbank or held-out fraction "
+            f"({plan_path}); use a new --output, or the same --input, --clips_per_shard, --store, --filterbank, "
+            "--max_clip_seconds and --holdout to resume"
         )
     _write_bytes_atomically(plan_path, [json.dumps(plan).encode()])
 
 
+def _beam():
+    """apache_beam, imported with Python's root logger at ERROR: at import its BigQuery client warns
+    that apitools is missing, a line across prepare's progress bar about a part prepare never uses."""
+    root = python_logging.getLogger()
+    level = root.level
+    root.setLevel(python_logging.ERROR)
+    try:
+        import apache_beam
+        import apache_beam.options.pipeline_options
+    finally:
+        root.setLevel(level)
+    return apache_beam
+
+
 def pipeline_options(workers: int, beam_pipeline_options: str = ""):
-    """Beam's options: the caller's (--beam_pipeline_options), or Beam's local runner with `workers`
-    processes (one: in this process). The local runner is named FnApiRunner, what DirectRunner
-    runs this pipeline on: DirectRunner would first fetch its Prism runner from GitHub."""
+    """Beam's options: the caller's (--beam_pipeline_options), or those of Beam's local runner
+    (_local_runner) with `workers` processes (one: in this process)."""
     import shlex
 
-    from apache_beam.options.pipeline_options import PipelineOptions
+    PipelineOptions = _beam().options.pipeline_options.PipelineOptions  # noqa: N806 - Beam's class
 
     # Beam's workers log every channel they open at INFO.
     quiet = ["--default_sdk_harness_log_level=WARNING"]
     if beam_pipeline_options:
         return PipelineOptions(quiet + shlex.split(beam_pipeline_options))
-    mode = ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"] if workers > 1 else []
-    return PipelineOptions(["--runner=FnApiRunner", *mode, *quiet])
+    return PipelineOptions(["--runner=FnApiRunner", f"--direct_num_workers={workers}", *quiet])
 
 
-def _run_pipeline(jobs: list, options, **shard_arguments):
-    import apache_beam as beam
+class _NotTheWorkersMode(python_logging.Filter):
+    """Drops the local runner's warning that the running mode is not multi_processing: _local_runner
+    starts the worker processes itself, so the mode is left as it is."""
 
-    with beam.Pipeline(options=options) as pipeline:
-        (pipeline
-         | "shards" >> beam.Create(jobs)
-         | "spread" >> beam.Reshuffle()  # one shard per element, spread over the workers
-         | "write" >> beam.Map(write_shard, **shard_arguments))
+    def filter(self, record):
+        return "direct_running_mode should be" not in record.getMessage()
 
 
-def _watch_progress(out: epath.Path, jobs: list, done: threading.Event):
+_NOT_THE_WORKERS_MODE = _NotTheWorkersMode()  # one instance: adding it again changes nothing
+
+
+def _local_runner(workers: int, log_path: str):
+    """Beam's local runner (FnApiRunner: Beam's DirectRunner would first fetch its Prism runner from
+    GitHub) for `workers` processes: Beam's own SDK worker, started as Beam's multi_processing mode
+    starts it, with its log level at ERROR (that mode passes workers no options) and its start-up
+    lines, logged before any option is read, appended to log_path; or None, for one process."""
+    if workers == 1:
+        return None
+    import shlex
+    import sys
+
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.transforms.environments import SubprocessSDKEnvironment
+    from google.protobuf import struct_pb2
+
+    worker = (f"{shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main "
+              f"2>>{shlex.quote(log_path)}")  # run by a shell
+    worker_options = struct_pb2.Struct()
+    worker_options.update({"default_sdk_harness_log_level": "ERROR"})
+    provision = beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
+                                                     pipeline_options=worker_options)
+    python_logging.getLogger(fn_runner.__name__).addFilter(_NOT_THE_WORKERS_MODE)
+    return fn_runner.FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(worker),
+                                 provision_info=fn_runner.ExtendedProvisionInfo(provision))
+
+
+def _run_pipeline(jobs: list, workers: int, beam_pipeline_options: str, **shard_arguments):
+    beam = _beam()
+    handle, log_path = tempfile.mkstemp(prefix="maepp-prepare-workers-", suffix=".log")
+    os.close(handle)
+    keep_log = False
+    runner = None if beam_pipeline_options else _local_runner(workers, log_path)
+    try:
+        with beam.Pipeline(runner=runner, options=pipeline_options(workers, beam_pipeline_options)) as pipeline:
+            (pipeline
+             | "shards" >> beam.Create(jobs)
+             | "spread" >> beam.Reshuffle()  # one shard per element, spread over the workers
+             | "write" >> beam.Map(write_shard, **shard_arguments))
+    except BaseException:
+        keep_log = os.path.getsize(log_path) > 0
+        if keep_log:
+            logging.warning("the local worker processes' own output is kept in %s", log_path)
+        raise
+    finally:
+        if not keep_log:
+            os.unlink(log_path)
+
+
+def _watch_progress(jobs: list, done: threading.Event):
     """tqdm over the files of the shards still to write, as their clip lists appear (whatever the
     runner, its workers write them here). tqdm shows a rate and an ETA once shards finish."""
     from tqdm import tqdm
 
     files = {job["file"]: len(job["paths"]) for job in jobs}
+    folders = {epath.Path(job["output"]) for job in jobs}
     counted = set()
     with tqdm(total=sum(files.values()), unit="file", desc="prepare", smoothing=0) as bar:
         while True:
             stopping = done.wait(1.0)
-            finished = (_finished(out) & set(files)) - counted
+            finished = (set().union(*(_finished(folder) for folder in folders)) & set(files)) - counted
             bar.update(sum(files[name] for name in finished))
             counted |= finished
             if stopping:
                 return
 
 
+HOLDOUT_SPLIT = "holdout"  # prepare --holdout's split: OUTPUT/NAME/2.0.0/holdout/, a prepared folder of its own
+
+
+def held_out_files(files: list, fraction: float) -> set:
+    """The files --holdout keeps out of training: round(fraction * len(files)) of them (at least one),
+    those whose names hash lowest, so the choice depends on the names, not on the listing's order."""
+    count = max(1, round(fraction * len(files)))
+    if count >= len(files):
+        raise ValueError(f"--holdout {fraction}: of {len(files)} audio files it would hold out {count}, leaving none "
+                         "to train on")
+    return set(sorted(files, key=lambda name: hashlib.sha256(name.encode()).digest())[:count])
+
+
 def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1, clips_per_shard=1024,
             store="log_mel", filterbank=filterbanks.DEFAULT, beam_pipeline_options="", progress=False,
-            max_clip_seconds=MAX_CLIP_SECONDS) -> dict:
+            max_clip_seconds=MAX_CLIP_SECONDS, holdout=0.0) -> dict:
     """Writes (or finishes) the prepared dataset; returns the manifest. progress: a tqdm bar of the
-    files written, as shards finish. A file longer than max_clip_seconds becomes several clips."""
+    files written, as shards finish. A file longer than max_clip_seconds becomes several clips.
+    holdout: the fraction of the files written instead to the split HOLDOUT_SPLIT, in the
+    folder of that name inside the dataset's, which the manifest names (training's held-out
+    evaluator reads it: maepp/config_checks.py, held_out_sources)."""
     if not max_clip_seconds > 0:
         raise ValueError(f"--max_clip_seconds {max_clip_seconds}: must be above 0")
+    if not 0 <= holdout < 1:
+        raise ValueError(f"--holdout {holdout}: must be a fraction of the files, at least 0 and below 1")
     if store not in clip_store.STORES:
         raise ValueError(f"--store {store!r}: use one of {clip_store.STORES}")
     if filterbank not in filterbanks.NAMES:
@@ -208,54 +292,76 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
     for flag, value in (("--name", name), ("--split", split)):
         if not re.fullmatch(r"[a-z][a-z0-9_]*", value):  # TFDS's rule, and no way out of --output
             raise ValueError(f"{flag} {value!r}: use lower-case letters, digits and _ (a TFDS name), e.g. audio_clips")
+    if holdout and split == HOLDOUT_SPLIT:
+        raise ValueError(f"--split {split!r} is the name --holdout gives its split: choose another")
     input_root = str(_absolute(input_dir))
     files, left_out = list_audio_files(input_root)
     if not files:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_root}")
     out = dataset_directory(output_dir, name)
     out.mkdir(parents=True, exist_ok=True)
-    _check_plan(out, files, clips_per_shard, store, filterbank, max_clip_seconds)
-    if _local(out):
-        for leftover in out.glob("*.tmp"):  # a writer killed mid-file; its shard is written again
-            leftover.unlink()
-
-    n_shards = math.ceil(len(files) / clips_per_shard)
-    shards = [clip_store.shard_name(name, split, s, n_shards) for s in range(n_shards)]
-    finished = _finished(out)
-    jobs = [dict(file=shard, paths=files[s * clips_per_shard: (s + 1) * clips_per_shard])
-            for s, shard in enumerate(shards) if shard not in finished]
-    logging.info("%d shards, %d already finished, %d to write", n_shards, n_shards - len(jobs), len(jobs))
+    _check_plan(out, files, clips_per_shard, store, filterbank, max_clip_seconds, holdout)
+    held = held_out_files(files, holdout) if holdout else set()
+    splits = [(out, split, [f for f in files if f not in held], left_out)]
+    if held:
+        splits.append((out / HOLDOUT_SPLIT, HOLDOUT_SPLIT, [f for f in files if f in held], {}))
+    shards, jobs = {}, []
+    for folder, split_name, split_files, _ in splits:
+        folder.mkdir(parents=True, exist_ok=True)
+        if _local(folder):
+            for leftover in folder.glob("*.tmp"):  # a writer killed mid-file; its shard is written again
+                leftover.unlink()
+        n_shards = math.ceil(len(split_files) / clips_per_shard)
+        shards[split_name] = [clip_store.shard_name(name, split_name, s, n_shards) for s in range(n_shards)]
+        finished = _finished(folder)
+        jobs += [dict(output=str(folder), file=shard, paths=split_files[s * clips_per_shard: (s + 1) * clips_per_shard])
+                 for s, shard in enumerate(shards[split_name]) if shard not in finished]
+    logging.info("%d shards, %d to write", sum(map(len, shards.values())), len(jobs))
     if jobs:
         done = threading.Event()
-        watcher = threading.Thread(target=_watch_progress, args=(out, jobs, done), daemon=True) if progress else None
+        watcher = threading.Thread(target=_watch_progress, args=(jobs, done), daemon=True) if progress else None
         if watcher:
             watcher.start()
         try:
-            _run_pipeline(jobs, pipeline_options(workers, beam_pipeline_options), input_root=input_root,
-                          output=str(out), store=store, filterbank=filterbank, max_clip_seconds=max_clip_seconds)
+            _run_pipeline(jobs, workers, beam_pipeline_options, input_root=input_root, store=store,
+                          filterbank=filterbank, max_clip_seconds=max_clip_seconds)
         finally:
             done.set()
             if watcher:
                 watcher.join()
-    listings = [json.loads((out / _listing_name(shard)).read_text()) for shard in shards]
-    _write_bytes_atomically(out / clip_store.index_name(name, split), [_index(listings, store)])
+    manifests = [_finish_split(folder, name, split_name, shards[split_name], split_files, skipped,
+                               dict(store=store, filterbank=filterbank, input=input_root,
+                                    max_clip_seconds=max_clip_seconds),
+                               holdout=HOLDOUT_SPLIT if held and split_name == split else None)
+                 for folder, split_name, split_files, skipped in reversed(splits)]  # the held-out split first
+    return manifests[-1]
+
+
+def _finish_split(folder: epath.Path, name: str, split: str, shards: list, files: list, left_out: dict,
+                  settings: dict, holdout) -> dict:
+    """Writes a split's index and then its manifest, from its shards' clip lists; -> the manifest.
+    holdout: the folder of the dataset's held-out split, named in the manifest, or None."""
+    listings = [json.loads((folder / _listing_name(shard)).read_text()) for shard in shards]
+    _write_bytes_atomically(folder / clip_store.index_name(name, split), [_index(listings, settings["store"])])
     manifest = dict(
         layout=clip_store.VERSION,
         name=name,
         split=split,
-        store=store,
-        filterbank=filterbank,
-        input=input_root,
+        store=settings["store"],
+        filterbank=settings["filterbank"],
+        input=settings["input"],
         files=len(files),
         clips=sum(len(listing["clips"]) for listing in listings),
-        max_clip_seconds=max_clip_seconds,
+        max_clip_seconds=settings["max_clip_seconds"],
         hours=sum(listing["seconds"] for listing in listings) / 3600,
         index=clip_store.index_name(name, split),
         shards=[dict(file=listing["file"], clips=len(listing["clips"]), bytes=listing["bytes"],
                      seconds=listing["seconds"]) for listing in listings],
         skipped={**left_out, **{path: reason for listing in listings for path, reason in listing["skipped"].items()}},
     )
-    _write_bytes_atomically(out / "manifest.json", [json.dumps(manifest, indent=2).encode()])
+    if holdout:
+        manifest["holdout"] = holdout
+    _write_bytes_atomically(folder / "manifest.json", [json.dumps(manifest, indent=2).encode()])
     return manifest
 
 
