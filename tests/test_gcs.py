@@ -328,3 +328,23 @@ def test_a_probe_task_in_a_bucket_is_the_task_on_disk(gcs, bucket, tmp_path, mon
                               model, mesh, shardings.params, task) for task in (local, remote)]
     np.testing.assert_array_equal(*(np.asarray(probe.scene_embeddings(state.params)) for probe in probes))
     assert probes[0](state.params) == probes[1](state.params) and not probes[1].unreadable
+
+
+def test_a_held_out_split_prepared_into_a_bucket_is_found_there(gcs, bucket, tmp_path, monkeypatch):
+    """prepare --holdout with its output in a bucket: the training split's manifest names the held-out
+    split, whose source string reads it in place, its clips the ones held out."""
+    from maepp.data.clip_store import ClipStoreSource
+    from maepp.data.writer import held_out_files, prepare
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "in").mkdir()
+    for i in range(10):
+        soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 2.0)[0], 16000)
+    for variable, value in gcs.client_environment().items():
+        monkeypatch.setenv(variable, value)
+    prepare(tmp_path / "in", f"gs://{bucket}/out", clips_per_shard=4, workers=1, holdout=0.2)
+    train = ClipStoreSource(f"gs://{bucket}/out/audio_clips/2.0.0")
+    assert train.holdout == f"prepared:gs://{bucket}/out/audio_clips/2.0.0/holdout" and len(train) == 8
+    held = ClipStoreSource(train.holdout.removeprefix("prepared:"))
+    expected = held_out_files([f"{i}.wav" for i in range(10)], 0.2)
+    assert {held.name(i) for i in range(len(held))} == expected and len(expected) == 2
