@@ -52,6 +52,20 @@ def _real(meaning: str, low: float, high: float = math.inf, low_open=False, high
     return check
 
 
+def _numbers(meaning: str, low: float, low_open=False):
+    """A number, or a non-empty list of them to choose from, each checked as _real checks one."""
+    one = _real(meaning, low, low_open=low_open)
+
+    def check(value):
+        if not isinstance(value, (tuple, list)):
+            return one(value)
+        if not value:
+            return f"must be a number or a non-empty list of them ({meaning})"
+        problems = [problem for problem in map(one, value) if problem]
+        return "each value " + problems[0] if problems else None
+    return check
+
+
 def _choice(options):
     def check(value):
         return None if value in options else f"use one of {tuple(options)}"
@@ -147,7 +161,8 @@ EVALUATORS = {
     "probe": dict(
         fields={"type": _choice(("probe",)), "task": _text("a labelled task's directory", may_be_empty=False),
                 "every": _EVERY, "shots": _whole(0, "training clips per class; 0 takes them all"),
-                "l2": _real("the ridge penalty on standardised features", 0.0, low_open=True),
+                "l2": _numbers("the ridge penalty on standardised features; several: the best on the valid split",
+                               0.0, low_open=True),
                 "batch_size": _whole(1, "200-frame chunks per encoder call, over all devices")},
         defaults=dict(shots=0, l2=1.0, batch_size=256),
     ),

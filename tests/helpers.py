@@ -86,7 +86,7 @@ def ridge_score_of(workdir, step: int, task_dir, features_file, shots: int = PRO
     task = load_task(task_dir)
     model, params, config, _ = store.load_model(workdir, step)
     embedder = features.features_embedder("encoder", model, params, config.audio.filterbank)
-    return features.ridge_score(task, features.task_features(task, embedder, features_file, log=None), shots)
+    return features.ridge_score(task, features.task_features(task, embedder, features_file, log=None), shots)[0]
 
 
 def train_command(workdir, *overrides, config=MICRO):

@@ -188,12 +188,22 @@ def test_a_bad_field_of_each_evaluator_type_is_one_line_naming_it(kind, field):
         (dict(type="probe", task="/t", every=5, batch_size=12), "config.evals.kw.batch_size=12: must be a multiple "
                                                                 "of 8"),
         (dict(task="/t", every=5), "config.evals.kw: must be dict(type=..."),
+        (dict(type="probe", task="/t", every=5, l2=(0.1, -1.0)), "config.evals.kw.l2=(0.1, -1.0): each value must "
+                                                                "be a finite number in (0.0, inf)"),
+        (dict(type="probe", task="/t", every=5, l2=()), "config.evals.kw.l2=(): must be a number or a non-empty "
+                                                        "list"),
     ],
 )
 def test_a_bad_evaluator_entry_is_one_line(entry, message):
     config = audiomaepp.get_config("micro")
     config.evals.kw = entry
     _assert_refused_in_one_line(config, message)
+
+
+def test_a_probe_takes_several_penalties_to_choose_from():
+    config = audiomaepp.get_config("micro")
+    config.evals.kw = dict(GOOD_EVALUATORS["probe"], l2=(0.1, 1.0, 10.0))
+    config_checks.check_train_config(config, n_devices=8, batch_devices=8)
 
 
 def _with_loose_held_out_fields(config, **loose):

@@ -1,12 +1,13 @@
 r"""Linear and HEAR-MLP probes on a frozen encoder's embeddings of a labelled task.
 
     python -m maepp.downstream.evaluate --workdir RUN --task DIR [--features encoder|random_init|log_mel_stats] \
-        [--seeds 5] [--probes linear,mlp,ridge] [--shots 0] [--l2 1.0]
+        [--seeds 5] [--probes linear,mlp,ridge] [--shots 0] [--l2 1.0 | --l2 0.1,1,10]
 
 DIR is a labelled folder (train/<label>/*, test/<label>/*) or a HEAR task (maepp/downstream/tasks.py).
 Prints accuracy (mAP for multi-label tasks) per probe as the mean over seeds with its 95%
 interval; the last line is JSON. The ridge probe (maepp/downstream/ridge.py) is the one a
-training run's probe evaluator fits (--shots, --l2 as its settings): one deterministic fit. The
+training run's probe evaluator fits (--shots, --l2 as its settings): one deterministic fit, or one
+per penalty when --l2 lists several, the one that scores best on the valid split reported. The
 features are exported first into RUN/evaluations/<task>/<features>.npz: a killed run restarts
 that export where it stopped, but each new run computes the features afresh (the checkpoint may
 have changed).
@@ -31,7 +32,18 @@ _FEATURES = flags.DEFINE_enum("features", "encoder", features.FEATURES, "What to
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Probe seeds (HEAR uses 10).")
 _PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linear, mlp, ridge.")
 _SHOTS = flags.DEFINE_integer("shots", 0, "The ridge probe's training clips per class (0: all).")
-_L2 = flags.DEFINE_float("l2", 1.0, "The ridge probe's penalty on standardised features.")
+_L2 = flags.DEFINE_list("l2", ["1.0"], "The ridge probe's penalty on standardised features, or several "
+                        "(0.1,1,10): the one that scores best on the task's valid split is taken.")
+
+
+def _penalties(values: list) -> tuple:
+    try:
+        l2s = tuple(float(value) for value in values)
+    except ValueError:
+        l2s = ()
+    if not l2s or not all(0 < value < float("inf") for value in l2s):
+        raise ValueError(f"--l2 {','.join(values)}: use one positive number, or several separated by commas")
+    return l2s
 
 
 def main(argv):
@@ -40,18 +52,23 @@ def main(argv):
         unknown = set(_PROBES.value) - {*features.PROBES, "ridge"}
         if unknown:
             raise ValueError(f"--probes {','.join(sorted(unknown))}: use linear, mlp or ridge")
+        l2s = _penalties(_L2.value)
         task = load_task(_TASK.value)
         model, params, config, loaded = store.load_model(_WORKDIR.value, _STEP.value)
         embedder = features.features_embedder(_FEATURES.value, model, params, filterbanks.from_config(config))
         directory = checkpoints.workdir_path(_WORKDIR.value) / "evaluations" / task.name
         directory.mkdir(parents=True, exist_ok=True)
         clip_features = features.task_features(task, embedder, directory / f"{_FEATURES.value}.npz", sys.stderr)
-        results = features.evaluate(task, clip_features, _SEEDS.value, tuple(_PROBES.value), _SHOTS.value, _L2.value)
+        results = features.evaluate(task, clip_features, _SEEDS.value, tuple(_PROBES.value), _SHOTS.value,
+                                     l2s if len(l2s) > 1 else l2s[0])
     except (FileNotFoundError, ValueError, KeyError) as error:
         sys.exit(f"maepp.downstream.evaluate: {error}")
     metric = "mAP" if task.multilabel else "accuracy"
     for name, result in results.items():
-        spread = "(one closed-form fit)" if name == "ridge" else f"+- {result['ci95']:.4f} (95%, {_SEEDS.value} seeds)"
+        if name == "ridge":
+            spread = f"(closed form, l2 {result['l2']:g}{' chosen on valid' if len(l2s) > 1 else ''})"
+        else:
+            spread = f"+- {result['ci95']:.4f} (95%, {_SEEDS.value} seeds)"
         print(f"{task.name} {_FEATURES.value} {name} probe: {metric} {result['mean']:.4f} {spread}")
     print(json.dumps(dict(task=task.name, model=loaded, features=_FEATURES.value, metric=metric,
                           clips=len(clip_features), **results)))

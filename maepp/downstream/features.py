@@ -65,27 +65,34 @@ def _split(labelled, features: dict, labels: list, multilabel: bool) -> probes.S
     return probes.Split(x, y)
 
 
-def ridge_score(task: Task, features: dict, shots: int = 0, l2: float = 1.0) -> float:
-    """The closed-form probe's test score (maepp/downstream/ridge.py): what a training run's probe
-    evaluator reports for the same encoder, clips, shots and l2."""
-    train, test = ([(path, labels) for path, labels in labelled if path in features]  # unreadable: skipped
-                   for labelled in ridge.probe_clips(task, shots))
-    logits = ridge.ridge_logits(np.stack([features[path] for path, _ in train]).astype(np.float32),
-                                ridge.targets(train, task.labels),
-                                np.stack([features[path] for path, _ in test]).astype(np.float32), l2)
-    return probes.score(np.asarray(logits), ridge.scored_labels(test, task), task.multilabel)
+def ridge_score(task: Task, features: dict, shots: int = 0, l2=1.0) -> tuple:
+    """The closed-form probe's test score and the penalty it chose (maepp/downstream/ridge.py):
+    what a training run's probe evaluator reports for the same encoder, clips, shots and l2 (one
+    number, or several to choose from on the valid split)."""
+    l2s = ridge.penalties(l2)
+    fitting, choosing, test = ([(path, labels) for path, labels in labelled if path in features]  # unreadable: skipped
+                               for labelled in ridge.probe_clips(task, shots, choosing=len(l2s) > 1))
+
+    def stacked(labelled):
+        return np.stack([features[path] for path, _ in labelled]).astype(np.float32)
+
+    logits = ridge.ridge_logits_per_penalty(stacked(fitting), ridge.targets(fitting, task.labels),
+                                            stacked(choosing + test), l2s)
+    best, score = ridge.choose(logits, len(choosing), ridge.scored_labels(choosing, task) if choosing else None,
+                               ridge.scored_labels(test, task), task.multilabel)
+    return score, l2s[best]
 
 
 def evaluate(task: Task, features: dict, seeds: int, probe_names=("linear", "mlp"), shots: int = 0,
              l2: float = 1.0) -> dict:
     """-> {probe: {mean, ci95, scores}}: per seed, the score averaged over the task's folds. The
     ridge probe is deterministic and fits fold 0 once (shots, l2: its settings): its mean is its
-    score, unrounded."""
+    score, unrounded, and its l2 the penalty it chose."""
     results = {}
     for name in probe_names:
         if name == "ridge":
-            score = ridge_score(task, features, shots, l2)
-            results[name] = dict(mean=score, ci95=0.0, scores=[score])
+            score, chosen = ridge_score(task, features, shots, l2)
+            results[name] = dict(mean=score, ci95=0.0, scores=[score], l2=chosen)
             continue
         scores = []
         for seed in range(seeds):

@@ -6,8 +6,9 @@ The task's clips (maepp/downstream/ridge.py picks them) become standardised log-
 decodes every clip (it needs all clips' lengths to agree on the chunk order) and keeps the chunk
 rows its devices hold. An evaluation runs the encoder over global batches of chunks sharded like
 training batches, adds each chunk's frame embeddings into its clip's scene embedding (the mean of
-the clip's frames, as export computes it) on the devices, fits the closed-form ridge probe there,
-and brings back only the test clips' logits: once, the same on every process, which checks that
+the clip's frames, as export computes it) on the devices, fits the closed-form ridge probe there
+(one fit per penalty when l2 lists several, to choose from on the task's valid split), and brings
+back only the logits of the clips it scores: once, the same on every process, which checks that
 all processes agree on the score.
 """
 import time
@@ -20,7 +21,7 @@ from maepp import distributed, sharding
 from maepp.audio import filterbanks
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.audio.stft import standardized_log_mel
-from maepp.downstream import probes, ridge
+from maepp.downstream import ridge
 from maepp.export.artifact import chunk_frames_function, frame_size
 from maepp.export.embed import chunks, n_frame_embeddings
 
@@ -31,12 +32,14 @@ class ProbeEvaluation:
         labelled task (maepp.downstream.tasks.load_task)."""
         self.name, self.task, self.mesh = name, task, mesh
         self.batch_size = settings["batch_size"]
-        self.train_clips, self.test_clips = ridge.probe_clips(task, settings["shots"])
+        self.l2s = ridge.penalties(settings["l2"])
+        self.splits = dict(zip(("fitting", "choosing", "test"),
+                               ridge.probe_clips(task, settings["shots"], choosing=len(self.l2s) > 1)))
         self.metric = "mAP" if task.multilabel else "accuracy"
         self.filterbank = filterbanks.mel_filterbank(filterbanks.from_config(config))
         self.chunk_length, self.patch_frames = model.spec.input_size[0], model.spec.patch_size[0]
         self.batches = None  # made at the first evaluation: this process's rows of every batch
-        self.kept, self.unreadable = [], {}  # (path, labels) of the clips read; path -> why, of those left out
+        self.kept, self.unreadable = {}, {}  # split -> (path, labels) of its clips read; path -> why, of those left out
         self.frame_size = frame_size(model.spec)
         chunk_frames = chunk_frames_function(model)
 
@@ -50,11 +53,10 @@ class ProbeEvaluation:
         split, whole = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         self.add_chunks = jax.jit(add_chunks, in_shardings=(params_shardings, split, split, split, whole),
                                   out_shardings=whole, donate_argnums=4)
-        l2 = settings["l2"]
-
-        def fit(sums, train_rows, test_rows, train_y):
-            """Scene embeddings [clips, E] -> the test clips' logits [m, C] of the ridge probe."""
-            return ridge.ridge_logits(sums[train_rows], train_y, sums[test_rows], l2)
+        def fit(sums, fitting_rows, scored_rows, fitting_y):
+            """Scene embeddings [clips, E] -> the scored (choosing, then test) clips' logits
+            [L, m, C] of the ridge probe fitted with each penalty."""
+            return ridge.ridge_logits_per_penalty(sums[fitting_rows], fitting_y, sums[scored_rows], self.l2s)
 
         self.fit = jax.jit(fit, in_shardings=(whole,) * 4, out_shardings=whole)
 
@@ -63,9 +65,9 @@ class ProbeEvaluation:
         weights, clip ids) on the host, and the readable clips' rows and training labels on the
         devices; a clip that cannot be read is left out and named at every evaluation."""
         started = time.perf_counter()
-        kept = {"train": [], "test": []}
+        kept = {split: [] for split in self.splits}
         log_mels = []
-        for split, labelled in (("train", self.train_clips), ("test", self.test_clips)):
+        for split, labelled in self.splits.items():
             for path, labels in labelled:
                 try:
                     waveform = load_audio(self.task.root / path)
@@ -74,7 +76,7 @@ class ProbeEvaluation:
                     continue
                 kept[split].append((path, labels))
                 log_mels.append(standardized_log_mel(waveform, self.filterbank))
-        if not kept["train"] or not kept["test"]:
+        if any(labelled and not kept[split] for split, labelled in self.splits.items()):
             raise ValueError(f"probe {self.name}: no readable clips in a split of {self.task.root}: "
                              f"{self.unreadable}")
         pieces = [chunks(log_mel, self.chunk_length) for log_mel in log_mels]
@@ -95,43 +97,57 @@ class ProbeEvaluation:
             self.batches.append((np.where(held[:, None, None], every_chunk[index], 0.0).astype(np.float32),
                                  np.where(held[:, None], weights[index], 0.0).astype(np.float32),
                                  np.where(held, clip_ids[index], 0).astype(np.int32)))
-        n_train = len(kept["train"])
+        n_fitting = len(kept["fitting"])
         whole = sharding.replicated(self.mesh)
-        self.kept = kept["train"] + kept["test"]  # the rows of scene_embeddings
-        self.train_rows = jax.device_put(np.arange(n_train), whole)
-        self.test_rows = jax.device_put(np.arange(n_train, len(log_mels)), whole)
-        self.train_y = jax.device_put(ridge.targets(kept["train"], self.task.labels), whole)
+        self.kept = kept  # the rows of scene_embeddings: fitting, choosing, then test clips
+        self.fitting_rows = jax.device_put(np.arange(n_fitting), whole)
+        self.scored_rows = jax.device_put(np.arange(n_fitting, len(log_mels)), whole)
+        self.fitting_y = jax.device_put(ridge.targets(kept["fitting"], self.task.labels), whole)
+        self.choosing_y = ridge.scored_labels(kept["choosing"], self.task) if kept["choosing"] else None
         self.test_y = ridge.scored_labels(kept["test"], self.task)
-        self.prepared = f"{n_train} training and {len(kept['test'])} test clips read in " \
+        choosing = f", {len(kept['choosing'])} to choose l2 on" if kept["choosing"] else ""
+        self.prepared = f"{n_fitting} fitting{choosing} and {len(kept['test'])} test clips read in " \
                         f"{time.perf_counter() - started:.1f} s"
 
+    def rows(self) -> list:
+        """(path, labels) of each row of scene_embeddings: the fitting clips, the choosing clips,
+        then the test clips, each in the task's order."""
+        return [clip for split in self.kept.values() for clip in split]
+
     def scene_embeddings(self, params):
-        """-> [clips, E] replicated on the devices: the scene embedding of each clip of self.kept
-        (training clips first, then test clips, in the task's order)."""
+        """-> [clips, E] replicated on the devices: the scene embedding of each clip of rows()."""
         if self.batches is None:
             self._prepare()
-        sums = jax.device_put(np.zeros((len(self.kept), self.frame_size), np.float32), sharding.replicated(self.mesh))
+        sums = jax.device_put(np.zeros((len(self.rows()), self.frame_size), np.float32),
+                              sharding.replicated(self.mesh))
         for rows in self.batches:
             sums = self.add_chunks(params, *(sharding.global_batch(r, self.mesh, self.batch_size) for r in rows), sums)
         return sums
 
-    def __call__(self, params) -> float:
-        """-> the probe's test score with these encoder parameters (the same on every process)."""
-        logits = self.fit(self.scene_embeddings(params), self.train_rows, self.test_rows, self.train_y)
-        score = probes.score(np.asarray(jax.device_get(logits)), self.test_y, self.task.multilabel)
-        scores = distributed.every_process([score])[:, 0]
+    def __call__(self, params) -> tuple:
+        """-> (the probe's test score, the penalty it was fitted with) for these encoder parameters,
+        the same on every process."""
+        logits = self.fit(self.scene_embeddings(params), self.fitting_rows, self.scored_rows, self.fitting_y)
+        best, score = ridge.choose(jax.device_get(logits), len(self.kept["choosing"]), self.choosing_y,
+                                   self.test_y, self.task.multilabel)
+        scores = distributed.every_process([score, best])
         if np.any(scores != scores[0]):
-            raise RuntimeError(f"probe {self.name}: the processes computed different scores {scores.tolist()} from "
-                               "the same features; their devices disagree")
-        return score
+            raise RuntimeError(f"probe {self.name}: the processes computed different scores and penalties "
+                               f"{scores.tolist()} from the same features; their devices disagree")
+        return score, self.l2s[best]
 
     def evaluate(self, params, step: int, writer, workdir) -> str:
         """Evaluates; the score to TensorBoard (NAME/accuracy or NAME/mAP); -> its part of the console line."""
         del workdir
         first = self.batches is None
-        score = self(params)
-        writer.write_scalars(step, {f"{self.name}/{self.metric}": score})
-        text = f"probe {self.name} {self.metric} {score:.4f}" + (f" ({self.prepared})" if first else "")
+        score, l2 = self(params)
+        figures = {f"{self.name}/{self.metric}": score}
+        text = f"probe {self.name} {self.metric} {score:.4f}"
+        if len(self.l2s) > 1:  # the penalty chosen on the valid split
+            figures[f"{self.name}/l2"] = l2
+            text += f" (l2 {l2:g} by valid)"
+        writer.write_scalars(step, figures)
+        text += f" ({self.prepared})" if first else ""
         if jax.process_count() > 1:  # __call__ has compared every process's score
             text += f" (the same on {jax.process_count()} processes)"
         if self.unreadable:
