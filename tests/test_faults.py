@@ -147,6 +147,12 @@ FAULTS = [
           "summary, nothing else", "the output, byte for byte what an uninterrupted run writes",
           "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
           "killed_run_resumes_to_it"),
+    Fault("Ctrl-C (to the whole process group, as a terminal sends it) as `maepp.data.prepare --workers 2` starts "
+          "its worker processes", "one line (`maepp.data.prepare: interrupted; what was finished is kept ...`), exit "
+          "130 in about a second; the workers ignore Ctrl-C and end with prepare's connection; their log file is "
+          "removed", "the finished shards; the same command goes on to an uninterrupted run's bytes",
+          "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
+          "killed_run_resumes_to_it"),
     Fault("ArrayRecord shards that would hold more files open than the hard limit allows", "one line before "
           "compiling, naming both numbers and the fix", "nothing was written",
           "test_more_shards_than_open_files_allowed_is_one_line"),

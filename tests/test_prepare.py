@@ -157,9 +157,11 @@ def _prepare_command(audio_folder, output, *beam):
 def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_resumes_to_it(
         repo_root, audio_folder, tmp_path):
     """The runner does not change the output: Beam's local runner with two worker processes
-    writes the single-process path's bytes. Killed once its first shards are done, the same
-    command resumes and ends with the same bytes, printing its progress bar and its summary and
-    nothing else (the worker processes' start-up logging goes to a file, removed at the end)."""
+    writes the single-process path's bytes. Killed once its first shards are done, then stopped by
+    Ctrl-C (to the whole process group, as a terminal sends it) as its workers start, in one line,
+    the same command resumes and ends with the same bytes, printing its progress bar and its
+    summary and nothing else (the worker processes' start-up logging goes to a file, removed at
+    the end, or at Ctrl-C)."""
     prepare(audio_folder, tmp_path / "one", clips_per_shard=2, workers=1)
     expected = _files(_dataset(tmp_path / "one"))
     command = _prepare_command(audio_folder, tmp_path / "two", "--workers", "2")
@@ -173,13 +175,25 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
     os.killpg(process.pid, signal.SIGKILL)  # the runner and its workers
     process.wait()
     assert not (out / "manifest.json").exists()
-    (tmp_path / "scratch").mkdir()
-    finished = subprocess.run(command, cwd=repo_root, check=True, capture_output=True, text=True,
-                              env={**os.environ, "TMPDIR": str(tmp_path / "scratch")})
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch)}
+    process = subprocess.Popen(command, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    while not list(scratch.iterdir()):  # the workers' log: they are starting
+        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    said = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("prepare:")]
+    assert process.returncode == 130 and said == [
+        "maepp.data.prepare: interrupted; what was finished is kept, and the same command goes on from it"], err[-2000:]
+    assert not list(scratch.iterdir())
+    finished = subprocess.run(command, cwd=repo_root, check=True, capture_output=True, text=True, env=env)
     assert _files(out) == expected
     lines = [line for line in finished.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert lines and all(line.startswith("prepare: ") for line in lines), finished.stderr[-2000:]
-    assert finished.stdout.startswith("9 clips") and not list((tmp_path / "scratch").iterdir())
+    assert finished.stdout.startswith("9 clips") and not list(scratch.iterdir())
 
 
 @pytest.fixture(scope="module")

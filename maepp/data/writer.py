@@ -197,8 +197,9 @@ _NOT_THE_WORKERS_MODE = _NotTheWorkersMode()  # one instance: adding it again ch
 def _local_runner(workers: int, log_path: str):
     """Beam's local runner (FnApiRunner: Beam's DirectRunner would first fetch its Prism runner from
     GitHub) for `workers` processes: Beam's own SDK worker, started as Beam's multi_processing mode
-    starts it, with its log level at ERROR (that mode passes workers no options) and its start-up
-    lines, logged before any option is read, appended to log_path; or None, for one process."""
+    starts it, but with its log level at ERROR (that mode passes workers no options), its start-up
+    lines, logged before any option is read, appended to log_path, and Ctrl-C left to prepare
+    itself; or None, for one process."""
     if workers == 1:
         return None
     import shlex
@@ -209,8 +210,10 @@ def _local_runner(workers: int, log_path: str):
     from apache_beam.transforms.environments import SubprocessSDKEnvironment
     from google.protobuf import struct_pb2
 
-    worker = (f"{shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main "
-              f"2>>{shlex.quote(log_path)}")  # run by a shell
+    # Run by a shell. Ctrl-C reaches every process of the terminal's group: the workers ignore it, so
+    # that prepare stops in one line (maepp.config_files.run_cli) and they end with its connection.
+    worker = (f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main "
+              f"2>>{shlex.quote(log_path)}")
     worker_options = struct_pb2.Struct()
     worker_options.update({"default_sdk_harness_log_level": "ERROR"})
     provision = beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
@@ -225,14 +228,14 @@ def _run_pipeline(jobs: list, workers: int, beam_pipeline_options: str, **shard_
     handle, log_path = tempfile.mkstemp(prefix="maepp-prepare-workers-", suffix=".log")
     os.close(handle)
     keep_log = False
-    runner = None if beam_pipeline_options else _local_runner(workers, log_path)
     try:
+        runner = None if beam_pipeline_options else _local_runner(workers, log_path)
         with beam.Pipeline(runner=runner, options=pipeline_options(workers, beam_pipeline_options)) as pipeline:
             (pipeline
              | "shards" >> beam.Create(jobs)
              | "spread" >> beam.Reshuffle()  # one shard per element, spread over the workers
              | "write" >> beam.Map(write_shard, **shard_arguments))
-    except BaseException:
+    except Exception:  # a failure, which the workers' output may explain; not Ctrl-C
         keep_log = os.path.getsize(log_path) > 0
         if keep_log:
             logging.warning("the local worker processes' own output is kept in %s", log_path)
