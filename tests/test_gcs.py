@@ -342,7 +342,7 @@ def test_a_held_out_split_prepared_into_a_bucket_is_found_there(gcs, bucket, tmp
         soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 2.0)[0], 16000)
     for variable, value in gcs.client_environment().items():
         monkeypatch.setenv(variable, value)
-    prepare(tmp_path / "in", f"gs://{bucket}/out", clips_per_shard=4, workers=1, holdout=0.2)
+    prepare(tmp_path / "in", f"gs://{bucket}/out", clips_per_shard=10, workers=1, holdout=0.2)
     train = ClipStoreSource(f"gs://{bucket}/out/audio_clips/2.0.0")
     assert train.holdout == f"prepared:gs://{bucket}/out/audio_clips/2.0.0/holdout" and len(train) == 8
     held = ClipStoreSource(train.holdout.removeprefix("prepared:"))
