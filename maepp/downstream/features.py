@@ -78,7 +78,7 @@ def ridge_score(task: Task, features: dict, shots: int = 0, l2=1.0) -> tuple:
 
     logits = ridge.ridge_logits_per_penalty(stacked(fitting), ridge.targets(fitting, task.labels),
                                             stacked(choosing + test), l2s)
-    best, score = ridge.choose(logits, len(choosing), ridge.scored_labels(choosing, task) if choosing else None,
+    best, score = ridge.choose(logits, len(choosing), ridge.scored_labels(choosing, task),
                                ridge.scored_labels(test, task), task.multilabel)
     return score, l2s[best]
 

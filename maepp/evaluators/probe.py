@@ -103,7 +103,7 @@ class ProbeEvaluation:
         self.fitting_rows = jax.device_put(np.arange(n_fitting), whole)
         self.scored_rows = jax.device_put(np.arange(n_fitting, len(log_mels)), whole)
         self.fitting_y = jax.device_put(ridge.targets(kept["fitting"], self.task.labels), whole)
-        self.choosing_y = ridge.scored_labels(kept["choosing"], self.task) if kept["choosing"] else None
+        self.choosing_y = ridge.scored_labels(kept["choosing"], self.task)
         self.test_y = ridge.scored_labels(kept["test"], self.task)
         choosing = f", {len(kept['choosing'])} to choose l2 on" if kept["choosing"] else ""
         self.prepared = f"{n_fitting} fitting{choosing} and {len(kept['test'])} test clips read in " \
