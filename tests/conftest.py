@@ -1,6 +1,7 @@
 import atexit
 import os
 import pathlib
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -42,19 +43,36 @@ def repo_root():
 def trained_run(repo_root, tmp_path_factory, worker_id):
     """A micro run's workdir (maepp.train, tests/helpers.py TRAINED_RUN, with a probe evaluator:
     probed_config), made once per session and shared by pytest-xdist's workers (the first to need
-    it trains, the others wait)."""
+    it trains, the others wait).
+
+    It trains in a folder of its own, renamed to trained_run only once finished: a failed attempt
+    leaves nothing a later one could take for a finished run. Its failure is recorded, and every
+    test that needs the run fails with that first message, not with a consequence of it.
+    MAEPP_TEST_SHARED_RUN_OVERRIDES adds --config overrides (tests/test_shared_run.py breaks it so).
+    """
     from tests.helpers import TRAINED_RUN, train, write_probed_config
 
     session_dir = tmp_path_factory.getbasetemp()
     if worker_id != "master":  # each worker has its own directory inside the session's
         session_dir = session_dir.parent
-    workdir = session_dir / "trained_run"
+    workdir, attempt = session_dir / "trained_run", session_dir / "trained_run.attempt"
+    failure = session_dir / "trained_run.failed"
     with FileLock(str(session_dir / "trained_run.lock")):
-        if not (workdir / "trained").exists():
+        if not workdir.exists() and not failure.exists():
+            shutil.rmtree(attempt, ignore_errors=True)
             (session_dir / "probe").mkdir(exist_ok=True)
             config = write_probed_config(session_dir / "probe")
-            assert "stopped at step 60" in train(repo_root, workdir, *TRAINED_RUN, quiet=True, config=config)
-            (workdir / "trained").touch()
+            extra = shlex.split(os.environ.get("MAEPP_TEST_SHARED_RUN_OVERRIDES", ""))
+            try:
+                out = train(repo_root, attempt, *TRAINED_RUN, *extra, quiet=True, config=config)
+                last = out.strip().splitlines()[-1] if out.strip() else "nothing"
+                assert "stopped at step 60" in out, f"maepp.train did not stop at step 60; its last line: {last}"
+            except AssertionError as error:
+                failure.write_text(str(error).strip() or "no message")
+            else:
+                attempt.rename(workdir)
+        if failure.exists():
+            pytest.fail(f"the shared run (tests/conftest.py trained_run) failed: {failure.read_text()}", pytrace=False)
     return workdir
 
 

@@ -1,14 +1,16 @@
 """Small builders and readers the tests share."""
 import functools
 import os
+import pathlib
 import subprocess
 import sys
+import time
 
 import flax.linen as nn
 import jax
 import numpy as np
 
-from maepp import optim, sharding
+from maepp import optim, pause_points, sharding
 from maepp.configs import audiomaepp, mae
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params
 
@@ -100,13 +102,19 @@ def fake_devices_environment(count: int, **more) -> dict:
     return dict(os.environ, XLA_FLAGS=flags, **more)
 
 
+# What Intel CPUs with AVX-512 or AMX do by default, forced on any CPU: TensorFlow's oneDNN
+# operations, and the start-up lines that announce them (maepp/quiet_start.py).
+ONEDNN_ON = {"TF_ENABLE_ONEDNN_OPTS": "1"}
+
+
 def train(repo_root, workdir, *overrides, quiet=False, config=MICRO):
     """Runs maepp.train; returns its stdout. quiet: it must print nothing on stderr either (the
-    libraries' INFO logs and start-up lines are off unless --verbosity asks for them)."""
+    libraries' INFO logs and start-up lines are off unless --verbosity asks for them), with
+    TensorFlow's oneDNN operations on, whatever the CPU."""
     result = subprocess.run(train_command(workdir, *overrides, config=config), cwd=repo_root, capture_output=True,
-                            text=True)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert not (quiet and result.stderr), result.stderr[-3000:]
+                            text=True, env=dict(os.environ, **ONEDNN_ON) if quiet else None)
+    assert result.returncode == 0, f"maepp.train exited {result.returncode}: {result.stderr.strip()[-3000:]}"
+    assert not (quiet and result.stderr), f"maepp.train printed on stderr: {result.stderr.strip()[-3000:]}"
     return result.stdout
 
 
@@ -149,3 +157,28 @@ def restore_targets(config, mesh):
     model, optimizer = MaskedAutoencoder(ModelSpec.from_config(config.model)), optim.optimizer(config)
     state, shardings = sharding.abstract_state(model, optimizer, mesh)
     return state, shardings, functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
+
+
+class PausePoint:
+    """A maepp process held at a named point (maepp/pause_points.py, e.g. "saved@10"): give the
+    process paused_at(these points), wait() until it is there, act, then release() it."""
+
+    def __init__(self, directory, point: str):
+        self.point = point
+        self.marker = pathlib.Path(directory) / f"paused-at-{point.replace('@', '-')}"
+        self.environment = paused_at(self)
+
+    def wait(self, process):
+        deadline = time.monotonic() + 600  # against a hang only: a loaded machine is slow, never wrong
+        while not self.marker.exists():
+            assert process.poll() is None, f"the process ended before it reached {self.point}"
+            assert time.monotonic() < deadline, f"the process did not reach {self.point} in 10 minutes"
+            time.sleep(0.01)
+
+    def release(self):
+        self.marker.unlink(missing_ok=True)
+
+
+def paused_at(*points: PausePoint) -> dict:
+    """The environment variable that holds a process at each of these points."""
+    return {pause_points.VARIABLE: ",".join(f"{point.point}:{point.marker}" for point in points)}
