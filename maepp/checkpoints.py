@@ -29,6 +29,7 @@ from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from maepp import pause_points
 from maepp.models import layer_stack
 
 
@@ -51,14 +52,29 @@ def manager(workdir, *, keep: int, keep_period: int = None) -> ocp.CheckpointMan
         keep_period=keep_period,  # also keep every keep_period-th step
         enable_async_checkpointing=True,
         cleanup_tmp_directories=True,
+        # Runs once a save's files are written, before Orbax commits it (a rename, or gs://'s
+        # commit_success.txt): the moment a test kills a run "during a save".
+        async_options=ocp.AsyncOptions(post_finalization_callback=_save_written),
     )
     return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options)
+
+
+# The step whose save is in flight: Orbax has one at a time, and its callback is told no step.
+_saving = {"step": None}
+
+
+def _save_written():
+    """Orbax's callback once a save's files are written, before it commits them."""
+    pause_points.reached("save_written", _saving["step"])
 
 
 def save(checkpoints: ocp.CheckpointManager, step: int, state, position: int):
     """Starts an asynchronous save of the state and the global position of the next batch;
     raises CheckpointSaveError if this or an earlier asynchronous save failed."""
-    check_saves(checkpoints)
+    # Orbax waits for the previous save before it starts one; waited for here, its callback
+    # cannot be told this step.
+    finish_saves(checkpoints)
+    _saving["step"] = step
     data = {"position": int(position), "processes": jax.process_count()}
     try:
         checkpoints.save(

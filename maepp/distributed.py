@@ -5,6 +5,7 @@ Open MPI, GKE TPU workers) is detected and jax.distributed.initialize() takes it
 process count and id from it. A single process needs nothing.
 """
 import os
+import socket
 
 import jax
 import numpy as np
@@ -41,3 +42,11 @@ def every_process(values) -> np.ndarray:
     if jax.process_count() == 1:
         return values[None]
     return np.asarray(multihost_utils.process_allgather(values)).reshape(jax.process_count(), -1)
+
+
+def free_local_port() -> int:
+    """A TCP port on 127.0.0.1 the operating system has just handed out: for a coordinator or a
+    server of this machine's own, never a fixed number another job may hold."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -19,7 +19,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
-from maepp import checkpoints, distributed, optim, progress, sharding
+from maepp import checkpoints, distributed, optim, pause_points, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
 from maepp.cadence import Cadence
 from maepp.config_checks import resume_changes, with_evals
@@ -175,6 +175,7 @@ def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) ->
     try:
         run = _set_up(config, workdir, mesh, spec, sources, changes)
         step, means, rates = _loop(run, config, workdir, stop, check_workdir_held)
+        checkpoints.finish_saves(run.ckpt)  # with the stop request's handlers: a second Ctrl-C exits at once
     except BaseException:
         if run is not None:
             _finish_saves_in_flight(run.ckpt)
@@ -183,7 +184,6 @@ def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) ->
         if run is not None:
             run.batches.close()
         stop.close()
-    checkpoints.finish_saves(run.ckpt)
     run.ckpt.close()
     run.writer.flush()
     if run.report.skips:
@@ -295,6 +295,7 @@ def _loop(run: Run, config, workdir, stop: StopRequest, check_workdir_held: Call
         means = progress.window_means(window)
         window = progress.new_window(sharding.replicated(run.mesh), streak=means["nonfinite_in_a_row"])
         rates, waits_s = _log(run, config, step, means, rates)
+        pause_points.reached("logged", step)
         if means["nonfinite_in_a_row"] >= config.max_nonfinite_steps:
             checkpoints.finish_saves(run.ckpt)
             raise FloatingPointError(
@@ -310,6 +311,7 @@ def _loop(run: Run, config, workdir, stop: StopRequest, check_workdir_held: Call
         if run.cadence.save_due(step, stop_requested, means["nonfinite_in_a_row"]):
             check_workdir_held()
             checkpoints.save(run.ckpt, step, state, position)
+            pause_points.reached("saved", step)
         if stop_requested:
             say(f"stop requested: saved step {step}, exiting")
             break

@@ -3,7 +3,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ import soundfile
 from maepp.audio.constants import SAMPLE_RATE
 from maepp.export import artifact, clips, embed
 from maepp.weights import store
-from tests.helpers import model_and_params, spec_for
+from tests.helpers import PausePoint, model_and_params, spec_for
 
 # One xdist worker runs this whole module, so its module fixture is built once.
 pytestmark = pytest.mark.xdist_group("export")
@@ -56,20 +55,19 @@ def _export_command(run, inputs, output, *extra):
 
 @pytest.mark.e2e
 def test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks(repo_root, trained_run, clips_400, tmp_path):
-    output = tmp_path / "out.npz"
+    output, block_1 = tmp_path / "out.npz", PausePoint(tmp_path, "exported@1")
     process = subprocess.Popen(_export_command(trained_run, clips_400, output), cwd=repo_root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, **block_1.environment))
     parts = tmp_path / "out.npz.parts"
-    deadline = time.time() + 300
-    while not (parts / "block_000001.npz").exists():
-        assert process.poll() is None and time.time() < deadline, "the export ended before it could be stopped"
-        time.sleep(0.02)
+    block_1.wait(process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == ("maepp.export: interrupted; what was finished is kept, and the same "
                                             "command goes on from it")
-    assert (parts / "block_000000.npz").exists() and not output.exists() and not list(parts.glob("*.tmp"))
+    assert sorted(p.name for p in parts.glob("block_*")) == ["block_000000.npz", "block_000001.npz"]
+    assert not output.exists() and not list(parts.glob("*.tmp"))
 
 
 @pytest.mark.e2e
@@ -78,17 +76,15 @@ def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo
     reference = tmp_path / "reference.npz"
     subprocess.run(_export_command(trained_run, clips_400, reference), cwd=repo_root, check=True,
                    capture_output=True)
-    output = tmp_path / "restarted.npz"
+    output, block_4 = tmp_path / "restarted.npz", PausePoint(tmp_path, "exported@4")
     process = subprocess.Popen(_export_command(trained_run, clips_400, output), cwd=repo_root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=dict(os.environ, **block_4.environment))
     parts = tmp_path / "restarted.npz.parts"
-    deadline = time.time() + 300
-    while not (parts / "block_000004.npz").exists():
-        assert process.poll() is None and time.time() < deadline, "the export ended before it could be killed"
-        time.sleep(0.02)
+    block_4.wait(process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert not output.exists() and not (parts / "block_000009.npz").exists()
+    assert not output.exists() and len(list(parts.glob("block_*.npz"))) == 5
     assert not list(parts.glob("*.tmp"))  # a block is whole or absent
     finished = subprocess.run(_export_command(trained_run, clips_400, output), cwd=repo_root, check=True,
                               capture_output=True, text=True)

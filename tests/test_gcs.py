@@ -15,9 +15,10 @@ import pytest
 import soundfile
 
 from maepp.data.synthetic import synthetic_clip
+from maepp.distributed import free_local_port
 from maepp.tools.gcs_emulator import GcsEmulator
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock
-from tests.helpers import assert_trees_equal, saved_params, train, train_command
+from tests.helpers import PausePoint, assert_trees_equal, paused_at, saved_params, train, train_command
 
 pytestmark = pytest.mark.e2e  # every test talks to a GCS API server process
 
@@ -92,13 +93,11 @@ def test_a_holder_renewing_its_lease_fast_is_never_taken_for_another_run(gcs, bu
     lock_blob = _storage_client(gcs).bucket(bucket).blob("run/lock.json")
     with WorkdirLock(f"gs://{bucket}/run", lease_s=1.0, renew_s=0.02) as lock:
         lock_blob.upload_from_string(lock._text())  # the stored write whose answer never came back
-        checks, end = 0, time.monotonic() + 4
-        while time.monotonic() < end:
+        generations, deadline = {lock._generation}, time.monotonic() + 600  # the deadline: against a hang only
+        while len(generations) <= 50:  # fifty renewals after the refused one, each racing the checks
             lock.check_held()  # raises WorkdirLost if it takes its own renewal for a takeover
-            checks += 1
-        renewed = json.loads(lock_blob.download_as_text())["renewed"]
-        assert checks > 50 and not lock.lost
-        assert time.time() - renewed < 1.0  # still renewing after the refused renewal
+            assert not lock.lost and time.monotonic() < deadline, lock.lost or "the renewals stopped"
+            generations.add(lock._generation)
     assert _storage_client(gcs).bucket(bucket).get_blob("run/lock.json") is None
 
 
@@ -123,33 +122,30 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
         return sorted({int(b.name.split("/")[2]) for b in blobs.list_blobs(prefix="run/checkpoints/")
                        if b.name.split("/")[2].isdigit()})
 
-    def start():
-        return subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def start(*pauses):
+        return subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, env={**env, **paused_at(*pauses)},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
-    def wait_for_step(process, step):
-        deadline = time.time() + 300
-        while step not in steps_saved():
-            assert process.poll() is None and time.time() < deadline, process.communicate()[1][-3000:]
-            time.sleep(0.2)
-
-    # 1. Another run takes the lease over: this one stops before its next save, in one line.
-    first = start()
-    wait_for_step(first, 3)
+    # 1. Another run takes the lease over while this one is held after starting its step-3 save:
+    # it stops before its next save, in one line.
+    saved_3 = PausePoint(tmp_path, "saved@3")
+    first = start(saved_3)
+    saved_3.wait(first)
     blobs.blob("run/lock.json").upload_from_string(
         json.dumps(dict(host="elsewhere", pid=1, started=0, renewed=time.time()))
     )
-    _, err = first.communicate(timeout=300)
+    saved_3.release()
+    _, err = first.communicate(timeout=600)
     assert first.returncode == 1
     assert "was taken over by another run (pid 1 on elsewhere" in err.strip().splitlines()[-1]
     assert "this run stopped before its next save" in err.strip().splitlines()[-1]
-    left = max(steps_saved())
-    assert left <= 6  # at most the save already past its check
+    assert steps_saved() == [3]
     blobs.blob("run/lock.json").delete()  # that other run went away
 
-    # 2. Killed outright as its next checkpoint is written.
-    second = start()
-    wait_for_step(second, left + 3)
+    # 2. Killed outright once its step-6 checkpoint is written, before it is committed.
+    written_6 = PausePoint(tmp_path, "save_written@6")
+    second = start(written_6)
+    written_6.wait(second)
     os.killpg(second.pid, signal.SIGKILL)
     second.wait()
 
@@ -262,7 +258,7 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
                                                                                            tmp_path):
     """A fresh run of two processes whose model axis spans both (dcn_model=2: each holds every row
     of a batch and half of each layer), reading prepared clips from a bucket; process 1 reads
-    through a narrow link (120 ms a request, one at a time: 1.9 s a batch, against steps of about
+    through a narrow link (200 ms a request, one at a time: 3.2 s a batch, against steps of about
     0.25 s). Once the batches read ahead while the processes started and compiled are used up,
     process 1 waits for each batch: the input wait reported is the slowest process's, and names it."""
     from maepp.data.writer import prepare
@@ -274,10 +270,12 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
         soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 3.0)[0], 16000)
     prepare(tmp_path / "in", tmp_path / "prepared", clips_per_shard=8, workers=1)
     _upload(_storage_client(gcs).bucket(bucket), tmp_path / "prepared" / "audio_clips" / "2.0.0", "data")
-    narrow = gcs.meter(delay_s=0.12)
+    narrow = gcs.meter(delay_s=0.2)
+
+    port = free_local_port()
 
     def launch(i):
-        flags = ["--coordinator", "127.0.0.1:12473", "--num_processes", "2", "--process_id", str(i)]
+        flags = ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)]
         return flags, gcs.client_environment(narrow if i == 1 else None)
 
     out = _two_processes(repo_root, tmp_path / "run", launch, "--config.total_steps=16", "--config.warmup_steps=1",
@@ -288,7 +286,10 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
     lines = [line for line in out.splitlines() if line.startswith("step ") and "input wait" in line]
     assert [line.split("/")[0] for line in lines] == ["step 4", "step 8", "step 12", "step 16"]
     wait = int(lines[-1].split("input wait ")[1].split("%")[0])
-    assert wait >= 30 and f"input wait {wait}% (slowest: process 1) |" in lines[-1], lines[-1]
+    # A wait is a time, so this stays a timing check, with a wide margin: 3.2 s of reads a batch
+    # for process 1, many times a step on this model however loaded the machine; process 0 reads
+    # at once.
+    assert wait > 0 and f"input wait {wait}% (slowest: process 1) |" in lines[-1], lines[-1]
     assert narrow.counts()["requests"] >= 16 * 16  # process 1 read every row of each of its batches
 
 

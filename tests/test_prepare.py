@@ -21,7 +21,7 @@ from maepp.data.pipeline import WAVEFORM_CROP_KEYS, eval_dataset, random_offset,
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
 from maepp.data.writer import prepare
-from tests.helpers import LOG_MEL_TOLERANCE
+from tests.helpers import LOG_MEL_TOLERANCE, PausePoint
 
 
 @pytest.fixture(scope="module")
@@ -165,13 +165,11 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
     prepare(audio_folder, tmp_path / "one", clips_per_shard=2, workers=1)
     expected = _files(_dataset(tmp_path / "one"))
     command = _prepare_command(audio_folder, tmp_path / "two", "--workers", "2")
+    first_shard = PausePoint(tmp_path, "shard_written@1")  # a worker's first
     process = subprocess.Popen(command, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
+                               start_new_session=True, env=dict(os.environ, **first_shard.environment))
     out = _dataset(tmp_path / "two")
-    deadline = time.time() + 300
-    while len(list(out.glob("*.clips-*.json"))) < 2 if out.exists() else True:
-        assert process.poll() is None and time.time() < deadline, "prepare ended before it could be killed"
-        time.sleep(0.02)
+    first_shard.wait(process)
     os.killpg(process.pid, signal.SIGKILL)  # the runner and its workers
     process.wait()
     assert not (out / "manifest.json").exists()
@@ -180,9 +178,10 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
     env = {**os.environ, "TMPDIR": str(scratch)}
     process = subprocess.Popen(command, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
+    deadline = time.monotonic() + 600  # against a hang only
     while not list(scratch.iterdir()):  # the workers' log: they are starting
-        assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
-        time.sleep(0.02)
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+        time.sleep(0.01)
     os.killpg(process.pid, signal.SIGINT)
     _, err = process.communicate(timeout=120)
     said = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("prepare:")]

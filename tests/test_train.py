@@ -2,8 +2,10 @@
 the device front end and SIGTERM, two processes, stop after repeated non-finite steps."""
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,10 +15,11 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing import event_accumulator
 
+from maepp.distributed import free_local_port
 from maepp.evaluators.pictures import reconstruction_grid
 from tests.helpers import TRAINED_RUN as RUN
-from tests.helpers import (MICRO, fake_devices_environment, leaves, logged_scalars, ridge_score_of, saved_params,
-                           train_command)
+from tests.helpers import (MICRO, PausePoint, fake_devices_environment, leaves, logged_scalars, ridge_score_of,
+                           saved_params, train_command)
 
 
 def _image_steps(workdir, tag="reconstruction") -> list:
@@ -105,11 +108,23 @@ def _two_processes(repo_root, workdir, launch, *overrides, config=MICRO):
     return outputs[0][0]
 
 
-def _by_slurm_environment(i):
-    """What srun sets for task i of a 2-task step on one node; JAX finds its coordinator from it
-    (port 61440 + job id % 4096)."""
-    return [], dict(SLURM_JOB_ID="1021", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
-                    SLURM_PROCID=str(i), SLURM_LOCALID=str(i))
+def _slurm_job_id() -> str:
+    """A job id whose coordinator port, as JAX derives it from Slurm's variables (61440 + id %
+    4096), the operating system lets this machine bind now."""
+    for port in random.sample(range(61440, 65536), 256):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return str(port - 61440)
+    raise AssertionError("no free port in 61440-65535")
+
+
+def _by_slurm_environment(job_id: str):
+    """-> launch(i): what srun sets for task i of a 2-task step on one node."""
+    return lambda i: ([], dict(SLURM_JOB_ID=job_id, SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
+                               SLURM_PROCID=str(i), SLURM_LOCALID=str(i)))
 
 
 def _follows(run, reference, steps, tag="loss"):
@@ -136,25 +151,24 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     the global clip order from that step's position: its losses and held-out losses, before the
     stop and after, are the shared single-process run's."""
     workdir = tmp_path / "two_hosts"
+    saved_10 = PausePoint(tmp_path, "saved@10")
     launcher = subprocess.Popen(
-        ["bash", "launch/local.sh", "2", "--devices", "2", "--port", "12461", "--", "--config",
+        ["bash", "launch/local.sh", "2", "--devices", "2", "--port", str(free_local_port()), "--", "--config",
          "configs/audiomaepp.py:micro", "--workdir", str(workdir), *SHARED, "--config.checkpoint_every=10",
          "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.dcn_data=2"],
-        cwd=repo_root, env=dict(os.environ, PYTHON=sys.executable), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
+        cwd=repo_root, env=dict(os.environ, PYTHON=sys.executable, **saved_10.environment), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
     )
-    deadline = time.time() + 400
-    while not (workdir / "checkpoints" / "10").exists():
-        assert launcher.poll() is None and time.time() < deadline, launcher.stderr.read()[-3000:]
-        time.sleep(0.05)
+    saved_10.wait(launcher)
     children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
     assert len(children) == 2
     os.kill(int(children[1]), signal.SIGTERM)
-    out, err = launcher.communicate(timeout=120)
+    saved_10.release()
+    out, err = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, err[-3000:]
     assert "input wait" in out and "(slowest: process " in out  # every process's wait, the slowest named
     stopped = int(out.split("stop requested: saved step ")[1].split(",")[0])
-    assert 10 <= stopped < 30
+    assert 10 < stopped < 60  # held at step 10 until the signal had come
     data = json.loads((workdir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
     assert data == {"position": 32 * stopped, "processes": 2}  # one global position: 32 clips a step
     _as_older_maepp_saved_it(workdir / "config.json")
@@ -192,7 +206,7 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     the end is the same on both processes, and what one process computes from the checkpoint."""
     workdir = tmp_path / "two_hosts"
     shutil.copytree(trained_run / "checkpoints" / "30", workdir / "checkpoints" / "30")
-    out = _two_processes(repo_root, workdir, _by_slurm_environment, *SHARED, "--config.mesh.data=2",
+    out = _two_processes(repo_root, workdir, _by_slurm_environment(_slurm_job_id()), *SHARED, "--config.mesh.data=2",
                          "--config.mesh.dcn_model=2", config=probed_config)
     assert "resumed step 30 saved by 1 processes on 2 processes" in out and "stopped at step 60" in out
     _follows(workdir, trained_run, range(31, 61))
@@ -208,7 +222,7 @@ def test_every_process_sees_every_processes_numbers(repo_root):
     """What the console line sums (skipped clips) and compares (input wait) over processes: two
     real JAX processes gather distinct numbers in process order."""
     program = ("import sys, jax; from maepp import distributed; "
-               "distributed.initialize('127.0.0.1:12467', 2, int(sys.argv[1])); "
+               f"distributed.initialize('127.0.0.1:{free_local_port()}', 2, int(sys.argv[1])); "
                "p = jax.process_index(); print(distributed.every_process([p + 1, 10 * p]).tolist())")
     processes = [subprocess.Popen([sys.executable, "-c", program, str(i)], cwd=repo_root, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True, env=fake_devices_environment(1))

@@ -17,6 +17,7 @@ lists, the index and the manifest are the same whoever wrote them. Resumable and
 """
 import hashlib
 import io
+import itertools
 import json
 import logging as python_logging
 import math
@@ -30,6 +31,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from maepp import pause_points
 from maepp.audio import filterbanks, reference
 from maepp.audio.constants import SAMPLE_RATE
 from maepp.audio.decode import AUDIO_EXTENSIONS, BadAudio, decode_soundfile, encode_flac, load_audio
@@ -94,6 +96,9 @@ def clip_pieces(relative: str, waveform: np.ndarray, max_samples: int) -> list:
             for start in range(0, len(waveform), max_samples)]
 
 
+_SHARDS_WRITTEN = itertools.count(1)  # by this process (a Beam worker writes several)
+
+
 def write_shard(job: dict, input_root: str, store: str, filterbank: str,
                 max_clip_seconds: float = MAX_CLIP_SECONDS) -> dict:
     """Writes one shard and then its clip list; returns the clip list. job: output (its split's
@@ -123,6 +128,7 @@ def write_shard(job: dict, input_root: str, store: str, filterbank: str,
                    units=clips["units"], lengths=clips["lengths"], means=clips["means"], stds=clips["stds"],
                    seconds=samples / SAMPLE_RATE, skipped=skipped)
     _write_bytes_atomically(out / _listing_name(job["file"]), [json.dumps(listing).encode()])
+    pause_points.reached("shard_written", next(_SHARDS_WRITTEN))
     return listing
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
+from maepp import pause_points
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.data.sources import FolderSource
 from maepp.export.embed import Embedder
@@ -167,6 +168,7 @@ def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=
             indices = list(blocks_of[number])
             _save_npz(parts / f"block_{number:06d}.npz", **_embed_block(source, embedder, indices, timestamps, pool))
             bar.update(len(indices))
+            pause_points.reached("exported", number)
     blocks = [_load_npz(parts / f"block_{number:06d}.npz") for number in range(n_blocks)]
     result = _assemble(blocks, timestamps)
     _save_npz(output, **result, written_by=np.array(WRITTEN_BY))

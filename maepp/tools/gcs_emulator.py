@@ -32,13 +32,9 @@ import threading
 import time
 import urllib.request
 
+from maepp.distributed import free_local_port
+
 GCS_API_HOST = "www.googleapis.com"
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _write_certificates(directory: pathlib.Path):
@@ -198,7 +194,7 @@ class GcsEmulator:
 
         root = pathlib.Path(self._directory.name)
         _write_certificates(root)
-        self.port = _free_port()
+        self.port = free_local_port()
         self._process = subprocess.Popen(
             [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
              "-backend", "filesystem", "-filesystem-root", str(root / "objects"), "-log-level", "error",

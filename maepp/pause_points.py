@@ -1,0 +1,33 @@
+"""Named points at which a test holds a maepp process, so that it acts at a known moment.
+
+    MAEPP_PAUSE_AT=NAME@NUMBER:MARKER[,NAME@NUMBER:MARKER...]
+
+A process that reaches the point NAME with that NUMBER (a step, a block, a count: each point
+says which) writes the file MARKER and waits until it is removed. The test waits for the file,
+acts (a signal, a kill, a change to the workdir) and removes it. Tests alone set the variable;
+without it a point costs one dictionary lookup.
+
+The points and their numbers: `logged@STEP` (the train loop has printed a step's line),
+`saved@STEP` (it has started a step's save),
+`save_written@STEP` (its files are written, not yet committed), `exported@BLOCK` (maepp.export
+has finished a block), `shard_written@N` (prepare: the N-th shard of this worker process).
+"""
+import os
+import time
+
+VARIABLE = "MAEPP_PAUSE_AT"
+
+
+def reached(name: str, number: int):
+    """Holds the process here while MARKER exists, if MAEPP_PAUSE_AT names this point and number."""
+    wanted = os.environ.get(VARIABLE)
+    if not wanted:
+        return
+    markers = dict(entry.partition(":")[::2] for entry in wanted.split(","))
+    marker = markers.get(f"{name}@{number}")
+    if marker is None:
+        return
+    with open(marker, "w") as file:
+        file.write(f"{os.getpid()}\n")
+    while os.path.exists(marker):
+        time.sleep(0.01)  # signals are handled between sleeps
