@@ -27,8 +27,9 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config.batch_size = 1024  # global
     # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.
     # data, fsdp, model: the mesh inside one slice (or node); dcn_*: how many slices (TPU
-    # multi-slice) or processes (GPU nodes, CPU processes: set a dcn_* above 1) each axis spans,
-    # data parallel across them by default (-1: the slices left over).
+    # multi-slice) or nodes (GPU nodes: set a dcn_* above 1; under Slurm a node's tasks share
+    # SLURM_NODEID, elsewhere a process is a node) each axis spans, data parallel across them by
+    # default (-1: the slices left over).
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, model=1, dcn_data=-1, dcn_fsdp=1, dcn_model=1))
     config.optimizer = ml_collections.ConfigDict(
         dict(base_learning_rate=1.5e-4, b1=0.9, b2=0.95, weight_decay=0.05, grad_clip=0.0, accumulate_steps=1)
@@ -42,6 +43,14 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config.keep_period = 20_000  # ...and every keep_period-th step
     config.max_nonfinite_steps = 10  # non-finite steps in a row before the run stops (checked at log steps)
     config.steps_in_flight = 2  # dispatched steps the host may run ahead of the devices
+    # XLA's compiled programs, kept for the next start (a restart after a preemption compiles
+    # nothing again): "auto" is $JAX_COMPILATION_CACHE_DIR where set (empty: none), else
+    # WORKDIR/compile_cache; a path (local or gs://) names the folder; "" keeps none.
+    config.compile_cache_dir = "auto"
+    # A multi-process job (jax.distributed): a process whose heartbeats stop for heartbeat_s is
+    # taken for dead, and every other process stops, naming it (maepp/distributed.py); at the end
+    # each waits up to shutdown_s for the slowest to finish its last save.
+    config.distributed = ml_collections.ConfigDict(dict(heartbeat_s=60, shutdown_s=300))
     # Evaluators, each run every `every` steps and at the last (maepp/evaluators/, docs/training.md):
     # held_out: the reconstruction loss and pictures on held-out clips (source: as data.source
     # names clips, "" = none); "auto" is the split `prepare --holdout` kept out of a prepared

@@ -124,10 +124,11 @@ def _save_failure(checkpoints, step, error) -> str:
 
 
 def complete_steps(workdir) -> list:
-    """The steps Orbax finished writing, sorted, read from the directory names alone (unfinished
-    ones carry a suffix, damaged ones were renamed), so it works after any failure."""
-    directory = workdir_path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.exists() else []
+    """The steps Orbax committed, sorted, as Orbax itself tells them: on a local disk a step is
+    renamed into place when complete; on gs:// it is written under its own number and committed
+    by its commit_success.txt, so a step folder without one is an unfinished save. Damaged steps
+    were renamed aside. Read from the folder alone, so it works after any failure."""
+    return sorted(ocp.utils.checkpoint_steps(workdir_path(workdir) / "checkpoints"))
 
 
 def newest_complete(workdir) -> str:

@@ -144,6 +144,18 @@ def out_of_space(error: BaseException) -> str:
     return ""
 
 
+def use_compile_cache(setting: str, default: str = ""):
+    """Keeps XLA's compiled programs in config.compile_cache_dir for the next start: "auto" is
+    $JAX_COMPILATION_CACHE_DIR where set (empty: none), else `default`; "" is none."""
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR", default) if setting == "auto" else setting
+    if folder:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", folder)
+        # Every program: a start compiles about twenty under jax's default threshold of 1 s.
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
 def run_cli(main, program: str, argv: list | None = None):
     """app.run(main) for every maepp program: installed config names resolved; the config file,
     its size and every --config.FIELD override checked first, each mistake one line; --help with

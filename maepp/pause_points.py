@@ -4,7 +4,8 @@
 
 A process that reaches the point NAME with that NUMBER (a step, a block, a count: each point
 says which) writes the file MARKER and waits until it is removed. The test waits for the file,
-acts (a signal, a kill, a change to the workdir) and removes it. Tests alone set the variable;
+acts (a signal, a kill, a change to the workdir) and lets it go: it writes MARKER.released, then
+removes MARKER. A point let go of is not held again (a restarted job passes it). Tests alone set the variable;
 without it a point costs one dictionary lookup.
 
 The points and their numbers: `logged@STEP` (the train loop has printed a step's line),
@@ -25,7 +26,7 @@ def reached(name: str, number: int):
         return
     markers = dict(entry.partition(":")[::2] for entry in wanted.split(","))
     marker = markers.get(f"{name}@{number}")
-    if marker is None:
+    if marker is None or os.path.exists(f"{marker}.released"):
         return
     with open(marker, "w") as file:
         file.write(f"{os.getpid()}\n")

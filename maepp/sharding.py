@@ -24,6 +24,7 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from maepp.distributed import process_nodes
 from maepp.models import MaskedAutoencoder, init_params
 from maepp.train_step import TrainState, create_state
 
@@ -72,44 +73,64 @@ def _dcn_sizes(mesh_config) -> list:
 
 
 def _granules(devices, mesh_config) -> tuple:
-    """-> (the device attribute that tells granules apart, or None for a single one; their number).
-    TPU slices always; processes on other platforms when a dcn_* field asks for more than one."""
+    """-> (a function of a device that tells granules apart, or None for a single one; what they
+    are called; their number). TPU slices always; on other platforms nodes (processes grouped by
+    maepp.distributed.process_nodes), when a dcn_* field asks for more than one."""
     if devices[0].platform == "tpu":
-        attribute = "slice_index"
+        granule_of, kind = (lambda device: getattr(device, "slice_index", 0)), "slices"  # one slice may not say
     elif any(size > 1 for size in _dcn_sizes(mesh_config)):
-        attribute = "process_index"
+        nodes = process_nodes() if len({d.process_index for d in devices}) == jax.process_count() > 1 else None
+        granule_of = (lambda device: nodes[device.process_index]) if nodes else (lambda device: device.process_index)
+        kind = "nodes"
     else:
-        return None, 1
-    count = len({getattr(device, attribute, 0) for device in devices})  # a single slice may not say
-    return (attribute, count) if count > 1 else (None, 1)
+        return None, "", 1
+    count = len({granule_of(device) for device in devices})
+    return (granule_of, kind, count) if count > 1 else (None, "", 1)
 
 
 def hybrid_shapes(mesh_config, devices) -> tuple:
-    """-> (mesh inside a granule, mesh of granules, the granule attribute or None): the config's
-    two parts, checked against the devices."""
-    attribute, count = _granules(devices, mesh_config)
+    """-> (mesh inside a granule, mesh of granules, the function telling granules apart or None):
+    the config's two parts, checked against the devices."""
+    granule_of, kind, count = _granules(devices, mesh_config)
     dcn_sizes = _dcn_sizes(mesh_config)
     named = dict(zip(DCN_FIELDS, dcn_sizes))
     if count == 1:
         if any(size > 1 for size in dcn_sizes):
             raise ValueError(f"config.mesh {named}: this job's {len(devices)} devices form one granule (one slice "
-                             "or one process); a dcn_* axis needs a multi-slice TPU job or several processes")
+                             "or one node); a dcn_* axis needs a multi-slice TPU job or several nodes (processes "
+                             "under Slurm are grouped by SLURM_NODEID; elsewhere each process is a node)")
         return mesh_shape(mesh_config, len(devices)), (1, 1, 1), None
-    dcn = _resolve(dcn_sizes, count, "slices" if attribute == "slice_index" else "processes", named)
-    return mesh_shape(mesh_config, len(devices) // count), dcn, attribute
+    dcn = _resolve(dcn_sizes, count, kind, named)
+    return mesh_shape(mesh_config, len(devices) // count), dcn, granule_of
 
 
 def make_mesh(mesh_config, devices=None) -> jax.sharding.Mesh:
     devices = devices if devices is not None else jax.devices()
-    ici, dcn, attribute = hybrid_shapes(mesh_config, devices)
+    ici, dcn, granule_of = hybrid_shapes(mesh_config, devices)
     # Auto axes: flax's logical partitioning places shardings through jit, not explicit types.
     axis_types = (AxisType.Auto,) * len(MESH_AXES)
-    if attribute is None:
+    if granule_of is None:
         return jax.make_mesh(ici, MESH_AXES, axis_types=axis_types, devices=devices)
+    return jax.sharding.Mesh(_hybrid_grid(ici, dcn, devices, granule_of), MESH_AXES, axis_types=axis_types)
+
+
+def _hybrid_grid(ici: tuple, dcn: tuple, devices, granule_of) -> np.ndarray:
+    """Devices [ici * dcn, per axis]: each granule's own mesh of shape ici, the granules laid out
+    by dcn, as jax's create_hybrid_device_mesh lays them, but with granules of any grouping
+    (slices, or nodes of several processes). A granule's devices in process, then device order."""
+    granules = {}
+    for device in sorted(devices, key=lambda d: (d.process_index, d.id)):
+        granules.setdefault(granule_of(device), []).append(device)
+    if any(len(members) != math.prod(ici) for members in granules.values()):
+        raise ValueError(f"the granules hold {sorted(len(m) for m in granules.values())} devices; the mesh inside "
+                         f"each needs {math.prod(ici)}")
     # Split physical axes where the mesh asks (FSDP 2 inside a 16x16 slice), as jax.make_mesh does.
-    grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=attribute == "process_index",
-                                                allow_split_physical_axes=True)
-    return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
+    meshes = [mesh_utils.create_device_mesh(ici, members, allow_split_physical_axes=True)
+              for _, members in sorted(granules.items())]
+    layout = np.empty(dcn, dtype=object)
+    for index, mesh in zip(np.ndindex(*dcn), meshes):
+        layout[index] = mesh
+    return np.block(layout.tolist())
 
 
 def batch_sharding(mesh) -> NamedSharding:

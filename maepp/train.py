@@ -14,11 +14,12 @@ import shlex
 import sys
 import traceback
 
+import jax
 import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from maepp import checkpoints, config_checks, config_files, distributed, run_plan
+from maepp import checkpoints, config_checks, config_files, distributed, job_watch, run_plan
 from maepp.workdir_lock import WorkdirInUse, WorkdirLost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
@@ -46,11 +47,15 @@ def _exit_now(message: str, status: int = 1):
     os._exit(status)
 
 
+def _same_command() -> str:
+    return shlex.join([sys.executable, "-m", "maepp.train", *sys.argv[1:]])
+
+
 def _what_survived() -> str:
     """After an unexpected error: what is on disk, and the command that resumes from it."""
-    command = shlex.join([sys.executable, "-m", "maepp.train", *sys.argv[1:]])
     return (f"maepp.train: stopped by the error above. The newest complete checkpoint is "
-            f"{checkpoints.newest_complete(_WORKDIR.value)}; once the cause is fixed, resume from it with: {command}")
+            f"{checkpoints.newest_complete(_WORKDIR.value)}; once the cause is fixed, resume from it with: "
+            f"{_same_command()}")
 
 
 def _finished(config, workdir) -> str:
@@ -72,7 +77,11 @@ def main(argv):
     if finished:
         print(finished, flush=True)
         return
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value,
+                           heartbeat_s=config.distributed.heartbeat_s, shutdown_s=config.distributed.shutdown_s)
+    if jax.process_count() > 1:  # a lost process is one line, not JAX's abort
+        job_watch.watch_stderr(workdir / "checkpoints", _same_command())
+    config_files.use_compile_cache(config.compile_cache_dir, default=str(workdir / "compile_cache"))
     try:
         plan = run_plan.checked_plan(config)
     except (ValueError, FileNotFoundError) as error:
@@ -96,6 +105,9 @@ def main(argv):
             WorkdirLost) as error:
         _exit_now(f"maepp.train: {error}")
     except Exception as error:  # noqa: BLE001 - a fault or a bug: its traceback, what survived, the same prompt exit
+        lost = job_watch.lost_process(error) if jax.process_count() > 1 else ""
+        if lost:
+            _exit_now(job_watch.job_lost(lost, checkpoints.newest_complete(workdir), _same_command()))
         full = config_files.out_of_space(error)
         if full:  # whatever wrote first: a picture, TensorBoard's events, a checkpoint
             _exit_now(f"maepp.train: out of space ({full}); the newest complete checkpoint is "

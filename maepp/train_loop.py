@@ -138,11 +138,13 @@ def _on_process_0(check, refused, elsewhere: str) -> str:
 
 
 def _record_start(workdir, mesh, resolved: dict):
-    """One line per start of the run in WORKDIR/run_info.jsonl (process 0): when, on what, and
-    what the config's "auto" choices resolved to. A resumed run may start on other hardware."""
+    """One line per start of the run in WORKDIR/run_info.jsonl (process 0): when, on what, what
+    the config's "auto" choices resolved to, and which restart of its launcher it is (launch/:
+    $MAEPP_RESTART after a failure, 0 otherwise). A resumed run may start on other hardware."""
     if jax.process_index() != 0:
         return
-    start = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), processes=jax.process_count(),
+    start = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), restart=int(os.environ.get("MAEPP_RESTART", "0")),
+                 processes=jax.process_count(),
                  backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind, mesh=dict(mesh.shape),
                  jax=jax.__version__, resolved=resolved)
     info = workdir / "run_info.jsonl"

@@ -135,9 +135,14 @@ def logged_scalars(workdir, tag="loss") -> dict:
 
 
 def saved_params(workdir, step):
+    """A checkpoint's parameters on this process's first device, whatever mesh and processes saved them."""
     import orbax.checkpoint as ocp
 
-    return ocp.StandardCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")["params"]
+    path = workdir / "checkpoints" / str(step) / "state"
+    here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=here),
+                          ocp.StandardCheckpointer().metadata(path).item_metadata)
+    return ocp.StandardCheckpointer().restore(path, target)["params"]
 
 
 def leaves(tree) -> list:
@@ -176,6 +181,7 @@ class PausePoint:
             time.sleep(0.01)
 
     def release(self):
+        self.marker.with_name(self.marker.name + ".released").touch()
         self.marker.unlink(missing_ok=True)
 
 

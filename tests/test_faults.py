@@ -158,9 +158,25 @@ FAULTS = [
     Fault("ArrayRecord shards that would hold more files open than the hard limit allows", "one line before "
           "compiling, naming both numbers and the fix", "nothing was written",
           "test_more_shards_than_open_files_allowed_is_one_line"),
-    Fault("a storm of 3 SIGKILLs and 3 Ctrl-Cs: SIGKILL at a random moment of start-up and during an "
-          "asynchronous save; Ctrl-C after a random step; Ctrl-C twice, the second during the save the first "
-          "asked for; SIGKILL right after the last evaluation (checkpoints every 10 steps)",
+    Fault("a gs:// run killed (SIGKILL) during its final save, its files written but not committed",
+          "the same command resumes from the newest committed step and saves the last one again (a step without "
+          "Orbax's commit_success.txt is never taken for a finished run)",
+          "the run: its final parameters equal an uninterrupted run's bit for bit",
+          "tests/test_gcs.py::test_a_gs_run_killed_during_its_final_save_finishes_it_again"),
+    Fault("a process of a two-process job killed (SIGKILL)", "the other prints one line and exits: `maepp.train: a "
+          "collective failed: another process of the job stopped (...)` or, when JAX's heartbeat check notices "
+          "first, `maepp.train: process 1 stopped answering (JAX's report: FILE)`, then `; this process stopped too. "
+          "The newest complete checkpoint is step N in DIR; the same command resumes from it ...: COMMAND`",
+          "every complete checkpoint", "tests/test_train.py::test_a_process_that_loses_the_other_says_so_in_one_line"),
+    Fault("the same, under `launch/local.sh --max_restarts 1`", "`local.sh: a training process exited with status "
+          "137; the others were stopped; restart 1 of 1, from the newest checkpoint`; the job resumes",
+          "the run: its final parameters equal an uninterrupted run's bit for bit; run_info.jsonl counts the restart",
+          "tests/test_train.py::test_a_job_that_lost_a_process_is_restarted_by_its_launcher_and_ends_as_if_"
+          "uninterrupted"),
+    Fault("a storm of 3 SIGKILLs and 3 Ctrl-Cs: SIGKILL at a random moment of start-up and while a save is written "
+          "but not committed; Ctrl-C after a random step; Ctrl-C twice, the second while the save the first asked "
+          "for is written; SIGKILL after the last evaluation, its save written but not committed (checkpoints "
+          "every 10 steps)",
           "each re-run resumes from the newest complete checkpoint; unfinished saves are removed. Ctrl-C: one line, "
           "exit status 130: `maepp.train: stopped by Ctrl-C after saving step N in DIR; the same command resumes "
           "from it`; a second Ctrl-C: `maepp.train: interrupted again: exiting now; the newest complete checkpoint "

@@ -166,6 +166,38 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
     assert "run/lock.json" not in names  # let go at the end
 
 
+def test_a_gs_run_killed_during_its_final_save_finishes_it_again(gcs, bucket, repo_root, tmp_path, monkeypatch):
+    """On gs:// Orbax writes a step under its own number and commits it with commit_success.txt.
+    A run killed once its last step's files are written, before that commit, left a step that
+    cannot be read: the re-run must not call the run finished on it, but resume from the newest
+    committed step and save the last one again, ending with the uninterrupted run's parameters."""
+    overrides = ["--config.total_steps=4", "--config.warmup_steps=1", "--config.checkpoint_every=2",
+                 "--config.log_every=2", "--config.evals.held_out.source="]
+    train(repo_root, tmp_path / "local", *overrides)  # the uninterrupted run
+    workdir, env = f"gs://{bucket}/run", {**os.environ, **gcs.client_environment(), "MAEPP_WORKDIR_LEASE_S": "3"}
+    final_save = PausePoint(tmp_path, "save_written@4")
+    killed = subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, env={**env, **final_save.environment},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    final_save.wait(killed)
+    killed.kill()
+    killed.wait()
+    blobs = _storage_client(gcs).bucket(bucket)
+    assert blobs.get_blob("run/checkpoints/4/commit_success.txt") is None
+    assert any(b.name.startswith("run/checkpoints/4/") for b in blobs.list_blobs(prefix="run/"))
+
+    rerun = subprocess.run(train_command(workdir, *overrides), cwd=repo_root, env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resumed from step 2 " in rerun.stdout and "stopped at step 4" in rerun.stdout, rerun.stdout
+    assert "newest checkpoint: step 4 in" in rerun.stdout
+    import orbax.checkpoint as ocp
+
+    for variable, value in gcs.client_environment().items():  # Orbax reads the bucket from this process
+        monkeypatch.setenv(variable, value)
+    assert_trees_equal(ocp.StandardCheckpointer().restore(f"{workdir}/checkpoints/4/state")["params"],
+                       saved_params(tmp_path / "local", 4))
+
+
 _READ_SHARE = """
 import json, sys
 import numpy as np
@@ -262,7 +294,7 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
     0.25 s). Once the batches read ahead while the processes started and compiled are used up,
     process 1 waits for each batch: the input wait reported is the slowest process's, and names it."""
     from maepp.data.writer import prepare
-    from tests.test_train import _two_processes
+    from tests.test_train import _job
 
     rng = np.random.default_rng(4)
     (tmp_path / "in").mkdir()
@@ -278,7 +310,7 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
         flags = ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)]
         return flags, gcs.client_environment(narrow if i == 1 else None)
 
-    out = _two_processes(repo_root, tmp_path / "run", launch, "--config.total_steps=16", "--config.warmup_steps=1",
+    out = _job(repo_root, tmp_path / "run", launch, "--config.total_steps=16", "--config.warmup_steps=1",
                          "--config.log_every=4", "--config.checkpoint_every=16", "--config.batch_size=16",
                          "--config.data.prefetch=1",
                          "--config.evals.held_out.source=", f"--config.data.source=prepared:gs://{bucket}/data",

@@ -18,8 +18,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from maepp.distributed import free_local_port
 from maepp.evaluators.pictures import reconstruction_grid
 from tests.helpers import TRAINED_RUN as RUN
-from tests.helpers import (MICRO, PausePoint, fake_devices_environment, leaves, logged_scalars, ridge_score_of,
-                           saved_params, train_command)
+from tests.helpers import (MICRO, PausePoint, assert_trees_equal, fake_devices_environment, leaves, logged_scalars,
+                           paused_at, ridge_score_of, saved_params, train_command)
 
 
 def _image_steps(workdir, tag="reconstruction") -> list:
@@ -89,21 +89,22 @@ def test_a_device_frontend_run_follows_the_host_run_and_saves_its_step_on_sigter
         assert device[step] == pytest.approx(host[step], abs=1e-4), step
 
 
-def _two_processes(repo_root, workdir, launch, *overrides, config=MICRO):
-    """maepp.train as two JAX processes of 2 fake CPU devices each (jax.distributed on localhost).
+def _job(repo_root, workdir, launch, *overrides, config=MICRO, processes=2, devices=2):
+    """maepp.train as a job of JAX processes, each of fake CPU devices, joined by
+    jax.distributed on localhost; -> process 0's console.
 
     launch(i) -> (extra flags, extra environment) of process i.
     """
-    processes = []
-    for i in range(2):
+    started = []
+    for i in range(processes):
         flags, environment = launch(i)
-        env = fake_devices_environment(2, **environment)
-        processes.append(subprocess.Popen(
+        started.append(subprocess.Popen(
             train_command(workdir, *flags, *overrides, config=config),
-            cwd=repo_root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=repo_root, env=fake_devices_environment(devices, **environment), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
         ))
-    outputs = [p.communicate(timeout=600) for p in processes]
-    for process, (_, err) in zip(processes, outputs):
+    outputs = [p.communicate(timeout=600) for p in started]
+    for process, (_, err) in zip(started, outputs):
         assert process.returncode == 0, err[-3000:]
     return outputs[0][0]
 
@@ -121,10 +122,12 @@ def _slurm_job_id() -> str:
     raise AssertionError("no free port in 61440-65535")
 
 
-def _by_slurm_environment(job_id: str):
-    """-> launch(i): what srun sets for task i of a 2-task step on one node."""
-    return lambda i: ([], dict(SLURM_JOB_ID=job_id, SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
-                               SLURM_PROCID=str(i), SLURM_LOCALID=str(i)))
+def _by_slurm_environment(job_id: str, nodes: int = 1, tasks_per_node: int = 2):
+    """-> launch(i): what srun sets for task i of a step of `nodes` x `tasks_per_node` tasks (all
+    of them on this machine, which names the first node: JAX's coordinator)."""
+    return lambda i: ([], dict(SLURM_JOB_ID=job_id, SLURM_STEP_NODELIST="localhost",
+                               SLURM_NTASKS=str(nodes * tasks_per_node), SLURM_PROCID=str(i),
+                               SLURM_NODEID=str(i // tasks_per_node), SLURM_LOCALID=str(i % tasks_per_node)))
 
 
 def _follows(run, reference, steps, tag="loss"):
@@ -206,7 +209,7 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     the end is the same on both processes, and what one process computes from the checkpoint."""
     workdir = tmp_path / "two_hosts"
     shutil.copytree(trained_run / "checkpoints" / "30", workdir / "checkpoints" / "30")
-    out = _two_processes(repo_root, workdir, _by_slurm_environment(_slurm_job_id()), *SHARED, "--config.mesh.data=2",
+    out = _job(repo_root, workdir, _by_slurm_environment(_slurm_job_id()), *SHARED, "--config.mesh.data=2",
                          "--config.mesh.dcn_model=2", config=probed_config)
     assert "resumed step 30 saved by 1 processes on 2 processes" in out and "stopped at step 60" in out
     _follows(workdir, trained_run, range(31, 61))
@@ -215,6 +218,92 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     assert f"probe classes accuracy {score:.4f}" in out and "(the same on 2 processes)" in out
     one_process = ridge_score_of(workdir, 60, probed_config.parent / "classes_task", tmp_path / "features.npz")
     assert score == pytest.approx(one_process, abs=1e-6)
+
+
+@pytest.mark.e2e
+@pytest.mark.long(seconds=90)
+def test_a_slurm_job_of_two_nodes_of_two_gpu_processes_is_data_parallel_across_the_nodes(repo_root, trained_run,
+                                                                                        tmp_path):
+    """launch/slurm.sbatch starts one task per GPU; docs/scaling.md's meshes count nodes in the
+    dcn_* axes. Four tasks of one device each, on two nodes by SLURM_NODEID, with dcn_data=2:
+    the nodes are the granules (data parallel inside each node and across the two), and the
+    warm-up steps' losses are the shared single-process run's."""
+    workdir = tmp_path / "slurm"
+    out = _job(repo_root, workdir, _by_slurm_environment(_slurm_job_id(), nodes=2, tasks_per_node=2), *SHARED,
+               "--config.total_steps=6", "--config.evals.held_out.source=", "--config.mesh.dcn_data=2",
+               processes=4, devices=1)
+    assert "stopped at step 6" in out
+    start = json.loads((workdir / "run_info.jsonl").read_text())
+    assert start["processes"] == 4 and start["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
+    _follows(workdir, trained_run, range(1, 6))  # the warm-up: its learning rates do not depend on total_steps
+
+
+# A two-process job of one device each, checkpoints every 4 steps, no evaluation: what the lost-process
+# tests run, with a short heartbeat so that JAX notices a dead process within seconds.
+SHORT_JOB = ["--config.total_steps=12", "--config.warmup_steps=1", "--config.checkpoint_every=4",
+             "--config.log_every=1", "--config.evals.held_out.source=", "--config.distributed.heartbeat_s=10"]
+
+
+@pytest.mark.e2e
+@pytest.mark.long(seconds=60)
+@pytest.mark.parametrize("where", ["in a collective", "between collectives"])
+def test_a_process_that_loses_the_other_says_so_in_one_line(repo_root, tmp_path, where):
+    """Process 1 is killed while both are held after starting the step-8 save. Let go at once,
+    process 0 meets the loss in its next step's collective (Gloo's error); held on, JAX's
+    heartbeat check finds process 1 gone and ends process 0 from C++. Either way process 0's
+    console gets one line: what happened, the newest complete checkpoint, the command."""
+    pauses = [PausePoint(tmp_path, "saved@8") for _ in range(2)]
+    for i, pause in enumerate(pauses):
+        pause.marker = tmp_path / f"paused-{i}"
+    port = free_local_port()
+    processes = [subprocess.Popen(
+        train_command(tmp_path / "w", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id",
+                      str(i), *SHORT_JOB),
+        cwd=repo_root, env=fake_devices_environment(1, **paused_at(pauses[i])), stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for process, pause in zip(processes, pauses):
+        pause.wait(process)
+    processes[1].kill()
+    processes[1].wait()
+    if where == "in a collective":
+        pauses[0].release()
+    _, err = processes[0].communicate(timeout=600)
+    assert processes[0].returncode != 0
+    (line,) = [line for line in err.splitlines() if line.strip()]
+    what = ("a collective failed: another process of the job stopped (" if where == "in a collective" else
+            "process 1 stopped answering (JAX's report: ")
+    assert line.startswith(f"maepp.train: {what}"), line
+    assert (f"this process stopped too. The newest complete checkpoint is step 4 in {tmp_path / 'w' / 'checkpoints'}; "
+            "the same command resumes from it") in line and line.endswith(" --process_id 0 " + " ".join(SHORT_JOB))
+
+
+@pytest.mark.e2e
+@pytest.mark.long(seconds=120)
+def test_a_job_that_lost_a_process_is_restarted_by_its_launcher_and_ends_as_if_uninterrupted(repo_root, tmp_path):
+    """launch/local.sh --max_restarts 1, two processes of one device: process 1 is killed as the
+    step-8 save starts; the launcher stops process 0, starts the job again, and it resumes from
+    step 4 and ends with the parameters of one process of two devices (the same mesh) run through."""
+    reference = tmp_path / "reference"
+    subprocess.run(train_command(reference, *SHORT_JOB), cwd=repo_root, env=fake_devices_environment(2), check=True,
+                   capture_output=True)
+    workdir, saved_8 = tmp_path / "restarted", PausePoint(tmp_path, "saved@8")
+    launcher = subprocess.Popen(
+        ["bash", "launch/local.sh", "2", "--devices", "1", "--max_restarts", "1", "--", "--config",
+         "configs/audiomaepp.py:micro", "--workdir", str(workdir), *SHORT_JOB],
+        cwd=repo_root, env=dict(os.environ, PYTHON=sys.executable, **saved_8.environment), stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    saved_8.wait(launcher)
+    (process_1,) = subprocess.run(["pgrep", "-P", str(launcher.pid), "-f", "--", "--process_id 1 "],
+                                  capture_output=True, text=True).stdout.split()
+    os.kill(int(process_1), signal.SIGKILL)
+    saved_8.release()  # and the restarted job is not held there
+    out, err = launcher.communicate(timeout=600)
+    assert launcher.returncode == 0, err[-3000:]
+    assert "restart 1 of 1, from the newest checkpoint" in err
+    assert "resumed from step 4 " in out and "stopped at step 12" in out
+    starts = [json.loads(line) for line in (workdir / "run_info.jsonl").read_text().splitlines()]
+    assert [start["restart"] for start in starts] == [0, 1]
+    assert_trees_equal(saved_params(workdir, 12), saved_params(reference, 12))
 
 
 @pytest.mark.e2e

@@ -9,7 +9,7 @@ and its memory per device against the chip's HBM.
 
 TPU slices (v4, v5e, v5p, v6e; --num_slices of them, joined by the data-centre network) need
 libtpu at the version jax's `tpu` extra names; H100s (h100:N, N GPUs of one node; h100:NODESxN,
-nodes of N GPUs, one process each) need jax's CUDA plugin at jax's version. `make` installs both into
+nodes of N GPUs, each node a granule) need jax's CUDA plugin at jax's version. `make` installs both into
 .venv/aot-plugins, which only this module puts on its path, so no other program loads them
 (`pip install maepp[tpu,gpu-aot]` puts them in the environment instead, and MAEPP_AOT_PLUGINS
 names another folder that holds them). The step is lowered
@@ -98,7 +98,7 @@ class MemoryReport:
 
 def abstract_devices(topology: str, num_slices: int = 1) -> list:
     """Devices of a TPU slice ("v5e:4x4", num_slices of them), of one node of N GPUs ("h100:8") or of
-    nodes of N GPUs, one process each ("h100:4x8"), for compiling only."""
+    nodes of N GPUs, each node a granule ("h100:4x8"), for compiling only."""
     chip, _, shape = topology.partition(":")
     if chip not in TPU_CHIPS and chip not in GPU_TARGETS:
         raise ValueError(

@@ -234,8 +234,8 @@ def report() -> str:
         "device's memory, data parallel over the remaining devices, `mesh.model=1`. Across the slices of",
         "a multi-slice TPU job, or the nodes of a GPU cluster, data parallel (`G x (D,F,1)`: G slices or",
         "nodes). Set them with `--config.mesh.data=D --config.mesh.fsdp=F [--config.mesh.dcn_data=G]`",
-        "(on TPUs dcn_data takes the slices left over by default; GPU nodes must be named: one",
-        "process per node, all its GPUs).",
+        "(on TPUs dcn_data takes the slices left over by default; GPU nodes must be named, and",
+        "launch/slurm.sbatch's tasks, one per GPU, are grouped into nodes by SLURM_NODEID).",
         "",
         "| size | " + " | ".join(f"{name} ({system.devices} x {system.chip.memory_gib} GiB)"
                                for name, system in SYSTEMS.items()) + " |",
