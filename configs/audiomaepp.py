@@ -9,10 +9,12 @@ huge. Any field can be overridden on the command line, e.g. --config.model.dtype
 --config.model.encoder.use_rope=True (the paper's ablation switches live in config.model).
 The recipe shared with configs/mae.py is configs/common.py.
 """
+
 import ml_collections
 
 from maepp.configs import common
 from maepp.models import sizes
+
 
 def model_config(size: str, block_type: str = "macaron_swiglu") -> ml_collections.ConfigDict:
     """The model section for one named size; block_type "vit" gives the plain-MAE baseline."""

@@ -4,6 +4,7 @@ and the micro CPU mode.
 Its numbers: AdamW betas (0.9, 0.95), weight decay 0.05,
 lr = 1.5e-4 x global batch / 256, global batch 1024, 100 epochs of AudioSet, 10 of them warmup.
 """
+
 import ml_collections
 
 
@@ -19,8 +20,9 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     # prefetch: global batches made ahead on a background thread and placed on the devices.
     # damaged_clips: a prepared log_mel clip holding what no clip can (a value not finite, or
     # beyond what its standardisation allows): "stop" the run naming it, or "skip" and count it.
-    config.data = ml_collections.ConfigDict(dict(source="synthetic", data_dir="", frontend="host", prefetch=2,
-                                                 damaged_clips="stop"))
+    config.data = ml_collections.ConfigDict(
+        dict(source="synthetic", data_dir="", frontend="host", prefetch=2, damaged_clips="stop")
+    )
     # The mel filterbank of every log-mel (maepp/audio/filterbanks.py): "torchaudio", as the release
     # built it, or "librosa"; prepared records must have been made with the same one.
     config.audio = ml_collections.ConfigDict(dict(filterbank="torchaudio"))
@@ -57,9 +59,11 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     # training dataset, else "synthetic:256:1", 256 procedural clips from a seed the training
     # clips do not use. A config file adds more after get_config, e.g. a linear probe on a task:
     #   config.evals.kw = dict(type="probe", task="/data/speech_commands", every=5000, shots=16)
-    config.evals = ml_collections.ConfigDict(dict(
-        held_out=dict(type="held_out", source="auto", every=10_000, batch_size=1024),  # batch: global
-    ))
+    config.evals = ml_collections.ConfigDict(
+        dict(
+            held_out=dict(type="held_out", source="auto", every=10_000, batch_size=1024),  # batch: global
+        )
+    )
     # clu's Profile action: a jax.profiler trace of num_steps steps from first_step (0 = never),
     # then again every every_secs; it lands in WORKDIR/tensorboard (TensorBoard's profile tab).
     config.profile = ml_collections.ConfigDict(dict(first_step=100, num_steps=5, every_secs=3600.0))

@@ -6,6 +6,7 @@ r"""The plain-MAE baseline: ViT blocks (LN -> MHSA, LN -> GELU MLP 4D) in encode
 Everything else is configs/audiomaepp.py's: the same sizes, decoders and recipe. docs/reference.md#sizes gives
 MAE-Base 85.1M and MAE-Huge 629.8M encoder parameters.
 """
+
 from maepp.configs import audiomaepp, common
 
 

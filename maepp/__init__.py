@@ -5,6 +5,7 @@ TensorFlow loads: TF_CPP_MIN_LOG_LEVEL=2 (errors only, unless set already; proce
 starts, such as Beam workers and multi-process jobs, inherit it) and maepp.quiet_start for the
 lines that variable does not reach.
 """
+
 import os
 
 from maepp import quiet_start

@@ -5,6 +5,7 @@ Reading the devices (a log) costs the host a wait for the step, so the loop does
 a question needs their numbers: at log steps, at the first step (compilation's end), and wherever
 a save or an evaluation may be due (a save looks at the run of non-finite steps first).
 """
+
 import dataclasses
 
 
@@ -19,8 +20,13 @@ class Cadence:
     @classmethod
     def from_config(cls, config, first_step: int, evaluators=()) -> "Cadence":
         """evaluators: the names of config.evals the run evaluates."""
-        return cls(first_step, config.total_steps, config.log_every, config.checkpoint_every,
-                   tuple((name, config.evals[name].every) for name in evaluators))
+        return cls(
+            first_step,
+            config.total_steps,
+            config.log_every,
+            config.checkpoint_every,
+            tuple((name, config.evals[name].every) for name in evaluators),
+        )
 
     def last(self, step: int) -> bool:
         return step == self.total_steps
@@ -45,5 +51,10 @@ class Cadence:
 
     def log_due(self, step: int, stop_requested: bool) -> bool:
         """The host reads the devices' figures at this step (and logs them)."""
-        return (step % self.log_every == 0 or step == self.first_step or step % self.checkpoint_every == 0
-                or self.stopping(step, stop_requested) or bool(self.evals_due(step, stop_requested)))
+        return (
+            step % self.log_every == 0
+            or step == self.first_step
+            or step % self.checkpoint_every == 0
+            or self.stopping(step, stop_requested)
+            or bool(self.evals_due(step, stop_requested))
+        )

@@ -18,6 +18,7 @@ they are fold_in(seed, step).
 A step saved with the other config.model.scan_layers (maepp.models.layer_stack) restores too: it
 is read in its own layout and converted.
 """
+
 import functools
 import time
 from typing import Callable
@@ -118,9 +119,11 @@ def _save_failure(checkpoints, step, error) -> str:
     saved = [s for s in checkpoints.all_steps() if s != step]
     newest = f"step {max(saved)}" if saved else "none"
     # Asynchronous: the save that failed may be an earlier one than `step`; the error names its files.
-    return (f"saving checkpoints failed ({_one_line(error)}); the newest "
-            f"complete checkpoint is {newest} in {checkpoints.directory}. Free space or fix the directory, then "
-            "re-run the same command to resume from it")
+    return (
+        f"saving checkpoints failed ({_one_line(error)}); the newest "
+        f"complete checkpoint is {newest} in {checkpoints.directory}. Free space or fix the directory, then "
+        "re-run the same command to resume from it"
+    )
 
 
 def complete_steps(workdir) -> list:
@@ -132,7 +135,7 @@ def complete_steps(workdir) -> list:
 
 
 def newest_complete(workdir) -> str:
-    """"step N in DIR" (or "none in DIR"): the newest complete step."""
+    """ "step N in DIR" (or "none in DIR"): the newest complete step."""
     steps = complete_steps(workdir)
     return f"{f'step {steps[-1]}' if steps else 'none'} in {workdir_path(workdir) / 'checkpoints'}"
 
@@ -156,8 +159,9 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_l
             saved_stacked = layer_stack.is_stacked(metadata["params"])
             layout = target if saved_stacked == stacked else other_layout()
             _check_same_shapes(step, metadata["params"], layout.params)
-            items = checkpoints.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(layout), data=ocp.args.JsonRestore()))
+            items = checkpoints.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(layout), data=ocp.args.JsonRestore())
+            )
             restored = (items["state"], items["data"], saved_stacked)
         except OtherModel:
             raise
@@ -170,14 +174,16 @@ def restore_latest(checkpoints: ocp.CheckpointManager, state, shardings, other_l
         return restored, ""
 
     checkpoints.reload()
-    step, restored = _walk_back(checkpoints.all_steps(), restore_step,
-                                on_damaged=functools.partial(_set_aside, checkpoints))
+    step, restored = _walk_back(
+        checkpoints.all_steps(), restore_step, on_damaged=functools.partial(_set_aside, checkpoints)
+    )
     if step is None:
         return None
     restored_state, data, saved_stacked = restored
     if saved_stacked != stacked:
-        restored_state = jax.jit(functools.partial(layer_stack.to_layout, stacked=stacked),
-                                 out_shardings=shardings)(restored_state)
+        restored_state = jax.jit(functools.partial(layer_stack.to_layout, stacked=stacked), out_shardings=shardings)(
+            restored_state
+        )
         _say_converted(step, saved_stacked)
     return step, restored_state, data
 
@@ -220,8 +226,10 @@ def resume_position(data: dict, step: int) -> tuple:
     position = min(positions) * len(positions)
     if len(positions) == 1:
         return position, ""
-    return position, (f"checkpoint step {step} holds the positions of {len(positions)} processes' own shares "
-                      f"({positions}), from before the global clip order: continuing from global position {position}")
+    return position, (
+        f"checkpoint step {step} holds the positions of {len(positions)} processes' own shares "
+        f"({positions}), from before the global clip order: continuing from global position {position}"
+    )
 
 
 class OtherModel(ValueError):
@@ -257,13 +265,17 @@ def _check_same_shapes(step: int, saved, expected):
     raise OtherModel(
         f"checkpoint step {step} holds parameters of another model than config.model (first difference: {first}: "
         f"saved {saved_shapes.get(first, 'absent')}, config {shapes.get(first, 'absent')}); its checkpoints are kept "
-        "as they are: train this model in another --workdir")
+        "as they are: train this model in another --workdir"
+    )
 
 
 def _say_converted(step: int, saved_stacked: bool):
     if jax.process_index() == 0:
-        print(f"checkpoint step {step} was saved with config.model.scan_layers={saved_stacked}; "
-              f"converted its blocks to scan_layers={not saved_stacked}", flush=True)
+        print(
+            f"checkpoint step {step} was saved with config.model.scan_layers={saved_stacked}; "
+            f"converted its blocks to scan_layers={not saved_stacked}",
+            flush=True,
+        )
 
 
 def _set_aside(checkpoints: ocp.CheckpointManager, step: int, reason: str):
@@ -297,8 +309,11 @@ def restore_params(workdir, shapes, sharding, step: int = None):
         try:
             saved_stacked = _saved_stacked(directory / str(candidate) / "state")
             saved_shapes = jax.eval_shape(functools.partial(layer_stack.to_layout, stacked=saved_stacked), shapes)
-            target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                                             saved_shapes)}
+            target = {
+                "params": jax.tree.map(
+                    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), saved_shapes
+                )
+            }
             restored = ocp.PyTreeCheckpointer().restore(
                 directory / str(candidate) / "state",
                 args=ocp.args.PyTreeRestore(
@@ -311,8 +326,11 @@ def restore_params(workdir, shapes, sharding, step: int = None):
 
     # Reading parameters moves nothing aside: a run's checkpoints are the training run's to manage.
     reasons = []
-    found, params = _walk_back([step] if step is not None else steps, restore_step,
-                               on_damaged=lambda candidate, reason: reasons.append(f"step {candidate} ({reason})"))
+    found, params = _walk_back(
+        [step] if step is not None else steps,
+        restore_step,
+        on_damaged=lambda candidate, reason: reasons.append(f"step {candidate} ({reason})"),
+    )
     if found is None:
         raise FileNotFoundError(f"no checkpoint in {directory} restores: {'; '.join(reasons)}")
     if reasons:

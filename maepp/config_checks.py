@@ -11,6 +11,7 @@ Older configs held the held-out evaluation in loose fields (data.eval_source, ev
 eval_batch_size); with_evals moves them into config.evals.held_out, for config files and saved
 runs of that time alike.
 """
+
 import difflib
 import math
 import re
@@ -19,8 +20,12 @@ from maepp import config_files
 from maepp.audio import filterbanks
 from maepp.audio.constants import N_MELS
 from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
-from maepp.models.layers import (ATTENTION_IMPLEMENTATIONS, SWIGLU_NORM_IMPLEMENTATIONS, resolved_attention,
-                                 resolved_swiglu_norm)
+from maepp.models.layers import (
+    ATTENTION_IMPLEMENTATIONS,
+    SWIGLU_NORM_IMPLEMENTATIONS,
+    resolved_attention,
+    resolved_swiglu_norm,
+)
 from maepp.models.patches import num_visible
 from maepp.models.spec import DTYPES
 
@@ -39,16 +44,25 @@ def _whole(minimum: int, meaning: str, allow=()):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             return f"must be a whole number of at least {minimum} ({meaning})"
         return None
+
     return check
 
 
 def _real(meaning: str, low: float, high: float = math.inf, low_open=False, high_open=True):
     def check(value):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
-                value < low or (low_open and value == low) or value > high or (high_open and value == high):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+            or value < low
+            or (low_open and value == low)
+            or value > high
+            or (high_open and value == high)
+        ):
             left, right = "(" if low_open else "[", ")" if high_open else "]"
             return f"must be a finite number in {left}{low}, {high}{right} ({meaning})"
         return None
+
     return check
 
 
@@ -63,12 +77,14 @@ def _numbers(meaning: str, low: float, low_open=False):
             return f"must be a number or a non-empty list of them ({meaning})"
         problems = [problem for problem in map(one, value) if problem]
         return "each value " + problems[0] if problems else None
+
     return check
 
 
 def _choice(options):
     def check(value):
         return None if value in options else f"use one of {tuple(options)}"
+
     return check
 
 
@@ -81,20 +97,29 @@ def _text(meaning: str, may_be_empty=True):
         if not isinstance(value, str) or (not value and not may_be_empty):
             return f"must be {'a' if may_be_empty else 'a non-empty'} string ({meaning})"
         return None
+
     return check
 
 
 def _pair(meaning: str):
     def check(value):
-        if not (isinstance(value, (tuple, list)) and len(value) == 2 and
-                all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        if not (
+            isinstance(value, (tuple, list))
+            and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        ):
             return f"must be two whole numbers of at least 1 ({meaning})"
         return None
+
     return check
 
 
-_TOWER = {"width": _whole(4, "model width"), "depth": _whole(1, "blocks"), "heads": _whole(1, "attention heads"),
-          "use_rope": _flag}
+_TOWER = {
+    "width": _whole(4, "model width"),
+    "depth": _whole(1, "blocks"),
+    "heads": _whole(1, "attention heads"),
+    "use_rope": _flag,
+}
 
 MODEL_FIELDS = {
     "block_type": _choice(BLOCK_TYPES),
@@ -139,7 +164,7 @@ FIELDS = {
     "keep_period": _whole(0, "every keep_period-th checkpoint is kept too; 0 is off"),
     "max_nonfinite_steps": _whole(1, "non-finite steps in a row before the run stops"),
     "steps_in_flight": _whole(1, "steps dispatched ahead"),
-    "compile_cache_dir": _text("compiled programs kept for the next start: \"auto\", a folder, or \"\" for none"),
+    "compile_cache_dir": _text('compiled programs kept for the next start: "auto", a folder, or "" for none'),
     "distributed.heartbeat_s": _whole(5, "seconds without a heartbeat before a process is taken for dead"),
     "distributed.shutdown_s": _whole(10, "seconds the processes wait for each other at the end"),
     "profile.first_step": _whole(0, "step of the first trace; 0 is off"),
@@ -154,19 +179,28 @@ _EVERY = _whole(1, "steps between evaluations; it runs at the last step too")
 EVALUATORS = {
     # The reconstruction loss over held-out clips, with pictures (maepp/evaluators/held_out.py).
     "held_out": dict(
-        fields={"type": _choice(("held_out",)), "source": _text("held-out clips, as config.data.source names "
-                                                                "clips; \"auto\" (resolve_held_out); empty for "
-                                                                "no evaluation"),
-                "every": _EVERY, "batch_size": _whole(1, "held-out clips per step, over all devices")},
+        fields={
+            "type": _choice(("held_out",)),
+            "source": _text(
+                'held-out clips, as config.data.source names clips; "auto" (resolve_held_out); empty for no evaluation'
+            ),
+            "every": _EVERY,
+            "batch_size": _whole(1, "held-out clips per step, over all devices"),
+        },
         defaults=dict(every=10_000, batch_size=1024),
     ),
     # A linear probe on a labelled task's scene embeddings (maepp/evaluators/probe.py).
     "probe": dict(
-        fields={"type": _choice(("probe",)), "task": _text("a labelled task's directory", may_be_empty=False),
-                "every": _EVERY, "shots": _whole(0, "training clips per class; 0 takes them all"),
-                "l2": _numbers("the ridge penalty on standardised features; several: the best on the valid split",
-                               0.0, low_open=True),
-                "batch_size": _whole(1, "200-frame chunks per encoder call, over all devices")},
+        fields={
+            "type": _choice(("probe",)),
+            "task": _text("a labelled task's directory", may_be_empty=False),
+            "every": _EVERY,
+            "shots": _whole(0, "training clips per class; 0 takes them all"),
+            "l2": _numbers(
+                "the ridge penalty on standardised features; several: the best on the valid split", 0.0, low_open=True
+            ),
+            "batch_size": _whole(1, "200-frame chunks per encoder call, over all devices"),
+        },
         defaults=dict(shots=0, l2=1.0, batch_size=256),
     ),
 }
@@ -182,6 +216,7 @@ def with_evals(config):
     """The config with the loose held-out fields of older configs (data.eval_source, eval_every,
     eval_batch_size) moved into config.evals.held_out; a config without them, unchanged. An
     empty data.eval_source, which meant no evaluation, leaves no held_out entry."""
+
     def parent_and_leaf(config, dotted: str):
         section, _, leaf = dotted.rpartition(".")
         return (config[section] if section else config), leaf
@@ -215,27 +250,38 @@ def _check_evals(evals, batch_devices: int):
     no field it does not read), and batches the mesh can split."""
     for name, entry in evals.items():
         if not _EVALUATOR_NAME.match(name):
-            raise ValueError(f"config.evals.{name}: an evaluator's name is a letter, then letters, digits or _ "
-                             "(it names the evaluator's TensorBoard tags)")
+            raise ValueError(
+                f"config.evals.{name}: an evaluator's name is a letter, then letters, digits or _ "
+                "(it names the evaluator's TensorBoard tags)"
+            )
         if not hasattr(entry, "items") or "type" not in entry:
-            raise ValueError(f"config.evals.{name}: must be dict(type=..., every=N, ...) with a type of "
-                             f"{tuple(EVALUATORS)}")
+            raise ValueError(
+                f"config.evals.{name}: must be dict(type=..., every=N, ...) with a type of {tuple(EVALUATORS)}"
+            )
         if entry["type"] not in EVALUATORS:
             near = difflib.get_close_matches(str(entry["type"]), EVALUATORS, n=1, cutoff=0.6)
-            _fail(f"evals.{name}.type", entry["type"], f"use one of {tuple(EVALUATORS)}"
-                  + (f"; did you mean {near[0]!r}?" if near else ""))
+            _fail(
+                f"evals.{name}.type",
+                entry["type"],
+                f"use one of {tuple(EVALUATORS)}" + (f"; did you mean {near[0]!r}?" if near else ""),
+            )
         kind = EVALUATORS[entry["type"]]
         for required in (field for field in kind["fields"] if field != "type" and field not in kind["defaults"]):
             if required not in entry:
-                raise ValueError(f"config.evals.{name}: needs {required} (a {entry['type']} evaluator reads "
-                                 f"{', '.join(kind['fields'])})")
+                raise ValueError(
+                    f"config.evals.{name}: needs {required} (a {entry['type']} evaluator reads "
+                    f"{', '.join(kind['fields'])})"
+                )
         _check_fields(leaves(entry), kind["fields"], f"evals.{name}.", strict=True)
         settings = evaluator_settings(entry)
         if entry["type"] == "held_out" and not settings["source"]:
             continue
         if settings["batch_size"] % batch_devices:
-            _fail(f"evals.{name}.batch_size", settings["batch_size"],
-                  f"must be a multiple of {batch_devices}: the mesh splits a batch {batch_devices} ways")
+            _fail(
+                f"evals.{name}.batch_size",
+                settings["batch_size"],
+                f"must be a multiple of {batch_devices}: the mesh splits a batch {batch_devices} ways",
+            )
 
 
 def leaves(config, prefix="") -> dict:
@@ -256,8 +302,12 @@ def _check_fields(values: dict, checks: dict, prefix: str, strict: bool):
         check = checks.get(field)
         if check is None:
             if strict:
-                _fail(f"{prefix}{field}", value, "no such field is read; remove it (python -m maepp.tools.summary "
-                                                 "--config ... prints a config's fields)")
+                _fail(
+                    f"{prefix}{field}",
+                    value,
+                    "no such field is read; remove it (python -m maepp.tools.summary "
+                    "--config ... prints a config's fields)",
+                )
             continue
         problem = check(value)
         if problem:
@@ -283,8 +333,12 @@ def _model_relations(model, prefix: str):
     except ValueError as error:
         _fail(f"{prefix}mask_ratio", model.mask_ratio, str(error))
     if model.attention == "cudnn" and model.dtype != "bfloat16":
-        _fail(f"{prefix}attention", "cudnn", f"needs config.model.dtype='bfloat16' (got {model.dtype!r}): cuDNN's "
-                                             "fused attention takes half-precision inputs only; use 'auto' or 'xla'")
+        _fail(
+            f"{prefix}attention",
+            "cudnn",
+            f"needs config.model.dtype='bfloat16' (got {model.dtype!r}): cuDNN's "
+            "fused attention takes half-precision inputs only; use 'auto' or 'xla'",
+        )
 
 
 def check_model(model, prefix: str = "model."):
@@ -296,8 +350,12 @@ def check_model(model, prefix: str = "model."):
 def check_train_config(config, n_devices: int, batch_devices: int):
     """Every field of a training config, then what fields ask of each other and of the mesh
     (n_devices devices, splitting a batch batch_devices ways)."""
-    _check_fields({field: value for field, value in leaves(config).items() if not field.startswith("evals.")},
-                  FIELDS, "", strict=True)
+    _check_fields(
+        {field: value for field, value in leaves(config).items() if not field.startswith("evals.")},
+        FIELDS,
+        "",
+        strict=True,
+    )
     _check_evals(config.get("evals", {}), batch_devices)
     _model_relations(config.model, "model.")
     if config.warmup_steps >= config.total_steps:
@@ -305,22 +363,44 @@ def check_train_config(config, n_devices: int, batch_devices: int):
     every = config.optimizer.accumulate_steps
     for field in ("total_steps", "warmup_steps"):
         if config[field] % every:
-            _fail(field, config[field], f"must be a multiple of config.optimizer.accumulate_steps={every}: the "
-                                        "schedule counts updates")
+            _fail(
+                field,
+                config[field],
+                f"must be a multiple of config.optimizer.accumulate_steps={every}: the schedule counts updates",
+            )
     if config.batch_size % batch_devices:
-        _fail("batch_size", config.batch_size, f"must be a multiple of {batch_devices}: the mesh splits a batch "
-                                               f"{batch_devices} ways over {n_devices} devices")
+        _fail(
+            "batch_size",
+            config.batch_size,
+            f"must be a multiple of {batch_devices}: the mesh splits a batch "
+            f"{batch_devices} ways over {n_devices} devices",
+        )
     if config.model.swiglu_norm == "pallas" and n_devices > 1:
-        _fail("model.swiglu_norm", "pallas", f"runs on one device only, not {n_devices}: its kernels carry no "
-              "sharding rule; use 'auto' (the kernels on one GPU, XLA's ops on a mesh) or 'xla'")
+        _fail(
+            "model.swiglu_norm",
+            "pallas",
+            f"runs on one device only, not {n_devices}: its kernels carry no "
+            "sharding rule; use 'auto' (the kernels on one GPU, XLA's ops on a mesh) or 'xla'",
+        )
 
 
 # On resume: fields whose change would mean another run (the state's shapes, what a step draws or
 # computes). The rest may change, with what RESUME_EFFECTS says they do.
 RESUME_REFUSED = (
-    "model.block_type", "model.encoder", "model.decoder", "model.input_size", "model.patch_size", "model.mask_ratio",
-    "model.use_cls_token", "model.norm_pix_loss", "model.separate_norm3", "seed", "data.source", "data.data_dir",
-    "audio.filterbank", "optimizer.accumulate_steps",
+    "model.block_type",
+    "model.encoder",
+    "model.decoder",
+    "model.input_size",
+    "model.patch_size",
+    "model.mask_ratio",
+    "model.use_cls_token",
+    "model.norm_pix_loss",
+    "model.separate_norm3",
+    "seed",
+    "data.source",
+    "data.data_dir",
+    "audio.filterbank",
+    "optimizer.accumulate_steps",
 )
 RESUME_EFFECTS = {
     "total_steps": "the cosine schedule is recomputed for the new length from this step on",
@@ -349,21 +429,27 @@ def resume_changes(saved, config, accepted=(), resolved=None) -> list:
     does; raises ValueError, one line, for changes that would make another run, unless accepted
     (--resume_with_changed). Fields an older saved config lacks are not compared; "auto" on either
     side is compared as `resolved` (run_plan's) resolves it."""
-    old, new = ({field: (resolved or {}).get(field, value) if value == "auto" else value
-                 for field, value in leaves(c).items()} for c in (saved, config))
+    old, new = (
+        {field: (resolved or {}).get(field, value) if value == "auto" else value for field, value in leaves(c).items()}
+        for c in (saved, config)
+    )
     changed = {
         field: (old[field], new[field])
         for field in new
         if field in old and _comparable(old[field]) != _comparable(new[field])
     }
-    refused = {field: values for field, values in changed.items()
-               if _refused(field) and not any(field == name or field.startswith(name + ".") for name in accepted)}
+    refused = {
+        field: values
+        for field, values in changed.items()
+        if _refused(field) and not any(field == name or field.startswith(name + ".") for name in accepted)
+    }
     if refused:
         listed = ", ".join(f"{field} {old!r} -> {new!r}" for field, (old, new) in refused.items())
         raise ValueError(
             f"the workdir holds a run with other settings: {listed}. Its checkpoints are kept as they are: train "
             f"the new settings in another --workdir, or continue this run with them deliberately "
-            f"(--resume_with_changed={','.join(refused)})")
+            f"(--resume_with_changed={','.join(refused)})"
+        )
     return [
         f"config.{field} changed from {old!r} to {new!r}: {_effect(field)}" for field, (old, new) in changed.items()
     ]
@@ -394,8 +480,11 @@ def resolve_held_out(config, training_clips) -> dict:
     `prepare --holdout` kept out of the training dataset (its source's `holdout`), where it has one,
     else HELD_OUT_FALLBACK. A run resolves it with the model's "auto" choices (resolve_auto)."""
     clips = getattr(training_clips, "holdout", None) or HELD_OUT_FALLBACK
-    return {f"evals.{name}.source": clips for name, entry in config.get("evals", {}).items()
-            if entry.get("type") == "held_out" and entry.get("source") == "auto"}
+    return {
+        f"evals.{name}.source": clips
+        for name, entry in config.get("evals", {}).items()
+        if entry.get("type") == "held_out" and entry.get("source") == "auto"
+    }
 
 
 def held_out_sources(config, resolved=None) -> dict:
@@ -403,8 +492,11 @@ def held_out_sources(config, resolved=None) -> dict:
     `resolved` (run_plan's) resolves it."""
     resolved = resolved or {}
     evals = config.get("evals", {})
-    return {name: resolved.get(f"evals.{name}.source", entry["source"]) for name, entry in evals.items()
-            if entry.get("type") == "held_out" and entry.get("source")}
+    return {
+        name: resolved.get(f"evals.{name}.source", entry["source"])
+        for name, entry in evals.items()
+        if entry.get("type") == "held_out" and entry.get("source")
+    }
 
 
 def held_out_notice(config, resolved=None) -> str:
@@ -418,10 +510,12 @@ def held_out_notice(config, resolved=None) -> str:
     procedural = {name: held_out for name, held_out in chosen.items() if held_out.startswith("synthetic")}
     if procedural:
         name, held_out = next(iter(procedural.items()))
-        return (f"warning: config.evals.{name}.source={held_out!r} is procedural audio, not clips like "
-                f"config.data.source={source!r}; set --config.evals.{name}.source to held-out clips of your own (a "
-                "folder, a prepared dataset or a tfds split; prepare --holdout writes one beside the training "
-                "clips), or to '' for no held-out evaluation")
+        return (
+            f"warning: config.evals.{name}.source={held_out!r} is procedural audio, not clips like "
+            f"config.data.source={source!r}; set --config.evals.{name}.source to held-out clips of your own (a "
+            "folder, a prepared dataset or a tfds split; prepare --holdout writes one beside the training "
+            "clips), or to '' for no held-out evaluation"
+        )
     found = {name: held_out for name, held_out in chosen.items() if config.evals[name].source == "auto"}
     if found:
         name, held_out = next(iter(found.items()))

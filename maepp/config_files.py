@@ -2,6 +2,7 @@
 named by path (`--config configs/audiomaepp.py:base`) or by installed name (`--config
 audiomaepp:base`, from the repository's configs/, shipped as maepp.configs); overrides checked
 against the config itself; its own flags under --help; Ctrl-C and a full disk as one line."""
+
 import difflib
 import errno
 import importlib.resources
@@ -14,8 +15,11 @@ from absl import app, flags, logging
 
 CONFIG_FLAGS = ("config", "model_config")
 # Fields of older configs, and where they are now (config_checks.with_evals moves their values).
-MOVED_FIELDS = {"data.eval_source": "evals.held_out.source", "eval_every": "evals.held_out.every",
-                "eval_batch_size": "evals.held_out.batch_size"}
+MOVED_FIELDS = {
+    "data.eval_source": "evals.held_out.source",
+    "eval_every": "evals.held_out.every",
+    "eval_batch_size": "evals.held_out.batch_size",
+}
 
 
 def installed(name: str) -> str:
@@ -90,13 +94,19 @@ def check_overrides(config, overrides: list, flag: str = "config"):
         for key in path.split("."):
             if not hasattr(node, "keys") or key not in node:
                 if path in MOVED_FIELDS:
-                    raise ValueError(f"{argument}: moved to --{flag}.{MOVED_FIELDS[path]} (the evaluators are "
-                                     f"{flag}.evals)")
+                    raise ValueError(
+                        f"{argument}: moved to --{flag}.{MOVED_FIELDS[path]} (the evaluators are {flag}.evals)"
+                    )
                 known = list(node.keys()) if hasattr(node, "keys") else []
                 near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 where = f"config.{'.'.join(walked)}" if walked else "the config"
-                hint = f"; did you mean {'.'.join(walked + near)!r}?" if near else \
-                    f"; {where} has {', '.join(known)}" if known else f"; {where} is a value, not a section"
+                hint = (
+                    f"; did you mean {'.'.join(walked + near)!r}?"
+                    if near
+                    else f"; {where} has {', '.join(known)}"
+                    if known
+                    else f"; {where} is a value, not a section"
+                )
                 raise ValueError(f"{argument}: no field {'.'.join(walked + [key])!r}{hint}")
             node, walked = node[key], walked + [key]
 
@@ -169,6 +179,7 @@ def run_cli(main, program: str, argv: list | None = None):
                 check_overrides(load_config(spec, flag), overrides, flag)
             except ValueError as error:
                 sys.exit(f"{program}: {_suggest_size(str(error), spec)}")
+
     def parse_flags(argv):
         try:
             return flags.FLAGS(argv)
@@ -193,8 +204,10 @@ def run_cli(main, program: str, argv: list | None = None):
             full = out_of_space(error)
             if not full:
                 raise
-            sys.exit(f"{program}: out of space ({full}); what was finished is kept: free space, then run the same "
-                     "command again to go on from it")
+            sys.exit(
+                f"{program}: out of space ({full}); what was finished is kept: free space, then run the same "
+                "command again to go on from it"
+            )
 
     try:
         app.run(checked_main, argv=argv, flags_parser=parse_flags)

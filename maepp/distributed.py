@@ -4,6 +4,7 @@ Explicit flags win; otherwise a multi-process cluster environment that JAX can r
 Open MPI, GKE TPU workers) is detected and jax.distributed.initialize() takes its coordinator,
 process count and id from it. A single process needs nothing.
 """
+
 import functools
 import os
 import socket
@@ -22,8 +23,14 @@ def cluster_processes() -> int:
     return len(workers.split(",")) if workers else 1
 
 
-def initialize(coordinator: str = None, num_processes: int = None, process_id: int = None, force=False,
-               heartbeat_s: int = 60, shutdown_s: int = 300):
+def initialize(
+    coordinator: str = None,
+    num_processes: int = None,
+    process_id: int = None,
+    force=False,
+    heartbeat_s: int = 60,
+    shutdown_s: int = 300,
+):
     """Calls jax.distributed.initialize when the job has (or is told it has) several processes.
 
     force: initialise with whatever JAX detects (e.g. a TPU VM pod slice, where the worker list

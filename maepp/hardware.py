@@ -1,5 +1,6 @@
 """The chips and systems maepp knows: peak rate (for MFU), memory per device, and the slices
 and nodes the scaling guide plans for. One table, read by bench step, compile_check and scaling."""
+
 import dataclasses
 import math
 
@@ -23,6 +24,7 @@ CHIPS = {
     "h100": Chip(("H100",), 989e12, 80),
     "h200": Chip(("H200",), 989e12, 141),
 }
+
 
 def topology_devices(topology: str) -> int:
     """Devices JAX sees on a topology: one per chip ("v5e:8x8" -> 64, megacore included), or the
@@ -52,9 +54,13 @@ class System:
 
 # Systems docs/scaling.md plans for, by name.
 SYSTEMS = {
-    "v4-8": System("v4:2x2x1"), "v4-32": System("v4:2x2x4"), "v5e-64": System("v5e:8x8"),
-    "v5p-128": System("v5p:4x4x4"), "8xH100": System("h100:8"),
-    "2xv5e-256": System("v5e:16x16", slices=2), "4xv5p-128": System("v5p:4x4x4", slices=4),
+    "v4-8": System("v4:2x2x1"),
+    "v4-32": System("v4:2x2x4"),
+    "v5e-64": System("v5e:8x8"),
+    "v5p-128": System("v5p:4x4x4"),
+    "8xH100": System("h100:8"),
+    "2xv5e-256": System("v5e:16x16", slices=2),
+    "4xv5p-128": System("v5p:4x4x4", slices=4),
     "4x8xH100": System("h100:4x8"),
 }
 

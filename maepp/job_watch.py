@@ -15,6 +15,7 @@ the job again.
 
     python -m maepp.job_watch REPORT_PREFIX CHECKPOINTS_DIR COMMAND   (started by watch_stderr)
 """
+
 import os
 import re
 import select
@@ -36,7 +37,10 @@ def watch_stderr(checkpoints_dir, command: str):
     console = os.dup(2)
     watcher = subprocess.Popen(
         [sys.executable, "-m", "maepp.job_watch", f"maepp-job-lost-{os.getpid()}-", str(checkpoints_dir), command],
-        stdin=subprocess.PIPE, stdout=console, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdin=subprocess.PIPE,
+        stdout=console,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     os.close(console)
     sys.stderr.flush()
@@ -44,8 +48,11 @@ def watch_stderr(checkpoints_dir, command: str):
     watcher.stdin.close()  # fd 2 holds the pipe now: the watcher's input ends when this process does
 
 
-_COLLECTIVE_LOST = re.compile(r"(Gloo|NCCL|nccl).*(Connection reset by peer|Connection closed by peer|remote process "
-                              r"exited|Socket closed|Broken pipe)", re.S)
+_COLLECTIVE_LOST = re.compile(
+    r"(Gloo|NCCL|nccl).*(Connection reset by peer|Connection closed by peer|remote process "
+    r"exited|Socket closed|Broken pipe)",
+    re.S,
+)
 
 
 def lost_process(error: BaseException) -> str:
@@ -56,8 +63,10 @@ def lost_process(error: BaseException) -> str:
 
 def job_lost(what: str, newest: str, command: str) -> str:
     """The one line a process of a job that lost another prints."""
-    return (f"maepp.train: {what}; this process stopped too. The newest complete checkpoint is {newest}; the same "
-            f"command resumes from it (a launcher's --max_restarts does so itself): {command}")
+    return (
+        f"maepp.train: {what}; this process stopped too. The newest complete checkpoint is {newest}; the same "
+        f"command resumes from it (a launcher's --max_restarts does so itself): {command}"
+    )
 
 
 def who_stopped(report: str) -> str:

@@ -1,4 +1,5 @@
 """The optimizer of the recipe (docs/reference.md#pretraining-recipe): AdamW, weight decay as the release applies it."""
+
 import flax.linen as nn
 import jax
 import optax

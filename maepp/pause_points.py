@@ -13,6 +13,7 @@ The points and their numbers: `logged@STEP` (the train loop has printed a step's
 `save_written@STEP` (its files are written, not yet committed), `exported@BLOCK` (maepp.export
 has finished a block), `shard_written@N` (prepare: the N-th shard of this worker process).
 """
+
 import os
 import time
 

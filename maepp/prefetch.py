@@ -3,6 +3,7 @@
 The train loop then never waits for tf.data or a host-to-device copy while the queue holds a
 batch; `wait_s` is the time it did wait, the input pipeline's share of the run's wall time.
 """
+
 import queue
 import threading
 import time

@@ -7,6 +7,7 @@ Throughput (clips/s, achieved TFLOP/s and MFU against the chip's peak, the share
 spent waiting for input, ETA) comes from the host's clock between two reads. The input wait is
 the slowest host's: every process's wait is gathered at a log step, and a straggler is named.
 """
+
 import time
 
 import jax
@@ -19,8 +20,9 @@ from maepp import hardware
 def new_window(sharding, streak=0) -> dict:
     """Zero sums (and a non-finite streak carried over from the last window), placed on `sharding`."""
     zeros = dict(loss=0.0, grad_norm=0.0, finite_steps=0, skipped=0, streak=streak)
-    return jax.device_put({k: np.asarray(v, np.float32 if isinstance(v, float) else np.int32)
-                           for k, v in zeros.items()}, sharding)
+    return jax.device_put(
+        {k: np.asarray(v, np.float32 if isinstance(v, float) else np.int32) for k, v in zeros.items()}, sharding
+    )
 
 
 @jax.jit
@@ -43,8 +45,12 @@ def window_means(window: dict) -> dict:
     host = jax.device_get(window)
     finite = int(host["finite_steps"])
     mean = lambda total: float(total) / finite if finite else float("nan")
-    return dict(loss=mean(host["loss"]), grad_norm=mean(host["grad_norm"]), skipped=int(host["skipped"]),
-                nonfinite_in_a_row=int(host["streak"]))
+    return dict(
+        loss=mean(host["loss"]),
+        grad_norm=mean(host["grad_norm"]),
+        skipped=int(host["skipped"]),
+        nonfinite_in_a_row=int(host["streak"]),
+    )
 
 
 ETA_AFTER_STEPS, ETA_AFTER_SECONDS = 10, 10.0  # timed steps and seconds before the console shows an ETA
@@ -79,9 +85,13 @@ class Throughput:
         for key, value in (("steps", steps), ("seconds", seconds), ("wait_s", waited[slowest])):
             self.timed[key] += value
         per_device = self.flops_per_step * steps / seconds / self.n_devices
-        rates = dict(steps_per_s=steps / seconds, clips_per_s=self.batch_size * steps / seconds,
-                     tflops_per_device=per_device / 1e12, input_wait=waited[slowest] / seconds,
-                     input_wait_host=slowest)
+        rates = dict(
+            steps_per_s=steps / seconds,
+            clips_per_s=self.batch_size * steps / seconds,
+            tflops_per_device=per_device / 1e12,
+            input_wait=waited[slowest] / seconds,
+            input_wait_host=slowest,
+        )
         # An ETA from a step or two (a slow first window, a cache warming up) misleads; from the
         # run's average once it has timed enough of both, steps and seconds.
         if self.timed["steps"] >= ETA_AFTER_STEPS and self.timed["seconds"] >= ETA_AFTER_SECONDS:
@@ -98,8 +108,9 @@ class Throughput:
         return dict(run_steps_per_s=self.timed["steps"] / seconds, run_input_wait=self.timed["wait_s"] / seconds)
 
 
-def console_line(step: int, total_steps: int, means: dict, rates: dict, skipped_clips: int = 0,
-                 processes: int = 1) -> str:
+def console_line(
+    step: int, total_steps: int, means: dict, rates: dict, skipped_clips: int = 0, processes: int = 1
+) -> str:
     """step 120/300 | loss 0.4312 | 95.2 clips/s | 0.05 TFLOP/s per device, MFU n/a | input wait 2% | ETA 3m05s
 
     With several processes the wait is the slowest one's, named: `input wait 9% (slowest: process 3)`;
@@ -115,8 +126,11 @@ def console_line(step: int, total_steps: int, means: dict, rates: dict, skipped_
         wait = f"input wait {rates['input_wait']:.0%}"
         if processes > 1:
             wait += f" (slowest: process {rates['input_wait_host']})"
-        parts += [f"{rates['clips_per_s']:.1f} clips/s", f"{rates['tflops_per_device']:.2f} TFLOP/s per device, {mfu}",
-                  wait]
+        parts += [
+            f"{rates['clips_per_s']:.1f} clips/s",
+            f"{rates['tflops_per_device']:.2f} TFLOP/s per device, {mfu}",
+            wait,
+        ]
     if "eta_s" in rates:
         minutes, seconds = divmod(int(round(rates["eta_s"])), 60)
         hours, minutes = divmod(minutes, 60)

@@ -10,6 +10,7 @@ warning or error is lost.
 
 install() sets this up without importing TensorFlow: `--help` and a refused config stay fast.
 """
+
 import importlib.abc
 import importlib.machinery
 import os

@@ -1,6 +1,7 @@
 """A training run's mesh, model and data sources, made from its config and checked before
 anything heavy loads. Free of TensorFlow (the loop's tf.data and TensorBoard bring it in), so
 `python -m maepp.train` reports a bad config in about 3 s rather than 7 on 2 CPU cores."""
+
 import resource
 from typing import NamedTuple
 
@@ -72,4 +73,5 @@ def check_open_files(sources: dict):
             f"config.{field}: its shards keep {needed - OTHER_OPEN_FILES:,} files open, and with "
             f"{OTHER_OPEN_FILES} more for the rest of the run that is {needed:,}, above this process's limit of "
             f"{hard:,} open files (soft limit raised to the hard one): raise the hard limit (ulimit -Hn {needed}, "
-            "or nofile in /etc/security/limits.conf), or prepare the data again (layout 2.0.0 holds no file open)")
+            "or nofile in /etc/security/limits.conf), or prepare the data again (layout 2.0.0 holds no file open)"
+        )

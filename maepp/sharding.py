@@ -13,6 +13,7 @@ inside one granule, config.mesh.dcn_{data,fsdp,model} how many granules each axi
 parallel across them by default), and each axis is their product. The logical rules and the
 batch sharding do not change.
 """
+
 import dataclasses
 import functools
 import math
@@ -96,9 +97,11 @@ def hybrid_shapes(mesh_config, devices) -> tuple:
     named = dict(zip(DCN_FIELDS, dcn_sizes))
     if count == 1:
         if any(size > 1 for size in dcn_sizes):
-            raise ValueError(f"config.mesh {named}: this job's {len(devices)} devices form one granule (one slice "
-                             "or one node); a dcn_* axis needs a multi-slice TPU job or several nodes (processes "
-                             "under Slurm are grouped by SLURM_NODEID; elsewhere each process is a node)")
+            raise ValueError(
+                f"config.mesh {named}: this job's {len(devices)} devices form one granule (one slice "
+                "or one node); a dcn_* axis needs a multi-slice TPU job or several nodes (processes "
+                "under Slurm are grouped by SLURM_NODEID; elsewhere each process is a node)"
+            )
         return mesh_shape(mesh_config, len(devices)), (1, 1, 1), None
     dcn = _resolve(dcn_sizes, count, kind, named)
     return mesh_shape(mesh_config, len(devices) // count), dcn, granule_of
@@ -122,11 +125,15 @@ def _hybrid_grid(ici: tuple, dcn: tuple, devices, granule_of) -> np.ndarray:
     for device in sorted(devices, key=lambda d: (d.process_index, d.id)):
         granules.setdefault(granule_of(device), []).append(device)
     if any(len(members) != math.prod(ici) for members in granules.values()):
-        raise ValueError(f"the granules hold {sorted(len(m) for m in granules.values())} devices; the mesh inside "
-                         f"each needs {math.prod(ici)}")
+        raise ValueError(
+            f"the granules hold {sorted(len(m) for m in granules.values())} devices; the mesh inside "
+            f"each needs {math.prod(ici)}"
+        )
     # Split physical axes where the mesh asks (FSDP 2 inside a 16x16 slice), as jax.make_mesh does.
-    meshes = [mesh_utils.create_device_mesh(ici, members, allow_split_physical_axes=True)
-              for _, members in sorted(granules.items())]
+    meshes = [
+        mesh_utils.create_device_mesh(ici, members, allow_split_physical_axes=True)
+        for _, members in sorted(granules.items())
+    ]
     layout = np.empty(dcn, dtype=object)
     for index, mesh in zip(np.ndindex(*dcn), meshes):
         layout[index] = mesh
@@ -196,8 +203,9 @@ def process_rows(mesh, batch_size: int) -> np.ndarray:
 def global_batch(local_batch, mesh, batch_size: int):
     """This process's rows (process_rows) [k, ...] -> one global array [batch_size, ...] split
     over (data, fsdp) across all processes."""
-    return jax.make_array_from_process_local_data(batch_sharding(mesh), local_batch,
-                                                  (batch_size, *local_batch.shape[1:]))
+    return jax.make_array_from_process_local_data(
+        batch_sharding(mesh), local_batch, (batch_size, *local_batch.shape[1:])
+    )
 
 
 def sharded_train_step(train_step, state_shardings, mesh):

@@ -9,6 +9,7 @@ sees exactly the batches and masks the uninterrupted run would have. SIGTERM (an
 preemption notice) saves a checkpoint at the current step and exits cleanly. The loop itself
 is maepp/train_loop.py.
 """
+
 import os
 import shlex
 import sys
@@ -28,12 +29,18 @@ _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator).")
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Join a multi-process job that JAX detects itself (a TPU VM pod slice). Slurm and "
-    "Open MPI jobs of several tasks are detected without it.")
+    "distributed",
+    False,
+    "Join a multi-process job that JAX detects itself (a TPU VM pod slice). Slurm and "
+    "Open MPI jobs of several tasks are detected without it.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 _RESUME_WITH_CHANGED = flags.DEFINE_list(
-    "resume_with_changed", [], "Config fields a resumed run may change although they make another run (the "
-    "model's shapes, the seed, the data source, ...): the run is refused otherwise.")
+    "resume_with_changed",
+    [],
+    "Config fields a resumed run may change although they make another run (the "
+    "model's shapes, the seed, the data source, ...): the run is refused otherwise.",
+)
 
 
 def _exit_now(message: str, status: int = 1):
@@ -53,9 +60,11 @@ def _same_command() -> str:
 
 def _what_survived() -> str:
     """After an unexpected error: what is on disk, and the command that resumes from it."""
-    return (f"maepp.train: stopped by the error above. The newest complete checkpoint is "
-            f"{checkpoints.newest_complete(_WORKDIR.value)}; once the cause is fixed, resume from it with: "
-            f"{_same_command()}")
+    return (
+        f"maepp.train: stopped by the error above. The newest complete checkpoint is "
+        f"{checkpoints.newest_complete(_WORKDIR.value)}; once the cause is fixed, resume from it with: "
+        f"{_same_command()}"
+    )
 
 
 def _finished(config, workdir) -> str:
@@ -63,8 +72,10 @@ def _finished(config, workdir) -> str:
     steps = checkpoints.complete_steps(workdir)
     if not steps or steps[-1] < config.total_steps:
         return ""
-    return (f"maepp.train: {checkpoints.workdir_path(workdir)} has finished: its newest checkpoint is step {steps[-1]} "
-            f"of config.total_steps={config.total_steps}; to train on, raise --config.total_steps")
+    return (
+        f"maepp.train: {checkpoints.workdir_path(workdir)} has finished: its newest checkpoint is step {steps[-1]} "
+        f"of config.total_steps={config.total_steps}; to train on, raise --config.total_steps"
+    )
 
 
 def main(argv):
@@ -77,8 +88,14 @@ def main(argv):
     if finished:
         print(finished, flush=True)
         return
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value,
-                           heartbeat_s=config.distributed.heartbeat_s, shutdown_s=config.distributed.shutdown_s)
+    distributed.initialize(
+        _COORDINATOR.value,
+        _NUM_PROCESSES.value,
+        _PROCESS_ID.value,
+        force=_DISTRIBUTED.value,
+        heartbeat_s=config.distributed.heartbeat_s,
+        shutdown_s=config.distributed.shutdown_s,
+    )
     if jax.process_count() > 1:  # a lost process is one line, not JAX's abort
         job_watch.watch_stderr(workdir / "checkpoints", _same_command())
     config_files.use_compile_cache(config.compile_cache_dir, default=str(workdir / "compile_cache"))
@@ -94,15 +111,23 @@ def main(argv):
     notice = config_checks.held_out_notice(config, plan.resolved)
     if notice:
         say(f"maepp.train: {notice}")
-    say(f"writing to {workdir}: checkpoints/, tensorboard/ (tensorboard --logdir {workdir / 'tensorboard'})"
-        + (", pictures/ (input | masked | reconstruction)" if config_checks.held_out_sources(config) else ""))
+    say(
+        f"writing to {workdir}: checkpoints/, tensorboard/ (tensorboard --logdir {workdir / 'tensorboard'})"
+        + (", pictures/ (input | masked | reconstruction)" if config_checks.held_out_sources(config) else "")
+    )
 
     try:
         final = train(config, _WORKDIR.value, plan, _RESUME_WITH_CHANGED.value)
     except DamagedClip as error:
         _exit_now(f"maepp.train: {error}. The newest complete checkpoint is {checkpoints.newest_complete(workdir)}")
-    except (FloatingPointError, ValueError, FileNotFoundError, checkpoints.CheckpointSaveError, WorkdirInUse,
-            WorkdirLost) as error:
+    except (
+        FloatingPointError,
+        ValueError,
+        FileNotFoundError,
+        checkpoints.CheckpointSaveError,
+        WorkdirInUse,
+        WorkdirLost,
+    ) as error:
         _exit_now(f"maepp.train: {error}")
     except Exception as error:  # noqa: BLE001 - a fault or a bug: its traceback, what survived, the same prompt exit
         lost = job_watch.lost_process(error) if jax.process_count() > 1 else ""
@@ -110,15 +135,22 @@ def main(argv):
             _exit_now(job_watch.job_lost(lost, checkpoints.newest_complete(workdir), _same_command()))
         full = config_files.out_of_space(error)
         if full:  # whatever wrote first: a picture, TensorBoard's events, a checkpoint
-            _exit_now(f"maepp.train: out of space ({full}); the newest complete checkpoint is "
-                      f"{checkpoints.newest_complete(workdir)}. Free space, then re-run the same command to resume "
-                      "from it")
+            _exit_now(
+                f"maepp.train: out of space ({full}); the newest complete checkpoint is "
+                f"{checkpoints.newest_complete(workdir)}. Free space, then re-run the same command to resume "
+                "from it"
+            )
         _exit_now(f"{traceback.format_exc().rstrip()}\n{_what_survived()}")
     if final["interrupted"]:
-        _exit_now(f"maepp.train: stopped by Ctrl-C after saving step {final['step']} in {workdir / 'checkpoints'}; "
-                  "the same command resumes from it", status=130)
-    say(f"stopped at step {final['step']}, loss {final.get('loss', np.nan):.4f}; newest checkpoint: "
-        f"{checkpoints.newest_complete(workdir)}")
+        _exit_now(
+            f"maepp.train: stopped by Ctrl-C after saving step {final['step']} in {workdir / 'checkpoints'}; "
+            "the same command resumes from it",
+            status=130,
+        )
+    say(
+        f"stopped at step {final['step']}, loss {final.get('loss', np.nan):.4f}; newest checkpoint: "
+        f"{checkpoints.newest_complete(workdir)}"
+    )
 
 
 def run():

@@ -1,5 +1,6 @@
 """The train loop: config -> mesh -> data -> state (fresh or resumed) -> step -> loop, as
 `python -m maepp.train` (maepp/train.py, its flags and messages) runs it."""
+
 import collections
 import dataclasses
 import functools
@@ -60,8 +61,10 @@ class StopRequest:
 
     def _interrupt(self, *_):
         if self.interrupted:
-            sys.stderr.write(f"\nmaepp.train: interrupted again: exiting now; the newest complete checkpoint is "
-                             f"{checkpoints.newest_complete(self._workdir)}\n")
+            sys.stderr.write(
+                f"\nmaepp.train: interrupted again: exiting now; the newest complete checkpoint is "
+                f"{checkpoints.newest_complete(self._workdir)}\n"
+            )
             sys.stderr.flush()
             os._exit(130)
         self.interrupted = True
@@ -93,16 +96,21 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     config = with_evals(config)  # a config of older maepp names its held-out evaluation in loose fields
     mesh, spec, sources, resolved = plan or checked_plan(config)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
-    refusal = _on_process_0(lock.acquire if lock else None, WorkdirInUse,
-                            f"{workdir} is in use by another run (process 0 found it taken)")
+    refusal = _on_process_0(
+        lock.acquire if lock else None, WorkdirInUse, f"{workdir} is in use by another run (process 0 found it taken)"
+    )
     if refusal:
         raise WorkdirInUse(refusal)
     changes = []
     saved = workdir / "config.json"
     if checkpoints.complete_steps(workdir) and saved.exists():
         try:
-            changes = resume_changes(with_evals(ml_collections.ConfigDict(json.loads(saved.read_text()))), config,
-                                     resume_with_changed, resolved)
+            changes = resume_changes(
+                with_evals(ml_collections.ConfigDict(json.loads(saved.read_text()))),
+                config,
+                resume_with_changed,
+                resolved,
+            )
         except ValueError:
             if lock is not None:
                 lock.release()
@@ -110,8 +118,11 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
 
     def check_workdir_held():
         """Before every save: raises WorkdirLost on every process if the workdir was taken over."""
-        lost = _on_process_0(lock.check_held if lock else None, WorkdirLost,
-                             f"{workdir} was taken over by another run (process 0 found it taken)")
+        lost = _on_process_0(
+            lock.check_held if lock else None,
+            WorkdirLost,
+            f"{workdir} was taken over by another run (process 0 found it taken)",
+        )
         if lost:
             raise WorkdirLost(f"{lost}; this run stopped before its next save")
 
@@ -143,10 +154,16 @@ def _record_start(workdir, mesh, resolved: dict):
     $MAEPP_RESTART after a failure, 0 otherwise). A resumed run may start on other hardware."""
     if jax.process_index() != 0:
         return
-    start = dict(started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), restart=int(os.environ.get("MAEPP_RESTART", "0")),
-                 processes=jax.process_count(),
-                 backend=jax.default_backend(), device_kind=jax.devices()[0].device_kind, mesh=dict(mesh.shape),
-                 jax=jax.__version__, resolved=resolved)
+    start = dict(
+        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        restart=int(os.environ.get("MAEPP_RESTART", "0")),
+        processes=jax.process_count(),
+        backend=jax.default_backend(),
+        device_kind=jax.devices()[0].device_kind,
+        mesh=dict(mesh.shape),
+        jax=jax.__version__,
+        resolved=resolved,
+    )
     info = workdir / "run_info.jsonl"
     earlier = info.read_text() if info.exists() else ""  # gs:// objects cannot be appended to
     info.write_text(earlier + json.dumps(start) + "\n")
@@ -156,6 +173,7 @@ def _record_start(workdir, mesh, resolved: dict):
 class Run:
     """What the loop runs on, made by _set_up: the state and the step that comes next, the step
     function, the batches, and where the figures go."""
+
     mesh: jax.sharding.Mesh
     state: Any  # maepp.train_step.TrainState, sharded
     first_step: int  # 1, or the step after the checkpoint resumed from
@@ -189,8 +207,9 @@ def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) ->
     run.ckpt.close()
     run.writer.flush()
     if run.report.skips:
-        logging.warning("%d clips skipped (%d distinct files): %s", run.report.skips, len(run.report.reasons),
-                        run.report.reasons)
+        logging.warning(
+            "%d clips skipped (%d distinct files): %s", run.report.skips, len(run.report.reasons), run.report.reasons
+        )
     return dict(step=step, interrupted=stop.interrupted, **means, **rates, **run.throughput.run_rates())
 
 
@@ -214,8 +233,9 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
     report = SkipReport()
     filterbank = filterbanks.from_config(config)
     to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbank)
-    next_global_batch = _global_batches(config, mesh, spec, sources["data.source"], start_position, report, filterbank,
-                                        waveforms=to_log_mel is not None)
+    next_global_batch = _global_batches(
+        config, mesh, spec, sources["data.source"], start_position, report, filterbank, waveforms=to_log_mel is not None
+    )
     train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
     writer = metric_writers.create_default_writer(str(workdir / "tensorboard"), just_logging=jax.process_index() > 0)
@@ -226,22 +246,39 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
         writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
     hooks = []
     if config.profile.first_step and jax.process_index() == 0:
-        hooks.append(periodic_actions.Profile(
-            logdir=workdir / "tensorboard", first_profile=config.profile.first_step,
-            num_profile_steps=config.profile.num_steps, every_secs=config.profile.every_secs,
-        ))
+        hooks.append(
+            periodic_actions.Profile(
+                logdir=workdir / "tensorboard",
+                first_profile=config.profile.first_step,
+                num_profile_steps=config.profile.num_steps,
+                every_secs=config.profile.every_secs,
+            )
+        )
     evaluators = make_evaluators(config, model, mesh, state_shardings.params, sources)
-    throughput = Throughput(train_flops_per_example(spec) * config.batch_size, config.batch_size,
-                            config.total_steps, mesh.devices.flatten())
+    throughput = Throughput(
+        train_flops_per_example(spec) * config.batch_size, config.batch_size, config.total_steps, mesh.devices.flatten()
+    )
     batches = Prefetcher(next_global_batch, depth=config.data.prefetch)  # its thread starts making them now
-    return Run(mesh=mesh, state=state, first_step=first_step, ckpt=ckpt, train_step=train_step, batches=batches,
-               report=report, writer=writer, hooks=hooks, evaluators=evaluators, throughput=throughput,
-               learning_rate=optim.schedule(config),
-               cadence=Cadence.from_config(config, first_step, list(evaluators)))
+    return Run(
+        mesh=mesh,
+        state=state,
+        first_step=first_step,
+        ckpt=ckpt,
+        train_step=train_step,
+        batches=batches,
+        report=report,
+        writer=writer,
+        hooks=hooks,
+        evaluators=evaluators,
+        throughput=throughput,
+        learning_rate=optim.schedule(config),
+        cadence=Cadence.from_config(config, first_step, list(evaluators)),
+    )
 
 
-def _global_batches(config, mesh, spec, source, start_position: int, report: SkipReport, filterbank: str,
-                    waveforms: bool) -> Callable:
+def _global_batches(
+    config, mesh, spec, source, start_position: int, report: SkipReport, filterbank: str, waveforms: bool
+) -> Callable:
     """-> a function giving the next global batch and the data position after it: this process's
     rows of every global batch (maepp/data/order.py), from start_position, made global arrays;
     waveforms: the crops' samples go to the step (its front end), else their log-mels."""
@@ -329,10 +366,17 @@ def _log(run: Run, config, step: int, means: dict, rates: dict) -> tuple:
     else:
         rates = run.throughput.report(step, waits_s)
     update = (step - 1) // config.optimizer.accumulate_steps
-    run.writer.write_scalars(step, dict(
-        loss=means["loss"], grad_norm=means["grad_norm"], skipped=means["skipped"],
-        learning_rate=float(run.learning_rate(update)), skipped_clips=int(skipped_clips.sum()),
-        **{k: v for k, v in rates.items() if k != "input_wait_host"}))
+    run.writer.write_scalars(
+        step,
+        dict(
+            loss=means["loss"],
+            grad_norm=means["grad_norm"],
+            skipped=means["skipped"],
+            learning_rate=float(run.learning_rate(update)),
+            skipped_clips=int(skipped_clips.sum()),
+            **{k: v for k, v in rates.items() if k != "input_wait_host"},
+        ),
+    )
     say(progress.console_line(step, config.total_steps, means, rates, int(skipped_clips.sum()), jax.process_count()))
     return rates, waits_s
 

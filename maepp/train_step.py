@@ -1,4 +1,5 @@
 """The train step: one pure function of (state, batch, rng), jitted by whoever calls it."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp

@@ -21,6 +21,7 @@ The lease lasts $MAEPP_WORKDIR_LEASE_S seconds (60 by default): how long a crash
 successor waiting, against how long a run may go without renewing before it is taken for dead.
 Process 0 holds it for the whole job.
 """
+
 import fcntl
 import json
 import os
@@ -97,8 +98,10 @@ class WorkdirLock:
         self.path = epath.Path(workdir) / "lock.json"
         scheme = str(workdir).partition("://")[0] if "://" in str(workdir) else ""
         if scheme not in ("", "gs"):
-            raise ValueError(f"workdir {workdir}: runs keep their workdir on a local or shared disk, or on gs:// "
-                             f"(a {scheme}:// workdir could not be held by one run at a time)")
+            raise ValueError(
+                f"workdir {workdir}: runs keep their workdir on a local or shared disk, or on gs:// "
+                f"(a {scheme}:// workdir could not be held by one run at a time)"
+            )
         self.local = not scheme
         self.lease_s, self.renew_s = lease_s or LEASE_S, renew_s or RENEW_S
         self.me = dict(host=socket.gethostname(), pid=os.getpid(), started=time.time(), token=uuid.uuid4().hex)
@@ -160,16 +163,19 @@ class WorkdirLock:
             holder_now, generation_now = self._object.read()
             if generation_now != generation:
                 raise WorkdirInUse(self._refusal(holder_now))
-            remaining = min(self.lease_s - (time.monotonic() - seen_at),
-                            self.lease_s - (time.time() - holder.get("renewed", 0)))
+            remaining = min(
+                self.lease_s - (time.monotonic() - seen_at), self.lease_s - (time.time() - holder.get("renewed", 0))
+            )
         self._generation = self._write_mine(if_generation=generation)
         if self._generation is None:
             raise WorkdirInUse(self._refusal(self._object.read()[0]))
         print(f"took over {self.path} from a run that stopped renewing it ({_describe(holder)})", flush=True)
 
     def _refusal(self, holder: dict) -> str:
-        return (f"{self.path.parent} is in use by another run ({_describe(holder) if holder else 'unknown'}): two runs "
-                "on one workdir would mix their checkpoints. Stop that run, or give this one another --workdir")
+        return (
+            f"{self.path.parent} is in use by another run ({_describe(holder) if holder else 'unknown'}): two runs "
+            "on one workdir would mix their checkpoints. Stop that run, or give this one another --workdir"
+        )
 
     def _is_mine(self, holder: dict) -> bool:
         return holder.get("token") == self.me["token"]

@@ -84,9 +84,12 @@ def probed_config(trained_run):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "long(seconds): a test that takes about this long on a 2-core machine")
-    config.addinivalue_line("markers", "e2e: an end-to-end test: it starts processes (maepp's programs, JAX jobs, "
-                                       "a GCS API server) or trains a run in its own; `make test-fast` runs the "
-                                       "others")
+    config.addinivalue_line(
+        "markers",
+        "e2e: an end-to-end test: it starts processes (maepp's programs, JAX jobs, "
+        "a GCS API server) or trains a run in its own; `make test-fast` runs the "
+        "others",
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -98,8 +101,9 @@ def _unit_tests_start_no_process(request, monkeypatch):
         return
 
     def refuse(*args, **kwargs):
-        raise AssertionError(f"{request.node.nodeid} starts a process ({args[0] if args else kwargs}): mark it "
-                             "pytest.mark.e2e")
+        raise AssertionError(
+            f"{request.node.nodeid} starts a process ({args[0] if args else kwargs}): mark it pytest.mark.e2e"
+        )
 
     monkeypatch.setattr(subprocess, "Popen", refuse)
 
@@ -108,6 +112,7 @@ def pytest_collection_modifyitems(items):
     """Tests marked long go first, longest first. pytest-xdist hands tests out in this order (after
     its groups of several tests): started last, a two-minute test runs alone on one worker while
     the other idles."""
+
     def seconds(item):
         mark = item.get_closest_marker("long")
         return mark.kwargs["seconds"] if mark else 0

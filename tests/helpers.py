@@ -1,4 +1,5 @@
 """Small builders and readers the tests share."""
+
 import functools
 import os
 import pathlib
@@ -27,6 +28,7 @@ CONFIG_FILES = {"macaron_swiglu": audiomaepp, "vit": mae}
 # against the host's: both differ only in that float32 arithmetic.
 LOG_MEL_TOLERANCE = 1e-4
 
+
 def spec_for(size="micro", block_type="macaron_swiglu", **model_overrides):
     config = CONFIG_FILES[block_type].get_config(size)
     for key, value in model_overrides.items():
@@ -52,9 +54,15 @@ def run_module(repo_root, *args):
 
 MICRO = "configs/audiomaepp.py:micro"
 # The run tests share (conftest's trained_run): 60 steps, checkpoints and held-out evaluation at 30 and 60.
-TRAINED_RUN = ["--config.total_steps=60", "--config.checkpoint_every=30", "--config.log_every=1",
-               "--config.warmup_steps=5", "--config.evals.held_out.every=30",
-               "--config.evals.held_out.source=synthetic:64:1", "--config.profile.first_step=20"]
+TRAINED_RUN = [
+    "--config.total_steps=60",
+    "--config.checkpoint_every=30",
+    "--config.log_every=1",
+    "--config.warmup_steps=5",
+    "--config.evals.held_out.every=30",
+    "--config.evals.held_out.source=synthetic:64:1",
+    "--config.profile.first_step=20",
+]
 # The shared run's config file (conftest's probed_config): micro, and a probe evaluator on the
 # labelled synthetic `classes` task, added after get_config as the README shows.
 PROBE_TASK_CLIPS = {"train": 8, "test": 4}  # per class, written by maepp.downstream.synthetic_tasks
@@ -111,8 +119,13 @@ def train(repo_root, workdir, *overrides, quiet=False, config=MICRO):
     """Runs maepp.train; returns its stdout. quiet: it must print nothing on stderr either (the
     libraries' INFO logs and start-up lines are off unless --verbosity asks for them), with
     TensorFlow's oneDNN operations on, whatever the CPU."""
-    result = subprocess.run(train_command(workdir, *overrides, config=config), cwd=repo_root, capture_output=True,
-                            text=True, env=dict(os.environ, **ONEDNN_ON) if quiet else None)
+    result = subprocess.run(
+        train_command(workdir, *overrides, config=config),
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, **ONEDNN_ON) if quiet else None,
+    )
     assert result.returncode == 0, f"maepp.train exited {result.returncode}: {result.stderr.strip()[-3000:]}"
     assert not (quiet and result.stderr), f"maepp.train printed on stderr: {result.stderr.strip()[-3000:]}"
     return result.stdout
@@ -140,8 +153,10 @@ def saved_params(workdir, step):
 
     path = workdir / "checkpoints" / str(step) / "state"
     here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=here),
-                          ocp.StandardCheckpointer().metadata(path).item_metadata)
+    target = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=here),
+        ocp.StandardCheckpointer().metadata(path).item_metadata,
+    )
     return ocp.StandardCheckpointer().restore(path, target)["params"]
 
 

@@ -1,6 +1,7 @@
 """Datasets as maepp.data.prepare wrote them before layout 2.0.0: ArrayRecord shards of whole clips
 (tf.train.Example records, maepp/data/records.py) with TFDS metadata. The tests read the old
 layout from these; maepp itself no longer writes it."""
+
 import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
@@ -12,13 +13,17 @@ from maepp.data import records
 
 def _features(store: str):
     if store == "log_mel":
-        fields = {"log_mel": tfds.features.Tensor(shape=(), dtype=np.object_),
-                  "num_frames": tfds.features.Scalar(dtype=np.int64)}
+        fields = {
+            "log_mel": tfds.features.Tensor(shape=(), dtype=np.object_),
+            "num_frames": tfds.features.Scalar(dtype=np.int64),
+        }
     else:
-        fields = {store: tfds.features.Tensor(shape=(), dtype=np.object_),
-                  "num_samples": tfds.features.Scalar(dtype=np.int64),
-                  "log_mel_mean": tfds.features.Scalar(dtype=np.float32),
-                  "log_mel_std": tfds.features.Scalar(dtype=np.float32)}
+        fields = {
+            store: tfds.features.Tensor(shape=(), dtype=np.object_),
+            "num_samples": tfds.features.Scalar(dtype=np.int64),
+            "log_mel_mean": tfds.features.Scalar(dtype=np.float32),
+            "log_mel_std": tfds.features.Scalar(dtype=np.float32),
+        }
     return tfds.features.FeaturesDict({**fields, "filterbank": tfds.features.Text(), "path": tfds.features.Text()})
 
 
@@ -35,20 +40,29 @@ def _record(store: str, filterbank: str, waveform: np.ndarray, path: str) -> dic
     return {store: audio, "num_samples": len(waveform), "log_mel_mean": mean, "log_mel_std": std, **named}
 
 
-def write_legacy_dataset(clips: list, data_dir, store="log_mel", filterbank="torchaudio", name="audio_clips",
-                         split="train", clips_per_shard=4):
+def write_legacy_dataset(
+    clips: list,
+    data_dir,
+    store="log_mel",
+    filterbank="torchaudio",
+    name="audio_clips",
+    split="train",
+    clips_per_shard=4,
+):
     """clips: [(path, 16 kHz waveform)] -> DATA_DIR/NAME/1.0.0, as prepare wrote it; returns that folder."""
     out = data_dir / name / records.VERSION
     out.mkdir(parents=True)
     features = _features(store)
-    chunks = [clips[i: i + clips_per_shard] for i in range(0, len(clips), clips_per_shard)]
+    chunks = [clips[i : i + clips_per_shard] for i in range(0, len(clips), clips_per_shard)]
     for shard, chunk in enumerate(chunks):
-        writer = ArrayRecordWriter(str(out / f"{name}-{split}.array_record-{shard:05d}-of-{len(chunks):05d}"),
-                                   "group_size:1,uncompressed")
+        writer = ArrayRecordWriter(
+            str(out / f"{name}-{split}.array_record-{shard:05d}-of-{len(chunks):05d}"), "group_size:1,uncompressed"
+        )
         for path, waveform in chunk:
             writer.write(features.serialize_example(_record(store, filterbank, waveform, path)))
         writer.close()
-    split_info = tfds.core.SplitInfo(name=split, shard_lengths=[len(c) for c in chunks], num_bytes=0,
-                                     filename_template=None)
+    split_info = tfds.core.SplitInfo(
+        name=split, shard_lengths=[len(c) for c in chunks], num_bytes=0, filename_template=None
+    )
     tfds.folder_dataset.write_metadata(data_dir=out, features=features, split_infos=[split_info], check_data=False)
     return out

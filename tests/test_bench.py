@@ -1,4 +1,5 @@
 """The benchmarks run and print what they promise (their figures are for benchmarks, not tests)."""
+
 import json
 import math
 import subprocess
@@ -19,9 +20,21 @@ def _last_json(out):
 
 @pytest.mark.e2e
 def test_bench_step_reports_model_flops_and_where_the_time_goes(repo_root, tmp_path):
-    out = run_module(repo_root, "maepp.tools.bench", "step", "--config", "configs/audiomaepp.py:micro",
-                     "--config.batch_size=8", "--steps", "1", "--json", "--variant", "batch_size=4",
-                     "--profile_dir", str(tmp_path))
+    out = run_module(
+        repo_root,
+        "maepp.tools.bench",
+        "step",
+        "--config",
+        "configs/audiomaepp.py:micro",
+        "--config.batch_size=8",
+        "--steps",
+        "1",
+        "--json",
+        "--variant",
+        "batch_size=4",
+        "--profile_dir",
+        str(tmp_path),
+    )
     result, variant = (json.loads(line) for line in out.strip().splitlines())
     assert result["global_batch"] == 8 and result["steps"] == 1 and result["devices"].endswith("cpu")
     assert result["mfu"] is None  # no peak is known for a CPU
@@ -61,9 +74,24 @@ def test_bench_step_names_a_variant_field_the_config_lacks(repo_root):
 
 @pytest.mark.e2e
 def test_bench_swiglu_norm_times_xla_and_each_tiling_it_can_make(repo_root):
-    out = run_module(repo_root, "maepp.tools.bench", "swiglu_norm", "--shapes", "2x48x256,1x51x2048",
-                     "--tile_elements", "1024,4096", "--programs", "4", "--num_warps", "4", "--num_stages", "1,2",
-                     "--iterations", "1", "--json")
+    out = run_module(
+        repo_root,
+        "maepp.tools.bench",
+        "swiglu_norm",
+        "--shapes",
+        "2x48x256,1x51x2048",
+        "--tile_elements",
+        "1024,4096",
+        "--programs",
+        "4",
+        "--num_warps",
+        "4",
+        "--num_stages",
+        "1,2",
+        "--iterations",
+        "1",
+        "--json",
+    )
     first, second = _last_json(out)["swiglu_norm"]
     assert first["shape"] == [2, 48, 256] and first["cases"][0]["implementation"] == "xla"
     tilings = [(c["tiling"]["tile_rows"], c["tiling"]["num_stages"]) for c in first["cases"][1:]]
@@ -106,12 +134,36 @@ def test_profile_joins_kernels_to_their_instructions_by_name():
 
 def test_speed_table_compares_with_the_peer_of_the_same_run_and_batch():
     rows = [
-        dict(run=1, variant={}, dtype="bfloat16", attention="auto", global_batch=512, step_ms=100.0,
-             clips_per_s=5120.0, mfu=0.33),
-        dict(run=1, peer="official-pytorch", batch=512, amp="bf16", sdpa=True, compile=True, step_s=0.128,
-             clips_per_s=4000.0),
-        dict(run=2, variant={"batch_size": "128"}, dtype="bfloat16", attention="auto", global_batch=128,
-             step_ms=25.0, clips_per_s=5120.0, mfu=0.3),
+        dict(
+            run=1,
+            variant={},
+            dtype="bfloat16",
+            attention="auto",
+            global_batch=512,
+            step_ms=100.0,
+            clips_per_s=5120.0,
+            mfu=0.33,
+        ),
+        dict(
+            run=1,
+            peer="official-pytorch",
+            batch=512,
+            amp="bf16",
+            sdpa=True,
+            compile=True,
+            step_s=0.128,
+            clips_per_s=4000.0,
+        ),
+        dict(
+            run=2,
+            variant={"batch_size": "128"},
+            dtype="bfloat16",
+            attention="auto",
+            global_batch=128,
+            step_ms=25.0,
+            clips_per_s=5120.0,
+            mfu=0.3,
+        ),
         dict(run=2, variant={"model.attention": "bad"}, error="ValueError: ..."),
     ]
     lines = table.speed_table(rows).splitlines()
@@ -130,9 +182,20 @@ def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(re
     for i in range(8):
         soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 5.0)[0], 16000)
     prepare(tmp_path / "in", tmp_path / "out", workers=1)
-    result = _last_json(run_module(repo_root, "maepp.tools.bench", "data", "--source",
-                                   f"prepared:{tmp_path}/out/audio_clips/2.0.0", "--clips", "16", "--batch_size", "4",
-                                   "--json"))
+    result = _last_json(
+        run_module(
+            repo_root,
+            "maepp.tools.bench",
+            "data",
+            "--source",
+            f"prepared:{tmp_path}/out/audio_clips/2.0.0",
+            "--clips",
+            "16",
+            "--batch_size",
+            "4",
+            "--json",
+        )
+    )
     assert result["pipeline_crops_per_s_per_core"] > 0 and result["librosa_crops_per_s_per_core"] > 0
     ratio = result["pipeline_crops_per_s_per_core"] / result["librosa_crops_per_s_per_core"]
     assert math.isclose(result["ratio_per_core"], ratio, abs_tol=0.02)  # both sides rounded to 0.01
@@ -143,8 +206,24 @@ def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(re
 
 @pytest.mark.e2e
 def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root):
-    result = _last_json(run_module(repo_root, "maepp.tools.bench", "scale", "--processes", "2", "--clips", "192",
-                                   "--clips_per_shard", "24", "--batch_size", "16", "--prepare_workers", "1", "--json"))
+    result = _last_json(
+        run_module(
+            repo_root,
+            "maepp.tools.bench",
+            "scale",
+            "--processes",
+            "2",
+            "--clips",
+            "192",
+            "--clips_per_shard",
+            "24",
+            "--batch_size",
+            "16",
+            "--prepare_workers",
+            "1",
+            "--json",
+        )
+    )
     assert result["shards"] == 8 and result["first_batch_s"] > 0 and result["requests_per_s_per_process"] > 0
     # 2 s clips: a crop is its whole clip, so each process reads half the dataset in its 12 batches,
     # plus the batches tf.data reads ahead (3 measured alone; 48 clips were too few: under load it

@@ -1,4 +1,5 @@
 """The loop's cadence (maepp/cadence.py), step by step, without training."""
+
 from maepp.cadence import Cadence
 
 STEPS = range(1, 11)
@@ -20,7 +21,12 @@ def test_each_action_has_its_own_steps_and_the_host_reads_the_devices_for_all_of
 def test_each_evaluator_keeps_its_own_steps():
     two = Cadence(first_step=1, total_steps=10, log_every=7, checkpoint_every=4, evals=(("held_out", 5), ("kw", 3)))
     assert {step: two.evals_due(step, False) for step in STEPS if two.evals_due(step, False)} == {
-        3: ["kw"], 5: ["held_out"], 6: ["kw"], 9: ["kw"], 10: ["held_out", "kw"]}
+        3: ["kw"],
+        5: ["held_out"],
+        6: ["kw"],
+        9: ["kw"],
+        10: ["held_out", "kw"],
+    }
     assert _due(two.log_due, two, stop_requested=False) == [1, 3, 4, 5, 6, 7, 8, 9, 10]
 
 

@@ -1,4 +1,5 @@
 """The command-line entry points, run as a user runs them."""
+
 import importlib.metadata
 import json
 import pathlib
@@ -40,9 +41,15 @@ def test_summary_flops_follow_the_overrides(repo_root):
 # One flag of each program's own, which its --help must list (absl alone lists only the flags of
 # sys.argv[0]'s module: for a console script, the wrapper, which has none).
 OWN_FLAG = {
-    "maepp-train": "--resume_with_changed", "maepp-prepare": "--clips_per_shard", "maepp-export": "--[no]overwrite",
-    "maepp-evaluate": "--probes", "maepp-synthetic-task": "--seconds", "maepp-summary": "--config",
-    "maepp-convert": "--torch-checkpoint", "maepp-compile-check": "--num_slices", "maepp-scaling": "--sizes",
+    "maepp-train": "--resume_with_changed",
+    "maepp-prepare": "--clips_per_shard",
+    "maepp-export": "--[no]overwrite",
+    "maepp-evaluate": "--probes",
+    "maepp-synthetic-task": "--seconds",
+    "maepp-summary": "--config",
+    "maepp-convert": "--torch-checkpoint",
+    "maepp-compile-check": "--num_slices",
+    "maepp-scaling": "--sizes",
     "maepp-bench": "swiglu_norm",
 }
 
@@ -59,23 +66,33 @@ def test_every_console_script_is_known_here():
 @pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(OWN_FLAG))
 def test_help_of_each_console_script_lists_its_own_flags_and_exits_0(script):
-    result = subprocess.run([str(pathlib.Path(sys.executable).parent / script), "--help"], capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [str(pathlib.Path(sys.executable).parent / script), "--help"], capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert OWN_FLAG[script] in result.stdout
 
 
-@pytest.mark.parametrize("module,message", [
-    ("maepp.train", "maepp.train: flag --config=None: Flag --config must have a value other than None.; "
-                    "flag --workdir=None: Flag --workdir must have a value other than None."),
-    ("maepp.downstream.evaluate", "maepp.downstream.evaluate: flag --task=None: Flag --task must have a value other "
-                                  "than None."),
-])
+@pytest.mark.parametrize(
+    "module,message",
+    [
+        (
+            "maepp.train",
+            "maepp.train: flag --config=None: Flag --config must have a value other than None.; "
+            "flag --workdir=None: Flag --workdir must have a value other than None.",
+        ),
+        (
+            "maepp.downstream.evaluate",
+            "maepp.downstream.evaluate: flag --task=None: Flag --task must have a value other than None.",
+        ),
+    ],
+)
 @pytest.mark.e2e
 def test_a_missing_required_flag_is_one_line(repo_root, module, message):
     arguments = ["--workdir", "w"] if module == "maepp.downstream.evaluate" else []
-    result = subprocess.run([sys.executable, "-m", module, *arguments], cwd=repo_root, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", module, *arguments], cwd=repo_root, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == f"{message} (--help lists the flags)"
 
@@ -85,7 +102,13 @@ def test_verbosity_brings_the_libraries_logs_back(repo_root, tmp_path):
     """Off by default (the shared run, conftest's trained_run, prints nothing on stderr)."""
     from tests.helpers import train_command
 
-    command = train_command(tmp_path / "w", "--config.total_steps=1", "--config.warmup_steps=0",
-                            "--config.evals.held_out.source=", "--config.profile.first_step=0", "--verbosity=0")
+    command = train_command(
+        tmp_path / "w",
+        "--config.total_steps=1",
+        "--config.warmup_steps=0",
+        "--config.evals.held_out.source=",
+        "--config.profile.first_step=0",
+        "--verbosity=0",
+    )
     stderr = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, check=True).stderr.splitlines()
     assert any(line.startswith("I") and "checkpoint" in line.lower() for line in stderr), stderr  # Orbax's saves

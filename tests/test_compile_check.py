@@ -1,6 +1,7 @@
 """AOT compile of the real train step for hardware this machine lacks (libtpu and jax's CUDA
 plugin, installed by make into .venv/aot-plugins), and its memory against docs/scaling.md's
 arithmetic."""
+
 import json
 import os
 import pathlib
@@ -23,20 +24,25 @@ def _installed(relative_path: str) -> bool:
 
 
 needs_libtpu = pytest.mark.skipif(not _installed("libtpu"), reason="libtpu (the [tpu] extra) is not installed")
-needs_cuda_plugin = pytest.mark.skipif(not _installed("jax_plugins/xla_cuda12"),
-                                       reason="jax's CUDA plugin (the [gpu-aot] extra) is not installed")
+needs_cuda_plugin = pytest.mark.skipif(
+    not _installed("jax_plugins/xla_cuda12"), reason="jax's CUDA plugin (the [gpu-aot] extra) is not installed"
+)
 
 
 def _compile_check(repo_root, *args):
-    return json.loads(run_module(repo_root, "maepp.tools.compile_check", "--config", "configs/audiomaepp.py:micro",
-                                 *args, "--json").strip().splitlines()[-1])
+    return json.loads(
+        run_module(repo_root, "maepp.tools.compile_check", "--config", "configs/audiomaepp.py:micro", *args, "--json")
+        .strip()
+        .splitlines()[-1]
+    )
 
 
 @needs_cuda_plugin
 def test_micro_compiles_for_two_nodes_of_two_h100s_and_its_state_matches_the_scaling_table(repo_root):
     """h100:NODESxGPUS, one process per node: FSDP inside each node, data parallel across them."""
-    report = _compile_check(repo_root, "--topology", "h100:2x2", "--config.mesh.data=1", "--config.mesh.fsdp=2",
-                            "--config.mesh.dcn_data=2")
+    report = _compile_check(
+        repo_root, "--topology", "h100:2x2", "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.dcn_data=2"
+    )
     assert report["devices"] == 4 and report["mesh"] == [2, 2, 1] and report["fits"] and report["hbm_gib"] == 80
     # GPU buffers are not padded: the table's count holds to within 1% (measured: 20 bytes over,
     # the step counter and Adam's count).
@@ -50,8 +56,16 @@ def test_micro_compiles_for_two_v5e_2x2_slices_sharded_with_waveform_crops_as_ar
     """Multi-slice: the state split over fsdp=4 inside each slice, data parallel across the two
     (config.mesh.dcn_data takes the slices by default); the device front end's raw-sample crops as
     the step's input."""
-    report = _compile_check(repo_root, "--topology", "v5e:2x2", "--num_slices", "2", "--config.mesh.data=1",
-                            "--config.mesh.fsdp=4", "--config.data.frontend=device")
+    report = _compile_check(
+        repo_root,
+        "--topology",
+        "v5e:2x2",
+        "--num_slices",
+        "2",
+        "--config.mesh.data=1",
+        "--config.mesh.fsdp=4",
+        "--config.data.frontend=device",
+    )
     assert report["devices"] == 8 and report["slices"] == 2 and report["mesh"] == [2, 4, 1] and report["fits"]
     rows = 32 // 8  # per device
     log_mels, crops = rows * 200 * 80 * 4, rows * ((199 * 160 + 400) * 4 + 200 * 4 + 2 * 4)
@@ -94,14 +108,17 @@ def test_a_step_over_hbm_exits_1_and_names_the_config_change(repo_root):
 def test_v4_and_v5p_slices_have_one_device_per_chip_as_jax_sees_them(repo_root):
     # v4-8 is 4 chips of 2 TensorCores; JAX on the slice sees 4 devices (megacore), and so must
     # the compile target, or jax.make_mesh refuses the mesh.
-    program = ("import maepp.tools.compile_check as c; "
-               "print(*(len(c.abstract_devices(t)) for t in ('v4:2x2x1', 'v5p:2x2x2', 'v5e:2x2')))")
+    program = (
+        "import maepp.tools.compile_check as c; "
+        "print(*(len(c.abstract_devices(t)) for t in ('v4:2x2x1', 'v5p:2x2x2', 'v5e:2x2')))"
+    )
     result = subprocess.run([sys.executable, "-c", program], cwd=repo_root, capture_output=True, text=True)
     assert result.stdout.split() == ["4", "8", "4"], result.stderr[-2000:]
 
 
-@pytest.mark.parametrize("topology, message", [("v9x:2x2", "chip 'v9x' unknown"),
-                                               ("h100:x8", "name the GPUs of one node")])
+@pytest.mark.parametrize(
+    "topology, message", [("v9x:2x2", "chip 'v9x' unknown"), ("h100:x8", "name the GPUs of one node")]
+)
 def test_an_unknown_target_is_a_clear_error(repo_root, topology, message):
     result = subprocess.run(
         [

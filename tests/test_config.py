@@ -1,5 +1,6 @@
 """Every field of every config is checked (maepp/config_checks.py): a bad value of each is one line
 naming the field, and a field nothing checks fails here."""
+
 import math
 
 import ml_collections
@@ -68,8 +69,11 @@ BAD = {
 
 
 def _configs():
-    return {"audiomaepp:micro": audiomaepp.get_config("micro"), "audiomaepp:huge": audiomaepp.get_config("huge"),
-            "mae:base": mae.get_config("base")}
+    return {
+        "audiomaepp:micro": audiomaepp.get_config("micro"),
+        "audiomaepp:huge": audiomaepp.get_config("huge"),
+        "mae:base": mae.get_config("base"),
+    }
 
 
 def _with(config, field, value):
@@ -154,7 +158,8 @@ def test_own_data_with_the_procedural_held_out_set_is_warned_of_and_a_held_out_s
     split = {"evals.held_out.source": "prepared:/data/audio_clips/2.0.0/holdout"}
     assert config_checks.held_out_notice(config, split) == (
         "config.evals.held_out: held-out loss on prepared:/data/audio_clips/2.0.0/holdout, the clips prepare "
-        "--holdout kept out of training")
+        "--holdout kept out of training"
+    )
     config.evals.held_out.source = "folder:/data/held_out"
     assert config_checks.held_out_notice(config, {}) == ""
     config.evals.held_out.source = ""
@@ -162,16 +167,19 @@ def test_own_data_with_the_procedural_held_out_set_is_warned_of_and_a_held_out_s
 
 
 # One bad value per field of each evaluator type, beside a good entry of that type.
-GOOD_EVALUATORS = {"held_out": dict(type="held_out", source="synthetic:16:1", every=5, batch_size=8),
-                   "probe": dict(type="probe", task="/data/task", every=5, shots=4, l2=1.0, batch_size=8)}
+GOOD_EVALUATORS = {
+    "held_out": dict(type="held_out", source="synthetic:16:1", every=5, batch_size=8),
+    "probe": dict(type="probe", task="/data/task", every=5, shots=4, l2=1.0, batch_size=8),
+}
 BAD_EVALUATOR_FIELDS = {
     "held_out": dict(type="held-out", source=3, every=0, batch_size=-8),
     "probe": dict(type="linear", task="", every=2.5, shots=-1, l2=0.0, batch_size=0),
 }
 
 
-@pytest.mark.parametrize("kind,field", [(kind, field) for kind, fields in BAD_EVALUATOR_FIELDS.items()
-                                        for field in fields])
+@pytest.mark.parametrize(
+    "kind,field", [(kind, field) for kind, fields in BAD_EVALUATOR_FIELDS.items() for field in fields]
+)
 def test_a_bad_field_of_each_evaluator_type_is_one_line_naming_it(kind, field):
     assert set(BAD_EVALUATOR_FIELDS[kind]) == set(config_checks.EVALUATORS[kind]["fields"])
     config = audiomaepp.get_config("micro")
@@ -184,17 +192,22 @@ def test_a_bad_field_of_each_evaluator_type_is_one_line_naming_it(kind, field):
 @pytest.mark.parametrize(
     "entry,message",
     [
-        (dict(type="prob", task="/t", every=5), "config.evals.kw.type='prob': use one of ('held_out', 'probe'); "
-                                                "did you mean 'probe'?"),
+        (
+            dict(type="prob", task="/t", every=5),
+            "config.evals.kw.type='prob': use one of ('held_out', 'probe'); did you mean 'probe'?",
+        ),
         (dict(type="probe", every=5), "config.evals.kw: needs task"),
         (dict(type="probe", task="/t", every=5, shot=4), "config.evals.kw.shot=4: no such field is read"),
-        (dict(type="probe", task="/t", every=5, batch_size=12), "config.evals.kw.batch_size=12: must be a multiple "
-                                                                "of 8"),
+        (
+            dict(type="probe", task="/t", every=5, batch_size=12),
+            "config.evals.kw.batch_size=12: must be a multiple of 8",
+        ),
         (dict(task="/t", every=5), "config.evals.kw: must be dict(type=..."),
-        (dict(type="probe", task="/t", every=5, l2=(0.1, -1.0)), "config.evals.kw.l2=(0.1, -1.0): each value must "
-                                                                "be a finite number in (0.0, inf)"),
-        (dict(type="probe", task="/t", every=5, l2=()), "config.evals.kw.l2=(): must be a number or a non-empty "
-                                                        "list"),
+        (
+            dict(type="probe", task="/t", every=5, l2=(0.1, -1.0)),
+            "config.evals.kw.l2=(0.1, -1.0): each value must be a finite number in (0.0, inf)",
+        ),
+        (dict(type="probe", task="/t", every=5, l2=()), "config.evals.kw.l2=(): must be a number or a non-empty list"),
     ],
 )
 def test_a_bad_evaluator_entry_is_one_line(entry, message):
@@ -233,7 +246,8 @@ def test_the_loose_held_out_fields_of_older_configs_become_the_held_out_evaluato
     config.eval_every = 500
     moved = config_checks.with_evals(config)
     assert "eval_every" not in moved and moved.evals.held_out.to_dict() == dict(
-        type="held_out", source="auto", every=500, batch_size=32)
+        type="held_out", source="auto", every=500, batch_size=32
+    )
 
 
 def test_a_run_saved_with_loose_held_out_fields_resumes_without_a_change():
@@ -245,12 +259,14 @@ def test_a_run_saved_with_loose_held_out_fields_resumes_without_a_change():
     split = {"evals.held_out.source": "prepared:/data/x/2.0.0/holdout"}
     assert config_checks.resume_changes(saved, config, resolved=split) == [
         "config.evals.held_out.source changed from 'synthetic:256:1' to 'prepared:/data/x/2.0.0/holdout': the "
-        "evaluator's figures from this step on are not comparable with its earlier ones"]
+        "evaluator's figures from this step on are not comparable with its earlier ones"
+    ]
     config.evals.held_out.source = "folder:/data/held_out"
     config.evals.kw = GOOD_EVALUATORS["probe"]  # an evaluator added on resume: not a change of the run
     assert config_checks.resume_changes(saved, config) == [
         "config.evals.held_out.source changed from 'synthetic:256:1' to 'folder:/data/held_out': the evaluator's "
-        "figures from this step on are not comparable with its earlier ones"]
+        "figures from this step on are not comparable with its earlier ones"
+    ]
 
 
 def test_auto_choices_resolve_from_the_backend_and_the_device_count():
@@ -272,5 +288,6 @@ def test_a_probe_on_a_folder_that_is_not_a_task_is_one_line_before_compiling(tmp
     config.evals.kw = dict(type="probe", task=str(tmp_path), every=5)
     with pytest.raises(ValueError) as error:
         checked_plan(config)
-    assert str(error.value).startswith(f"config.evals.kw.task={str(tmp_path)!r}: {tmp_path} is not a task: it needs "
-                                       "train/ and test/ folders"), str(error.value)
+    assert str(error.value).startswith(
+        f"config.evals.kw.task={str(tmp_path)!r}: {tmp_path} is not a task: it needs train/ and test/ folders"
+    ), str(error.value)

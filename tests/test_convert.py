@@ -1,4 +1,5 @@
 """Importing released PyTorch weights: mapping, layouts, round trip, clear errors."""
+
 import subprocess
 import sys
 
@@ -163,9 +164,20 @@ def test_cli_names_the_missing_key(tmp_path, repo_root):
     pth = tmp_path / "broken.pth"
     torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, pth)
     result = subprocess.run(
-        [sys.executable, "-m", "maepp.weights.convert", "--torch-checkpoint", str(pth), "--config",
-         "configs/audiomaepp.py:micro", "--output", str(tmp_path / "out")],
-        cwd=repo_root, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "maepp.weights.convert",
+            "--torch-checkpoint",
+            str(pth),
+            "--config",
+            "configs/audiomaepp.py:micro",
+            "--output",
+            str(tmp_path / "out"),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode != 0
     assert "missing keys (1): cls_token" in result.stderr

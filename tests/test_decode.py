@@ -1,4 +1,5 @@
 """Reading audio files: formats, rates, channels, and every kind of bad file."""
+
 import numpy as np
 import pytest
 import soundfile

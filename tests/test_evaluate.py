@@ -1,4 +1,5 @@
 """Downstream evaluation: task layouts, probes, and the encoder against its references."""
+
 import dataclasses
 import json
 
@@ -31,9 +32,17 @@ def test_labelled_folder_holds_out_a_fixed_fifth_of_train(tmp_path):
 
 
 def test_hear_kfold_task_rotates_test_and_valid_folds(tmp_path):
-    (tmp_path / "task_metadata.json").write_text(json.dumps(
-        dict(task_name="toy", prediction_type="multilabel", split_mode="new_split_kfold", nfolds=3,
-             embedding_type="scene")))
+    (tmp_path / "task_metadata.json").write_text(
+        json.dumps(
+            dict(
+                task_name="toy",
+                prediction_type="multilabel",
+                split_mode="new_split_kfold",
+                nfolds=3,
+                embedding_type="scene",
+            )
+        )
+    )
     for i in range(3):
         names = {f"f{i}_{j}.wav": ["a", "b"] if j else ["c"] for j in range(2)}
         (tmp_path / f"fold{i:02d}.json").write_text(json.dumps(names))
@@ -84,8 +93,18 @@ def test_scores_and_interval():
 @pytest.mark.e2e
 def test_evaluate_cli_probes_a_trained_run_on_a_synthetic_task(repo_root, trained_run, tmp_path):
     task = synthetic_tasks.write_task(tmp_path / "sounds", "classes", {"train": 12, "test": 6}, seconds=1.0)
-    out = run_module(repo_root, "maepp.downstream.evaluate", "--workdir", str(trained_run), "--task", str(task),
-                     "--seeds", "2", "--probes", "linear")
+    out = run_module(
+        repo_root,
+        "maepp.downstream.evaluate",
+        "--workdir",
+        str(trained_run),
+        "--task",
+        str(task),
+        "--seeds",
+        "2",
+        "--probes",
+        "linear",
+    )
     result = json.loads(out.strip().splitlines()[-1])
     assert result["task"] == "sounds" and result["metric"] == "accuracy" and result["clips"] == 90
     assert len(result["linear"]["scores"]) == 2

@@ -1,4 +1,5 @@
 """Embeddings export: frame order, restartable export of many clips, the jax.export artifact."""
+
 import os
 import signal
 import subprocess
@@ -49,45 +50,68 @@ def clips_400(tmp_path_factory):
 
 
 def _export_command(run, inputs, output, *extra):
-    return [sys.executable, "-m", "maepp.export", "--workdir", str(run), "--input", str(inputs),
-            "--output", str(output), "--block_clips", "40", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "maepp.export",
+        "--workdir",
+        str(run),
+        "--input",
+        str(inputs),
+        "--output",
+        str(output),
+        "--block_clips",
+        "40",
+        *extra,
+    ]
 
 
 @pytest.mark.e2e
 def test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks(repo_root, trained_run, clips_400, tmp_path):
     output, block_1 = tmp_path / "out.npz", PausePoint(tmp_path, "exported@1")
-    process = subprocess.Popen(_export_command(trained_run, clips_400, output), cwd=repo_root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, **block_1.environment))
+    process = subprocess.Popen(
+        _export_command(trained_run, clips_400, output),
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, **block_1.environment),
+    )
     parts = tmp_path / "out.npz.parts"
     block_1.wait(process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
-    assert err.strip().splitlines()[-1] == ("maepp.export: interrupted; what was finished is kept, and the same "
-                                            "command goes on from it")
+    assert err.strip().splitlines()[-1] == (
+        "maepp.export: interrupted; what was finished is kept, and the same command goes on from it"
+    )
     assert sorted(p.name for p in parts.glob("block_*")) == ["block_000000.npz", "block_000001.npz"]
     assert not output.exists() and not list(parts.glob("*.tmp"))
 
 
 @pytest.mark.e2e
-def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(repo_root, trained_run, clips_400,
-                                                                            tmp_path):
+def test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export(
+    repo_root, trained_run, clips_400, tmp_path
+):
     reference = tmp_path / "reference.npz"
-    subprocess.run(_export_command(trained_run, clips_400, reference), cwd=repo_root, check=True,
-                   capture_output=True)
+    subprocess.run(_export_command(trained_run, clips_400, reference), cwd=repo_root, check=True, capture_output=True)
     output, block_4 = tmp_path / "restarted.npz", PausePoint(tmp_path, "exported@4")
-    process = subprocess.Popen(_export_command(trained_run, clips_400, output), cwd=repo_root,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               env=dict(os.environ, **block_4.environment))
+    process = subprocess.Popen(
+        _export_command(trained_run, clips_400, output),
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(os.environ, **block_4.environment),
+    )
     parts = tmp_path / "restarted.npz.parts"
     block_4.wait(process)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not output.exists() and len(list(parts.glob("block_*.npz"))) == 5
     assert not list(parts.glob("*.tmp"))  # a block is whole or absent
-    finished = subprocess.run(_export_command(trained_run, clips_400, output), cwd=repo_root, check=True,
-                              capture_output=True, text=True)
+    finished = subprocess.run(
+        _export_command(trained_run, clips_400, output), cwd=repo_root, check=True, capture_output=True, text=True
+    )
     assert "399 clips embedded" in finished.stdout and "1 skipped" in finished.stdout
     assert "clip_0200.wav" in finished.stderr  # the bad clip is named
     got, want = np.load(output), np.load(reference)
@@ -154,12 +178,15 @@ np.save({str(tmp_path / "frames.npy")!r}, frames)
     assert embed.load(directory).frame_size == 320
 
 
-
 def test_a_clip_at_another_rate_or_with_channels_is_refused_not_embedded():
     from maepp.audio import filterbanks
 
-    embedder = embed.Embedder(lambda batch: np.zeros((len(batch), 50, 8), np.float32), frame_size=8,
-                        filterbank=filterbanks.mel_filterbank(), batch_size=2)
+    embedder = embed.Embedder(
+        lambda batch: np.zeros((len(batch), 50, 8), np.float32),
+        frame_size=8,
+        filterbank=filterbanks.mel_filterbank(),
+        batch_size=2,
+    )
     second = np.zeros(SAMPLE_RATE)
     assert embedder.frames(second, SAMPLE_RATE).shape == (26, 8)  # 101 log-mel frames -> ceil(101 / 4)
     with pytest.raises(ValueError, match=r"sample_rate=22050: .* librosa.resample\(waveform, orig_sr=22050"):
@@ -176,8 +203,12 @@ def test_a_long_clips_memory_is_its_log_mel_and_embeddings_not_its_spectra():
 
     from maepp.audio import filterbanks
 
-    embedder = embed.Embedder(lambda batch: np.zeros((len(batch), 50, 320), np.float32), frame_size=320,
-                              filterbank=filterbanks.mel_filterbank(), batch_size=64)
+    embedder = embed.Embedder(
+        lambda batch: np.zeros((len(batch), 50, 320), np.float32),
+        frame_size=320,
+        filterbank=filterbanks.mel_filterbank(),
+        batch_size=64,
+    )
     waveform = (0.3 * np.sin(np.arange(600 * SAMPLE_RATE) * 0.05)).astype(np.float32)
     tracemalloc.start()
     try:

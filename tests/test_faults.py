@@ -3,6 +3,7 @@
 The table is made from FAULTS below (`python -m tests.test_faults > docs/reliability.md`), and a
 test holds the file to it, so the page cannot drift from what is tested.
 """
+
 import dataclasses
 import json
 import os
@@ -63,155 +64,280 @@ BAD_CONFIGS = [
 MISSPELT = {
     "--config.batchsize=16": "maepp.train: --config.batchsize: no field 'batchsize'; did you mean 'batch_size'?",
     "--config.model.mask_ration=0.7": "maepp.train: --config.model.mask_ration: no field 'model.mask_ration'; "
-                                      "did you mean 'model.mask_ratio'?",
+    "did you mean 'model.mask_ratio'?",
     "--config=configs/audiomaepp.py:mirco": "maepp.train: --config configs/audiomaepp.py:mirco: unknown model size "
-                                            "'mirco'; choose one of micro, tiny, small, medium, base, large, huge; "
-                                            "did you mean 'micro'?",
+    "'mirco'; choose one of micro, tiny, small, medium, base, large, huge; "
+    "did you mean 'micro'?",
     "--config.eval_every=5": "maepp.train: --config.eval_every: moved to --config.evals.held_out.every (the "
-                             "evaluators are config.evals)",
+    "evaluators are config.evals)",
 }
 
 
 FAULTS = [
-    Fault("SIGKILL right after an evaluation, before the checkpoint that follows it", "the re-run resumes from "
-          "the step before and redraws that evaluation's picture over the killed run's", "everything",
-          "test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_run"),
-    Fault("a second run started on a workdir in use", "`maepp.train: W is in use by another run (pid P on H, "
-          "started T) ...` before anything is compiled; the first run goes on", "the first run, untouched",
-          "test_a_second_run_on_a_workdir_in_use_is_refused"),
-    Fault("the run holding a workdir was killed (SIGKILL) without letting go", "the next run takes the workdir over",
-          "all checkpoints", "test_a_killed_runs_workdir_is_taken_over"),
-    Fault("newest checkpoint damaged: truncated array file", "a line naming the step and why; resumes from the one "
-          "before, the damaged one moved to `<step>.damaged-<time>`", "every older step; the damaged one, set aside",
-          "test_a_damaged_newest_checkpoint_is_skipped[truncated]"),
-    Fault("newest checkpoint damaged: garbage in `state/_METADATA`", "as above", "as above",
-          "test_a_damaged_newest_checkpoint_is_skipped[metadata]"),
-    Fault("newest checkpoint damaged: an empty step directory", "as above", "as above",
-          "test_a_damaged_newest_checkpoint_is_skipped[empty]"),
-    Fault("export or hear with the newest checkpoint damaged", "a line naming the skipped step; the newest that "
-          "restores is used", "everything", "test_export_weights_skip_a_damaged_newest_checkpoint"),
-    Fault("the disk fills while a checkpoint is written (files capped at 48 KB)", "one line: which save failed, the "
-          "newest complete checkpoint, and to re-run the same command after freeing space; exit status 1",
-          "every complete checkpoint", "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[checkpoint]"),
-    Fault("the disk fills while a held-out picture is written, before any checkpoint (files capped at 48 KB)",
-          "one line, exit status 1: `maepp.train: out of space (File too large: WORKDIR/pictures/step_0000005.png); "
-          "the newest complete checkpoint is none in DIR. Free space, then re-run the same command to resume from "
-          "it`", "every complete checkpoint; no part of the picture is left",
-          "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[picture]"),
-    Fault("a batch that does not divide over the devices (4 fake devices)", "one line naming config.batch_size and "
-          "the multiple it needs; the process exits at once", "nothing was written", "test_bad_config_fails_fast"),
-    *[Fault(f"`--config.{field}={value}`", f"one line: `config.{field}={value!r}: {message} ...`, before compilation",
-            "nothing was written", f"test_bad_configs_are_one_line_before_compilation[{field}={value}]")
-      for field, value, message in BAD_CONFIGS],
-    *[Fault(f"`{argument}` (a misspelt field or size)", f"`{message}`", "nothing was written",
-            f"test_a_misspelt_config_field_or_size_is_one_line_naming_the_nearest[{argument}]")
-      for argument, message in MISSPELT.items()],
-    Fault("export `--output` naming a file export did not write (a text file)", "one line before any work: "
-          "`... exists and was not written by maepp.export; pass --overwrite ...`", "the file",
-          "test_export_refuses_outputs_it_did_not_write[file]"),
-    Fault("export `--output` naming an existing directory", "one line before any work", "the directory",
-          "test_export_refuses_outputs_it_did_not_write[directory]"),
-    Fault("a leftover `OUT.npz.parts/` holding someone's files (no plan.json)", "one line before any work: move it "
-          "away", "the folder and its files (export never deletes a folder it did not make)",
-          "test_export_refuses_outputs_it_did_not_write[parts]"),
-    Fault("a file name that is not valid UTF-8, and a symlink loop, in prepare's or export's input folder",
-          "both left out, each named with the reason (manifest.json's `skipped`, and the log)",
-          "every other file, prepared", "test_odd_file_names_and_symlink_loops_are_left_out_by_name"),
-    Fault("`prepare --name ../../x`", "one line: `--name '../../x': use lower-case letters, digits and _ ...`",
-          "nothing is written outside `--output`", "test_prepare_names_stay_inside_the_output"),
-    Fault("`maepp.weights.convert` of a checkpoint as the release's trainer writes it "
-          "(`{'model': ..., 'args': argparse.Namespace(...)}`)", "it imports; the Namespace is read as inert data",
-          "everything", "test_convert_reads_trainer_checkpoints_and_refuses_code[trainer]"),
-    Fault("`maepp.weights.convert` of a pickle that would run code (`os.system`)", "one line: `... asks to run "
-          "posix.system when loaded ...; refusing it`", "nothing runs, nothing is written",
-          "test_convert_reads_trainer_checkpoints_and_refuses_code[malicious]"),
-    Fault("SIGTERM to one of two processes", "both stop at one agreed step, save it and exit 0",
-          "the saved step; the run resumes from it on one process (`resumed step N saved by 2 processes on 1 "
-          "processes`) with the uninterrupted run's losses",
-          "tests/test_train.py::test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resumes_on_one"),
-    Fault("two runs started together on one gs:// workdir", "one holds it; the other: `... is in use by another run "
-          "(pid P on H, started T) ...`", "the first run, untouched",
-          "tests/test_gcs.py::test_of_two_runs_starting_together_exactly_one_holds_the_workdir"),
-    Fault("a gs:// workdir's lease taken over by another run", "one line, exit status 1: `maepp.train: "
-          "gs://B/W/lock.json was taken over by another run (pid P on H, ...); this run stopped before its next save`",
-          "every checkpoint it had written",
-          "tests/test_gcs.py::test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run"),
-    Fault("a run on a gs:// workdir killed (SIGKILL)", "the next run waits out what is left of the dead run's "
-          "lease (`... waiting up to N s for its lease to run out ...`; alone in "
-          "`test_a_dead_runs_lease_is_waited_out_then_taken_over`), takes it over and resumes",
-          "the run: its final parameters equal an uninterrupted run's bit for bit",
-          "tests/test_gcs.py::test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run"),
-    Fault("a shard of a prepared dataset deleted, another truncated", "one line before anything runs, naming "
-          "each: `... 2 of 3 shards do not match manifest.json: F (missing), G (1,000 bytes, not N) ...`",
-          "the data, untouched", "tests/test_prepare.py::test_a_missing_or_truncated_shard_is_refused_naming_it"),
-    Fault("`maepp.data.prepare --workers 2` (Beam's local runner, two worker processes) killed (SIGKILL to all) "
-          "after two shards", "the same command resumes: finished shards are kept; it prints its progress bar and "
-          "summary, nothing else", "the output, byte for byte what an uninterrupted run writes",
-          "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
-          "killed_run_resumes_to_it"),
-    Fault("Ctrl-C (to the whole process group, as a terminal sends it) as `maepp.data.prepare --workers 2` starts "
-          "its worker processes", "one line (`maepp.data.prepare: interrupted; what was finished is kept ...`), exit "
-          "130 in about a second; the workers ignore Ctrl-C and end with prepare's connection; their log file is "
-          "removed", "the finished shards; the same command goes on to an uninterrupted run's bytes",
-          "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
-          "killed_run_resumes_to_it"),
-    Fault("ArrayRecord shards that would hold more files open than the hard limit allows", "one line before "
-          "compiling, naming both numbers and the fix", "nothing was written",
-          "test_more_shards_than_open_files_allowed_is_one_line"),
-    Fault("a gs:// run killed (SIGKILL) during its final save, its files written but not committed",
-          "the same command resumes from the newest committed step and saves the last one again (a step without "
-          "Orbax's commit_success.txt is never taken for a finished run)",
-          "the run: its final parameters equal an uninterrupted run's bit for bit",
-          "tests/test_gcs.py::test_a_gs_run_killed_during_its_final_save_finishes_it_again"),
-    Fault("a process of a two-process job killed (SIGKILL)", "the other prints one line and exits: `maepp.train: a "
-          "collective failed: another process of the job stopped (...)` or, when JAX's heartbeat check notices "
-          "first, `maepp.train: process 1 stopped answering (JAX's report: FILE)`, then `; this process stopped too. "
-          "The newest complete checkpoint is step N in DIR; the same command resumes from it ...: COMMAND`",
-          "every complete checkpoint", "tests/test_train.py::test_a_process_that_loses_the_other_says_so_in_one_line"),
-    Fault("the same, under `launch/local.sh --max_restarts 1`", "`local.sh: a training process exited with status "
-          "137; the others were stopped; restart 1 of 1, from the newest checkpoint`; the job resumes",
-          "the run: its final parameters equal an uninterrupted run's bit for bit; run_info.jsonl counts the restart",
-          "tests/test_train.py::test_a_job_that_lost_a_process_is_restarted_by_its_launcher_and_ends_as_if_"
-          "uninterrupted"),
-    Fault("a storm of 3 SIGKILLs and 3 Ctrl-Cs: SIGKILL at a random moment of start-up and while a save is written "
-          "but not committed; Ctrl-C after a random step; Ctrl-C twice, the second while the save the first asked "
-          "for is written; SIGKILL after the last evaluation, its save written but not committed (checkpoints "
-          "every 10 steps)",
-          "each re-run resumes from the newest complete checkpoint; unfinished saves are removed. Ctrl-C: one line, "
-          "exit status 130: `maepp.train: stopped by Ctrl-C after saving step N in DIR; the same command resumes "
-          "from it`; a second Ctrl-C: `maepp.train: interrupted again: exiting now; the newest complete checkpoint "
-          "is step N in DIR`",
-          "the run: every step's loss, the held-out loss and the final parameters equal the uninterrupted run's "
-          "bit for bit",
-          "test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_run"),
-    Fault("an internal fault mid-run (the pictures folder's path taken by a file, found at the first evaluation)",
-          "its traceback, then one line: `stopped by the error above. The newest complete checkpoint is step N in "
-          "DIR; once the cause is fixed, resume from it with: COMMAND`; a save in flight is let finish",
-          "every complete checkpoint; the printed command is the one that was run",
-          "test_an_internal_fault_names_what_survived_and_the_command_that_resumes"),
-    Fault("Ctrl-C during `maepp.export`", "one line, exit status 130: `maepp.export: interrupted; what was finished "
-          "is kept, and the same command goes on from it`", "every finished block; the same command resumes "
-          "from them (as after a SIGKILL: test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export)",
-          "tests/test_export.py::test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks"),
-    Fault("a prepared clip's stored bytes overwritten (0xFF: float16 NaN), as by a bad sector",
-          "`config.data.damaged_clips='stop'` (the default): one line naming the shard, the clip's index and name, "
-          "the value, and both ways on; `'skip'`: the clips that stand in for it are read, and it is counted in "
-          "`skipped_clips`", "every other clip; nothing damaged reaches a step",
-          "tests/test_prepare.py::test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted"),
-    Fault("a long clip embedded (maepp.export, maepp.hear and evaluate share the path): 10 minutes of audio",
-          "nothing: the front end takes it in blocks of 2,048 frames",
-          "memory: a peak of 70 MB measured (about 0.4 GB an hour of audio: the float32 log-mel, its chunks, the "
-          "embeddings, one block's spectra) besides the decoded audio (0.23 GB an hour); the whole-clip float64 "
-          "STFT took 673 MB for the same clip (4 GB an hour)",
-          "tests/test_export.py::test_a_long_clips_memory_is_its_log_mel_and_embeddings_not_its_spectra"),
+    Fault(
+        "SIGKILL right after an evaluation, before the checkpoint that follows it",
+        "the re-run resumes from the step before and redraws that evaluation's picture over the killed run's",
+        "everything",
+        "test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_run",
+    ),
+    Fault(
+        "a second run started on a workdir in use",
+        "`maepp.train: W is in use by another run (pid P on H, "
+        "started T) ...` before anything is compiled; the first run goes on",
+        "the first run, untouched",
+        "test_a_second_run_on_a_workdir_in_use_is_refused",
+    ),
+    Fault(
+        "the run holding a workdir was killed (SIGKILL) without letting go",
+        "the next run takes the workdir over",
+        "all checkpoints",
+        "test_a_killed_runs_workdir_is_taken_over",
+    ),
+    Fault(
+        "newest checkpoint damaged: truncated array file",
+        "a line naming the step and why; resumes from the one before, the damaged one moved to `<step>.damaged-<time>`",
+        "every older step; the damaged one, set aside",
+        "test_a_damaged_newest_checkpoint_is_skipped[truncated]",
+    ),
+    Fault(
+        "newest checkpoint damaged: garbage in `state/_METADATA`",
+        "as above",
+        "as above",
+        "test_a_damaged_newest_checkpoint_is_skipped[metadata]",
+    ),
+    Fault(
+        "newest checkpoint damaged: an empty step directory",
+        "as above",
+        "as above",
+        "test_a_damaged_newest_checkpoint_is_skipped[empty]",
+    ),
+    Fault(
+        "export or hear with the newest checkpoint damaged",
+        "a line naming the skipped step; the newest that restores is used",
+        "everything",
+        "test_export_weights_skip_a_damaged_newest_checkpoint",
+    ),
+    Fault(
+        "the disk fills while a checkpoint is written (files capped at 48 KB)",
+        "one line: which save failed, the "
+        "newest complete checkpoint, and to re-run the same command after freeing space; exit status 1",
+        "every complete checkpoint",
+        "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[checkpoint]",
+    ),
+    Fault(
+        "the disk fills while a held-out picture is written, before any checkpoint (files capped at 48 KB)",
+        "one line, exit status 1: `maepp.train: out of space (File too large: WORKDIR/pictures/step_0000005.png); "
+        "the newest complete checkpoint is none in DIR. Free space, then re-run the same command to resume from "
+        "it`",
+        "every complete checkpoint; no part of the picture is left",
+        "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[picture]",
+    ),
+    Fault(
+        "a batch that does not divide over the devices (4 fake devices)",
+        "one line naming config.batch_size and the multiple it needs; the process exits at once",
+        "nothing was written",
+        "test_bad_config_fails_fast",
+    ),
+    *[
+        Fault(
+            f"`--config.{field}={value}`",
+            f"one line: `config.{field}={value!r}: {message} ...`, before compilation",
+            "nothing was written",
+            f"test_bad_configs_are_one_line_before_compilation[{field}={value}]",
+        )
+        for field, value, message in BAD_CONFIGS
+    ],
+    *[
+        Fault(
+            f"`{argument}` (a misspelt field or size)",
+            f"`{message}`",
+            "nothing was written",
+            f"test_a_misspelt_config_field_or_size_is_one_line_naming_the_nearest[{argument}]",
+        )
+        for argument, message in MISSPELT.items()
+    ],
+    Fault(
+        "export `--output` naming a file export did not write (a text file)",
+        "one line before any work: `... exists and was not written by maepp.export; pass --overwrite ...`",
+        "the file",
+        "test_export_refuses_outputs_it_did_not_write[file]",
+    ),
+    Fault(
+        "export `--output` naming an existing directory",
+        "one line before any work",
+        "the directory",
+        "test_export_refuses_outputs_it_did_not_write[directory]",
+    ),
+    Fault(
+        "a leftover `OUT.npz.parts/` holding someone's files (no plan.json)",
+        "one line before any work: move it away",
+        "the folder and its files (export never deletes a folder it did not make)",
+        "test_export_refuses_outputs_it_did_not_write[parts]",
+    ),
+    Fault(
+        "a file name that is not valid UTF-8, and a symlink loop, in prepare's or export's input folder",
+        "both left out, each named with the reason (manifest.json's `skipped`, and the log)",
+        "every other file, prepared",
+        "test_odd_file_names_and_symlink_loops_are_left_out_by_name",
+    ),
+    Fault(
+        "`prepare --name ../../x`",
+        "one line: `--name '../../x': use lower-case letters, digits and _ ...`",
+        "nothing is written outside `--output`",
+        "test_prepare_names_stay_inside_the_output",
+    ),
+    Fault(
+        "`maepp.weights.convert` of a checkpoint as the release's trainer writes it "
+        "(`{'model': ..., 'args': argparse.Namespace(...)}`)",
+        "it imports; the Namespace is read as inert data",
+        "everything",
+        "test_convert_reads_trainer_checkpoints_and_refuses_code[trainer]",
+    ),
+    Fault(
+        "`maepp.weights.convert` of a pickle that would run code (`os.system`)",
+        "one line: `... asks to run posix.system when loaded ...; refusing it`",
+        "nothing runs, nothing is written",
+        "test_convert_reads_trainer_checkpoints_and_refuses_code[malicious]",
+    ),
+    Fault(
+        "SIGTERM to one of two processes",
+        "both stop at one agreed step, save it and exit 0",
+        "the saved step; the run resumes from it on one process (`resumed step N saved by 2 processes on 1 "
+        "processes`) with the uninterrupted run's losses",
+        "tests/test_train.py::test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resumes_on_one",
+    ),
+    Fault(
+        "two runs started together on one gs:// workdir",
+        "one holds it; the other: `... is in use by another run (pid P on H, started T) ...`",
+        "the first run, untouched",
+        "tests/test_gcs.py::test_of_two_runs_starting_together_exactly_one_holds_the_workdir",
+    ),
+    Fault(
+        "a gs:// workdir's lease taken over by another run",
+        "one line, exit status 1: `maepp.train: "
+        "gs://B/W/lock.json was taken over by another run (pid P on H, ...); this run stopped before its next save`",
+        "every checkpoint it had written",
+        "tests/test_gcs.py::test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run",
+    ),
+    Fault(
+        "a run on a gs:// workdir killed (SIGKILL)",
+        "the next run waits out what is left of the dead run's "
+        "lease (`... waiting up to N s for its lease to run out ...`; alone in "
+        "`test_a_dead_runs_lease_is_waited_out_then_taken_over`), takes it over and resumes",
+        "the run: its final parameters equal an uninterrupted run's bit for bit",
+        "tests/test_gcs.py::test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run",
+    ),
+    Fault(
+        "a shard of a prepared dataset deleted, another truncated",
+        "one line before anything runs, naming "
+        "each: `... 2 of 3 shards do not match manifest.json: F (missing), G (1,000 bytes, not N) ...`",
+        "the data, untouched",
+        "tests/test_prepare.py::test_a_missing_or_truncated_shard_is_refused_naming_it",
+    ),
+    Fault(
+        "`maepp.data.prepare --workers 2` (Beam's local runner, two worker processes) killed (SIGKILL to all) "
+        "after two shards",
+        "the same command resumes: finished shards are kept; it prints its progress bar and summary, nothing else",
+        "the output, byte for byte what an uninterrupted run writes",
+        "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
+        "killed_run_resumes_to_it",
+    ),
+    Fault(
+        "Ctrl-C (to the whole process group, as a terminal sends it) as `maepp.data.prepare --workers 2` starts "
+        "its worker processes",
+        "one line (`maepp.data.prepare: interrupted; what was finished is kept ...`), exit "
+        "130 in about a second; the workers ignore Ctrl-C and end with prepare's connection; their log file is "
+        "removed",
+        "the finished shards; the same command goes on to an uninterrupted run's bytes",
+        "tests/test_prepare.py::test_beam_with_two_workers_writes_what_one_process_writes_and_a_"
+        "killed_run_resumes_to_it",
+    ),
+    Fault(
+        "ArrayRecord shards that would hold more files open than the hard limit allows",
+        "one line before compiling, naming both numbers and the fix",
+        "nothing was written",
+        "test_more_shards_than_open_files_allowed_is_one_line",
+    ),
+    Fault(
+        "a gs:// run killed (SIGKILL) during its final save, its files written but not committed",
+        "the same command resumes from the newest committed step and saves the last one again (a step without "
+        "Orbax's commit_success.txt is never taken for a finished run)",
+        "the run: its final parameters equal an uninterrupted run's bit for bit",
+        "tests/test_gcs.py::test_a_gs_run_killed_during_its_final_save_finishes_it_again",
+    ),
+    Fault(
+        "a process of a two-process job killed (SIGKILL)",
+        "the other prints one line and exits: `maepp.train: a "
+        "collective failed: another process of the job stopped (...)` or, when JAX's heartbeat check notices "
+        "first, `maepp.train: process 1 stopped answering (JAX's report: FILE)`, then `; this process stopped too. "
+        "The newest complete checkpoint is step N in DIR; the same command resumes from it ...: COMMAND`",
+        "every complete checkpoint",
+        "tests/test_train.py::test_a_process_that_loses_the_other_says_so_in_one_line",
+    ),
+    Fault(
+        "the same, under `launch/local.sh --max_restarts 1`",
+        "`local.sh: a training process exited with status "
+        "137; the others were stopped; restart 1 of 1, from the newest checkpoint`; the job resumes",
+        "the run: its final parameters equal an uninterrupted run's bit for bit; run_info.jsonl counts the restart",
+        "tests/test_train.py::test_a_job_that_lost_a_process_is_restarted_by_its_launcher_and_ends_as_if_uninterrupted",
+    ),
+    Fault(
+        "a storm of 3 SIGKILLs and 3 Ctrl-Cs: SIGKILL at a random moment of start-up and while a save is written "
+        "but not committed; Ctrl-C after a random step; Ctrl-C twice, the second while the save the first asked "
+        "for is written; SIGKILL after the last evaluation, its save written but not committed (checkpoints "
+        "every 10 steps)",
+        "each re-run resumes from the newest complete checkpoint; unfinished saves are removed. Ctrl-C: one line, "
+        "exit status 130: `maepp.train: stopped by Ctrl-C after saving step N in DIR; the same command resumes "
+        "from it`; a second Ctrl-C: `maepp.train: interrupted again: exiting now; the newest complete checkpoint "
+        "is step N in DIR`",
+        "the run: every step's loss, the held-out loss and the final parameters equal the uninterrupted run's "
+        "bit for bit",
+        "test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_run",
+    ),
+    Fault(
+        "an internal fault mid-run (the pictures folder's path taken by a file, found at the first evaluation)",
+        "its traceback, then one line: `stopped by the error above. The newest complete checkpoint is step N in "
+        "DIR; once the cause is fixed, resume from it with: COMMAND`; a save in flight is let finish",
+        "every complete checkpoint; the printed command is the one that was run",
+        "test_an_internal_fault_names_what_survived_and_the_command_that_resumes",
+    ),
+    Fault(
+        "Ctrl-C during `maepp.export`",
+        "one line, exit status 130: `maepp.export: interrupted; what was finished "
+        "is kept, and the same command goes on from it`",
+        "every finished block; the same command resumes "
+        "from them (as after a SIGKILL: test_export_killed_halfway_and_restarted_equals_an_uninterrupted_export)",
+        "tests/test_export.py::test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks",
+    ),
+    Fault(
+        "a prepared clip's stored bytes overwritten (0xFF: float16 NaN), as by a bad sector",
+        "`config.data.damaged_clips='stop'` (the default): one line naming the shard, the clip's index and name, "
+        "the value, and both ways on; `'skip'`: the clips that stand in for it are read, and it is counted in "
+        "`skipped_clips`",
+        "every other clip; nothing damaged reaches a step",
+        "tests/test_prepare.py::test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted",
+    ),
+    Fault(
+        "a long clip embedded (maepp.export, maepp.hear and evaluate share the path): 10 minutes of audio",
+        "nothing: the front end takes it in blocks of 2,048 frames",
+        "memory: a peak of 70 MB measured (about 0.4 GB an hour of audio: the float32 log-mel, its chunks, the "
+        "embeddings, one block's spectra) besides the decoded audio (0.23 GB an hour); the whole-clip float64 "
+        "STFT took 673 MB for the same clip (4 GB an hour)",
+        "tests/test_export.py::test_a_long_clips_memory_is_its_log_mel_and_embeddings_not_its_spectra",
+    ),
 ]
 
 
 def reliability_page() -> str:
-    lines = ["# Faults tried, what the user sees, and what survives", "",
-             "Made from `tests/test_faults.py` (`python -m tests.test_faults > docs/reliability.md`); each row is "
-             "a test that injects the fault into a real run and checks the outcome.", "",
-             "| fault | what the user sees | what survives | test |", "| --- | --- | --- | --- |"]
+    lines = [
+        "# Faults tried, what the user sees, and what survives",
+        "",
+        "Made from `tests/test_faults.py` (`python -m tests.test_faults > docs/reliability.md`); each row is "
+        "a test that injects the fault into a real run and checks the outcome.",
+        "",
+        "| fault | what the user sees | what survives | test |",
+        "| --- | --- | --- | --- |",
+    ]
     for f in FAULTS:
         test = f.test if "::" in f.test else f"tests/test_faults.py::{f.test}"
         lines.append(f"| {f.fault} | {f.user_sees} | {f.survives} | `{test}` |")
@@ -220,8 +346,9 @@ def reliability_page() -> str:
 
 @pytest.mark.e2e
 def test_the_reliability_page_is_made_from_this_table(repo_root):
-    assert (repo_root / "docs" / "reliability.md").read_text() == reliability_page(), \
+    assert (repo_root / "docs" / "reliability.md").read_text() == reliability_page(), (
         "docs/reliability.md is stale: python -m tests.test_faults > docs/reliability.md"
+    )
 
 
 def _copy_run(trained_run, tmp_path):
@@ -311,15 +438,36 @@ def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, 
     arrays go in each, and the file holding a 64 KB kernel fails), nor does a held-out picture
     (about 200 KB), which comes first when an evaluation precedes the first save. SIGXFSZ is
     ignored, so a too-large write fails (EFBIG) instead of killing."""
-    evaluation = ["--config.evals.held_out.every=5", "--config.evals.held_out.source=synthetic:16:1",
-                  "--config.evals.held_out.batch_size=8"] if first_write == "picture" else \
-        ["--config.evals.held_out.source="]
-    command = " ".join(shlex.quote(word) for word in train_command(
-        tmp_path / "full", "--config.total_steps=12", "--config.warmup_steps=1", "--config.checkpoint_every=10",
-        "--config.log_every=5", "--config.batch_size=8", *evaluation))
+    evaluation = (
+        [
+            "--config.evals.held_out.every=5",
+            "--config.evals.held_out.source=synthetic:16:1",
+            "--config.evals.held_out.batch_size=8",
+        ]
+        if first_write == "picture"
+        else ["--config.evals.held_out.source="]
+    )
+    command = " ".join(
+        shlex.quote(word)
+        for word in train_command(
+            tmp_path / "full",
+            "--config.total_steps=12",
+            "--config.warmup_steps=1",
+            "--config.checkpoint_every=10",
+            "--config.log_every=5",
+            "--config.batch_size=8",
+            *evaluation,
+        )
+    )
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR="")  # the cache's files would hit the cap too
-    result = subprocess.run(["bash", "-c", f"ulimit -f 48; trap '' XFSZ; exec {command}"], cwd=repo_root,
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        ["bash", "-c", f"ulimit -f 48; trap '' XFSZ; exec {command}"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert "stopped at step" not in result.stdout
@@ -330,8 +478,10 @@ def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, 
         assert newest == "none" or (tmp_path / "full" / "checkpoints" / newest.split()[1] / "state").is_dir()
         return
     picture = tmp_path / "full" / "pictures" / "step_0000005.png"
-    assert last == (f"maepp.train: out of space (File too large: {picture}); the newest complete checkpoint is none in "
-                    f"{tmp_path / 'full' / 'checkpoints'}. Free space, then re-run the same command to resume from it")
+    assert last == (
+        f"maepp.train: out of space (File too large: {picture}); the newest complete checkpoint is none in "
+        f"{tmp_path / 'full' / 'checkpoints'}. Free space, then re-run the same command to resume from it"
+    )
     assert list(picture.parent.iterdir()) == []  # no part of the picture is left
 
 
@@ -341,11 +491,19 @@ class _Launch:
 
     def __init__(self, repo_root, workdir, overrides, *pauses):
         self.started = time.monotonic()
-        self.process = subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, text=True, env=dict(os.environ, **paused_at(*pauses)))
+        self.process = subprocess.Popen(
+            train_command(workdir, *overrides),
+            cwd=repo_root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ, **paused_at(*pauses)),
+        )
         self.lines, self.errors = [], []
-        self._readers = [threading.Thread(target=lines.extend, args=(stream,), daemon=True)
-                         for stream, lines in ((self.process.stdout, self.lines), (self.process.stderr, self.errors))]
+        self._readers = [
+            threading.Thread(target=lines.extend, args=(stream,), daemon=True)
+            for stream, lines in ((self.process.stdout, self.lines), (self.process.stderr, self.errors))
+        ]
         for reader in self._readers:
             reader.start()
 
@@ -438,8 +596,10 @@ def _stopped_by_ctrl_c(repo_root, workdir, overrides, tmp_path, after: int) -> l
     line = once.last_error()
     assert once.process.returncode == 130, once.errors[-5:]
     saved = after + 1
-    assert line == (f"maepp.train: stopped by Ctrl-C after saving step {saved} in {workdir / 'checkpoints'}; the "
-                    "same command resumes from it")
+    assert line == (
+        f"maepp.train: stopped by Ctrl-C after saving step {saved} in {workdir / 'checkpoints'}; the "
+        "same command resumes from it"
+    )
     assert checkpoints.complete_steps(workdir)[-1] == saved and _unfinished_saves(workdir) == []
 
     logged, during_save = PausePoint(tmp_path, f"logged@{saved + 1}"), PausePoint(tmp_path, f"save_written@{saved + 2}")
@@ -449,8 +609,10 @@ def _stopped_by_ctrl_c(repo_root, workdir, overrides, tmp_path, after: int) -> l
     twice.process.send_signal(signal.SIGINT)
     line = twice.last_error()
     assert twice.process.returncode == 130, twice.errors[-5:]
-    assert line == f"maepp.train: interrupted again: exiting now; the newest complete checkpoint is " \
-                   f"step {saved} in {workdir / 'checkpoints'}"
+    assert (
+        line == f"maepp.train: interrupted again: exiting now; the newest complete checkpoint is "
+        f"step {saved} in {workdir / 'checkpoints'}"
+    )
     assert checkpoints.complete_steps(workdir)[-1] == saved and _unfinished_saves(workdir)  # the next run removes it
     return once.resumed_from() + twice.resumed_from()
 
@@ -459,10 +621,17 @@ def _stopped_by_ctrl_c(repo_root, workdir, overrides, tmp_path, after: int) -> l
 def test_an_internal_fault_names_what_survived_and_the_command_that_resumes(repo_root, tmp_path):
     workdir = tmp_path / "w"
     # tests/test_loop.py's run: the same compiled steps, from the compilation cache.
-    command = train_command(workdir, "--config.total_steps=10", "--config.warmup_steps=1",
-                            "--config.checkpoint_every=4", "--config.evals.held_out.every=5", "--config.log_every=7",
-                            "--config.evals.held_out.source=synthetic:16:1", "--config.batch_size=8",
-                            "--config.evals.held_out.batch_size=8")
+    command = train_command(
+        workdir,
+        "--config.total_steps=10",
+        "--config.warmup_steps=1",
+        "--config.checkpoint_every=4",
+        "--config.evals.held_out.every=5",
+        "--config.log_every=7",
+        "--config.evals.held_out.source=synthetic:16:1",
+        "--config.batch_size=8",
+        "--config.evals.held_out.batch_size=8",
+    )
     workdir.mkdir()
     (workdir / "pictures").write_text("a file where the run's pictures folder goes")
     result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=300)
@@ -470,8 +639,10 @@ def test_an_internal_fault_names_what_survived_and_the_command_that_resumes(repo
     *traceback, last = result.stderr.strip().splitlines()
     assert any("pictures" in line and "Error" in line for line in traceback), result.stderr[-2000:]
     survived = f"step 4 in {workdir / 'checkpoints'}"  # the first evaluation, at step 5
-    assert last == (f"maepp.train: stopped by the error above. The newest complete checkpoint is {survived}; once the "
-                    f"cause is fixed, resume from it with: {shlex.join(command)}")
+    assert last == (
+        f"maepp.train: stopped by the error above. The newest complete checkpoint is {survived}; once the "
+        f"cause is fixed, resume from it with: {shlex.join(command)}"
+    )
     assert (workdir / "checkpoints" / "4" / "state").is_dir() and _unfinished_saves(workdir) == []
 
 
@@ -496,8 +667,9 @@ def test_bad_config_fails_fast(repo_root, tmp_path):
     hang in the tf.data iterator's destructor), before it has loaded TensorFlow."""
     env = fake_devices_environment(4)
     python, *rest = train_command(tmp_path / "w", "--config.batch_size=6")
-    result = subprocess.run([python, "-X", "importtime", *rest], cwd=repo_root, env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run(
+        [python, "-X", "importtime", *rest], cwd=repo_root, env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     *imports, last = result.stderr.strip().splitlines()
     assert (
@@ -511,8 +683,9 @@ def test_bad_config_fails_fast(repo_root, tmp_path):
 @pytest.mark.e2e
 @pytest.mark.parametrize("argument", list(MISSPELT))
 def test_a_misspelt_config_field_or_size_is_one_line_naming_the_nearest(repo_root, tmp_path, argument):
-    result = subprocess.run(train_command(tmp_path / "w", argument), cwd=repo_root, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run(
+        train_command(tmp_path / "w", argument), cwd=repo_root, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 1
     assert result.stderr.strip() == MISSPELT[argument]
     assert not (tmp_path / "w").exists()
@@ -529,9 +702,23 @@ def test_export_refuses_outputs_it_did_not_write(repo_root, trained_run, tmp_pat
     else:
         (tmp_path / "out.npz.parts").mkdir()
         (tmp_path / "out.npz.parts" / "mine.txt").write_text("keep me")
-    result = subprocess.run([sys.executable, "-m", "maepp.export", "--workdir", str(trained_run), "--input",
-                             str(tmp_path / "nowhere"), "--output", str(output)],
-                            cwd=repo_root, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maepp.export",
+            "--workdir",
+            str(trained_run),
+            "--input",
+            str(tmp_path / "nowhere"),
+            "--output",
+            str(output),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("maepp.export: ") and ("move it away" if what == "parts" else "--output") in last
@@ -585,17 +772,36 @@ def test_convert_reads_trainer_checkpoints_and_refuses_code(repo_root, tmp_path,
     state_dict = {k: torch.from_numpy(v) for k, v in release.params_to_state_dict(params, spec).items()}
     extra = argparse.Namespace(lr=1e-4, model="mae_plusplus_micro") if kind == "trainer" else _Pwn()
     torch.save({"model": state_dict, "args": extra, "epoch": 99}, tmp_path / "ckpt.pth")
-    result = subprocess.run([sys.executable, "-m", "maepp.weights.convert", "--torch-checkpoint",
-                             str(tmp_path / "ckpt.pth"), "--config", "audiomaepp:micro", "--output",
-                             str(tmp_path / "imported")], cwd=repo_root, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maepp.weights.convert",
+            "--torch-checkpoint",
+            str(tmp_path / "ckpt.pth"),
+            "--config",
+            "audiomaepp:micro",
+            "--output",
+            str(tmp_path / "imported"),
+        ],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     if kind == "trainer":
         assert result.returncode == 0, result.stderr[-2000:]
         assert (tmp_path / "imported" / "config.json").exists()
     else:
         assert result.returncode == 1 and not (tmp_path / "pwned").exists()
-        assert result.stderr.strip().splitlines()[-1].endswith(
-            "asks to run posix.system when loaded, which is neither weights nor a known trainer record; refusing it "
-            "(only tensors, containers and argparse / ml_collections configs load)")
+        assert (
+            result.stderr.strip()
+            .splitlines()[-1]
+            .endswith(
+                "asks to run posix.system when loaded, which is neither weights nor a known trainer record; refusing it "
+                "(only tensors, containers and argparse / ml_collections configs load)"
+            )
+        )
         assert not (tmp_path / "imported").exists()
 
 
@@ -611,31 +817,41 @@ def test_more_shards_than_open_files_allowed_is_one_line(repo_root, tmp_path):
     clips = [(f"{i}.wav", synthetic_clip(np.random.default_rng(i), 2.0)[0]) for i in range(12)]
     out = write_legacy_dataset(clips, tmp_path / "data", clips_per_shard=1)
     result = subprocess.run(
-        train_command(tmp_path / "run", f"--config.data.source=records:{out}/*.array_record-*"), cwd=repo_root,
-        capture_output=True, text=True, timeout=300,
-        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (520, 520)))
+        train_command(tmp_path / "run", f"--config.data.source=records:{out}/*.array_record-*"),
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (520, 520)),
+    )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "maepp.train: config.data.source: its shards keep 12 files open, and with 512 more for the rest of the run "
         "that is 524, above this process's limit of 520 open files (soft limit raised to the hard one): raise the "
         "hard limit (ulimit -Hn 524, or nofile in /etc/security/limits.conf), or prepare the data again (layout "
-        "2.0.0 holds no file open)")
+        "2.0.0 holds no file open)"
+    )
     assert not (tmp_path / "run").exists()
 
 
 def _resume(repo_root, workdir, *overrides):
-    result = subprocess.run(train_command(workdir, *TRAINED_RUN, *overrides), cwd=repo_root, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        train_command(workdir, *TRAINED_RUN, *overrides), cwd=repo_root, capture_output=True, text=True, timeout=600
+    )
     return result.returncode, result.stdout, result.stderr.strip().splitlines()[-1] if result.stderr.strip() else ""
 
 
-@pytest.mark.parametrize("override,named", [
-    ("--config.model.encoder.width=128", "model.encoder.width 64 -> 128"),
-    ("--config.data.source=synthetic:64", "data.source 'synthetic' -> 'synthetic:64'"),
-])
+@pytest.mark.parametrize(
+    "override,named",
+    [
+        ("--config.model.encoder.width=128", "model.encoder.width 64 -> 128"),
+        ("--config.data.source=synthetic:64", "data.source 'synthetic' -> 'synthetic:64'"),
+    ],
+)
 @pytest.mark.e2e
-def test_resuming_with_settings_of_another_run_is_refused_and_the_run_kept(repo_root, trained_run, tmp_path,
-                                                                          override, named):
+def test_resuming_with_settings_of_another_run_is_refused_and_the_run_kept(
+    repo_root, trained_run, tmp_path, override, named
+):
     """A resume that would make another run (another model's shapes, another data source) is one
     line naming each change, and touches nothing: no checkpoint is called damaged or moved, and
     config.json keeps the run's settings."""
@@ -653,11 +869,13 @@ def test_resuming_with_settings_of_another_run_is_refused_and_the_run_kept(repo_
 def test_a_finished_run_run_again_says_so_in_one_line_without_compiling(repo_root, trained_run, tmp_path):
     workdir = _copy_run(trained_run, tmp_path)
     python, *rest = train_command(workdir, *TRAINED_RUN)
-    result = subprocess.run([python, "-X", "importtime", *rest], cwd=repo_root, capture_output=True, text=True,
-                            timeout=600)
+    result = subprocess.run(
+        [python, "-X", "importtime", *rest], cwd=repo_root, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0 and result.stdout.strip() == (
         f"maepp.train: {workdir} has finished: its newest checkpoint is step 60 of config.total_steps=60; to train "
-        "on, raise --config.total_steps")
+        "on, raise --config.total_steps"
+    )
     imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines()}  # Python's import log
     assert "maepp.checkpoints" in imported and not {"maepp.train_loop", "tensorflow"} & imported  # nothing built
 
@@ -667,8 +885,9 @@ def test_a_resumed_run_says_what_changed_and_what_it_does(repo_root, trained_run
     """Safe changes are resumed with, each said with its effect: a longer run recomputes the
     schedule; a change meant deliberately (--resume_with_changed) goes through."""
     workdir = _copy_run(trained_run, tmp_path)
-    code, out, _ = _resume(repo_root, workdir, "--config.total_steps=62", "--config.seed=3",
-                           "--resume_with_changed=seed")
+    code, out, _ = _resume(
+        repo_root, workdir, "--config.total_steps=62", "--config.seed=3", "--resume_with_changed=seed"
+    )
     assert code == 0 and "resumed from step 60 " in out
     assert "config.total_steps changed from 60 to 62: the cosine schedule is recomputed for the new length" in out
     assert "config.seed changed from 0 to 3: takes effect from this step on" in out

@@ -1,5 +1,6 @@
 """Model FLOPs for MFU: the analytic count (maepp.models.counts) against the matrix products of
 the traced model."""
+
 import math
 
 import jax
@@ -36,8 +37,10 @@ def traced_matmul_flops(jaxpr) -> int:
 
 
 @pytest.mark.parametrize("block_type", ["macaron_swiglu", "vit"])
-@pytest.mark.parametrize("overrides", [{}, {"encoder.width": 128, "encoder.heads": 4, "decoder.depth": 2,
-                                            "use_cls_token": False, "mask_ratio": 0.75}])
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"encoder.width": 128, "encoder.heads": 4, "decoder.depth": 2, "use_cls_token": False, "mask_ratio": 0.75}],
+)
 def test_analytic_flops_equal_the_traced_models_matrix_products(block_type, overrides):
     spec = spec_for(block_type=block_type, **overrides)
     model = MaskedAutoencoder(spec)

@@ -1,5 +1,6 @@
 """The TF and JAX log-mel front ends against the librosa reference on audio files, and the
 filterbanks and front ends against the release's own torchaudio front end."""
+
 import librosa
 import numpy as np
 import pytest
@@ -65,16 +66,23 @@ def torchaudio_outputs():
     be installed here."""
     stored = np.load(torchaudio_reference.PATH)
     n_clips = len([key for key in stored if key.startswith("pcm_")])
-    clips = [dict(waveform=stored[f"pcm_{i}"].astype(np.float32) / 32768.0, log_mel=stored[f"log_mel_{i}"],
-                  standardised=stored[f"standardised_{i}"]) for i in range(n_clips)]
+    clips = [
+        dict(
+            waveform=stored[f"pcm_{i}"].astype(np.float32) / 32768.0,
+            log_mel=stored[f"log_mel_{i}"],
+            standardised=stored[f"standardised_{i}"],
+        )
+        for i in range(n_clips)
+    ]
     return stored["filterbank"], clips
 
 
 def test_filterbanks_are_their_references(torchaudio_outputs):
     torchaudio_fb, _ = torchaudio_outputs
     np.testing.assert_array_equal(filterbanks.mel_filterbank("torchaudio"), torchaudio_fb)  # value for value
-    librosa_fb = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=F_MIN, fmax=F_MAX, htk=True,
-                                     norm=None, dtype=np.float64).T
+    librosa_fb = librosa.filters.mel(
+        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=F_MIN, fmax=F_MAX, htk=True, norm=None, dtype=np.float64
+    ).T
     np.testing.assert_array_equal(filterbanks.mel_filterbank("librosa"), librosa_fb.astype(np.float32))
     # The two differ only in rounding: the float32 build is up to 7.8e-6 off.
     assert 5e-6 < np.abs(librosa_fb - torchaudio_fb).max() < 1e-5
@@ -108,8 +116,16 @@ def test_torch_stft_with_the_torchaudio_filterbank_is_torchaudio(torchaudio_outp
     banks = {name: filterbanks.mel_filterbank(name).astype(np.float64) for name in filterbanks.NAMES}
     for clip in clips:
         waveform = torch.from_numpy(clip["waveform"].astype(np.float64))
-        spectrum = torch.stft(waveform, N_FFT, HOP, N_FFT, torch.hann_window(N_FFT, dtype=torch.float64),
-                              center=True, pad_mode="reflect", return_complex=True)
+        spectrum = torch.stft(
+            waveform,
+            N_FFT,
+            HOP,
+            N_FFT,
+            torch.hann_window(N_FFT, dtype=torch.float64),
+            center=True,
+            pad_mode="reflect",
+            return_complex=True,
+        )
         power = (spectrum.abs() ** 2).numpy().T  # [frames, 201]
         log_mel = {name: np.log(power @ bank + np.finfo(np.float32).eps) for name, bank in banks.items()}
         bound = _float64_log_mel_bound(clip["waveform"], banks["torchaudio"])
@@ -128,8 +144,10 @@ def test_front_ends_reproduce_torchaudio(torchaudio_outputs, frontend):
     _, clips = torchaudio_outputs
     librosa_errors = []
     for clip in clips:
-        log_mel = {"tf": lambda fb: tf_frontend.log_mel(clip["waveform"], fb).numpy(),
-                   "jax": lambda fb: np.asarray(jax_frontend.log_mel(clip["waveform"][None], fb))[0]}[frontend]
+        log_mel = {
+            "tf": lambda fb: tf_frontend.log_mel(clip["waveform"], fb).numpy(),
+            "jax": lambda fb: np.asarray(jax_frontend.log_mel(clip["waveform"][None], fb))[0],
+        }[frontend]
         assert np.abs(log_mel("torchaudio") - clip["standardised"]).max() < 1e-5
         librosa_errors.append(np.abs(log_mel("librosa") - clip["standardised"]).max())
     assert max(librosa_errors) > 2e-5  # the filterbank is what makes the difference
@@ -147,11 +165,13 @@ def test_jax_frontend_standardises_each_clip_of_a_batch():
 def test_sliced_dft_resolves_bins_120_db_under_the_peak():
     """Where a float32 FFT's rounding noise (~140 dB under the frame) swamps the quiet bin."""
     t = np.arange(N_FFT) / 16000
-    frames = np.stack([
-        np.sin(2 * np.pi * 1000 * t) + 1e-6 * np.sin(2 * np.pi * 6000 * t),
-        0.5 * np.sign(np.sin(2 * np.pi * 440 * t)) + 1e-5 * np.cos(2 * np.pi * 7000 * t + 0.3),
-        np.random.default_rng(0).standard_normal(N_FFT) * np.linspace(0, 1, N_FFT),
-    ])
+    frames = np.stack(
+        [
+            np.sin(2 * np.pi * 1000 * t) + 1e-6 * np.sin(2 * np.pi * 6000 * t),
+            0.5 * np.sign(np.sin(2 * np.pi * 440 * t)) + 1e-5 * np.cos(2 * np.pi * 7000 * t + 0.3),
+            np.random.default_rng(0).standard_normal(N_FFT) * np.linspace(0, 1, N_FFT),
+        ]
+    )
     frames = frames.astype(np.float32)
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(N_FFT) / N_FFT)
     expected = np.abs(np.fft.rfft(frames.astype(np.float64) * window)) ** 2

@@ -2,6 +2,7 @@
 the workdir lock's preconditions, a gs:// workdir that is taken over, killed and resumed bit for
 bit, prepared data written to and read from a bucket in place, each process its share, and a
 probe task read from a bucket."""
+
 import json
 import os
 import signal
@@ -40,8 +41,11 @@ def _storage_client(gcs):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
-    return storage.Client(project="maepp-test", credentials=AnonymousCredentials(),
-                          client_options={"api_endpoint": gcs.default["STORAGE_EMULATOR_HOST"]})
+    return storage.Client(
+        project="maepp-test",
+        credentials=AnonymousCredentials(),
+        client_options={"api_endpoint": gcs.default["STORAGE_EMULATOR_HOST"]},
+    )
 
 
 def test_of_two_runs_starting_together_exactly_one_holds_the_workdir(gcs, bucket, monkeypatch):
@@ -102,14 +106,21 @@ def test_a_holder_renewing_its_lease_fast_is_never_taken_for_another_run(gcs, bu
 
 
 @pytest.mark.long(seconds=100)
-def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run(gcs, bucket, repo_root, tmp_path,
-                                                                                    monkeypatch):
+def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run(
+    gcs, bucket, repo_root, tmp_path, monkeypatch
+):
     """One gs:// workdir through three faults: its lease taken over (the run stops before its next
     save, in one line), the run killed with SIGKILL (its successor waits the lease out), and a
     resume; the final parameters equal an uninterrupted local run's bit for bit."""
-    overrides = ["--config.total_steps=12", "--config.warmup_steps=2", "--config.checkpoint_every=3",
-                 "--config.log_every=3", "--config.evals.held_out.every=100",
-                 "--config.evals.held_out.source=synthetic:16:1", "--config.evals.held_out.batch_size=8"]
+    overrides = [
+        "--config.total_steps=12",
+        "--config.warmup_steps=2",
+        "--config.checkpoint_every=3",
+        "--config.log_every=3",
+        "--config.evals.held_out.every=100",
+        "--config.evals.held_out.source=synthetic:16:1",
+        "--config.evals.held_out.batch_size=8",
+    ]
     train(repo_root, tmp_path / "local", *overrides)  # the uninterrupted run
 
     workdir = f"gs://{bucket}/run"
@@ -119,12 +130,24 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
     blobs = _storage_client(gcs).bucket(bucket)
 
     def steps_saved():
-        return sorted({int(b.name.split("/")[2]) for b in blobs.list_blobs(prefix="run/checkpoints/")
-                       if b.name.split("/")[2].isdigit()})
+        return sorted(
+            {
+                int(b.name.split("/")[2])
+                for b in blobs.list_blobs(prefix="run/checkpoints/")
+                if b.name.split("/")[2].isdigit()
+            }
+        )
 
     def start(*pauses):
-        return subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, env={**env, **paused_at(*pauses)},
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        return subprocess.Popen(
+            train_command(workdir, *overrides),
+            cwd=repo_root,
+            env={**env, **paused_at(*pauses)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
 
     # 1. Another run takes the lease over while this one is held after starting its step-3 save:
     # it stops before its next save, in one line.
@@ -171,13 +194,23 @@ def test_a_gs_run_killed_during_its_final_save_finishes_it_again(gcs, bucket, re
     A run killed once its last step's files are written, before that commit, left a step that
     cannot be read: the re-run must not call the run finished on it, but resume from the newest
     committed step and save the last one again, ending with the uninterrupted run's parameters."""
-    overrides = ["--config.total_steps=4", "--config.warmup_steps=1", "--config.checkpoint_every=2",
-                 "--config.log_every=2", "--config.evals.held_out.source="]
+    overrides = [
+        "--config.total_steps=4",
+        "--config.warmup_steps=1",
+        "--config.checkpoint_every=2",
+        "--config.log_every=2",
+        "--config.evals.held_out.source=",
+    ]
     train(repo_root, tmp_path / "local", *overrides)  # the uninterrupted run
     workdir, env = f"gs://{bucket}/run", {**os.environ, **gcs.client_environment(), "MAEPP_WORKDIR_LEASE_S": "3"}
     final_save = PausePoint(tmp_path, "save_written@4")
-    killed = subprocess.Popen(train_command(workdir, *overrides), cwd=repo_root, env={**env, **final_save.environment},
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = subprocess.Popen(
+        train_command(workdir, *overrides),
+        cwd=repo_root,
+        env={**env, **final_save.environment},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     final_save.wait(killed)
     killed.kill()
     killed.wait()
@@ -185,8 +218,9 @@ def test_a_gs_run_killed_during_its_final_save_finishes_it_again(gcs, bucket, re
     assert blobs.get_blob("run/checkpoints/4/commit_success.txt") is None
     assert any(b.name.startswith("run/checkpoints/4/") for b in blobs.list_blobs(prefix="run/"))
 
-    rerun = subprocess.run(train_command(workdir, *overrides), cwd=repo_root, env=env, capture_output=True,
-                           text=True, timeout=600)
+    rerun = subprocess.run(
+        train_command(workdir, *overrides), cwd=repo_root, env=env, capture_output=True, text=True, timeout=600
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "resumed from step 2 " in rerun.stdout and "stopped at step 4" in rerun.stdout, rerun.stdout
     assert "newest checkpoint: step 4 in" in rerun.stdout
@@ -194,8 +228,10 @@ def test_a_gs_run_killed_during_its_final_save_finishes_it_again(gcs, bucket, re
 
     for variable, value in gcs.client_environment().items():  # Orbax reads the bucket from this process
         monkeypatch.setenv(variable, value)
-    assert_trees_equal(ocp.StandardCheckpointer().restore(f"{workdir}/checkpoints/4/state")["params"],
-                       saved_params(tmp_path / "local", 4))
+    assert_trees_equal(
+        ocp.StandardCheckpointer().restore(f"{workdir}/checkpoints/4/state")["params"],
+        saved_params(tmp_path / "local", 4),
+    )
 
 
 _READ_SHARE = """
@@ -226,9 +262,25 @@ def test_prepared_in_a_bucket_each_process_reads_its_share_in_place(gcs, bucket,
         soundfile.write(tmp_path / "in" / f"clip_{i:02d}.wav", synthetic_clip(rng, 2.0)[0], 16000)
         blobs.blob(f"in/clip_{i:02d}.wav").upload_from_filename(str(tmp_path / "in" / f"clip_{i:02d}.wav"))
     env = {**os.environ, **gcs.client_environment()}
-    subprocess.run([sys.executable, "-m", "maepp.data.prepare", "--input", f"gs://{bucket}/in", "--output",
-                    f"gs://{bucket}/out", "--workers", "1", "--clips_per_shard", "8"],
-                   cwd=repo_root, env=env, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "maepp.data.prepare",
+            "--input",
+            f"gs://{bucket}/in",
+            "--output",
+            f"gs://{bucket}/out",
+            "--workers",
+            "1",
+            "--clips_per_shard",
+            "8",
+        ],
+        cwd=repo_root,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     dataset = f"gs://{bucket}/out/audio_clips/2.0.0"
     manifest = json.loads(blobs.blob("out/audio_clips/2.0.0/manifest.json").download_as_bytes())
     assert manifest["clips"] == 32 and len(manifest["shards"]) == 4
@@ -286,8 +338,9 @@ def _upload(blobs, folder, prefix):
 
 
 @pytest.mark.long(seconds=60)
-def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_one_is_named(gcs, bucket, repo_root,
-                                                                                           tmp_path):
+def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_one_is_named(
+    gcs, bucket, repo_root, tmp_path
+):
     """A fresh run of two processes whose model axis spans both (dcn_model=2: each holds every row
     of a batch and half of each layer), reading prepared clips from a bucket; process 1 reads
     through a narrow link (200 ms a request, one at a time: 3.2 s a batch, against steps of about
@@ -310,11 +363,22 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
         flags = ["--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i)]
         return flags, gcs.client_environment(narrow if i == 1 else None)
 
-    out = _job(repo_root, tmp_path / "run", launch, "--config.total_steps=16", "--config.warmup_steps=1",
-                         "--config.log_every=4", "--config.checkpoint_every=16", "--config.batch_size=16",
-                         "--config.data.prefetch=1",
-                         "--config.evals.held_out.source=", f"--config.data.source=prepared:gs://{bucket}/data",
-                         "--config.mesh.data=2", "--config.mesh.dcn_model=2", "--config.profile.first_step=0")
+    out = _job(
+        repo_root,
+        tmp_path / "run",
+        launch,
+        "--config.total_steps=16",
+        "--config.warmup_steps=1",
+        "--config.log_every=4",
+        "--config.checkpoint_every=16",
+        "--config.batch_size=16",
+        "--config.data.prefetch=1",
+        "--config.evals.held_out.source=",
+        f"--config.data.source=prepared:gs://{bucket}/data",
+        "--config.mesh.data=2",
+        "--config.mesh.dcn_model=2",
+        "--config.profile.first_step=0",
+    )
     lines = [line for line in out.splitlines() if line.startswith("step ") and "input wait" in line]
     assert [line.split("/")[0] for line in lines] == ["step 4", "step 8", "step 12", "step 16"]
     wait = int(lines[-1].split("input wait ")[1].split("%")[0])
@@ -357,8 +421,18 @@ def test_a_probe_task_in_a_bucket_is_the_task_on_disk(gcs, bucket, tmp_path, mon
     mesh = sharding.make_mesh(config.mesh)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     state, shardings = sharding.create_sharded_state(model, optimizer(config), mesh, jax.random.key(0))
-    probes = [ProbeEvaluation("kw", evaluator_settings(dict(PROBE, task=str(task.root), batch_size=8)), config,
-                              model, mesh, shardings.params, task) for task in (local, remote)]
+    probes = [
+        ProbeEvaluation(
+            "kw",
+            evaluator_settings(dict(PROBE, task=str(task.root), batch_size=8)),
+            config,
+            model,
+            mesh,
+            shardings.params,
+            task,
+        )
+        for task in (local, remote)
+    ]
     np.testing.assert_array_equal(*(np.asarray(probe.scene_embeddings(state.params)) for probe in probes))
     assert probes[0](state.params) == probes[1](state.params) and not probes[1].unreadable
 

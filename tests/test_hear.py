@@ -1,4 +1,5 @@
 """The HEAR API passes the real validator (PyPI hearvalidator), on a maepp.train run."""
+
 import importlib.util
 import pathlib
 import subprocess
@@ -12,15 +13,20 @@ from maepp.export import hear
 
 pytestmark = pytest.mark.e2e  # every test reads the shared trained run
 
-needs_validator = pytest.mark.skipif(importlib.util.find_spec("hearvalidator") is None,
-                                     reason="the [hear] extra (hearvalidator) is not installed")
+needs_validator = pytest.mark.skipif(
+    importlib.util.find_spec("hearvalidator") is None, reason="the [hear] extra (hearvalidator) is not installed"
+)
 
 
 @needs_validator
 def test_hear_validator_passes_on_a_trained_run(repo_root, trained_run):
     validator = pathlib.Path(sys.executable).parent / "hear-validator"
-    result = subprocess.run([str(validator), "maepp.hear", "--model", str(trained_run), "--device", "cpu"],
-                            cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run(
+        [str(validator), "maepp.hear", "--model", str(trained_run), "--device", "cpu"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Looks good!" in result.stdout
 

@@ -1,4 +1,5 @@
 """Held-out evaluation: loss only over valid clips' masked patches, honest pictures, PNG files."""
+
 import functools
 
 import jax

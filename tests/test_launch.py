@@ -1,5 +1,6 @@
 """The launchers, in --dry-run mode: the commands they would run on a pod slice or a cluster;
 and shellcheck on all of them. (launch/local.sh really runs in tests/test_train.py.)"""
+
 import os
 import pathlib
 import shlex
@@ -29,12 +30,28 @@ def test_shellcheck_is_clean(repo_root):
 
 
 def test_local_launcher_starts_one_process_per_index(repo_root):
-    commands = _dry_run(repo_root, "launch/local.sh", "3", "--devices", "2", "--port", "15000", "--dry-run", "--",
-                        "--config", "configs/audiomaepp.py:micro", "--workdir", "runs/a b")
+    commands = _dry_run(
+        repo_root,
+        "launch/local.sh",
+        "3",
+        "--devices",
+        "2",
+        "--port",
+        "15000",
+        "--dry-run",
+        "--",
+        "--config",
+        "configs/audiomaepp.py:micro",
+        "--workdir",
+        "runs/a b",
+    )
     assert len(commands) == 3
     for i, command in enumerate(commands):
-        assert command[:3] == ["env", f"XLA_FLAGS={os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2",
-                               "MAEPP_RESTART=0"]
+        assert command[:3] == [
+            "env",
+            f"XLA_FLAGS={os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2",
+            "MAEPP_RESTART=0",
+        ]
         venv_python = repo_root / ".venv" / "bin" / "python"  # what make builds, as slurm.sbatch runs
         assert command[3] == (str(venv_python) if venv_python.exists() else "python3")
         assert command[4:] == [
@@ -54,8 +71,9 @@ def test_local_launcher_starts_one_process_per_index(repo_root):
 
 
 def _tpu_pod(repo_root, *args):
-    return _dry_run(repo_root, "launch/tpu_pod.sh", "--dry-run", "--tpu", "pod", "--zone", "us-central2-b", "--project",
-                    "p", *args)
+    return _dry_run(
+        repo_root, "launch/tpu_pod.sh", "--dry-run", "--tpu", "pod", "--zone", "us-central2-b", "--project", "p", *args
+    )
 
 
 def _remote(command) -> str:
@@ -75,8 +93,17 @@ def _detached_training(command) -> list:
 
 
 def test_tpu_pod_launcher_copies_installs_and_starts_detached_on_every_worker(repo_root):
-    commands = _tpu_pod(repo_root, "--workdir", "gs://bucket/run", "--config", "configs/audiomaepp.py:large",
-                        "--max_restarts", "2", "--", "--config.mesh.fsdp=16")
+    commands = _tpu_pod(
+        repo_root,
+        "--workdir",
+        "gs://bucket/run",
+        "--config",
+        "configs/audiomaepp.py:large",
+        "--max_restarts",
+        "2",
+        "--",
+        "--config.mesh.fsdp=16",
+    )
     pack, copy, install, train = commands
     assert pack[0] == "tar" and "-T" in pack
     listed = pathlib.Path(pack[pack.index("-T") + 1])
@@ -86,14 +113,25 @@ def test_tpu_pod_launcher_copies_installs_and_starts_detached_on_every_worker(re
     install = _remote(install)
     assert "-r pod-requirements.txt 'jax[tpu]==0.10.2'" in install and "--no-deps -e ." in install
     keep = install.split("sed ", 1)[1].split(" > pod-requirements.txt")[0]
-    kept = subprocess.run(["sh", "-c", f"sed {keep}"], cwd=repo_root, capture_output=True, text=True,
-                          check=True).stdout
+    kept = subprocess.run(["sh", "-c", f"sed {keep}"], cwd=repo_root, capture_output=True, text=True, check=True).stdout
     assert "\njax==0.10.2\n" in kept and "tensorstore==" in kept and "protobuf==" in kept
     assert "torch==" not in kept and "pytest==" not in kept
     assert _detached_training(train) == [
-        "bash", "launch/tpu_worker.sh", "--max_restarts", "2", "--", ".venv/bin/python", "-m", "maepp.train",
-        "--distributed", "--config", "configs/audiomaepp.py:large", "--workdir", "gs://bucket/run",
-        "--config.mesh.fsdp=16"]
+        "bash",
+        "launch/tpu_worker.sh",
+        "--max_restarts",
+        "2",
+        "--",
+        ".venv/bin/python",
+        "-m",
+        "maepp.train",
+        "--distributed",
+        "--config",
+        "configs/audiomaepp.py:large",
+        "--workdir",
+        "gs://bucket/run",
+        "--config.mesh.fsdp=16",
+    ]
 
 
 def test_tpu_pod_launcher_joins_two_slices_through_their_megascale_variables(repo_root):
@@ -106,15 +144,24 @@ def test_tpu_pod_launcher_joins_two_slices_through_their_megascale_variables(rep
     for slice_id, train in enumerate(trains):
         assert train[5] == f"pod-{slice_id}"
         words = _detached_training(train)
-        assert words[5:11] == ["env", "MEGASCALE_COORDINATOR_ADDRESS=COORDINATOR_IP:8080", "MEGASCALE_PORT=8080",
-                               "MEGASCALE_NUM_SLICES=2", f"MEGASCALE_SLICE_ID={slice_id}", ".venv/bin/python"]
+        assert words[5:11] == [
+            "env",
+            "MEGASCALE_COORDINATOR_ADDRESS=COORDINATOR_IP:8080",
+            "MEGASCALE_PORT=8080",
+            "MEGASCALE_NUM_SLICES=2",
+            f"MEGASCALE_SLICE_ID={slice_id}",
+            ".venv/bin/python",
+        ]
 
 
-@pytest.mark.parametrize("mode,remote", [
-    ("--logs", "tail -n 100 -F $HOME/maepp/logs/train.log"),
-    ("--status", 'echo "{slice} $(hostname): $(cat $HOME/maepp/logs/state 2>/dev/null || echo never started)"'),
-    ("--stop", "echo stopping > $HOME/maepp/logs/state && kill -TERM $(cat $HOME/maepp/logs/train.pid)"),
-])
+@pytest.mark.parametrize(
+    "mode,remote",
+    [
+        ("--logs", "tail -n 100 -F $HOME/maepp/logs/train.log"),
+        ("--status", 'echo "{slice} $(hostname): $(cat $HOME/maepp/logs/state 2>/dev/null || echo never started)"'),
+        ("--stop", "echo stopping > $HOME/maepp/logs/state && kill -TERM $(cat $HOME/maepp/logs/train.pid)"),
+    ],
+)
 def test_tpu_pod_launcher_follows_reports_and_stops_every_worker_of_every_slice(repo_root, mode, remote):
     commands = _tpu_pod(repo_root, "--num_slices", "2", mode)
     assert [(c[5], _remote(c)) for c in commands] == [(f"pod-{i}", remote.format(slice=f"pod-{i}")) for i in range(2)]
@@ -138,17 +185,36 @@ def test_tpu_worker_runs_its_command_again_after_a_failure_and_says_where_it_sta
 
 
 def test_tpu_pod_launcher_wants_a_bucket_workdir(repo_root):
-    result = subprocess.run(["bash", "launch/tpu_pod.sh", "--tpu", "pod", "--zone", "z", "--workdir", "/tmp/run",
-                             "--dry-run"], cwd=repo_root, capture_output=True, text=True)
+    result = subprocess.run(
+        ["bash", "launch/tpu_pod.sh", "--tpu", "pod", "--zone", "z", "--workdir", "/tmp/run", "--dry-run"],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "gs://" in result.stderr
 
 
 def test_slurm_script_runs_one_task_per_gpu_that_requeues_and_resumes(repo_root):
-    (command,) = _dry_run(repo_root, "launch/slurm.sbatch", "--dry-run", "--max_restarts", "2",
-                          "configs/audiomaepp.py:base", "/shared/run", "--config.batch_size=512")
+    (command,) = _dry_run(
+        repo_root,
+        "launch/slurm.sbatch",
+        "--dry-run",
+        "--max_restarts",
+        "2",
+        "configs/audiomaepp.py:base",
+        "/shared/run",
+        "--config.batch_size=512",
+    )
     assert command[:5] == ["srun", "--kill-on-bad-exit=1", "--cpu-bind=none", "env", "MAEPP_RESTART=0"]
-    assert command[-7:] == ["-m", "maepp.train", "--config", "configs/audiomaepp.py:base", "--workdir", "/shared/run",
-                            "--config.batch_size=512"]
+    assert command[-7:] == [
+        "-m",
+        "maepp.train",
+        "--config",
+        "configs/audiomaepp.py:base",
+        "--workdir",
+        "/shared/run",
+        "--config.batch_size=512",
+    ]
     script = (repo_root / "launch/slurm.sbatch").read_text()
     for directive in ("--ntasks-per-node=8", "--gpus-per-node=8", "--requeue", "--signal=B:TERM@600"):
         assert f"#SBATCH {directive}" in script
@@ -189,15 +255,22 @@ def test_slurm_script_requeues_a_failed_job_up_to_max_restarts_counting_them(rep
     assert second.returncode == 3 and (tmp_path / "scontrol.log").read_text() == "requeue 77\n"  # not again
     assert "restarts used: 1 of 1" in second.stderr
     assert [line.split()[3] for line in (tmp_path / "srun.log").read_text().splitlines()] == [
-        "MAEPP_RESTART=0", "MAEPP_RESTART=1"]
+        "MAEPP_RESTART=0",
+        "MAEPP_RESTART=1",
+    ]
 
 
 def test_slurm_script_requeues_a_run_stopped_near_the_time_limit_and_not_a_finished_one(repo_root, tmp_path):
     """Slurm signals the batch script before the time limit (--signal=B:TERM@600); the script
     passes SIGTERM on to srun, whose tasks save and exit 0, and requeues the job."""
     env = _fake_slurm(tmp_path, f'trap "exit 0" TERM; touch "{tmp_path}/started"; while true; do sleep 0.1; done')
-    script = subprocess.Popen(["bash", "launch/slurm.sbatch", "configs/audiomaepp.py:micro", "/shared/run"],
-                              cwd=repo_root, env=env, stderr=subprocess.PIPE, text=True)
+    script = subprocess.Popen(
+        ["bash", "launch/slurm.sbatch", "configs/audiomaepp.py:micro", "/shared/run"],
+        cwd=repo_root,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60  # against a hang only
     while not (tmp_path / "started").exists():
         assert script.poll() is None and time.monotonic() < deadline
@@ -207,6 +280,11 @@ def test_slurm_script_requeues_a_run_stopped_near_the_time_limit_and_not_a_finis
     assert script.returncode == 0 and (tmp_path / "scontrol.log").read_text() == "requeue 77\n", err
     assert "the time limit is near" in err
     (tmp_path / "scontrol.log").unlink()
-    finished = subprocess.run(["bash", "launch/slurm.sbatch", "configs/audiomaepp.py:micro", "/shared/run"],
-                              cwd=repo_root, env=_fake_slurm(tmp_path, "exit 0"), capture_output=True, timeout=60)
+    finished = subprocess.run(
+        ["bash", "launch/slurm.sbatch", "configs/audiomaepp.py:micro", "/shared/run"],
+        cwd=repo_root,
+        env=_fake_slurm(tmp_path, "exit 0"),
+        capture_output=True,
+        timeout=60,
+    )
     assert finished.returncode == 0 and not (tmp_path / "scontrol.log").exists()

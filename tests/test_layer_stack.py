@@ -1,5 +1,6 @@
 """config.model.scan_layers: the stacked block layout computes what the per-block one does, and
 checkpoints and weights of either layout load into both."""
+
 import shutil
 
 import flax.linen as nn
@@ -32,7 +33,9 @@ def test_scan_layers_and_remat_change_how_the_step_is_compiled_not_what_it_compu
     assert_trees_equal(layer_stack.to_layout(params, True), stacked)  # a seed gives the same model in both layouts
     batch = jax.random.normal(jax.random.key(1), (4, 200, 80))
     (loss, grads), (scanned_loss, scanned_grads) = (
-        _loss_and_grads(per_block, params, batch), _loss_and_grads(scanned, stacked, batch))
+        _loss_and_grads(per_block, params, batch),
+        _loss_and_grads(scanned, stacked, batch),
+    )
     assert float(scanned_loss) == pytest.approx(float(loss), abs=1e-6)  # scan and unrolled blocks fuse differently
     for a, b in zip(leaves(layer_stack.to_layout(scanned_grads, False)), leaves(grads), strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5)  # as above: float32 rounding, a few ulps
@@ -40,6 +43,7 @@ def test_scan_layers_and_remat_change_how_the_step_is_compiled_not_what_it_compu
     def dot_count(model, params, grad=True):
         loss = lambda p: model.apply({"params": p}, batch, rngs={MASKING_RNG: jax.random.key(3)})["loss"]
         return jax.jit(jax.grad(loss) if grad else loss).lower(params).as_text().count("dot_general")
+
     # Scanned: one block to compile per stack. Rematerialised: the backward pass runs the blocks'
     # forward matrix products again.
     assert dot_count(scanned, stacked, grad=False) < dot_count(per_block, params, grad=False)
@@ -90,7 +94,8 @@ def test_a_run_resumes_and_exports_in_the_other_layout(trained_run, tmp_path, ca
     position, _ = checkpoints.resume_position(data, step)
     assert (step, position) == (60, 60 * 32)
     assert capsys.readouterr().out == (
-        "checkpoint step 60 was saved with config.model.scan_layers=False; converted its blocks to scan_layers=True\n")
+        "checkpoint step 60 was saved with config.model.scan_layers=False; converted its blocks to scan_layers=True\n"
+    )
     assert layer_stack.is_stacked(state.params) and layer_stack.is_stacked(state.opt_state[0].mu)
     assert_trees_equal(layer_stack.to_layout(state, False), reference)
 

@@ -2,6 +2,7 @@
 file; docs/layout.md names every module and the imports keep its order; every cited document and
 path is in the repository; the package installed elsewhere trains from a config named by its
 installed name."""
+
 import concurrent.futures
 import os
 import pathlib
@@ -37,7 +38,7 @@ def _python_modules(commands):
         words = shlex.split(command.replace("[", " ").replace("]", " ").replace("|", " "))
         if "-m" in words and words[words.index("-m") + 1].startswith("maepp"):
             i = words.index("-m") + 1
-            module, rest = words[i], words[i + 1:]
+            module, rest = words[i], words[i + 1 :]
             if module == "maepp.tools.bench":
                 module, rest = f"{module} {rest[0]}", rest[1:]
             flags = [w.split("=")[0].lstrip("-") for w in rest if w.startswith("--") and len(w) > 2]
@@ -50,11 +51,24 @@ def _python_modules(commands):
 def test_the_docs_name_only_modules_flags_and_files_that_exist(repo_root):
     commands = _readme_commands(repo_root)
     modules = _python_modules(commands)
-    assert {"maepp.train", "maepp.data.prepare", "maepp.export", "maepp.downstream.evaluate",
-            "maepp.weights.convert", "maepp.tools.summary", "maepp.tools.bench step"} <= set(modules)
+    assert {
+        "maepp.train",
+        "maepp.data.prepare",
+        "maepp.export",
+        "maepp.downstream.evaluate",
+        "maepp.weights.convert",
+        "maepp.tools.summary",
+        "maepp.tools.bench step",
+    } <= set(modules)
+
     def helpfull(module):
-        return subprocess.run([sys.executable, "-m", *module.split(), "--helpfull"], cwd=repo_root,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", *module.split(), "--helpfull"],
+            cwd=repo_root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         results = dict(zip(modules, pool.map(helpfull, modules)))
@@ -93,22 +107,55 @@ def test_pip_install_then_train_from_another_directory_by_config_name(repo_root,
     python = venv / "bin" / "python"
     build_outputs = ("build", "maepp.egg-info")  # where setuptools writes unless told otherwise (setup.py)
     present = {name for name in build_outputs if (repo_root / name).exists()}
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", str(repo_root)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            str(repo_root),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     assert {name for name in build_outputs if (repo_root / name).exists()} == present, "pip wrote into the checkout"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     result = subprocess.run(
-        [str(venv / "bin" / "maepp-train"), "--config", "audiomaepp:micro", "--workdir", "W",
-         "--config.total_steps=2", "--config.warmup_steps=1", "--config.batch_size=8", "--config.log_every=1",
-         "--config.evals.held_out.source=", "--config.profile.first_step=0"],
-        cwd=elsewhere, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "PYTHONPATH": ""})
+        [
+            str(venv / "bin" / "maepp-train"),
+            "--config",
+            "audiomaepp:micro",
+            "--workdir",
+            "W",
+            "--config.total_steps=2",
+            "--config.warmup_steps=1",
+            "--config.batch_size=8",
+            "--config.log_every=1",
+            "--config.evals.held_out.source=",
+            "--config.profile.first_step=0",
+        ],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "stopped at step 2" in result.stdout
     assert (elsewhere / "W" / "config.json").exists()
-    installed = subprocess.run([str(python), "-c", "import maepp, maepp.configs; print(maepp.__file__)"],
-                               capture_output=True, text=True, cwd=elsewhere, check=True).stdout
+    installed = subprocess.run(
+        [str(python), "-c", "import maepp, maepp.configs; print(maepp.__file__)"],
+        capture_output=True,
+        text=True,
+        cwd=elsewhere,
+        check=True,
+    ).stdout
     assert str(venv) in installed  # the installed copy ran, not the repository's
 
 
@@ -144,8 +191,10 @@ def _imports(repo_root, modules) -> dict:
         targets = set()
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "maepp":
-                targets |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                            for a in node.names}
+                targets |= {
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                    for a in node.names
+                }
             elif isinstance(node, ast.Import):
                 targets |= {a.name for a in node.names if a.name.split(".")[0] == "maepp"}
         edges[module] = targets - {module}
@@ -203,8 +252,9 @@ def test_every_cited_document_and_path_is_in_the_repository(repo_root):
     cited = re.compile(r"(?<![\w~/.-])((?:docs|maepp|configs|tests|benchmarks|launch)/[\w./-]*\w)(#[\w-]+)?")
     headings = {}
     for page in (repo_root / "docs").glob("*.md"):
-        headings[f"docs/{page.name}"] = {_slug(line.lstrip("#")) for line in page.read_text().splitlines()
-                                          if line.startswith("#")}
+        headings[f"docs/{page.name}"] = {
+            _slug(line.lstrip("#")) for line in page.read_text().splitlines() if line.startswith("#")
+        }
     problems = []
     for relative, text in _text_files(repo_root):
         problems += [f"{relative} cites {m.group(0)}, outside the repository" for m in outside.finditer(text)]

@@ -1,4 +1,5 @@
 """The train loop's parts: input made ahead on a thread, metrics kept on the devices between log steps."""
+
 import threading
 
 import jax

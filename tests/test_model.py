@@ -1,4 +1,5 @@
 """Behaviour of the masked autoencoder: masking, patches, positions, loss, dtypes, switches."""
+
 import functools
 import re
 
@@ -46,9 +47,14 @@ def test_visible_count_follows_the_release(ratio, visible):
     assert int((1 - mask[0]).sum()) == visible
 
 
-@pytest.mark.parametrize("ratio,message", [(0.0, "must be a finite number in (0.0, 1.0)"),
-                                           (1.0, "must be a finite number in (0.0, 1.0)"),
-                                           (0.999, "leaves 0 of 250 tokens visible")])
+@pytest.mark.parametrize(
+    "ratio,message",
+    [
+        (0.0, "must be a finite number in (0.0, 1.0)"),
+        (1.0, "must be a finite number in (0.0, 1.0)"),
+        (0.999, "leaves 0 of 250 tokens visible"),
+    ],
+)
 def test_a_mask_ratio_that_leaves_nothing_to_see_or_predict_is_refused(ratio, message):
     model = audiomaepp.model_config("micro")
     model.mask_ratio = ratio
@@ -250,6 +256,7 @@ def test_attention_padded_for_cudnn_equals_plain_attention(tokens, head_dim):
         def run(q, k, v, cotangent):
             out, pullback = jax.vjp(fn, q, k, v)
             return out, pullback(cotangent)
+
         return run(q, k, v, cotangent)
 
     plain, plain_grads = value_and_grads(lambda q, k, v: attention(q, k, v, "xla"))
@@ -263,11 +270,14 @@ def test_attention_padded_for_cudnn_equals_plain_attention(tokens, head_dim):
     np.testing.assert_array_equal(forward("auto"), forward("xla"))
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (dict(attention="flash"), "config.model.attention='flash': use one of ('auto', 'xla', 'cudnn')"),
-    (dict(attention="cudnn"), "needs config.model.dtype='bfloat16'"),
-    (dict(remat="sometimes"), "config.model.remat='sometimes': use one of"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(attention="flash"), "config.model.attention='flash': use one of ('auto', 'xla', 'cudnn')"),
+        (dict(attention="cudnn"), "needs config.model.dtype='bfloat16'"),
+        (dict(remat="sometimes"), "config.model.remat='sometimes': use one of"),
+    ],
+)
 def test_model_settings_are_checked(overrides, message):
     model = audiomaepp.model_config("micro")
     model.update(overrides)
@@ -283,8 +293,9 @@ def test_norm3_is_used_only_when_separate(separate_norm3):
     params = block.init(jax.random.key(1), x, jnp.zeros((2, 5)))["params"]
     assert set(params["norm3"]) == {"scale", "bias"}  # in the weights either way (release layout)
     moved = {**params, "norm3": jax.tree.map(lambda p: p + 0.5, params["norm3"])}
-    changed = not np.allclose(block.apply({"params": params}, x, jnp.zeros((2, 5))),
-                              block.apply({"params": moved}, x, jnp.zeros((2, 5))))
+    changed = not np.allclose(
+        block.apply({"params": params}, x, jnp.zeros((2, 5))), block.apply({"params": moved}, x, jnp.zeros((2, 5)))
+    )
     assert changed == separate_norm3
 
 
@@ -334,5 +345,3 @@ def test_a_non_finite_step_leaves_the_state_untouched():
     )
     assert all(jax.tree.leaves(same))
     assert int(after.step) == int(state.step) + 1
-
-

@@ -1,4 +1,5 @@
 """The optimizer recipe: decay mask, lr scaling and schedule, gradient accumulation."""
+
 import jax
 import numpy as np
 import pytest
@@ -37,8 +38,9 @@ def test_weight_decay_falls_on_the_tensors_the_release_decays():
 
 
 def test_schedule_warms_up_to_batch_scaled_peak_then_decays_to_zero():
-    config = _config(**{"batch_size": 512, "optimizer.base_learning_rate": 1.5e-4, "total_steps": 1000,
-                        "warmup_steps": 100})
+    config = _config(
+        **{"batch_size": 512, "optimizer.base_learning_rate": 1.5e-4, "total_steps": 1000, "warmup_steps": 100}
+    )
     rate = optim.schedule(config)
     assert optim.learning_rate(config) == pytest.approx(3e-4)  # 1.5e-4 x 512 / 256
     assert float(rate(0)) == 0.0 and float(rate(50)) == pytest.approx(1.5e-4)
@@ -49,8 +51,7 @@ def test_schedule_warms_up_to_batch_scaled_peak_then_decays_to_zero():
 
 def test_accumulation_schedule_counts_updates_and_scales_by_effective_batch():
     plain = _config(**{"batch_size": 64, "total_steps": 200, "warmup_steps": 20})
-    accumulated = _config(**{"batch_size": 32, "total_steps": 400, "warmup_steps": 40,
-                             "optimizer.accumulate_steps": 2})
+    accumulated = _config(**{"batch_size": 32, "total_steps": 400, "warmup_steps": 40, "optimizer.accumulate_steps": 2})
     assert optim.learning_rate(plain) == optim.learning_rate(accumulated)
     for update in (0, 10, 20, 120, 200):
         assert float(optim.schedule(plain)(update)) == float(optim.schedule(accumulated)(update))

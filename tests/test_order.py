@@ -1,4 +1,5 @@
 """The global clip order (maepp/data/order.py) and how a checkpoint's data position maps onto it."""
+
 import numpy as np
 
 from maepp import checkpoints

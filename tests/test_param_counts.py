@@ -1,4 +1,5 @@
 """Parameter counts against docs/reference.md#sizes (released-code counts, exact)."""
+
 import pytest
 
 from maepp.models.counts import parameter_counts

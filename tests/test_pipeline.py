@@ -1,4 +1,5 @@
 """The tf.data pipelines: determinism, exact resume, process shares, bad files, eval pass."""
+
 import numpy as np
 import pytest
 import soundfile

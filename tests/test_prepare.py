@@ -1,5 +1,6 @@
 """maepp.data.prepare (layout 2.0.0, on Apache Beam): shards, clip lists, index and manifest,
 resuming, the runners agreeing byte for byte, AudioSet's formats, and the prepared: source."""
+
 import io
 import json
 import os
@@ -106,8 +107,7 @@ def test_resuming_with_other_files_sharding_store_filterbank_or_holdout_is_refus
             prepare(audio_folder, tmp_path, **{"clips_per_shard": 4, "workers": 1, **change})
 
 
-def test_a_held_out_fraction_is_prepared_beside_the_training_split_and_training_evaluates_on_it(audio_folder,
-                                                                                                tmp_path):
+def test_a_held_out_fraction_is_prepared_beside_the_training_split_and_training_evaluates_on_it(audio_folder, tmp_path):
     """--holdout 0.25 of 11 audio files: 3 files, chosen by their names' hashes whatever the listing's
     order, prepared into holdout/ and named by the training split's manifest; a run on the dataset
     resolves its held-out evaluator's "auto" to that split. A re-run with another fraction is refused."""
@@ -148,14 +148,25 @@ def test_a_held_out_fraction_is_prepared_beside_the_training_split_and_training_
 
 
 def _prepare_command(audio_folder, output, *beam):
-    return [sys.executable, "-m", "maepp.data.prepare", "--input", str(audio_folder), "--output", str(output),
-            "--clips_per_shard", "2", *beam]
+    return [
+        sys.executable,
+        "-m",
+        "maepp.data.prepare",
+        "--input",
+        str(audio_folder),
+        "--output",
+        str(output),
+        "--clips_per_shard",
+        "2",
+        *beam,
+    ]
 
 
 @pytest.mark.e2e
 @pytest.mark.long(seconds=40)
 def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_resumes_to_it(
-        repo_root, audio_folder, tmp_path):
+    repo_root, audio_folder, tmp_path
+):
     """The runner does not change the output: Beam's local runner with two worker processes
     writes the single-process path's bytes. Killed once its first shards are done, then stopped by
     Ctrl-C (to the whole process group, as a terminal sends it) as its workers start, in one line,
@@ -166,8 +177,14 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
     expected = _files(_dataset(tmp_path / "one"))
     command = _prepare_command(audio_folder, tmp_path / "two", "--workers", "2")
     first_shard = PausePoint(tmp_path, "shard_written@1")  # a worker's first
-    process = subprocess.Popen(command, cwd=repo_root, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True, env=dict(os.environ, **first_shard.environment))
+    process = subprocess.Popen(
+        command,
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=dict(os.environ, **first_shard.environment),
+    )
     out = _dataset(tmp_path / "two")
     first_shard.wait(process)
     os.killpg(process.pid, signal.SIGKILL)  # the runner and its workers
@@ -176,8 +193,15 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     env = {**os.environ, "TMPDIR": str(scratch)}
-    process = subprocess.Popen(command, cwd=repo_root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=repo_root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 600  # against a hang only
     while not list(scratch.iterdir()):  # the workers' log: they are starting
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
@@ -186,7 +210,8 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
     _, err = process.communicate(timeout=120)
     said = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("prepare:")]
     assert process.returncode == 130 and said == [
-        "maepp.data.prepare: interrupted; what was finished is kept, and the same command goes on from it"], err[-2000:]
+        "maepp.data.prepare: interrupted; what was finished is kept, and the same command goes on from it"
+    ], err[-2000:]
     assert not list(scratch.iterdir())
     finished = subprocess.run(command, cwd=repo_root, check=True, capture_output=True, text=True, env=env)
     assert _files(out) == expected
@@ -201,14 +226,17 @@ def audioset_formats(tmp_path_factory):
     PyAV's and libsndfile's encoders; and a file of a kind prepare does not read."""
     root = tmp_path_factory.mktemp("audioset_formats")
     rng = np.random.default_rng(3)
-    for name, container, codec, rate in (("a.m4a", "mp4", "aac", 44100), ("b.opus", "ogg", "libopus", 48000),
-                                         ("c.webm", "webm", "libopus", 48000)):
+    for name, container, codec, rate in (
+        ("a.m4a", "mp4", "aac", 44100),
+        ("b.opus", "ogg", "libopus", 48000),
+        ("c.webm", "webm", "libopus", 48000),
+    ):
         clip = synthetic_clip(rng, 2.5, rate)[0]
         buffer = io.BytesIO()
         with av.open(buffer, "w", format=container) as output:
             stream = output.add_stream(codec, rate=rate, layout="mono")
             for start in range(0, len(clip), 960):
-                frame = av.AudioFrame.from_ndarray(clip[None, start: start + 960], format="flt", layout="mono")
+                frame = av.AudioFrame.from_ndarray(clip[None, start : start + 960], format="flt", layout="mono")
                 frame.sample_rate, frame.pts = rate, start
                 output.mux(stream.encode(frame))
             output.mux(stream.encode(None))
@@ -236,8 +264,11 @@ def test_prepared_source_feeds_the_training_pipeline(audio_folder, tmp_path):
     assert all(b["log_mel"].shape == (4, 200, 80) for b in batches)
     # Its log-mels were made with the default filterbank; training with the other is refused.
     assert source.filterbank == "torchaudio"
-    with pytest.raises(ValueError, match="prepared with the 'torchaudio' filterbank and config.audio.filterbank is "
-                                         "'librosa': train with --config.audio.filterbank=torchaudio"):
+    with pytest.raises(
+        ValueError,
+        match="prepared with the 'torchaudio' filterbank and config.audio.filterbank is "
+        "'librosa': train with --config.audio.filterbank=torchaudio",
+    ):
         train_dataset(source, seed=0, batch_size=4, filterbank="librosa")
 
 
@@ -248,8 +279,11 @@ def test_a_missing_or_truncated_shard_is_refused_naming_it(audio_folder, tmp_pat
     (out / first).unlink()
     with open(out / second, "r+b") as shard:
         shard.truncate(1000)
-    with pytest.raises(ValueError, match=rf"2 of 3 shards do not match manifest.json: {first} \(missing\), "
-                                         rf"{second} \(1,000 bytes, not [\d,]+\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"2 of 3 shards do not match manifest.json: {first} \(missing\), "
+        rf"{second} \(1,000 bytes, not [\d,]+\)",
+    ):
         source_from_string(f"prepared:{out}")
     with pytest.raises(FileNotFoundError, match="holds no manifest.json"):
         source_from_string(f"prepared:{tmp_path}")
@@ -339,8 +373,12 @@ def test_every_pipeline_runs_without_the_autotuning_thread(log_mel_store):
     parallel as the cores this process may use."""
     _, prepared, _ = log_mel_store
     audio = source_from_string("synthetic:8")
-    datasets = [train_dataset(audio, seed=0, batch_size=4), eval_dataset(audio, batch_size=4),
-                train_dataset(prepared, seed=0, batch_size=4), eval_dataset(prepared, batch_size=4)]
+    datasets = [
+        train_dataset(audio, seed=0, batch_size=4),
+        eval_dataset(audio, batch_size=4),
+        train_dataset(prepared, seed=0, batch_size=4),
+        eval_dataset(prepared, batch_size=4),
+    ]
     for dataset in datasets:
         options = dataset.options().autotune
         assert options.enabled is False and options.initial_parallelism == len(os.sched_getaffinity(0))
@@ -380,11 +418,13 @@ def test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted(aud
     assert str(stopped.value) == (
         f"{out / shard}: clip 2 ({source.name(2)}) is damaged: its stored log-mel holds nan (crop frame 0, mel band "
         f"0), which no standardised clip of {int(index['length'][2])} frames can; prepare the data again, or skip "
-        "such clips and count them with --config.data.damaged_clips=skip")
+        "such clips and count them with --config.data.damaged_clips=skip"
+    )
 
     report = SkipReport()
-    batches = list(train_dataset(source, seed=0, batch_size=4, report=report, damaged_clips="skip")
-                   .take(epoch).as_numpy_iterator())
+    batches = list(
+        train_dataset(source, seed=0, batch_size=4, report=report, damaged_clips="skip").take(epoch).as_numpy_iterator()
+    )
     assert all(np.isfinite(batch["log_mel"]).all() for batch in batches)
     # At least once: tf.data reads batches ahead, and later epochs hold the clip too.
     assert report.skips >= 1 and list(report.reasons) == [source.name(2)], report.reasons

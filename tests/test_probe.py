@@ -1,6 +1,7 @@
 """The probe evaluator (maepp/evaluators/probe.py): which clips it fits, the closed-form fit against
 float64 algebra, scene embeddings on a mesh against export's, and in a training run the score
 maepp.downstream.evaluate gets from the same checkpoint."""
+
 import json
 
 import numpy as np
@@ -24,8 +25,9 @@ def _task(directory, seconds: dict) -> object:
 
 
 def test_shots_cap_the_fitting_clips_of_each_class_in_the_tasks_order(tmp_path):
-    task = _task(tmp_path, {("train", "a"): [0.5] * 5, ("train", "b"): [0.5] * 3, ("test", "a"): [0.5] * 2,
-                            ("test", "b"): [0.5]})
+    task = _task(
+        tmp_path, {("train", "a"): [0.5] * 5, ("train", "b"): [0.5] * 3, ("test", "a"): [0.5] * 2, ("test", "b"): [0.5]}
+    )
     train, choosing, test = ridge.probe_clips(task, shots=2)
     fold = task.folds[0]
     every = fold.train + fold.valid  # one penalty: nothing to choose, it fits on both
@@ -55,9 +57,13 @@ def test_the_penalty_taken_is_the_first_of_the_best_on_the_choosing_clips():
     """Logits of 3 penalties for 4 choosing clips then 2 test clips: the second and third tie best
     on the choosing clips (3 of 4 right); the second is taken, and its fit's test score reported."""
     right, wrong = [1.0, 0.0], [0.0, 1.0]  # for a clip of class 0
-    logits = np.array([[wrong, wrong, right, right, right, right],
-                       [right, right, right, wrong, wrong, right],
-                       [right, wrong, right, right, right, right]])
+    logits = np.array(
+        [
+            [wrong, wrong, right, right, right, right],
+            [right, right, right, wrong, wrong, right],
+            [right, wrong, right, right, right, right],
+        ]
+    )
     best, score = ridge.choose(logits, 4, np.zeros(4, int), np.zeros(2, int), multilabel=False)
     assert (best, score) == (1, 0.5)
     assert ridge.choose(logits[:1, 4:], 0, None, np.zeros(2, int), multilabel=False) == (0, 1.0)  # nothing to choose
@@ -80,8 +86,15 @@ def test_scene_embeddings_on_eight_devices_are_exports(tmp_path):
     config = audiomaepp.get_config("micro")
     (tmp_path / "train" / "b").mkdir(parents=True)
     (tmp_path / "train" / "b" / "damaged.wav").write_bytes(b"RIFF" + bytes(40))  # counted, left out
-    task = _task(tmp_path, {("train", "a"): [0.7, 2.0, 4.3, 1.5, 2.2], ("train", "b"): [3.1, 0.9],
-                            ("test", "a"): [2.5], ("test", "b"): [4.0, 1.0]})
+    task = _task(
+        tmp_path,
+        {
+            ("train", "a"): [0.7, 2.0, 4.3, 1.5, 2.2],
+            ("train", "b"): [3.1, 0.9],
+            ("test", "a"): [2.5],
+            ("test", "b"): [4.0, 1.0],
+        },
+    )
     mesh = sharding.make_mesh(config.mesh)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     state, shardings = sharding.create_sharded_state(model, optimizer(config), mesh, jax.random.key(0))
@@ -131,15 +144,17 @@ def test_of_several_penalties_the_best_on_valid_is_taken_as_downstream_evaluate_
     score, chosen = probe(state.params)
     assert [len(probe.kept[split]) for split in ("fitting", "choosing", "test")] == [12, 8, 8]
     embedder = local_embedder(model, jax.device_get(state.params))
-    exported = {path: embedder.scene(soundfile.read(tmp_path / path, dtype="float32")[0], 16000)
-                for path in task.paths()}
+    exported = {
+        path: embedder.scene(soundfile.read(tmp_path / path, dtype="float32")[0], 16000) for path in task.paths()
+    }
     assert (score, chosen) == pytest.approx(features.ridge_score(task, exported, PROBE["shots"], l2s), abs=1e-6)
     assert chosen in l2s
 
 
 @pytest.mark.e2e
-def test_a_runs_probe_scores_are_logged_and_downstream_evaluate_reproduces_them(repo_root, trained_run,
-                                                                                probed_config, tmp_path):
+def test_a_runs_probe_scores_are_logged_and_downstream_evaluate_reproduces_them(
+    repo_root, trained_run, probed_config, tmp_path
+):
     """The shared run evaluates its probe at steps 30 and 60; from each checkpoint,
     maepp.downstream.evaluate's ridge probe with the same shots and l2 gets the same accuracy (at
     step 60 as a user runs it, at step 30 through its library, in this process)."""
@@ -147,8 +162,22 @@ def test_a_runs_probe_scores_are_logged_and_downstream_evaluate_reproduces_them(
     assert sorted(logged) == [30, 60]
     assert sorted(logged_scalars(trained_run, "eval_seconds/classes")) == [30, 60]
     task = probed_config.parent / "classes_task"
-    out = run_module(repo_root, "maepp.downstream.evaluate", "--workdir", str(trained_run), "--step", "60",
-                     "--task", str(task), "--probes", "ridge", "--shots", str(PROBE["shots"]), "--l2", "1.0")
+    out = run_module(
+        repo_root,
+        "maepp.downstream.evaluate",
+        "--workdir",
+        str(trained_run),
+        "--step",
+        "60",
+        "--task",
+        str(task),
+        "--probes",
+        "ridge",
+        "--shots",
+        str(PROBE["shots"]),
+        "--l2",
+        "1.0",
+    )
     assert logged[60] == pytest.approx(json.loads(out.strip().splitlines()[-1])["ridge"]["mean"], abs=1e-6)
     score = ridge_score_of(trained_run, 30, task, tmp_path / "step_30.npz")
     assert logged[30] == pytest.approx(score, abs=1e-6)  # TensorBoard keeps float32

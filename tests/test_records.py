@@ -1,5 +1,6 @@
 """Prepared data of the layout before 2.0.0 (ArrayRecord records of whole clips, maepp/data/records.py)
 still trains and evaluates: the records: source over shards written as prepare wrote them."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """docs/scaling.md is what maepp.tools.scaling computes, and its arithmetic holds."""
+
 import math
 
 from maepp.hardware import SYSTEMS
@@ -7,7 +8,8 @@ from maepp.tools import scaling
 
 def test_docs_scaling_md_regenerates(repo_root):
     assert (repo_root / "docs" / "scaling.md").read_text() == scaling.report(), (
-        "docs/scaling.md is stale: run python -m maepp.tools.scaling > docs/scaling.md")
+        "docs/scaling.md is stale: run python -m maepp.tools.scaling > docs/scaling.md"
+    )
 
 
 def test_state_bytes_follow_the_sharding_rules():

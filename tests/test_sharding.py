@@ -1,4 +1,5 @@
 """Data parallel, FSDP and tensor parallel (with scanned layers) on 8 fake CPU devices: same numbers, real shards."""
+
 import jax
 import numpy as np
 import pytest
@@ -78,4 +79,3 @@ def test_bad_mesh_configs_are_clear_errors():
     with pytest.raises(ValueError, match="does not divide"):
         sharding.mesh_shape(dict(data=-1, fsdp=3, model=1), 8)
     assert sharding.mesh_shape(dict(data=-1, fsdp=2, model=2), 8) == (2, 2, 2)
-

@@ -1,6 +1,7 @@
 """maepp.models.swiglu_norm: the fused SwiGLU-LayerNorm kernels (run here in Pallas's
 interpreter) compute what XLA's ops do, values and every gradient, and plug into the model
 without changing its parameters."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,8 +55,12 @@ def test_tiling_fits_the_base_model_and_refuses_what_triton_cannot_tile():
     assert swiglu_norm.tiling(512 * 51, 1365) is None  # large's decoder: not a power of two
     assert not swiglu_norm.applies((4, 51, 2730))
     with pytest.raises(ValueError, match="does not divide 192 rows"):
-        swiglu_norm.swiglu_norm(*(jnp.zeros((192, 256)),) * 2, *(jnp.zeros(256),) * 4, LAYER_NORM_EPS,
-                                swiglu_norm.Tiling(tile_rows=4, program_rows=128))
+        swiglu_norm.swiglu_norm(
+            *(jnp.zeros((192, 256)),) * 2,
+            *(jnp.zeros(256),) * 4,
+            LAYER_NORM_EPS,
+            swiglu_norm.Tiling(tile_rows=4, program_rows=128),
+        )
 
 
 def test_the_swiglu_module_with_the_kernels_has_the_same_parameters_outputs_and_gradients():
@@ -69,7 +74,8 @@ def test_the_swiglu_module_with_the_kernels_has_the_same_parameters_outputs_and_
 
     assert "pallas_call" in str(jax.make_jaxpr(loss("pallas"))(params["xla"], x))
     (value, grads), (fused_value, fused_grads) = (
-        jax.jit(jax.value_and_grad(loss(name), argnums=(0, 1)))(params["xla"], x) for name in ("xla", "pallas"))
+        jax.jit(jax.value_and_grad(loss(name), argnums=(0, 1)))(params["xla"], x) for name in ("xla", "pallas")
+    )
     # float32 kernels against XLA's ops: other summation orders in LN_h's statistics and the matmuls
     assert float(fused_value) == pytest.approx(float(value), abs=1e-4)
     for got, want in zip(leaves(fused_grads), leaves(grads), strict=True):

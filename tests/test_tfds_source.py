@@ -1,4 +1,5 @@
 """The tfds: source over real TFDS data directories written here."""
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds

@@ -1,5 +1,6 @@
 """maepp.train end to end, as a user runs it: loss falls, held-out loss and pictures, profile,
 the device front end and SIGTERM, two processes, stop after repeated non-finite steps."""
+
 import json
 import os
 import random
@@ -18,8 +19,18 @@ from tensorboard.backend.event_processing import event_accumulator
 from maepp.distributed import free_local_port
 from maepp.evaluators.pictures import reconstruction_grid
 from tests.helpers import TRAINED_RUN as RUN
-from tests.helpers import (MICRO, PausePoint, assert_trees_equal, fake_devices_environment, leaves, logged_scalars,
-                           paused_at, ridge_score_of, saved_params, train_command)
+from tests.helpers import (
+    MICRO,
+    PausePoint,
+    assert_trees_equal,
+    fake_devices_environment,
+    leaves,
+    logged_scalars,
+    paused_at,
+    ridge_score_of,
+    saved_params,
+    train_command,
+)
 
 
 def _image_steps(workdir, tag="reconstruction") -> list:
@@ -63,15 +74,17 @@ def test_profile_trace_is_written(uninterrupted):
 
 
 @pytest.mark.e2e
-def test_a_device_frontend_run_follows_the_host_run_and_saves_its_step_on_sigterm(repo_root, uninterrupted,
-                                                                                   tmp_path):
+def test_a_device_frontend_run_follows_the_host_run_and_saves_its_step_on_sigterm(repo_root, uninterrupted, tmp_path):
     """config.data.frontend=device: raw samples in, log-mels made in the train step; the same crops,
     masks and updates as the host run, so the same losses up to the front ends' ~1e-6 difference.
     Stopped by SIGTERM, the run saves the step it is on and exits cleanly."""
     workdir = tmp_path / "terminated"
     process = subprocess.Popen(
         train_command(workdir, *RUN, "--config.total_steps=100000", "--config.data.frontend=device"),
-        cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        cwd=repo_root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     deadline = time.time() + 300
     while len(logged_scalars(workdir)) < 5 if (workdir / "tensorboard").exists() else True:
@@ -98,11 +111,16 @@ def _job(repo_root, workdir, launch, *overrides, config=MICRO, processes=2, devi
     started = []
     for i in range(processes):
         flags, environment = launch(i)
-        started.append(subprocess.Popen(
-            train_command(workdir, *flags, *overrides, config=config),
-            cwd=repo_root, env=fake_devices_environment(devices, **environment), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
-        ))
+        started.append(
+            subprocess.Popen(
+                train_command(workdir, *flags, *overrides, config=config),
+                cwd=repo_root,
+                env=fake_devices_environment(devices, **environment),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=600) for p in started]
     for process, (_, err) in zip(started, outputs):
         assert process.returncode == 0, err[-3000:]
@@ -125,9 +143,17 @@ def _slurm_job_id() -> str:
 def _by_slurm_environment(job_id: str, nodes: int = 1, tasks_per_node: int = 2):
     """-> launch(i): what srun sets for task i of a step of `nodes` x `tasks_per_node` tasks (all
     of them on this machine, which names the first node: JAX's coordinator)."""
-    return lambda i: ([], dict(SLURM_JOB_ID=job_id, SLURM_STEP_NODELIST="localhost",
-                               SLURM_NTASKS=str(nodes * tasks_per_node), SLURM_PROCID=str(i),
-                               SLURM_NODEID=str(i // tasks_per_node), SLURM_LOCALID=str(i % tasks_per_node)))
+    return lambda i: (
+        [],
+        dict(
+            SLURM_JOB_ID=job_id,
+            SLURM_STEP_NODELIST="localhost",
+            SLURM_NTASKS=str(nodes * tasks_per_node),
+            SLURM_PROCID=str(i),
+            SLURM_NODEID=str(i // tasks_per_node),
+            SLURM_LOCALID=str(i % tasks_per_node),
+        ),
+    )
 
 
 def _follows(run, reference, steps, tag="loss"):
@@ -144,8 +170,9 @@ SHARED = [*RUN, "--config.profile.first_step=0"]
 
 @pytest.mark.e2e
 @pytest.mark.long(seconds=130)
-def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resumes_on_one(repo_root, trained_run,
-                                                                                         tmp_path):
+def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resumes_on_one(
+    repo_root, trained_run, tmp_path
+):
     """Two processes of 2 fake devices, each a granule of a hybrid mesh: FSDP over the 2 inside
     each, data parallel across the two (dcn_data=2), so the state is split across both from step
     1 (a fresh run of that kind stopped at step 1 before). SIGTERM reaches one of them after the
@@ -156,11 +183,30 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     workdir = tmp_path / "two_hosts"
     saved_10 = PausePoint(tmp_path, "saved@10")
     launcher = subprocess.Popen(
-        ["bash", "launch/local.sh", "2", "--devices", "2", "--port", str(free_local_port()), "--", "--config",
-         "configs/audiomaepp.py:micro", "--workdir", str(workdir), *SHARED, "--config.checkpoint_every=10",
-         "--config.mesh.data=1", "--config.mesh.fsdp=2", "--config.mesh.dcn_data=2"],
-        cwd=repo_root, env=dict(os.environ, PYTHON=sys.executable, **saved_10.environment), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        [
+            "bash",
+            "launch/local.sh",
+            "2",
+            "--devices",
+            "2",
+            "--port",
+            str(free_local_port()),
+            "--",
+            "--config",
+            "configs/audiomaepp.py:micro",
+            "--workdir",
+            str(workdir),
+            *SHARED,
+            "--config.checkpoint_every=10",
+            "--config.mesh.data=1",
+            "--config.mesh.fsdp=2",
+            "--config.mesh.dcn_data=2",
+        ],
+        cwd=repo_root,
+        env=dict(os.environ, PYTHON=sys.executable, **saved_10.environment),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     saved_10.wait(launcher)
     children = subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()
@@ -175,8 +221,14 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     data = json.loads((workdir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
     assert data == {"position": 32 * stopped, "processes": 2}  # one global position: 32 clips a step
     _as_older_maepp_saved_it(workdir / "config.json")
-    result = subprocess.run(train_command(workdir, *SHARED), cwd=repo_root, env=fake_devices_environment(4),
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        train_command(workdir, *SHARED),
+        cwd=repo_root,
+        env=fake_devices_environment(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed step {stopped} saved by 2 processes on 1 processes" in result.stdout
     assert "config.evals" not in result.stdout  # the loose fields were the same held-out evaluation: no change
@@ -185,7 +237,9 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     _follows(workdir, trained_run, [30, 60], "eval_loss")
     starts = [json.loads(line) for line in (workdir / "run_info.jsonl").read_text().splitlines()]
     assert [(s["processes"], s["mesh"]) for s in starts] == [
-        (2, {"data": 2, "fsdp": 2, "model": 1}), (1, {"data": 4, "fsdp": 1, "model": 1})]
+        (2, {"data": 2, "fsdp": 2, "model": 1}),
+        (1, {"data": 4, "fsdp": 1, "model": 1}),
+    ]
     assert all(s["resolved"] == {"model.attention": "xla"} for s in starts)  # "auto" on CPUs
 
 
@@ -200,8 +254,9 @@ def _as_older_maepp_saved_it(config_json):
 
 @pytest.mark.e2e
 @pytest.mark.long(seconds=70)
-def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_spans_them(repo_root, trained_run,
-                                                                                       probed_config, tmp_path):
+def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_spans_them(
+    repo_root, trained_run, probed_config, tmp_path
+):
     """The shared run's step-30 checkpoint (one process) goes on over two processes joined
     through a Slurm task environment (1 -> 2), on a mesh whose model axis spans them
     (dcn_model=2): each holds every row of the batch and half of each layer's heads and hidden
@@ -209,8 +264,15 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     the end is the same on both processes, and what one process computes from the checkpoint."""
     workdir = tmp_path / "two_hosts"
     shutil.copytree(trained_run / "checkpoints" / "30", workdir / "checkpoints" / "30")
-    out = _job(repo_root, workdir, _by_slurm_environment(_slurm_job_id()), *SHARED, "--config.mesh.data=2",
-                         "--config.mesh.dcn_model=2", config=probed_config)
+    out = _job(
+        repo_root,
+        workdir,
+        _by_slurm_environment(_slurm_job_id()),
+        *SHARED,
+        "--config.mesh.data=2",
+        "--config.mesh.dcn_model=2",
+        config=probed_config,
+    )
     assert "resumed step 30 saved by 1 processes on 2 processes" in out and "stopped at step 60" in out
     _follows(workdir, trained_run, range(31, 61))
     _follows(workdir, trained_run, [60], "eval_loss")
@@ -222,16 +284,25 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
 
 @pytest.mark.e2e
 @pytest.mark.long(seconds=90)
-def test_a_slurm_job_of_two_nodes_of_two_gpu_processes_is_data_parallel_across_the_nodes(repo_root, trained_run,
-                                                                                        tmp_path):
+def test_a_slurm_job_of_two_nodes_of_two_gpu_processes_is_data_parallel_across_the_nodes(
+    repo_root, trained_run, tmp_path
+):
     """launch/slurm.sbatch starts one task per GPU; docs/scaling.md's meshes count nodes in the
     dcn_* axes. Four tasks of one device each, on two nodes by SLURM_NODEID, with dcn_data=2:
     the nodes are the granules (data parallel inside each node and across the two), and the
     warm-up steps' losses are the shared single-process run's."""
     workdir = tmp_path / "slurm"
-    out = _job(repo_root, workdir, _by_slurm_environment(_slurm_job_id(), nodes=2, tasks_per_node=2), *SHARED,
-               "--config.total_steps=6", "--config.evals.held_out.source=", "--config.mesh.dcn_data=2",
-               processes=4, devices=1)
+    out = _job(
+        repo_root,
+        workdir,
+        _by_slurm_environment(_slurm_job_id(), nodes=2, tasks_per_node=2),
+        *SHARED,
+        "--config.total_steps=6",
+        "--config.evals.held_out.source=",
+        "--config.mesh.dcn_data=2",
+        processes=4,
+        devices=1,
+    )
     assert "stopped at step 6" in out
     start = json.loads((workdir / "run_info.jsonl").read_text())
     assert start["processes"] == 4 and start["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
@@ -240,8 +311,14 @@ def test_a_slurm_job_of_two_nodes_of_two_gpu_processes_is_data_parallel_across_t
 
 # A two-process job of one device each, checkpoints every 4 steps, no evaluation: what the lost-process
 # tests run, with a short heartbeat so that JAX notices a dead process within seconds.
-SHORT_JOB = ["--config.total_steps=12", "--config.warmup_steps=1", "--config.checkpoint_every=4",
-             "--config.log_every=1", "--config.evals.held_out.source=", "--config.distributed.heartbeat_s=10"]
+SHORT_JOB = [
+    "--config.total_steps=12",
+    "--config.warmup_steps=1",
+    "--config.checkpoint_every=4",
+    "--config.log_every=1",
+    "--config.evals.held_out.source=",
+    "--config.distributed.heartbeat_s=10",
+]
 
 
 @pytest.mark.e2e
@@ -256,11 +333,26 @@ def test_a_process_that_loses_the_other_says_so_in_one_line(repo_root, tmp_path,
     for i, pause in enumerate(pauses):
         pause.marker = tmp_path / f"paused-{i}"
     port = free_local_port()
-    processes = [subprocess.Popen(
-        train_command(tmp_path / "w", "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id",
-                      str(i), *SHORT_JOB),
-        cwd=repo_root, env=fake_devices_environment(1, **paused_at(pauses[i])), stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    processes = [
+        subprocess.Popen(
+            train_command(
+                tmp_path / "w",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+                *SHORT_JOB,
+            ),
+            cwd=repo_root,
+            env=fake_devices_environment(1, **paused_at(pauses[i])),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     for process, pause in zip(processes, pauses):
         pause.wait(process)
     processes[1].kill()
@@ -270,11 +362,16 @@ def test_a_process_that_loses_the_other_says_so_in_one_line(repo_root, tmp_path,
     _, err = processes[0].communicate(timeout=600)
     assert processes[0].returncode != 0
     (line,) = [line for line in err.splitlines() if line.strip()]
-    what = ("a collective failed: another process of the job stopped (" if where == "in a collective" else
-            "process 1 stopped answering (JAX's report: ")
+    what = (
+        "a collective failed: another process of the job stopped ("
+        if where == "in a collective"
+        else "process 1 stopped answering (JAX's report: "
+    )
     assert line.startswith(f"maepp.train: {what}"), line
-    assert (f"this process stopped too. The newest complete checkpoint is step 4 in {tmp_path / 'w' / 'checkpoints'}; "
-            "the same command resumes from it") in line and line.endswith(" --process_id 0 " + " ".join(SHORT_JOB))
+    assert (
+        f"this process stopped too. The newest complete checkpoint is step 4 in {tmp_path / 'w' / 'checkpoints'}; "
+        "the same command resumes from it"
+    ) in line and line.endswith(" --process_id 0 " + " ".join(SHORT_JOB))
 
 
 @pytest.mark.e2e
@@ -284,17 +381,40 @@ def test_a_job_that_lost_a_process_is_restarted_by_its_launcher_and_ends_as_if_u
     step-8 save starts; the launcher stops process 0, starts the job again, and it resumes from
     step 4 and ends with the parameters of one process of two devices (the same mesh) run through."""
     reference = tmp_path / "reference"
-    subprocess.run(train_command(reference, *SHORT_JOB), cwd=repo_root, env=fake_devices_environment(2), check=True,
-                   capture_output=True)
+    subprocess.run(
+        train_command(reference, *SHORT_JOB),
+        cwd=repo_root,
+        env=fake_devices_environment(2),
+        check=True,
+        capture_output=True,
+    )
     workdir, saved_8 = tmp_path / "restarted", PausePoint(tmp_path, "saved@8")
     launcher = subprocess.Popen(
-        ["bash", "launch/local.sh", "2", "--devices", "1", "--max_restarts", "1", "--", "--config",
-         "configs/audiomaepp.py:micro", "--workdir", str(workdir), *SHORT_JOB],
-        cwd=repo_root, env=dict(os.environ, PYTHON=sys.executable, **saved_8.environment), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+        [
+            "bash",
+            "launch/local.sh",
+            "2",
+            "--devices",
+            "1",
+            "--max_restarts",
+            "1",
+            "--",
+            "--config",
+            "configs/audiomaepp.py:micro",
+            "--workdir",
+            str(workdir),
+            *SHORT_JOB,
+        ],
+        cwd=repo_root,
+        env=dict(os.environ, PYTHON=sys.executable, **saved_8.environment),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     saved_8.wait(launcher)
-    (process_1,) = subprocess.run(["pgrep", "-P", str(launcher.pid), "-f", "--", "--process_id 1 "],
-                                  capture_output=True, text=True).stdout.split()
+    (process_1,) = subprocess.run(
+        ["pgrep", "-P", str(launcher.pid), "-f", "--", "--process_id 1 "], capture_output=True, text=True
+    ).stdout.split()
     os.kill(int(process_1), signal.SIGKILL)
     saved_8.release()  # and the restarted job is not held there
     out, err = launcher.communicate(timeout=600)
@@ -310,12 +430,22 @@ def test_a_job_that_lost_a_process_is_restarted_by_its_launcher_and_ends_as_if_u
 def test_every_process_sees_every_processes_numbers(repo_root):
     """What the console line sums (skipped clips) and compares (input wait) over processes: two
     real JAX processes gather distinct numbers in process order."""
-    program = ("import sys, jax; from maepp import distributed; "
-               f"distributed.initialize('127.0.0.1:{free_local_port()}', 2, int(sys.argv[1])); "
-               "p = jax.process_index(); print(distributed.every_process([p + 1, 10 * p]).tolist())")
-    processes = [subprocess.Popen([sys.executable, "-c", program, str(i)], cwd=repo_root, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env=fake_devices_environment(1))
-                 for i in range(2)]
+    program = (
+        "import sys, jax; from maepp import distributed; "
+        f"distributed.initialize('127.0.0.1:{free_local_port()}', 2, int(sys.argv[1])); "
+        "p = jax.process_index(); print(distributed.every_process([p + 1, 10 * p]).tolist())"
+    )
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", program, str(i)],
+            cwd=repo_root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=fake_devices_environment(1),
+        )
+        for i in range(2)
+    ]
     for process in processes:
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, err[-2000:]

@@ -21,6 +21,7 @@ bins carry the rounding of the float32 FFT (and of a float32-built window) of wh
 wrote them, up to 1.2e-3 apart between two CPUs' FFT code paths, more than the 4e-5 that
 separates one filterbank from another. The float64 outputs are the same on any machine to ~1e-9.
 """
+
 import pathlib
 
 import numpy as np
@@ -45,11 +46,21 @@ def main():
 
     # The window built in float64: a float32-built one's rounding is noise as loud as a float32 FFT's.
     melspec = torchaudio.transforms.MelSpectrogram(
-        sample_rate=SAMPLE_RATE, n_fft=N_FFT, win_length=N_FFT, hop_length=HOP, f_min=F_MIN, f_max=F_MAX,
-        n_mels=N_MELS, power=2.0, wkwargs=dict(dtype=torch.float64),
+        sample_rate=SAMPLE_RATE,
+        n_fft=N_FFT,
+        win_length=N_FFT,
+        hop_length=HOP,
+        f_min=F_MIN,
+        f_max=F_MAX,
+        n_mels=N_MELS,
+        power=2.0,
+        wkwargs=dict(dtype=torch.float64),
     )
-    arrays = {"filterbank": melspec.mel_scale.fb.numpy(), "torchaudio_version": np.array(torchaudio.__version__),
-              "torch_version": np.array(torch.__version__)}
+    arrays = {
+        "filterbank": melspec.mel_scale.fb.numpy(),
+        "torchaudio_version": np.array(torchaudio.__version__),
+        "torch_version": np.array(torch.__version__),
+    }
     melspec.double()  # in place: the filterbank's float32 values, cast
     for i, pcm in enumerate(reference_clips()):
         log = (melspec(torch.from_numpy(pcm.astype(np.float64) / 32768.0)[None]) + torch.finfo().eps).log()
@@ -59,8 +70,10 @@ def main():
         arrays[f"standardised_{i}"] = standardised[0].T.numpy()
     PATH.parent.mkdir(exist_ok=True)
     np.savez_compressed(PATH, **arrays)
-    print(f"wrote {PATH} ({PATH.stat().st_size:,} bytes) with torchaudio {torchaudio.__version__}, "
-          f"torch {torch.__version__}")
+    print(
+        f"wrote {PATH} ({PATH.stat().st_size:,} bytes) with torchaudio {torchaudio.__version__}, "
+        f"torch {torch.__version__}"
+    )
 
 
 if __name__ == "__main__":

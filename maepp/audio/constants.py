@@ -1,4 +1,5 @@
 """The front end's numbers (docs/reference.md#input), shared by every implementation of it."""
+
 import numpy as np
 
 SAMPLE_RATE = 16000

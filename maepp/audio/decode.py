@@ -5,6 +5,7 @@ as users download it) by FFmpeg, through PyAV, whose wheels carry it. A file tha
 raises BadAudio with the reason; pipelines skip it, count it and name it in the log, so one
 corrupt file in two million never stops a run.
 """
+
 import io
 import os
 import struct

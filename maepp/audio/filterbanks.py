@@ -8,6 +8,7 @@ Both are HTK-scale triangles over 50-8000 Hz without normalisation; they differ 
                   the first, which moves standardised log-mels by up to ~1.6e-4. Runs and records
                   made before the option existed used it.
 """
+
 import functools
 import math
 

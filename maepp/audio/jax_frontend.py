@@ -7,6 +7,7 @@ maepp.audio.reference. The DFT is maepp.audio.sliced_dft's float64-accurate bflo
 the mel projection a full-precision float32 product, so the result matches the reference to
 ~1e-6 (tests/test_frontend.py); a float32 FFT would be off by up to ~2e-4.
 """
+
 import functools
 
 import jax
@@ -76,6 +77,7 @@ def crop_log_mel(crops, filterbank: str = filterbanks.DEFAULT):
     frames), mean and std [batch] (the whole clip's log-mel stats).
     -> standardised log-mels [batch, frames, 80], equal to the host front end's crops.
     """
+
     def frames_of_one(samples, starts):
         return samples[starts[:, None] + np.arange(N_FFT)]  # [frames, 400]
 

@@ -6,6 +6,7 @@ reflect padding (as torchaudio), log(mel + float32 eps), then per-clip standardi
 unbiased std. The STFT is librosa's: its float64 window promotes the float32 frames, so the FFT
 runs in float64 on any CPU and only the spectrum is rounded to complex64.
 """
+
 import librosa
 import numpy as np
 
@@ -32,8 +33,15 @@ def standardize(log_mel: np.ndarray, stats=None) -> np.ndarray:
 
 def unstandardized_log_mel(waveform: np.ndarray, filterbank: str = filterbanks.DEFAULT) -> np.ndarray:
     """16 kHz mono waveform [samples] -> log(mel + eps) [frames, 80] float32, time-major."""
-    spectrum = librosa.stft(np.asarray(waveform, np.float32), n_fft=N_FFT, hop_length=HOP, win_length=N_FFT,
-                            window="hann", center=True, pad_mode="reflect")  # [201, frames] complex64
+    spectrum = librosa.stft(
+        np.asarray(waveform, np.float32),
+        n_fft=N_FFT,
+        hop_length=HOP,
+        win_length=N_FFT,
+        window="hann",
+        center=True,
+        pad_mode="reflect",
+    )  # [201, frames] complex64
     power = (np.abs(spectrum) ** 2).T  # [frames, 201]
     return np.log(power @ filterbanks.mel_filterbank(filterbank) + LOG_EPS).astype(np.float32)
 

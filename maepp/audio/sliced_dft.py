@@ -14,6 +14,7 @@ arithmetic (two-sum), smallest first. The result matches a float64 STFT to ~1e-6
 standardised log-mel (tests/test_frontend.py), for 14 bfloat16 matrix products
 [frames, 400] x [400, 402], ~4.5 MFLOP per frame.
 """
+
 import functools
 
 import jax.numpy as jnp

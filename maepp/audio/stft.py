@@ -5,6 +5,7 @@ A clip of any length is taken in blocks of BLOCK_FRAMES frames, so memory holds 
 float64 frames and spectrum, not the clip's (an hour of audio made 1.2 GB of each), besides the
 float32 result. The statistics that standardise the clip are merged block by block in float64.
 """
+
 import numpy as np
 
 from maepp.audio.constants import HOP, LOG_EPS, N_FFT, STD_EPS

@@ -4,6 +4,7 @@ Same computation as maepp.audio.reference (docs/reference.md#input), with a filt
 maepp.audio.filterbanks as a constant: tf.signal's own mel matrix differs from torchaudio's by
 ~0.014 in log-mel (docs/reference.md#input).
 """
+
 import functools
 
 import tensorflow as tf

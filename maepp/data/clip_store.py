@@ -16,6 +16,7 @@ reads one file and every read is one range request of a known size: local files 
 objects alike, through TensorStore's key-value stores (its own concurrent HTTP client on GCS).
 The layout before this one, ArrayRecord records of whole clips, is maepp/data/records.py.
 """
+
 import io
 import json
 import os
@@ -29,8 +30,11 @@ from maepp.audio.decode import decode_segment, decode_soundfile
 VERSION = "2.0.0"
 STORES = ("log_mel", "pcm", "flac")
 MIN_FRAMES = 200  # log_mel store: short clips are tiled to this many frames (one 2 s crop)
-PAYLOADS = {"log_mel": (np.dtype(np.float16), (N_MELS,)), "pcm": (np.dtype(np.int16), ()),
-            "flac": (np.dtype(np.uint8), ())}
+PAYLOADS = {
+    "log_mel": (np.dtype(np.float16), (N_MELS,)),
+    "pcm": (np.dtype(np.int16), ()),
+    "flac": (np.dtype(np.uint8), ()),
+}
 # Reads in flight per process over GCS: a crop's read waits tens of milliseconds there.
 GCS_REQUESTS_IN_FLIGHT = 256
 
@@ -67,8 +71,10 @@ def damaged_rows(crops, frames_of) -> dict:
 
 def damage_reason(shard: str, clip: int, name: str, frames: int, where: tuple) -> str:
     frame, band, value = where
-    return (f"{shard}: clip {clip} ({name}) is damaged: its stored log-mel holds {value} (crop frame {frame}, mel "
-            f"band {band}), which no standardised clip of {frames} frames can")
+    return (
+        f"{shard}: clip {clip} ({name}) is damaged: its stored log-mel holds {value} (crop frame {frame}, mel "
+        f"band {band}), which no standardised clip of {frames} frames can"
+    )
 
 
 def shard_name(name: str, split: str, shard: int, n_shards: int) -> str:
@@ -77,8 +83,9 @@ def shard_name(name: str, split: str, shard: int, n_shards: int) -> str:
 
 # One record per clip: its shard, its payload's byte offset there and stored units (rows, samples
 # or bytes), its own length (frames before tiling, or samples), its log-mel stats (audio stores).
-INDEX_DTYPE = np.dtype([("shard", "<i4"), ("offset", "<i8"), ("units", "<i8"), ("length", "<i8"),
-                        ("mean", "<f4"), ("std", "<f4")])
+INDEX_DTYPE = np.dtype(
+    [("shard", "<i4"), ("offset", "<i8"), ("units", "<i8"), ("length", "<i8"), ("mean", "<f4"), ("std", "<f4")]
+)
 
 
 def index_name(name: str, split: str) -> str:
@@ -89,8 +96,9 @@ def npy_header(store: str, units: int) -> bytes:
     """The .npy header of a shard holding `units` payload rows (frames, samples or bytes)."""
     dtype, row = PAYLOADS[store]
     buffer = io.BytesIO()
-    np.lib.format.write_array_header_1_0(buffer, dict(descr=np.lib.format.dtype_to_descr(dtype), fortran_order=False,
-                                                      shape=(units, *row)))
+    np.lib.format.write_array_header_1_0(
+        buffer, dict(descr=np.lib.format.dtype_to_descr(dtype), fortran_order=False, shape=(units, *row))
+    )
     return buffer.getvalue()
 
 
@@ -103,9 +111,13 @@ def kvstore_spec(directory: str) -> dict:
     """TensorStore's key-value store over a local folder or a gs://bucket/prefix."""
     directory = str(directory).rstrip("/") + "/"
     if directory.startswith("gs://"):
-        bucket, _, prefix = directory[len("gs://"):].partition("/")
-        return {"driver": "gcs", "bucket": bucket, "path": prefix,
-                "context": {"gcs_request_concurrency": {"limit": GCS_REQUESTS_IN_FLIGHT}}}
+        bucket, _, prefix = directory[len("gs://") :].partition("/")
+        return {
+            "driver": "gcs",
+            "bucket": bucket,
+            "path": prefix,
+            "context": {"gcs_request_concurrency": {"limit": GCS_REQUESTS_IN_FLIGHT}},
+        }
     if "://" in directory:
         raise ValueError(f"{directory}: prepared clips are read from local folders or gs://")
     return {"driver": "file", "path": os.path.abspath(directory) + "/"}
@@ -116,10 +128,10 @@ def _listing(directory: str) -> dict:
     if directory.startswith("gs://"):
         from google.cloud import storage
 
-        bucket, _, prefix = directory[len("gs://"):].rstrip("/").partition("/")
+        bucket, _, prefix = directory[len("gs://") :].rstrip("/").partition("/")
         prefix = prefix + "/" if prefix else ""
         blobs = storage.Client().list_blobs(bucket, prefix=prefix, delimiter="/")
-        return {blob.name[len(prefix):]: blob.size for blob in blobs}
+        return {blob.name[len(prefix) :]: blob.size for blob in blobs}
     return {entry.name: entry.stat().st_size for entry in os.scandir(directory) if entry.is_file()}
 
 
@@ -171,9 +183,11 @@ class ClipStoreSource:
             elif size != shard["bytes"]:
                 wrong.append(f"{shard['file']} ({size:,} bytes, not {shard['bytes']:,})")
         if wrong:
-            raise ValueError(f"{self.directory}: {len(wrong)} of {len(manifest['shards'])} shards do not match "
-                             f"manifest.json: {', '.join(wrong[:5])}; prepare again into this --output (finished "
-                             "shards are kept) or restore them")
+            raise ValueError(
+                f"{self.directory}: {len(wrong)} of {len(manifest['shards'])} shards do not match "
+                f"manifest.json: {', '.join(wrong[:5])}; prepare again into this --output (finished "
+                "shards are kept) or restore them"
+            )
 
     def __len__(self):
         return len(self._shard)
@@ -192,9 +206,14 @@ class ClipStoreSource:
 
         size = unit_bytes(self.store)
         with ts.Batch() as batch:
-            futures = [self._kv.read(self.shards[self._shard[i]], batch=batch,
-                                     byte_range=slice(int(self._offset[i] + a * size), int(self._offset[i] + b * size)))
-                       for i, a, b in zip(indices, starts, stops)]
+            futures = [
+                self._kv.read(
+                    self.shards[self._shard[i]],
+                    batch=batch,
+                    byte_range=slice(int(self._offset[i] + a * size), int(self._offset[i] + b * size)),
+                )
+                for i, a, b in zip(indices, starts, stops)
+            ]
         values = [future.result() for future in futures]
         for i, value in zip(indices, values):
             if value.state != "value":
@@ -224,8 +243,9 @@ class ClipStoreSource:
         reasons = {}
         for row, where in found.items():
             clip = int(indices[row])
-            reasons[row] = damage_reason(self.files[self._shard[clip]], clip, self.name(clip), int(self._length[clip]),
-                                         where)
+            reasons[row] = damage_reason(
+                self.files[self._shard[clip]], clip, self.name(clip), int(self._length[clip]), where
+            )
         return reasons
 
     # The audio stores: a crop's samples and the clip's stats.

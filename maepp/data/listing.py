@@ -1,6 +1,7 @@
 """The audio files under a folder, and every other file left out with the reason (nothing is
 dropped silently): files of other kinds, names that are not valid UTF-8, and directories reached
 again through a symlink loop."""
+
 import os
 import pathlib
 
@@ -22,8 +23,7 @@ def _undecodable(name: str) -> bool:
 
 def _not_audio(name: str) -> str:
     extension = os.path.splitext(name)[1].lower()
-    return (f"not an audio file maepp reads ({extension or 'no extension'}); it reads "
-            f"{', '.join(AUDIO_EXTENSIONS)}")
+    return f"not an audio file maepp reads ({extension or 'no extension'}); it reads {', '.join(AUDIO_EXTENSIONS)}"
 
 
 def _remote_audio_files(root: str) -> tuple:
@@ -32,7 +32,7 @@ def _remote_audio_files(root: str) -> tuple:
 
     files, left_out = [], {}
     for directory, _, names in tf.io.gfile.walk(root):
-        relative_dir = directory[len(root.rstrip("/")) + 1:]
+        relative_dir = directory[len(root.rstrip("/")) + 1 :]
         for name in names:
             relative = os.path.join(relative_dir, name)
             if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS:

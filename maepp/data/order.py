@@ -11,6 +11,7 @@ A clip that cannot be used is replaced, in its row, by the clip at the same slot
 epoch (position g + n), and so on: the replacement depends on g alone, so it too is the same on
 any number of processes.
 """
+
 import numpy as np
 
 

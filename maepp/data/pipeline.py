@@ -24,6 +24,7 @@ computes it here with tf.signal; "device" hands the accelerator the raw samples 
 prepared records, whose stats are stored, the hosts then only decode; other sources still need
 the whole clip's log-mel on the host for its stats.
 """
+
 import os
 import threading
 
@@ -224,8 +225,10 @@ def _check_log_mel_store(source, crop_frames: int, frontend: str):
             "store): use frontend 'host' (a crop is then a slice), or prepare with --store pcm or flac"
         )
     if crop_frames > clip_store.MIN_FRAMES:
-        raise ValueError(f"crops of {crop_frames} frames: the log_mel store keeps short clips tiled to "
-                         f"{clip_store.MIN_FRAMES} frames only; prepare with --store pcm for longer crops")
+        raise ValueError(
+            f"crops of {crop_frames} frames: the log_mel store keeps short clips tiled to "
+            f"{clip_store.MIN_FRAMES} frames only; prepare with --store pcm for longer crops"
+        )
 
 
 def reraise_damaged(error: Exception):
@@ -236,8 +239,17 @@ def reraise_damaged(error: Exception):
         raise DamagedClip(str(error).split(marker, 1)[1].splitlines()[0]) from None
 
 
-def _stored_log_mel_batches(source, order: GlobalOrder, seed: int, batch_size: int, rows: np.ndarray,
-                            crop_frames: int, start_position: int, report: SkipReport, damaged_clips: str):
+def _stored_log_mel_batches(
+    source,
+    order: GlobalOrder,
+    seed: int,
+    batch_size: int,
+    rows: np.ndarray,
+    crop_frames: int,
+    start_position: int,
+    report: SkipReport,
+    damaged_clips: str,
+):
     """train_dataset for the log_mel store: per batch, one Python call reads the crops of this
     process's rows, each exactly its own bytes, all at once. A damaged crop stops the stream
     (DamagedClip), or is skipped and counted, its row read from the clips that stand in for it."""
@@ -253,8 +265,10 @@ def _stored_log_mel_batches(source, order: GlobalOrder, seed: int, batch_size: i
         if not damaged:
             return crops, positions
         if damaged_clips == "stop":
-            raise DamagedClip(f"{next(iter(damaged.values()))}; prepare the data again, or skip such clips and "
-                              "count them with --config.data.damaged_clips=skip")
+            raise DamagedClip(
+                f"{next(iter(damaged.values()))}; prepare the data again, or skip such clips and "
+                "count them with --config.data.damaged_clips=skip"
+            )
         crops = crops.copy()  # read-only: it views the bytes read
         for row, why in damaged.items():
             report.add(source.name(int(indices[row])), why)
@@ -299,9 +313,19 @@ def _all_rows(rows, batch_size: int) -> np.ndarray:
     return rows
 
 
-def train_dataset(source, *, seed: int, batch_size: int, rows=None, crop_frames: int = 200,
-                  start_position: int = 0, report: SkipReport = None, frontend: str = "host",
-                  filterbank: str = filterbanks.DEFAULT, damaged_clips: str = "stop"):
+def train_dataset(
+    source,
+    *,
+    seed: int,
+    batch_size: int,
+    rows=None,
+    crop_frames: int = 200,
+    start_position: int = 0,
+    report: SkipReport = None,
+    frontend: str = "host",
+    filterbank: str = filterbanks.DEFAULT,
+    damaged_clips: str = "stop",
+):
     """-> tf.data.Dataset of this process's share of each global batch: dicts of position
     [len(rows)] int64 (each row's global position) and, by frontend, log_mel [len(rows),
     crop_frames, 80] float32 ("host") or WAVEFORM_CROP_KEYS ("device", see _waveform_crop).
@@ -315,9 +339,19 @@ def train_dataset(source, *, seed: int, batch_size: int, rows=None, crop_frames:
     order = GlobalOrder(len(source), seed)
     if getattr(source, "store", None) == "log_mel":
         _check_log_mel_store(source, crop_frames, frontend)
-        return _tuned_without_a_model_thread(_stored_log_mel_batches(
-            source, order, seed, batch_size, rows, crop_frames, start_position,
-            report if report is not None else SkipReport(), damaged_clips))
+        return _tuned_without_a_model_thread(
+            _stored_log_mel_batches(
+                source,
+                order,
+                seed,
+                batch_size,
+                rows,
+                crop_frames,
+                start_position,
+                report if report is not None else SkipReport(),
+                damaged_clips,
+            )
+        )
     report = report if report is not None else SkipReport()
     check_usable_audio(source, report)  # fail before any compilation starts
     reader = CropReader(source, crop_frames, report)
@@ -336,11 +370,15 @@ def train_dataset(source, *, seed: int, batch_size: int, rows=None, crop_frames:
 
     local = tf.constant(rows)
     per_batch = len(rows)
-    positions = tf.data.Dataset.range(_ENDLESS).map(_as_written(
-        lambda i: start_position + (i // per_batch) * batch_size + tf.gather(local, i % per_batch)))
+    positions = tf.data.Dataset.range(_ENDLESS).map(
+        _as_written(lambda i: start_position + (i // per_batch) * batch_size + tf.gather(local, i % per_batch))
+    )
     crops = _crops(positions, read, crop_frames, frontend, filterbank)
-    crops = crops.map(_as_written(
-        lambda example: {**{k: v for k, v in example.items() if k not in ("id", "ok")}, "position": example["id"]}))
+    crops = crops.map(
+        _as_written(
+            lambda example: {**{k: v for k, v in example.items() if k not in ("id", "ok")}, "position": example["id"]}
+        )
+    )
     return _tuned_without_a_model_thread(crops.batch(per_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
 
 
@@ -349,8 +387,15 @@ def eval_batches(n_clips: int, batch_size: int) -> int:
     return -(-n_clips // batch_size)
 
 
-def eval_dataset(source, *, batch_size: int, rows=None, crop_frames: int = 200, report: SkipReport = None,
-                 filterbank: str = filterbanks.DEFAULT):
+def eval_dataset(
+    source,
+    *,
+    batch_size: int,
+    rows=None,
+    crop_frames: int = 200,
+    report: SkipReport = None,
+    filterbank: str = filterbanks.DEFAULT,
+):
     """One pass over the clips in index order, global batch j holding clips j B ... (j + 1) B - 1,
     this process reading its `rows` of each (all by default); log-mels from the host front end
     (evaluation is too small to need the device's). Every process yields eval_batches(...)
@@ -366,7 +411,8 @@ def eval_dataset(source, *, batch_size: int, rows=None, crop_frames: int = 200, 
     if getattr(source, "store", None) == "log_mel":
         _check_log_mel_store(source, crop_frames, "host")
         return _tuned_without_a_model_thread(
-            _stored_log_mel_eval_batches(source, batch_size, rows, crop_frames, n_batches))
+            _stored_log_mel_eval_batches(source, batch_size, rows, crop_frames, n_batches)
+        )
     report = report if report is not None else SkipReport()
     reader = CropReader(source, crop_frames, report)
     n_clips = len(source)
@@ -378,11 +424,19 @@ def eval_dataset(source, *, batch_size: int, rows=None, crop_frames: int = 200, 
 
     local = tf.constant(rows)
     per_batch = len(rows)
-    indices = tf.data.Dataset.range(n_batches * per_batch).map(_as_written(
-        lambda i: (i // per_batch) * batch_size + tf.gather(local, i % per_batch)))
+    indices = tf.data.Dataset.range(n_batches * per_batch).map(
+        _as_written(lambda i: (i // per_batch) * batch_size + tf.gather(local, i % per_batch))
+    )
     crops = _crops(indices, read, crop_frames, "host", filterbank)
-    crops = crops.map(_as_written(lambda example: dict(
-        log_mel=example["log_mel"], index=tf.where(example["id"] < n_clips, example["id"], -1), valid=example["ok"])))
+    crops = crops.map(
+        _as_written(
+            lambda example: dict(
+                log_mel=example["log_mel"],
+                index=tf.where(example["id"] < n_clips, example["id"], -1),
+                valid=example["ok"],
+            )
+        )
+    )
     return _tuned_without_a_model_thread(crops.batch(per_batch).prefetch(tf.data.AUTOTUNE))
 
 

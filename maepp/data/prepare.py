@@ -18,6 +18,7 @@ anywhere Beam runs with --beam_pipeline_options (e.g. "--runner=DataflowRunner -
 are kept. Layout and reading: maepp/data/clip_store.py; writing and resume rules:
 maepp/data/writer.py.
 """
+
 import json
 import os
 import sys
@@ -29,10 +30,12 @@ from maepp.audio import filterbanks
 from maepp.data import clip_store
 from maepp.data.writer import HOLDOUT_SPLIT, MAX_CLIP_SECONDS, dataset_directory, prepare
 
-_INPUT = flags.DEFINE_string("input", None, "Folder of audio files, local or gs:// (searched recursively).",
-                            required=True)
-_OUTPUT = flags.DEFINE_string("output", None, f"Where to write NAME/{clip_store.VERSION}/ with the shards, local or gs://.",
-                             required=True)
+_INPUT = flags.DEFINE_string(
+    "input", None, "Folder of audio files, local or gs:// (searched recursively).", required=True
+)
+_OUTPUT = flags.DEFINE_string(
+    "output", None, f"Where to write NAME/{clip_store.VERSION}/ with the shards, local or gs://.", required=True
+)
 _NAME = flags.DEFINE_string("name", "audio_clips", "Dataset name (TFDS name of the result).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split name.")
 _WORKERS = flags.DEFINE_integer(
@@ -42,15 +45,23 @@ _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 1024, "Input files pe
 _STORE = flags.DEFINE_enum(
     "store", "log_mel", clip_store.STORES, "What a shard keeps of each clip (maepp/data/clip_store.py)."
 )
-_FILTERBANK = flags.DEFINE_enum("filterbank", filterbanks.DEFAULT, filterbanks.NAMES,
-                                "Mel filterbank of the stored log-mels or stats (config.audio.filterbank).")
+_FILTERBANK = flags.DEFINE_enum(
+    "filterbank",
+    filterbanks.DEFAULT,
+    filterbanks.NAMES,
+    "Mel filterbank of the stored log-mels or stats (config.audio.filterbank).",
+)
 _MAX_CLIP_SECONDS = flags.DEFINE_float(
-    "max_clip_seconds", MAX_CLIP_SECONDS, "Files longer than this become several clips of at most this length, "
-    "each named by where it starts (talk.wav@600s), so memory stays bounded whatever a file's length."
+    "max_clip_seconds",
+    MAX_CLIP_SECONDS,
+    "Files longer than this become several clips of at most this length, "
+    "each named by where it starts (talk.wav@600s), so memory stays bounded whatever a file's length.",
 )
 _HOLDOUT = flags.DEFINE_float(
-    "holdout", 0.0, f"Fraction of the files kept out of training, written as the split {HOLDOUT_SPLIT!r} in the "
-    f"dataset's {HOLDOUT_SPLIT}/ folder, where training's held-out loss is computed (0: none)."
+    "holdout",
+    0.0,
+    f"Fraction of the files kept out of training, written as the split {HOLDOUT_SPLIT!r} in the "
+    f"dataset's {HOLDOUT_SPLIT}/ folder, where training's held-out loss is computed (0: none).",
 )
 _BEAM_OPTIONS = flags.DEFINE_string(
     "beam_pipeline_options",
@@ -81,12 +92,16 @@ def main(argv):
     except (ValueError, FileNotFoundError) as error:
         sys.exit(f"maepp.data.prepare: {error}")
     out = dataset_directory(_OUTPUT.value, _NAME.value)
-    print(f"{manifest['clips']} clips ({manifest['hours']:.2f} h) in {len(manifest['shards'])} shards under {out}; "
-          f"{len(manifest['skipped'])} files left out (listed in manifest.json)")
+    print(
+        f"{manifest['clips']} clips ({manifest['hours']:.2f} h) in {len(manifest['shards'])} shards under {out}; "
+        f"{len(manifest['skipped'])} files left out (listed in manifest.json)"
+    )
     if "holdout" in manifest:
         held = json.loads((out / manifest["holdout"] / "manifest.json").read_text())
-        print(f"{held['clips']} more clips ({held['hours']:.2f} h) held out under {out / manifest['holdout']}: "
-              "training on this dataset computes its held-out loss on them")
+        print(
+            f"{held['clips']} more clips ({held['hours']:.2f} h) held out under {out / manifest['holdout']}: "
+            "training on this dataset computes its held-out loss on them"
+        )
     matching = "" if _FILTERBANK.value == filterbanks.DEFAULT else f" --config.audio.filterbank={_FILTERBANK.value}"
     print(f"train on them with --config.data.source=prepared:{out}{matching}")
 

@@ -20,6 +20,7 @@ ArrayRecord gives random access, so the pipeline's order stays a pure function o
 Shards on gs:// are read where they are, by ArrayRecord's own GCS reader (array_record >= 0.8.3):
 whole records, so a crop reads its clip's record whole.
 """
+
 import json
 import threading
 
@@ -109,9 +110,12 @@ class RecordsSource:
         indices = np.asarray(indices, np.int64)
         frames = lambda rows: [self._example(int(i))["num_frames"].int64_list.value[0] for i in indices[rows]]
         found = clip_store.damaged_rows(crops, frames)
-        return {row: clip_store.damage_reason(f"the shards {self.pattern}", int(indices[row]),
-                                              self.name(int(indices[row])), frames([row])[0], where)
-                for row, where in found.items()}
+        return {
+            row: clip_store.damage_reason(
+                f"the shards {self.pattern}", int(indices[row]), self.name(int(indices[row])), frames([row])[0], where
+            )
+            for row, where in found.items()
+        }
 
     def name(self, index: int) -> str:
         return self._example(index)["path"].bytes_list.value[0].decode()

@@ -4,6 +4,7 @@ Each clip is one of a few sound classes (the label is kept for probe tests), bui
 random parameters: harmonic tones with vibrato, chirps, noise bursts, click trains, or a
 mixture of two of them, at a random level with a little background noise.
 """
+
 import numpy as np
 import scipy.signal
 

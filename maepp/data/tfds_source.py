@@ -4,6 +4,7 @@ Random access needs TFDS's ArrayRecord format (`tfds.data_source`); data_dir may
 path or gs://. Datasets written by maepp.data.prepare are read through their shards (with the fast
 crop path); any other dataset's `audio` feature is converted to 16 kHz mono floats.
 """
+
 import numpy as np
 import tensorflow_datasets as tfds
 

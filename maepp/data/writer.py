@@ -15,6 +15,7 @@ lists, the index and the manifest are the same whoever wrote them. Resumable and
       bytes;
     - the index and manifest are written last, from the clip lists.
 """
+
 import hashlib
 import io
 import itertools
@@ -72,8 +73,9 @@ def clip_payload(store: str, filterbank: str, waveform: np.ndarray) -> dict:
     if store == "log_mel":
         log_mel = reference.log_mel(waveform, filterbank)
         tiled = np.tile(log_mel, (-(-clip_store.MIN_FRAMES // len(log_mel)), 1))
-        return dict(payload=tiled.astype(np.float16).tobytes(), units=len(tiled), length=len(log_mel),
-                    mean=None, std=None)
+        return dict(
+            payload=tiled.astype(np.float16).tobytes(), units=len(tiled), length=len(log_mel), mean=None, std=None
+        )
     pcm = np.clip(np.round(waveform * 32768.0), -32768, 32767).astype(np.int16)
     payload = pcm.tobytes() if store == "pcm" else encode_flac(waveform)
     # Stats of what training will read back: the 16-bit audio, not the float input.
@@ -92,15 +94,18 @@ def clip_pieces(relative: str, waveform: np.ndarray, max_samples: int) -> list:
     end then holds one piece's spectra, whatever the file's length."""
     if len(waveform) <= max_samples:
         return [(relative, waveform)]
-    return [(f"{relative}@{start / SAMPLE_RATE:g}s", waveform[start : start + max_samples])
-            for start in range(0, len(waveform), max_samples)]
+    return [
+        (f"{relative}@{start / SAMPLE_RATE:g}s", waveform[start : start + max_samples])
+        for start in range(0, len(waveform), max_samples)
+    ]
 
 
 _SHARDS_WRITTEN = itertools.count(1)  # by this process (a Beam worker writes several)
 
 
-def write_shard(job: dict, input_root: str, store: str, filterbank: str,
-                max_clip_seconds: float = MAX_CLIP_SECONDS) -> dict:
+def write_shard(
+    job: dict, input_root: str, store: str, filterbank: str, max_clip_seconds: float = MAX_CLIP_SECONDS
+) -> dict:
     """Writes one shard and then its clip list; returns the clip list. job: output (its split's
     folder), file, paths."""
     out = epath.Path(job["output"])
@@ -116,17 +121,31 @@ def write_shard(job: dict, input_root: str, store: str, filterbank: str,
             for clip_name, piece in clip_pieces(relative, waveform, int(max_clip_seconds * SAMPLE_RATE)):
                 clip = clip_payload(store, filterbank, piece)
                 payloads.write(clip["payload"])
-                for key, value in (("names", clip_name), ("units", clip["units"]), ("lengths", clip["length"]),
-                                   ("means", clip["mean"]), ("stds", clip["std"])):
+                for key, value in (
+                    ("names", clip_name),
+                    ("units", clip["units"]),
+                    ("lengths", clip["length"]),
+                    ("means", clip["mean"]),
+                    ("stds", clip["std"]),
+                ):
                     clips[key].append(value)
             samples += len(waveform)
         header = clip_store.npy_header(store, sum(clips["units"]))
         size = len(header) + payloads.tell()
         payloads.seek(0)
         _write_bytes_atomically(out / job["file"], [header, payloads])
-    listing = dict(file=job["file"], bytes=size, header_bytes=len(header), clips=clips["names"],
-                   units=clips["units"], lengths=clips["lengths"], means=clips["means"], stds=clips["stds"],
-                   seconds=samples / SAMPLE_RATE, skipped=skipped)
+    listing = dict(
+        file=job["file"],
+        bytes=size,
+        header_bytes=len(header),
+        clips=clips["names"],
+        units=clips["units"],
+        lengths=clips["lengths"],
+        means=clips["means"],
+        stds=clips["stds"],
+        seconds=samples / SAMPLE_RATE,
+        skipped=skipped,
+    )
     _write_bytes_atomically(out / _listing_name(job["file"]), [json.dumps(listing).encode()])
     pause_points.reached("shard_written", next(_SHARDS_WRITTEN))
     return listing
@@ -141,12 +160,24 @@ def _finished(out: epath.Path) -> set:
     return {path.name.removesuffix(".json") + ".npy" for path in out.glob("*.clips-*.json")}
 
 
-def _check_plan(out: epath.Path, files: list, clips_per_shard: int, store: str, filterbank: str,
-                max_clip_seconds: float, holdout: float):
+def _check_plan(
+    out: epath.Path,
+    files: list,
+    clips_per_shard: int,
+    store: str,
+    filterbank: str,
+    max_clip_seconds: float,
+    holdout: float,
+):
     """A resumed run must be the same preparation: same files, same sharding, same store, filterbank,
     longest clip and held-out fraction."""
-    plan = dict(clips_per_shard=clips_per_shard, files=len(files), store=store, filterbank=filterbank,
-                files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest())
+    plan = dict(
+        clips_per_shard=clips_per_shard,
+        files=len(files),
+        store=store,
+        filterbank=filterbank,
+        files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest(),
+    )
     if max_clip_seconds != MAX_CLIP_SECONDS:  # plans written before the option hold none
         plan["max_clip_seconds"] = max_clip_seconds
     if holdout:  # nor before this one
@@ -218,15 +249,20 @@ def _local_runner(workers: int, log_path: str):
 
     # Run by a shell. Ctrl-C reaches every process of the terminal's group: the workers ignore it, so
     # that prepare stops in one line (maepp.config_files.run_cli) and they end with its connection.
-    worker = (f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main "
-              f"2>>{shlex.quote(log_path)}")
+    worker = (
+        f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main "
+        f"2>>{shlex.quote(log_path)}"
+    )
     worker_options = struct_pb2.Struct()
     worker_options.update({"default_sdk_harness_log_level": "ERROR"})
-    provision = beam_provision_api_pb2.ProvisionInfo(retrieval_token="unused-retrieval-token",
-                                                     pipeline_options=worker_options)
+    provision = beam_provision_api_pb2.ProvisionInfo(
+        retrieval_token="unused-retrieval-token", pipeline_options=worker_options
+    )
     python_logging.getLogger(fn_runner.__name__).addFilter(_NOT_THE_WORKERS_MODE)
-    return fn_runner.FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(worker),
-                                 provision_info=fn_runner.ExtendedProvisionInfo(provision))
+    return fn_runner.FnApiRunner(
+        default_environment=SubprocessSDKEnvironment.from_command_string(worker),
+        provision_info=fn_runner.ExtendedProvisionInfo(provision),
+    )
 
 
 def _run_pipeline(jobs: list, workers: int, beam_pipeline_options: str, **shard_arguments):
@@ -237,10 +273,12 @@ def _run_pipeline(jobs: list, workers: int, beam_pipeline_options: str, **shard_
     try:
         runner = None if beam_pipeline_options else _local_runner(workers, log_path)
         with beam.Pipeline(runner=runner, options=pipeline_options(workers, beam_pipeline_options)) as pipeline:
-            (pipeline
-             | "shards" >> beam.Create(jobs)
-             | "spread" >> beam.Reshuffle()  # one shard per element, spread over the workers
-             | "write" >> beam.Map(write_shard, **shard_arguments))
+            (
+                pipeline
+                | "shards" >> beam.Create(jobs)
+                | "spread" >> beam.Reshuffle()  # one shard per element, spread over the workers
+                | "write" >> beam.Map(write_shard, **shard_arguments)
+            )
     except Exception:  # a failure, which the workers' output may explain; not Ctrl-C
         keep_log = os.path.getsize(log_path) > 0
         if keep_log:
@@ -277,14 +315,26 @@ def held_out_files(files: list, fraction: float) -> set:
     those whose names hash lowest, so the choice depends on the names, not on the listing's order."""
     count = max(1, round(fraction * len(files)))
     if count >= len(files):
-        raise ValueError(f"--holdout {fraction}: of {len(files)} audio files it would hold out {count}, leaving none "
-                         "to train on")
+        raise ValueError(
+            f"--holdout {fraction}: of {len(files)} audio files it would hold out {count}, leaving none to train on"
+        )
     return set(sorted(files, key=lambda name: hashlib.sha256(name.encode()).digest())[:count])
 
 
-def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1, clips_per_shard=1024,
-            store="log_mel", filterbank=filterbanks.DEFAULT, beam_pipeline_options="", progress=False,
-            max_clip_seconds=MAX_CLIP_SECONDS, holdout=0.0) -> dict:
+def prepare(
+    input_dir,
+    output_dir,
+    name="audio_clips",
+    split="train",
+    workers=1,
+    clips_per_shard=1024,
+    store="log_mel",
+    filterbank=filterbanks.DEFAULT,
+    beam_pipeline_options="",
+    progress=False,
+    max_clip_seconds=MAX_CLIP_SECONDS,
+    holdout=0.0,
+) -> dict:
     """Writes (or finishes) the prepared dataset; returns the manifest. progress: a tqdm bar of the
     files written, as shards finish. A file longer than max_clip_seconds becomes several clips.
     holdout: the fraction of the files written instead to the split HOLDOUT_SPLIT, in the
@@ -323,8 +373,11 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         n_shards = math.ceil(len(split_files) / clips_per_shard)
         shards[split_name] = [clip_store.shard_name(name, split_name, s, n_shards) for s in range(n_shards)]
         finished = _finished(folder)
-        jobs += [dict(output=str(folder), file=shard, paths=split_files[s * clips_per_shard: (s + 1) * clips_per_shard])
-                 for s, shard in enumerate(shards[split_name]) if shard not in finished]
+        jobs += [
+            dict(output=str(folder), file=shard, paths=split_files[s * clips_per_shard : (s + 1) * clips_per_shard])
+            for s, shard in enumerate(shards[split_name])
+            if shard not in finished
+        ]
     logging.info("%d shards, %d to write", sum(map(len, shards.values())), len(jobs))
     if jobs:
         done = threading.Event()
@@ -332,22 +385,38 @@ def prepare(input_dir, output_dir, name="audio_clips", split="train", workers=1,
         if watcher:
             watcher.start()
         try:
-            _run_pipeline(jobs, workers, beam_pipeline_options, input_root=input_root, store=store,
-                          filterbank=filterbank, max_clip_seconds=max_clip_seconds)
+            _run_pipeline(
+                jobs,
+                workers,
+                beam_pipeline_options,
+                input_root=input_root,
+                store=store,
+                filterbank=filterbank,
+                max_clip_seconds=max_clip_seconds,
+            )
         finally:
             done.set()
             if watcher:
                 watcher.join()
-    manifests = [_finish_split(folder, name, split_name, shards[split_name], split_files, skipped,
-                               dict(store=store, filterbank=filterbank, input=input_root,
-                                    max_clip_seconds=max_clip_seconds),
-                               holdout=HOLDOUT_SPLIT if held and split_name == split else None)
-                 for folder, split_name, split_files, skipped in reversed(splits)]  # the held-out split first
+    manifests = [
+        _finish_split(
+            folder,
+            name,
+            split_name,
+            shards[split_name],
+            split_files,
+            skipped,
+            dict(store=store, filterbank=filterbank, input=input_root, max_clip_seconds=max_clip_seconds),
+            holdout=HOLDOUT_SPLIT if held and split_name == split else None,
+        )
+        for folder, split_name, split_files, skipped in reversed(splits)
+    ]  # the held-out split first
     return manifests[-1]
 
 
-def _finish_split(folder: epath.Path, name: str, split: str, shards: list, files: list, left_out: dict,
-                  settings: dict, holdout) -> dict:
+def _finish_split(
+    folder: epath.Path, name: str, split: str, shards: list, files: list, left_out: dict, settings: dict, holdout
+) -> dict:
     """Writes a split's index and then its manifest, from its shards' clip lists; -> the manifest.
     holdout: the folder of the dataset's held-out split, named in the manifest, or None."""
     listings = [json.loads((folder / _listing_name(shard)).read_text()) for shard in shards]
@@ -364,8 +433,10 @@ def _finish_split(folder: epath.Path, name: str, split: str, shards: list, files
         max_clip_seconds=settings["max_clip_seconds"],
         hours=sum(listing["seconds"] for listing in listings) / 3600,
         index=clip_store.index_name(name, split),
-        shards=[dict(file=listing["file"], clips=len(listing["clips"]), bytes=listing["bytes"],
-                     seconds=listing["seconds"]) for listing in listings],
+        shards=[
+            dict(file=listing["file"], clips=len(listing["clips"]), bytes=listing["bytes"], seconds=listing["seconds"])
+            for listing in listings
+        ],
         skipped={**left_out, **{path: reason for listing in listings for path, reason in listing["skipped"].items()}},
     )
     if holdout:

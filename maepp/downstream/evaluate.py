@@ -12,6 +12,7 @@ features are exported first into RUN/evaluations/<task>/<features>.npz: a killed
 that export where it stopped, but each new run computes the features afresh (the checkpoint may
 have changed).
 """
+
 import json
 import sys
 
@@ -32,8 +33,12 @@ _FEATURES = flags.DEFINE_enum("features", "encoder", features.FEATURES, "What to
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Probe seeds (HEAR uses 10).")
 _PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linear, mlp, ridge.")
 _SHOTS = flags.DEFINE_integer("shots", 0, "The ridge probe's training clips per class (0: all).")
-_L2 = flags.DEFINE_list("l2", ["1.0"], "The ridge probe's penalty on standardised features, or several "
-                        "(0.1,1,10): the one that scores best on the task's valid split is taken.")
+_L2 = flags.DEFINE_list(
+    "l2",
+    ["1.0"],
+    "The ridge probe's penalty on standardised features, or several "
+    "(0.1,1,10): the one that scores best on the task's valid split is taken.",
+)
 
 
 def _penalties(values: list) -> tuple:
@@ -59,8 +64,9 @@ def main(argv):
         directory = checkpoints.workdir_path(_WORKDIR.value) / "evaluations" / task.name
         directory.mkdir(parents=True, exist_ok=True)
         clip_features = features.task_features(task, embedder, directory / f"{_FEATURES.value}.npz", sys.stderr)
-        results = features.evaluate(task, clip_features, _SEEDS.value, tuple(_PROBES.value), _SHOTS.value,
-                                     l2s if len(l2s) > 1 else l2s[0])
+        results = features.evaluate(
+            task, clip_features, _SEEDS.value, tuple(_PROBES.value), _SHOTS.value, l2s if len(l2s) > 1 else l2s[0]
+        )
     except (FileNotFoundError, ValueError, KeyError) as error:
         sys.exit(f"maepp.downstream.evaluate: {error}")
     metric = "mAP" if task.multilabel else "accuracy"
@@ -70,8 +76,18 @@ def main(argv):
         else:
             spread = f"+- {result['ci95']:.4f} (95%, {_SEEDS.value} seeds)"
         print(f"{task.name} {_FEATURES.value} {name} probe: {metric} {result['mean']:.4f} {spread}")
-    print(json.dumps(dict(task=task.name, model=loaded, features=_FEATURES.value, metric=metric,
-                          clips=len(clip_features), **results)))
+    print(
+        json.dumps(
+            dict(
+                task=task.name,
+                model=loaded,
+                features=_FEATURES.value,
+                metric=metric,
+                clips=len(clip_features),
+                **results,
+            )
+        )
+    )
 
 
 def run():

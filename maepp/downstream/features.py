@@ -4,6 +4,7 @@ Features of every clip of the task are exported once (maepp/export/clips.py, res
 probes are trained on them for several seeds. Two references put the encoder's numbers in
 context: the same architecture at random init, and per-band mean and std of the log-mel.
 """
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -70,21 +71,26 @@ def ridge_score(task: Task, features: dict, shots: int = 0, l2=1.0) -> tuple:
     what a training run's probe evaluator reports for the same encoder, clips, shots and l2 (one
     number, or several to choose from on the valid split)."""
     l2s = ridge.penalties(l2)
-    fitting, choosing, test = ([(path, labels) for path, labels in labelled if path in features]  # unreadable: skipped
-                               for labelled in ridge.probe_clips(task, shots, choosing=len(l2s) > 1))
+    fitting, choosing, test = (
+        [(path, labels) for path, labels in labelled if path in features]  # unreadable: skipped
+        for labelled in ridge.probe_clips(task, shots, choosing=len(l2s) > 1)
+    )
 
     def stacked(labelled):
         return np.stack([features[path] for path, _ in labelled]).astype(np.float32)
 
-    logits = ridge.ridge_logits_per_penalty(stacked(fitting), ridge.targets(fitting, task.labels),
-                                            stacked(choosing + test), l2s)
-    best, score = ridge.choose(logits, len(choosing), ridge.scored_labels(choosing, task),
-                               ridge.scored_labels(test, task), task.multilabel)
+    logits = ridge.ridge_logits_per_penalty(
+        stacked(fitting), ridge.targets(fitting, task.labels), stacked(choosing + test), l2s
+    )
+    best, score = ridge.choose(
+        logits, len(choosing), ridge.scored_labels(choosing, task), ridge.scored_labels(test, task), task.multilabel
+    )
     return score, l2s[best]
 
 
-def evaluate(task: Task, features: dict, seeds: int, probe_names=("linear", "mlp"), shots: int = 0,
-             l2: float = 1.0) -> dict:
+def evaluate(
+    task: Task, features: dict, seeds: int, probe_names=("linear", "mlp"), shots: int = 0, l2: float = 1.0
+) -> dict:
     """-> {probe: {mean, ci95, scores}}: per seed, the score averaged over the task's folds. The
     ridge probe is deterministic and fits fold 0 once (shots, l2: its settings): its mean is its
     score, unrounded, and its l2 the penalty it chose."""
@@ -98,10 +104,12 @@ def evaluate(task: Task, features: dict, seeds: int, probe_names=("linear", "mlp
         for seed in range(seeds):
             per_fold = []
             for fold in task.folds:
-                train, valid, test = (_split(s, features, task.labels, task.multilabel)
-                                      for s in (fold.train, fold.valid, fold.test))
-                per_fold.append(probes.evaluate_probe(train, valid, test, len(task.labels), task.multilabel,
-                                                      PROBES[name], seed))
+                train, valid, test = (
+                    _split(s, features, task.labels, task.multilabel) for s in (fold.train, fold.valid, fold.test)
+                )
+                per_fold.append(
+                    probes.evaluate_probe(train, valid, test, len(task.labels), task.multilabel, PROBES[name], seed)
+                )
             scores.append(float(np.mean(per_fold)))
         mean, half = probes.mean_and_interval(scores)
         results[name] = dict(mean=round(mean, 4), ci95=round(half, 4), scores=[round(s, 4) for s in scores])

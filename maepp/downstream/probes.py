@@ -3,6 +3,7 @@ evaluation"): a shallow MLP (one hidden layer of 1024, BatchNorm, ReLU, dropout 
 validation split, Adam 1e-4, early stopping), and a linear probe (Adam 1e-3); repeated over seeds and
 reported as mean and 95% interval.
 """
+
 import dataclasses
 
 import flax.linen as nn
@@ -63,8 +64,9 @@ def _loss(logits, y, multilabel):
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def _fit_one(train: Split, valid: Split, n_outputs: int, multilabel: bool, settings: ProbeSettings, dropout: float,
-             seed: int):
+def _fit_one(
+    train: Split, valid: Split, n_outputs: int, multilabel: bool, settings: ProbeSettings, dropout: float, seed: int
+):
     """-> (best validation score, predict(x) -> logits) of one probe trained with early stopping."""
     probe = Probe(n_outputs, settings.hidden, dropout)
     rng = jax.random.key(seed)
@@ -75,8 +77,9 @@ def _fit_one(train: Split, valid: Split, n_outputs: int, multilabel: bool, setti
     @jax.jit
     def step(variables, opt_state, x, y, rng):
         def loss_fn(params):
-            logits, updates = probe.apply({**variables, "params": params}, x, train=True, rngs={"dropout": rng},
-                                          mutable=["batch_stats"])
+            logits, updates = probe.apply(
+                {**variables, "params": params}, x, train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+            )
             return _loss(logits, y, multilabel), updates
 
         grads, updates = jax.grad(loss_fn, has_aux=True)(variables["params"])
@@ -112,14 +115,16 @@ def _fit_one(train: Split, valid: Split, n_outputs: int, multilabel: bool, setti
     return best[0], lambda x: np.asarray(predict(best_variables, x))
 
 
-def evaluate_probe(train: Split, valid: Split, test: Split, n_outputs: int, multilabel: bool,
-                   settings: ProbeSettings, seed: int) -> float:
+def evaluate_probe(
+    train: Split, valid: Split, test: Split, n_outputs: int, multilabel: bool, settings: ProbeSettings, seed: int
+) -> float:
     """Test score of the probe (dropout chosen on validation) for one seed; features are
     standardised with the training split's statistics."""
     mean, std = train.x.mean(axis=0), train.x.std(axis=0) + 1e-6
     splits = [Split(((s.x - mean) / std).astype(np.float32), s.y) for s in (train, valid, test)]
-    fits = [_fit_one(splits[0], splits[1], n_outputs, multilabel, settings, dropout, seed)
-            for dropout in settings.dropouts]
+    fits = [
+        _fit_one(splits[0], splits[1], n_outputs, multilabel, settings, dropout, seed) for dropout in settings.dropouts
+    ]
     _, predict = max(fits, key=lambda fit: fit[0])
     return score(predict(splits[2].x), splits[2].y, multilabel)
 

@@ -9,6 +9,7 @@ train and valid splits. With several, it fits on train, takes the penalty that s
 valid (the first of the best, in the order given), and reports that fit. Scored on the test
 split: accuracy, or mAP for a multi-label task (maepp/downstream/probes.py).
 """
+
 import functools
 
 import jax

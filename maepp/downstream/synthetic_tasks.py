@@ -9,6 +9,7 @@ modulation: coloured noise whose loudness swings at 2, 4, 8 or 16 Hz, with rando
     per-band log-mel means and stds are at chance by design; telling the classes apart needs
     the temporal pattern across frames, which masked reconstruction has to learn.
 """
+
 import collections
 import pathlib
 import sys
@@ -79,8 +80,7 @@ def write_task(directory, task: str, per_split: dict, seconds: float = 2.0, seed
 
 
 _TASK = flags.DEFINE_enum("task", "classes", list(TASKS), "Which labelled task to write.")
-_OUTPUT = flags.DEFINE_string("output", None, "Task directory to write (train/ and test/ go in it).",
-                             required=True)
+_OUTPUT = flags.DEFINE_string("output", None, "Task directory to write (train/ and test/ go in it).", required=True)
 _TRAIN = flags.DEFINE_integer("train", 100, "Training clips per label.")
 _TEST = flags.DEFINE_integer("test", 50, "Test clips per label.")
 _SECONDS = flags.DEFINE_float("seconds", 2.0, "Clip length.")
@@ -92,8 +92,9 @@ def main(argv):
     output = pathlib.Path(_OUTPUT.value)
     if output.exists() and any(output.iterdir()):
         sys.exit(f"maepp.downstream.synthetic_tasks: --output {output} is not empty; give a new directory")
-    directory = write_task(output, _TASK.value, {"train": _TRAIN.value, "test": _TEST.value},
-                           _SECONDS.value, _SEED.value)
+    directory = write_task(
+        output, _TASK.value, {"train": _TRAIN.value, "test": _TEST.value}, _SECONDS.value, _SEED.value
+    )
     print(f"wrote the {_TASK.value} task to {directory}")
 
 

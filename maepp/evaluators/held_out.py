@@ -7,6 +7,7 @@ the jitted step runs in lockstep on every host and the loss does not depend on t
 count. Masks come from fold_in(seed, batch number): the same at every evaluation, so losses of
 different steps are comparable. The sums stay on the devices until the pass ends.
 """
+
 import jax
 
 from maepp import distributed, sharding
@@ -38,8 +39,12 @@ class HeldOutEvaluation:
     def __call__(self, params):
         """-> (loss over all held-out clips' masked patches, pictures [3, n, T, F] numpy)."""
         batches = eval_dataset(
-            self.source, batch_size=self.batch_size, rows=self.rows, crop_frames=self.crop_frames,
-            report=self.skip_report, filterbank=self.filterbank,
+            self.source,
+            batch_size=self.batch_size,
+            rows=self.rows,
+            crop_frames=self.crop_frames,
+            report=self.skip_report,
+            filterbank=self.filterbank,
         ).as_numpy_iterator()
         error_sum = masked_patches = pictures = None
         for number, batch in enumerate(batches):
@@ -55,8 +60,9 @@ class HeldOutEvaluation:
                 error_sum, masked_patches = error_sum + out["error_sum"], masked_patches + out["masked_patches"]
         error_sum, masked_patches, pictures = jax.device_get((error_sum, masked_patches, pictures))
         if not masked_patches:
-            raise ValueError(f"held-out source {len(self.source)} clips gave no usable audio: "
-                             f"{self.skip_report.reasons}")
+            raise ValueError(
+                f"held-out source {len(self.source)} clips gave no usable audio: {self.skip_report.reasons}"
+            )
         return float(error_sum) / float(masked_patches), pictures
 
     def evaluate(self, params, step: int, writer, workdir) -> str:

@@ -2,6 +2,7 @@
 
 Like the train step it is one pure function, jitted by its caller (maepp/evaluators/held_out.py).
 """
+
 import jax.numpy as jnp
 
 from maepp.models import MASKING_RNG, MaskedAutoencoder, patch_errors

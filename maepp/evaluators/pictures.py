@@ -5,6 +5,7 @@ log-mel spectrogram drawn SCALE times its size, frequency upwards and time to th
 bins on the left and seconds below; a clip's three panels share its input's colour scale, which
 the bar on the right shows.
 """
+
 import numpy as np
 import tensorflow as tf
 from etils import epath
@@ -50,8 +51,9 @@ def reconstruction_grid(pictures) -> np.ndarray:
             # [freq, time], the lowest bin at the bottom
             levels = ((pictures[kind, clip] - low) / max(high - low, 1e-6)).T[::-1]
             top, left = panel_origin(clip, kind, time, freq)
-            grid[top : top + freq * SCALE, left : left + time * SCALE] = \
+            grid[top : top + freq * SCALE, left : left + time * SCALE] = (
                 colours(levels).repeat(SCALE, axis=0).repeat(SCALE, axis=1)
+            )
     bar_left = width - RIGHT + GAP
     bar = colours(np.linspace(1.0, 0.0, freq * SCALE))[:, None]  # loud at the top
     grid[TOP : TOP + freq * SCALE, bar_left : bar_left + BAR_WIDTH] = bar
@@ -80,8 +82,7 @@ def _label(draw, kinds: int, n: int, time: int, freq: int, bar_left: int):
             x = left + int(round(seconds / FRAME_SECONDS)) * SCALE
             draw.line([(x, bottom + 1), (x, bottom + 4)], fill=INK)
             last = kind == kinds - 1 and seconds == ticks[-1]
-            draw.text((x, bottom + 5), f"{seconds:g} s" if last else f"{seconds:g}", fill=INK, font=font,
-                      anchor="mt")
+            draw.text((x, bottom + 5), f"{seconds:g} s" if last else f"{seconds:g}", fill=INK, font=font, anchor="mt")
     draw.text((bar_left + BAR_WIDTH + 3, TOP), "loud", fill=INK, font=font, anchor="lt")
     draw.text((bar_left + BAR_WIDTH + 3, TOP + freq * SCALE), "quiet", fill=INK, font=font, anchor="lb")
 

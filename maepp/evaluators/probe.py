@@ -11,6 +11,7 @@ the clip's frames, as export computes it) on the devices, fits the closed-form r
 back only the logits of the clips it scores: once, the same on every process, which checks that
 all processes agree on the score.
 """
+
 import time
 
 import jax
@@ -33,8 +34,9 @@ class ProbeEvaluation:
         self.name, self.task, self.mesh = name, task, mesh
         self.batch_size = settings["batch_size"]
         self.l2s = ridge.penalties(settings["l2"])
-        self.splits = dict(zip(("fitting", "choosing", "test"),
-                               ridge.probe_clips(task, settings["shots"], choosing=len(self.l2s) > 1)))
+        self.splits = dict(
+            zip(("fitting", "choosing", "test"), ridge.probe_clips(task, settings["shots"], choosing=len(self.l2s) > 1))
+        )
         self.metric = "mAP" if task.multilabel else "accuracy"
         self.filterbank = filterbanks.mel_filterbank(filterbanks.from_config(config))
         self.chunk_length, self.patch_frames = model.spec.input_size[0], model.spec.patch_size[0]
@@ -51,8 +53,13 @@ class ProbeEvaluation:
             return sums + jax.ops.segment_sum(per_chunk, clip_ids, num_segments=sums.shape[0])
 
         split, whole = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-        self.add_chunks = jax.jit(add_chunks, in_shardings=(params_shardings, split, split, split, whole),
-                                  out_shardings=whole, donate_argnums=4)
+        self.add_chunks = jax.jit(
+            add_chunks,
+            in_shardings=(params_shardings, split, split, split, whole),
+            out_shardings=whole,
+            donate_argnums=4,
+        )
+
         def fit(sums, fitting_rows, scored_rows, fitting_y):
             """Scene embeddings [clips, E] -> the scored (choosing, then test) clips' logits
             [L, m, C] of the ridge probe fitted with each penalty."""
@@ -77,8 +84,7 @@ class ProbeEvaluation:
                 kept[split].append((path, labels))
                 log_mels.append(standardized_log_mel(waveform, self.filterbank))
         if any(labelled and not kept[split] for split, labelled in self.splits.items()):
-            raise ValueError(f"probe {self.name}: no readable clips in a split of {self.task.root}: "
-                             f"{self.unreadable}")
+            raise ValueError(f"probe {self.name}: no readable clips in a split of {self.task.root}: {self.unreadable}")
         pieces = [chunks(log_mel, self.chunk_length) for log_mel in log_mels]
         frames = np.array([n_frame_embeddings(len(log_mel), self.patch_frames) for log_mel in log_mels])
         clip_ids = np.concatenate([np.full(len(piece), clip, np.int32) for clip, piece in enumerate(pieces)])
@@ -94,9 +100,13 @@ class ProbeEvaluation:
             mine = start + rows
             held = mine < len(clip_ids)  # rows past the last chunk are padding: weight 0, clip 0
             index = np.where(held, mine, 0)
-            self.batches.append((np.where(held[:, None, None], every_chunk[index], 0.0).astype(np.float32),
-                                 np.where(held[:, None], weights[index], 0.0).astype(np.float32),
-                                 np.where(held, clip_ids[index], 0).astype(np.int32)))
+            self.batches.append(
+                (
+                    np.where(held[:, None, None], every_chunk[index], 0.0).astype(np.float32),
+                    np.where(held[:, None], weights[index], 0.0).astype(np.float32),
+                    np.where(held, clip_ids[index], 0).astype(np.int32),
+                )
+            )
         n_fitting = len(kept["fitting"])
         whole = sharding.replicated(self.mesh)
         self.kept = kept  # the rows of scene_embeddings: fitting, choosing, then test clips
@@ -106,8 +116,10 @@ class ProbeEvaluation:
         self.choosing_y = ridge.scored_labels(kept["choosing"], self.task)
         self.test_y = ridge.scored_labels(kept["test"], self.task)
         choosing = f", {len(kept['choosing'])} to choose l2 on" if kept["choosing"] else ""
-        self.prepared = f"{n_fitting} fitting{choosing} and {len(kept['test'])} test clips read in " \
-                        f"{time.perf_counter() - started:.1f} s"
+        self.prepared = (
+            f"{n_fitting} fitting{choosing} and {len(kept['test'])} test clips read in "
+            f"{time.perf_counter() - started:.1f} s"
+        )
 
     def rows(self) -> list:
         """(path, labels) of each row of scene_embeddings: the fitting clips, the choosing clips,
@@ -118,8 +130,7 @@ class ProbeEvaluation:
         """-> [clips, E] replicated on the devices: the scene embedding of each clip of rows()."""
         if self.batches is None:
             self._prepare()
-        sums = jax.device_put(np.zeros((len(self.rows()), self.frame_size), np.float32),
-                              sharding.replicated(self.mesh))
+        sums = jax.device_put(np.zeros((len(self.rows()), self.frame_size), np.float32), sharding.replicated(self.mesh))
         for rows in self.batches:
             sums = self.add_chunks(params, *(sharding.global_batch(r, self.mesh, self.batch_size) for r in rows), sums)
         return sums
@@ -128,12 +139,15 @@ class ProbeEvaluation:
         """-> (the probe's test score, the penalty it was fitted with) for these encoder parameters,
         the same on every process."""
         logits = self.fit(self.scene_embeddings(params), self.fitting_rows, self.scored_rows, self.fitting_y)
-        best, score = ridge.choose(jax.device_get(logits), len(self.kept["choosing"]), self.choosing_y,
-                                   self.test_y, self.task.multilabel)
+        best, score = ridge.choose(
+            jax.device_get(logits), len(self.kept["choosing"]), self.choosing_y, self.test_y, self.task.multilabel
+        )
         scores = distributed.every_process([score, best])
         if np.any(scores != scores[0]):
-            raise RuntimeError(f"probe {self.name}: the processes computed different scores and penalties "
-                               f"{scores.tolist()} from the same features; their devices disagree")
+            raise RuntimeError(
+                f"probe {self.name}: the processes computed different scores and penalties "
+                f"{scores.tolist()} from the same features; their devices disagree"
+            )
         return score, self.l2s[best]
 
     def evaluate(self, params, step: int, writer, workdir) -> str:

@@ -1,10 +1,11 @@
 """The frozen encoder as a function of log-mel chunks, and its jax.export artifact.
 
-    DIR/encoder.jax_export  serialized f(weights, chunks [b, 200, 80]) -> frames [b, 50, 5 * D],
-                            b symbolic (any batch), for the platforms it was exported for
-    DIR/weights.npz         the encoder's weights w0000, w0001, ... and the mel filterbank
-    DIR/meta.json           frame size, chunk length, patch frames, number of weights, config
+DIR/encoder.jax_export  serialized f(weights, chunks [b, 200, 80]) -> frames [b, 50, 5 * D],
+                        b symbolic (any batch), for the platforms it was exported for
+DIR/weights.npz         the encoder's weights w0000, w0001, ... and the mel filterbank
+DIR/meta.json           frame size, chunk length, patch frames, number of weights, config
 """
+
 import json
 import shutil
 
@@ -39,8 +40,9 @@ def chunk_frames_function(model: MaskedAutoencoder):
     return chunk_frames
 
 
-def local_embedder(model: MaskedAutoencoder, params, batch_size: int = 64,
-                   filterbank: str = filterbanks.DEFAULT) -> embed.Embedder:
+def local_embedder(
+    model: MaskedAutoencoder, params, batch_size: int = 64, filterbank: str = filterbanks.DEFAULT
+) -> embed.Embedder:
     """An Embedder running the jitted encoder with its batch split over this host's devices;
     filterbank: the one the encoder trained with (maepp.audio.filterbanks.from_config)."""
     devices = jax.local_devices()
@@ -50,9 +52,12 @@ def local_embedder(model: MaskedAutoencoder, params, batch_size: int = 64,
     params = jax.device_put(params, replicated)
     step = jax.jit(chunk_frames_function(model), in_shardings=(replicated, rows), out_shardings=rows)
     return embed.Embedder(
-        lambda batch: step(params, batch), frame_size=frame_size(model.spec),
+        lambda batch: step(params, batch),
+        frame_size=frame_size(model.spec),
         filterbank=filterbanks.mel_filterbank(filterbank),
-        chunk_length=model.spec.input_size[0], patch_frames=model.spec.patch_size[0], batch_size=batch_size,
+        chunk_length=model.spec.input_size[0],
+        patch_frames=model.spec.patch_size[0],
+        batch_size=batch_size,
     )
 
 
@@ -81,8 +86,14 @@ def write_artifact(directory, model: MaskedAutoencoder, params, config) -> epath
     weights = {f"w{i:04d}": np.asarray(leaf, np.float32) for i, leaf in enumerate(leaves)}
     with (partial / embed.WEIGHTS_FILE).open("wb") as file:
         np.savez(file, filterbank=filterbanks.mel_filterbank(filterbanks.from_config(config)), **weights)
-    meta = dict(frame_size=frame_size(spec), chunk_length=spec.input_size[0], patch_frames=spec.patch_size[0],
-                n_weights=len(leaves), sample_rate=SAMPLE_RATE, config=config.to_dict())
+    meta = dict(
+        frame_size=frame_size(spec),
+        chunk_length=spec.input_size[0],
+        patch_frames=spec.patch_size[0],
+        n_weights=len(leaves),
+        sample_rate=SAMPLE_RATE,
+        config=config.to_dict(),
+    )
     (partial / embed.META_FILE).write_text(json.dumps(meta, indent=2))
     partial.rename(directory)
     return directory

@@ -11,6 +11,7 @@ killed export restarts where it stopped when run again with the same arguments. 
 writes the encoder as a jax.export function plus weights, which maepp.embed.load(DIR) runs
 with only jax and numpy installed.
 """
+
 import sys
 
 from absl import flags
@@ -46,8 +47,15 @@ def main(argv):
             return
         source = clips.input_source(_INPUT.value, _DATA_DIR.value)
         embedder = artifact.local_embedder(model, params, _BATCH.value, filterbanks.from_config(config))
-        counts = clips.export(source, embedder, _OUTPUT.value, timestamps=_TIMESTAMPS.value,
-                              block_clips=_BLOCK.value, model=loaded, overwrite=_OVERWRITE.value)
+        counts = clips.export(
+            source,
+            embedder,
+            _OUTPUT.value,
+            timestamps=_TIMESTAMPS.value,
+            block_clips=_BLOCK.value,
+            model=loaded,
+            overwrite=_OVERWRITE.value,
+        )
     except (FileNotFoundError, FileExistsError, ValueError) as error:
         sys.exit(f"maepp.export: {error}")
     print(f"{counts['clips']} clips embedded with {loaded} into {counts['output']}, {counts['skipped']} skipped")

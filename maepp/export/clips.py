@@ -12,6 +12,7 @@ and a killed one leaves no half block. The blocks are put together into OUT.npz 
     frame_offsets    [N + 1] int64   clip i's frames are rows frame_offsets[i]:frame_offsets[i+1]
     timestamps_ms    [F] float64     centre of each frame embedding in its clip
 """
+
 import csv
 import hashlib
 import json
@@ -64,7 +65,7 @@ def input_source(spec: str, data_dir=None):
     if spec.startswith("tfds:"):
         from maepp.data.tfds_source import tfds_source  # TensorFlow and TFDS: only for this input
 
-        name, _, split = spec[len("tfds:"):].partition(":")
+        name, _, split = spec[len("tfds:") :].partition(":")
         return tfds_source(name, split or "train", data_dir)
     if spec.endswith(".csv"):
         return csv_source(spec)
@@ -103,8 +104,10 @@ def check_output(output, overwrite: bool = False):
         except Exception:  # noqa: BLE001 - not an npz at all
             ours = False
         if not ours:
-            raise FileExistsError(f"--output {output} exists and was not written by maepp.export; "
-                                  "pass --overwrite to replace it, or name another file")
+            raise FileExistsError(
+                f"--output {output} exists and was not written by maepp.export; "
+                "pass --overwrite to replace it, or name another file"
+            )
     parts = output.with_name(output.name + ".parts")
     if parts.exists() and any(parts.iterdir()) and not (parts / "plan.json").exists():
         raise FileExistsError(f"{parts} exists and is not an unfinished export (no plan.json); move it away")
@@ -130,14 +133,17 @@ def _embed_block(source, embedder: Embedder, indices, timestamps: bool, workers:
     if timestamps:
         block["frame_embeddings"] = np.concatenate(frames) if frames else np.zeros((0, size), np.float32)
         block["frame_counts"] = np.array([len(f) for f in frames], np.int64)
-        block["timestamps_ms"] = (np.concatenate([embedder.timestamps_ms(len(f)) for f in frames])
-                                  if frames else np.zeros((0,)))
+        block["timestamps_ms"] = (
+            np.concatenate([embedder.timestamps_ms(len(f)) for f in frames]) if frames else np.zeros((0,))
+        )
     return block
 
 
 def _assemble(blocks: list, timestamps: bool) -> dict:
-    out = {key: np.concatenate([b[key] for b in blocks]) for key in ("embeddings", "paths", "skipped_paths",
-                                                                       "skipped_reasons")}
+    out = {
+        key: np.concatenate([b[key] for b in blocks])
+        for key in ("embeddings", "paths", "skipped_paths", "skipped_reasons")
+    }
     if timestamps:
         out["frame_embeddings"] = np.concatenate([b["frame_embeddings"] for b in blocks])
         counts = np.concatenate([b["frame_counts"] for b in blocks])
@@ -146,8 +152,18 @@ def _assemble(blocks: list, timestamps: bool) -> dict:
     return out
 
 
-def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=256, model="", workers=4,
-           log=sys.stderr, overwrite=False) -> dict:
+def export(
+    source,
+    embedder: Embedder,
+    output,
+    *,
+    timestamps=False,
+    block_clips=256,
+    model="",
+    workers=4,
+    log=sys.stderr,
+    overwrite=False,
+) -> dict:
     """Embeds every clip of source into output (.npz); -> counts. Resumes an interrupted export."""
     output = epath.Path(output)  # local, gs:// or any tf.io.gfile filesystem
     check_output(output, overwrite)
@@ -162,8 +178,17 @@ def export(source, embedder: Embedder, output, *, timestamps=False, block_clips=
     blocks_of = [range(n * block_clips, min(len(source), (n + 1) * block_clips)) for n in range(n_blocks)]
     to_do = [n for n in range(n_blocks) if not (parts / f"block_{n:06d}.npz").exists()]
     # tqdm's rate and ETA count only this run's clips: a resumed export starts at what was done.
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(source), initial=len(source) - sum(
-            len(blocks_of[n]) for n in to_do), unit="clip", desc="embedded", file=log, mininterval=1.0) as bar:
+    with (
+        ThreadPoolExecutor(workers) as pool,
+        tqdm(
+            total=len(source),
+            initial=len(source) - sum(len(blocks_of[n]) for n in to_do),
+            unit="clip",
+            desc="embedded",
+            file=log,
+            mininterval=1.0,
+        ) as bar,
+    ):
         for number in to_do:
             indices = list(blocks_of[number])
             _save_npz(parts / f"block_{number:06d}.npz", **_embed_block(source, embedder, indices, timestamps, pool))

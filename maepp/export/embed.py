@@ -13,6 +13,7 @@ frame embeddings, one per time step of 4 log-mel frames (40 ms): the 5 frequency
 that step concatenated (docs/reference.md#downstream-evaluation; the released code interleaves
 times here). Steps that hold only padding are dropped. Log-mel frame t is centred at 10 t ms, so step s at 40 s + 15 ms.
 """
+
 import json
 import math
 import pathlib
@@ -48,8 +49,7 @@ class Embedder:
     """Clips -> frame and scene embeddings through chunk_frames(chunks [B, 200, 80]) ->
     [B, 50, E], called on fixed batches of batch_size chunks (so a jitted one compiles once)."""
 
-    def __init__(self, chunk_frames, *, frame_size: int, filterbank, chunk_length=200, patch_frames=4,
-                 batch_size=64):
+    def __init__(self, chunk_frames, *, frame_size: int, filterbank, chunk_length=200, patch_frames=4, batch_size=64):
         self.chunk_frames, self.frame_size, self.filterbank = chunk_frames, frame_size, filterbank
         self.chunk_length, self.patch_frames, self.batch_size = chunk_length, patch_frames, batch_size
 
@@ -60,8 +60,13 @@ class Embedder:
     def frames_of_log_mels(self, log_mels) -> list:
         """[T_i, 80] each -> frame embeddings [ceil(T_i / 4), E] each; all clips' chunks batched."""
         pieces = [chunks(log_mel, self.chunk_length) for log_mel in log_mels]
-        every_chunk = pieces[0] if len(pieces) == 1 else \
-            np.concatenate(pieces) if pieces else np.zeros((0, self.chunk_length, 80), np.float32)
+        every_chunk = (
+            pieces[0]
+            if len(pieces) == 1
+            else np.concatenate(pieces)
+            if pieces
+            else np.zeros((0, self.chunk_length, 80), np.float32)
+        )
         # Filled in place: a long clip's embeddings are held once, not once per batch and again joined.
         frames = np.zeros((0, 1, self.frame_size), np.float32)
         for start in range(0, len(every_chunk), self.batch_size):
@@ -94,12 +99,16 @@ class Embedder:
 def _checked_waveform(waveform, sample_rate: int) -> np.ndarray:
     """The waveform as given, or ValueError naming what is wrong with it and what to do."""
     if sample_rate != SAMPLE_RATE:
-        raise ValueError(f"sample_rate={sample_rate}: the encoder takes {SAMPLE_RATE} Hz audio; resample it first, "
-                         f"e.g. librosa.resample(waveform, orig_sr={sample_rate}, target_sr={SAMPLE_RATE})")
+        raise ValueError(
+            f"sample_rate={sample_rate}: the encoder takes {SAMPLE_RATE} Hz audio; resample it first, "
+            f"e.g. librosa.resample(waveform, orig_sr={sample_rate}, target_sr={SAMPLE_RATE})"
+        )
     waveform = np.asarray(waveform)
     if waveform.ndim != 1:
-        raise ValueError(f"waveform of shape {waveform.shape}: the encoder takes one channel [samples]; mix it "
-                         "down first, e.g. waveform.mean(axis=-1) for [samples, channels]")
+        raise ValueError(
+            f"waveform of shape {waveform.shape}: the encoder takes one channel [samples]; mix it "
+            "down first, e.g. waveform.mean(axis=-1) for [samples, channels]"
+        )
     return waveform
 
 
@@ -115,6 +124,10 @@ def load(directory, batch_size: int = 64) -> Embedder:
     weights = [stored[f"w{i:04d}"] for i in range(meta["n_weights"])]
     call = jax.jit(exported.call)
     return Embedder(
-        lambda batch: call(weights, batch), frame_size=meta["frame_size"], filterbank=stored["filterbank"],
-        chunk_length=meta["chunk_length"], patch_frames=meta["patch_frames"], batch_size=batch_size,
+        lambda batch: call(weights, batch),
+        frame_size=meta["frame_size"],
+        filterbank=stored["filterbank"],
+        chunk_length=meta["chunk_length"],
+        patch_frames=meta["patch_frames"],
+        batch_size=batch_size,
     )

@@ -7,6 +7,7 @@ parameters: the jitted JAX encoder runs on JAX's own device, and results come ba
 tensors on the input's device. Frames and their times are maepp/export/embed.py's: one embedding of
 5 * D values per 40 ms, the scene embedding their mean.
 """
+
 import pathlib
 
 import numpy as np
@@ -51,8 +52,10 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel):
     """-> (embeddings float32 [n, T, E], timestamps in ms [n, T]), as torch tensors."""
     frames = _frames(audio, model)
     times = np.broadcast_to(model.embedder.timestamps_ms(frames.shape[1]), frames.shape[:2])
-    return (torch.from_numpy(frames).to(audio.device),
-            torch.from_numpy(np.ascontiguousarray(times, np.float32)).to(audio.device))
+    return (
+        torch.from_numpy(frames).to(audio.device),
+        torch.from_numpy(np.ascontiguousarray(times, np.float32)).to(audio.device),
+    )
 
 
 def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:

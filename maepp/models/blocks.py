@@ -1,4 +1,5 @@
 """Transformer blocks: AudioMAE++'s Macaron "Transformer++" block and the plain ViT block."""
+
 from typing import Any
 
 import flax.linen as nn
@@ -11,8 +12,13 @@ BLOCK_TYPES = ("macaron_swiglu", "vit")
 # config.model.remat: "none", or which of a block's intermediates the backward pass keeps, named
 # as in jax.checkpoint_policies (the rest is recomputed): e.g. "nothing_saveable" (the block's
 # input only), "dots_with_no_batch_dims_saveable", "dots_saveable".
-REMAT_POLICIES = ("none", "nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
-                  "everything_saveable")
+REMAT_POLICIES = (
+    "none",
+    "nothing_saveable",
+    "dots_saveable",
+    "dots_with_no_batch_dims_saveable",
+    "everything_saveable",
+)
 
 
 class MacaronBlock(nn.Module):

@@ -1,4 +1,5 @@
 """Parameter counts and analytic FLOPs of a model spec, without allocating any weights."""
+
 import dataclasses
 import math
 

@@ -8,6 +8,7 @@ counts and per-block tools speak the per-block one. The functions here convert a
 such dicts, params or the optimizer's moments alike, so a checkpoint of one layout restores into
 the other (maepp.checkpoints).
 """
+
 import re
 
 import jax

@@ -8,6 +8,7 @@ sharding rules map onto mesh axes:
   norm     LayerNorm over width   decoder_embed  decoder width where it meets the encoder width
 Parameters are float32; `dtype` is the compute dtype (float32 or bfloat16).
 """
+
 import math
 from typing import Any, Sequence
 
@@ -64,8 +65,10 @@ class Linear(nn.Module):
 
 def _norm_initializers(axis_name: str):
     """(scale, bias) initialisers of every LayerNorm here: (1, 0), logically named."""
-    return (nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
-            nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)))
+    return (
+        nn.with_logical_partitioning(nn.initializers.ones, (axis_name,)),
+        nn.with_logical_partitioning(nn.initializers.zeros, (axis_name,)),
+    )
 
 
 def layer_norm(dtype, name: str, axis_name: str = "norm"):

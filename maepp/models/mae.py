@@ -1,9 +1,10 @@
 """The masked autoencoder: patch embedding, encoder, decoder with mask tokens, loss.
 
-    spectrogram [B, 200, 80] -> patches [B, 250, 64] -> keep 50 per example (random)
-    -> encoder over [CLS + 50] -> decoder over [CLS + 250] (mask tokens fill the gaps)
-    -> predicted patches [B, 250, 64] -> MSE on the masked patches only.
+spectrogram [B, 200, 80] -> patches [B, 250, 64] -> keep 50 per example (random)
+-> encoder over [CLS + 50] -> decoder over [CLS + 250] (mask tokens fill the gaps)
+-> predicted patches [B, 250, 64] -> MSE on the masked patches only.
 """
+
 import dataclasses
 
 import flax.linen as nn
@@ -150,8 +151,9 @@ def init_params(model: MaskedAutoencoder, rng):
         if not model.spec.scan_layers:
             return params
         values = layer_stack.to_layout(nn.meta.unbox(init(dataclasses.replace(model.spec, scan_layers=False))), True)
-        return jax.tree.map(lambda box, value: box.replace_boxed(value), params, values,
-                            is_leaf=lambda x: isinstance(x, nn.Partitioned))
+        return jax.tree.map(
+            lambda box, value: box.replace_boxed(value), params, values, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+        )
 
     # Under jit: run op by op, init of even the micro model takes seconds.
     return jax.jit(init_both_layouts)()

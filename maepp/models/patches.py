@@ -4,6 +4,7 @@ Token order is time-major (docs/reference.md#input): token index = t * n_freq_pa
 Within a patch, values are ordered (time, frequency), matching a Conv2d kernel of shape
 [D, 1, patch_t, patch_f] over a [batch, 1, time, freq] input.
 """
+
 import jax
 import jax.numpy as jnp
 

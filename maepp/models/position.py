@@ -3,6 +3,7 @@
 Laid out exactly as the MAE / AudioMAE++ release builds them, so imported weights see the
 same positions they were trained with (maepp.weights.convert checks this against the checkpoint).
 """
+
 import numpy as np
 
 

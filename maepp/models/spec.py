@@ -4,6 +4,7 @@ It mirrors `config.model`: the same field names, the encoder and decoder nested 
 The checks of every field live with the other config checks (maepp/config_checks.py). Fields a
 config saved by an older maepp lacks take the value its run was trained with.
 """
+
 import dataclasses
 
 import jax.numpy as jnp
@@ -44,8 +45,11 @@ class ModelSpec:
     def from_config(cls, model) -> "ModelSpec":
         """The spec of a ConfigDict `config.model`, field for field."""
         names = {field.name for field in dataclasses.fields(cls)} - {"encoder", "decoder"}
-        values = {name: tuple(value) if isinstance(value, (list, tuple)) else value
-                  for name, value in model.items() if name in names}
+        values = {
+            name: tuple(value) if isinstance(value, (list, tuple)) else value
+            for name, value in model.items()
+            if name in names
+        }
         return cls(encoder=TowerSpec(**model.encoder), decoder=TowerSpec(**model.decoder), **values)
 
     @property

@@ -13,6 +13,7 @@ Arithmetic is float32 inside the kernels whatever the input dtype. The statistic
 centred ones, (p - mean)^2, where flax's LayerNorm takes E[p^2] - E[p]^2: equal to float32
 rounding. Off a GPU the kernels run in Pallas's interpreter, which is how the tests check them.
 """
+
 import functools
 import math
 from typing import NamedTuple
@@ -37,8 +38,9 @@ def _is_power_of_two(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def tiling(rows: int, hidden: int, tile_elements: int = 8192, programs: int = 512, num_warps: int = 8,
-           num_stages: int = 3) -> Tiling | None:
+def tiling(
+    rows: int, hidden: int, tile_elements: int = 8192, programs: int = 512, num_warps: int = 8, num_stages: int = 3
+) -> Tiling | None:
     """A Tiling for g, v [rows, hidden], or None where the kernels do not apply.
 
     Triton's blocks have power-of-two sides, so the hidden width must be one (base: 2048 in the
@@ -66,8 +68,9 @@ def _gated(g, v, gate_bias, value_bias):
     return gate, sigmoid, value, gate * sigmoid * value
 
 
-def _forward_kernel(g_ref, v_ref, gate_bias_ref, value_bias_ref, scale_ref, bias_ref, y_ref, mean_ref, rstd_ref,
-                    *, eps: float):
+def _forward_kernel(
+    g_ref, v_ref, gate_bias_ref, value_bias_ref, scale_ref, bias_ref, y_ref, mean_ref, rstd_ref, *, eps: float
+):
     _, _, _, p = _gated(g_ref[...], v_ref[...], gate_bias_ref[...], value_bias_ref[...])  # [tile, H]
     mean = jnp.mean(p, axis=1)
     centred = p - mean[:, None]
@@ -78,8 +81,24 @@ def _forward_kernel(g_ref, v_ref, gate_bias_ref, value_bias_ref, scale_ref, bias
     rstd_ref[...] = rstd
 
 
-def _backward_kernel(dy_ref, g_ref, v_ref, gate_bias_ref, value_bias_ref, scale_ref, mean_ref, rstd_ref,
-                     dg_ref, dv_ref, d_scale_ref, d_bias_ref, d_gate_bias_ref, d_value_bias_ref, *, tile: int):
+def _backward_kernel(
+    dy_ref,
+    g_ref,
+    v_ref,
+    gate_bias_ref,
+    value_bias_ref,
+    scale_ref,
+    mean_ref,
+    rstd_ref,
+    dg_ref,
+    dv_ref,
+    d_scale_ref,
+    d_bias_ref,
+    d_gate_bias_ref,
+    d_value_bias_ref,
+    *,
+    tile: int,
+):
     gate_bias, value_bias, scale = gate_bias_ref[...], value_bias_ref[...], scale_ref[...]
     hidden = scale.shape[0]
 
@@ -90,8 +109,9 @@ def _backward_kernel(dy_ref, g_ref, v_ref, gate_bias_ref, value_bias_ref, scale_
         rstd = rstd_ref[rows][:, None]
         normed = (p - mean_ref[rows][:, None]) * rstd
         d_normed = dy * scale[None, :]
-        dp = rstd * (d_normed - jnp.mean(d_normed, axis=1)[:, None]
-                     - normed * jnp.mean(d_normed * normed, axis=1)[:, None])
+        dp = rstd * (
+            d_normed - jnp.mean(d_normed, axis=1)[:, None] - normed * jnp.mean(d_normed * normed, axis=1)[:, None]
+        )
         dv = dp * gate * sigmoid
         dg = dp * value * sigmoid * (1.0 + gate * (1.0 - sigmoid))  # SiLU'(x) = s (1 + x (1 - s))
         dg_ref[rows, :] = dg.astype(dg_ref.dtype)
@@ -120,8 +140,11 @@ def _forward(g, v, gate_bias, value_bias, scale, bias, eps: float, t: Tiling):
     statistic = pl.BlockSpec((tile,), lambda i: (i,))
     y, mean, rstd = pl.pallas_call(
         functools.partial(_forward_kernel, eps=eps),
-        out_shape=(jax.ShapeDtypeStruct(g.shape, g.dtype), jax.ShapeDtypeStruct((rows,), jnp.float32),
-                   jax.ShapeDtypeStruct((rows,), jnp.float32)),
+        out_shape=(
+            jax.ShapeDtypeStruct(g.shape, g.dtype),
+            jax.ShapeDtypeStruct((rows,), jnp.float32),
+            jax.ShapeDtypeStruct((rows,), jnp.float32),
+        ),
         grid=(rows // tile,),
         in_specs=(rows_block, rows_block, vector, vector, vector, vector),
         out_specs=(rows_block, statistic, statistic),
@@ -167,7 +190,8 @@ def _swiglu_norm_2d_bwd(eps, t, residuals, dy):
     del eps
     g, v, gate_bias, value_bias, scale, mean, rstd = residuals
     dg, dv, d_scale, d_bias, d_gate_bias, d_value_bias = _backward(
-        dy, g, v, gate_bias, value_bias, scale, mean, rstd, t)
+        dy, g, v, gate_bias, value_bias, scale, mean, rstd, t
+    )
     return dg, dv, d_gate_bias, d_value_bias, d_scale, d_bias
 
 

@@ -20,6 +20,7 @@ gives the per-device bytes. Exits 1, naming the config change to try, when the s
 fit: libtpu refuses such a program itself; XLA's GPU compiler does not, so the peak is compared
 with HBM here.
 """
+
 import dataclasses
 import importlib.util
 import json
@@ -105,8 +106,9 @@ def abstract_devices(topology: str, num_slices: int = 1) -> list:
             f"topology {topology!r}: chip {chip!r} unknown; use one of {', '.join(TPU_CHIPS + tuple(GPU_TARGETS))}"
         )
     if num_slices < 1 or (num_slices > 1 and chip in GPU_TARGETS):
-        raise ValueError(f"--num_slices {num_slices}: TPU slices only, at least 1; name GPU nodes in the topology "
-                         f"(e.g. {chip}:4x8)")
+        raise ValueError(
+            f"--num_slices {num_slices}: TPU slices only, at least 1; name GPU nodes in the topology (e.g. {chip}:4x8)"
+        )
     nodes, _, gpus = shape.rpartition("x") if chip in GPU_TARGETS else ("", "", "")
     if chip in GPU_TARGETS and not re.fullmatch(r"([1-9]\d*x)?[1-9]\d*", shape):
         raise ValueError(
@@ -114,12 +116,18 @@ def abstract_devices(topology: str, num_slices: int = 1) -> list:
         )
     plugin, extra = ("jax_plugins.xla_cuda12", "gpu-aot") if chip in GPU_TARGETS else ("libtpu", "tpu")
     if importlib.util.find_spec(plugin) is None:
-        raise ValueError(f"compiling for {chip} needs {plugin}, which is not installed: pip install 'maepp[{extra}]', "
-                         f"or in a checkout run make (it installs it into .venv/aot-plugins), or set "
-                         f"MAEPP_AOT_PLUGINS to a folder that holds it (looked in {PLUGIN_DIR})")
+        raise ValueError(
+            f"compiling for {chip} needs {plugin}, which is not installed: pip install 'maepp[{extra}]', "
+            f"or in a checkout run make (it installs it into .venv/aot-plugins), or set "
+            f"MAEPP_AOT_PLUGINS to a folder that holds it (looked in {PLUGIN_DIR})"
+        )
     if chip in GPU_TARGETS:
-        return topologies.get_topology_desc(platform="cuda", topology_name="", topology=f"1x{nodes or 1}x{gpus}",
-                                            target_config=GPU_TARGETS[chip].read_text()).devices
+        return topologies.get_topology_desc(
+            platform="cuda",
+            topology_name="",
+            topology=f"1x{nodes or 1}x{gpus}",
+            target_config=GPU_TARGETS[chip].read_text(),
+        ).devices
     # v4 and v5p chips hold two TensorCores that JAX drives as one device ("megacore"), as on a
     # real slice; libtpu's default description lists each core.
     options = dict(chip_config_name="megacore") if CHIPS[chip].megacore else {}
@@ -137,19 +145,30 @@ def compile_train_step(config, topology: str, num_slices: int = 1) -> MemoryRepo
     optimizer = optim.optimizer(config)
     state, shardings = sharding.abstract_state(model, optimizer, mesh)
     if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        raise ValueError(f"config.batch_size {config.batch_size} does not divide over data x fsdp = "
-                         f"{mesh.shape['data'] * mesh.shape['fsdp']} devices")
+        raise ValueError(
+            f"config.batch_size {config.batch_size} does not divide over data x fsdp = "
+            f"{mesh.shape['data'] * mesh.shape['fsdp']} devices"
+        )
     # Raw-sample crops in (the front end in the step), or log-mels.
     to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))
-    inputs = (jax_frontend.crop_shapes(config.batch_size, model.spec.input_size[0]) if to_log_mel
-              else jax.ShapeDtypeStruct((config.batch_size, *model.spec.input_size), jnp.float32))
-    batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)),
-                         inputs)
+    inputs = (
+        jax_frontend.crop_shapes(config.batch_size, model.spec.input_size[0])
+        if to_log_mel
+        else jax.ShapeDtypeStruct((config.batch_size, *model.spec.input_size), jnp.float32)
+    )
+    batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh)), inputs
+    )
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=sharding.replicated(mesh))
     step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
-    common = dict(topology=topology, slices=num_slices, devices=len(devices), mesh=tuple(mesh.shape.values()),
-                  per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),
-                  hbm_gib=CHIPS[chip].memory_gib)
+    common = dict(
+        topology=topology,
+        slices=num_slices,
+        devices=len(devices),
+        mesh=tuple(mesh.shape.values()),
+        per_device_batch=config.batch_size // (mesh.shape["data"] * mesh.shape["fsdp"]),
+        hbm_gib=CHIPS[chip].memory_gib,
+    )
     start = time.perf_counter()
     try:
         memory = step.lower(state, batch, rng).compile().memory_analysis()
@@ -159,20 +178,35 @@ def compile_train_step(config, topology: str, num_slices: int = 1) -> MemoryRepo
         if not over:
             raise
         temporaries = int(float(over.group(1)) * GIB)
-        return MemoryReport(**common, arguments_bytes=None, temporaries_bytes=temporaries, peak_bytes=temporaries,
-                            compile_s=time.perf_counter() - start)
-    peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes
-            + memory.temp_size_in_bytes)
-    return MemoryReport(**common, arguments_bytes=memory.argument_size_in_bytes,
-                        temporaries_bytes=memory.temp_size_in_bytes, peak_bytes=peak,
-                        compile_s=time.perf_counter() - start)
+        return MemoryReport(
+            **common,
+            arguments_bytes=None,
+            temporaries_bytes=temporaries,
+            peak_bytes=temporaries,
+            compile_s=time.perf_counter() - start,
+        )
+    peak = (
+        memory.argument_size_in_bytes
+        + memory.output_size_in_bytes
+        - memory.alias_size_in_bytes
+        + memory.temp_size_in_bytes
+    )
+    return MemoryReport(
+        **common,
+        arguments_bytes=memory.argument_size_in_bytes,
+        temporaries_bytes=memory.temp_size_in_bytes,
+        peak_bytes=peak,
+        compile_s=time.perf_counter() - start,
+    )
 
 
 def advice(report: MemoryReport) -> str:
     data, fsdp, _ = report.mesh
-    shard = (f"shard the state further (--config.mesh.fsdp={fsdp * 2} --config.mesh.data={max(data // 2, 1)})")
-    halve = (f"halve the per-device batch ({report.per_device_batch}) with --config.optimizer.accumulate_steps=2 "
-             f"and half --config.batch_size")
+    shard = f"shard the state further (--config.mesh.fsdp={fsdp * 2} --config.mesh.data={max(data // 2, 1)})"
+    halve = (
+        f"halve the per-device batch ({report.per_device_batch}) with --config.optimizer.accumulate_steps=2 "
+        f"and half --config.batch_size"
+    )
     # Whichever is larger, the state (arguments) or the activations (temporaries), goes first.
     state_first = report.arguments_bytes is not None and report.arguments_bytes > report.temporaries_bytes
     first, second = (shard, halve) if state_first else (halve, shard)
@@ -183,26 +217,40 @@ def main(argv):
     del argv
     if not _JSON.value:
         slices = f" x {_NUM_SLICES.value} slices" if _NUM_SLICES.value > 1 else ""
-        print(f"compiling the train step for {_TOPOLOGY.value}{slices} on this CPU (large models take minutes)",
-              flush=True)
+        print(
+            f"compiling the train step for {_TOPOLOGY.value}{slices} on this CPU (large models take minutes)",
+            flush=True,
+        )
     try:
         report = compile_train_step(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value)
     except ValueError as error:
         sys.exit(f"maepp.tools.compile_check: {error}")
     if not _JSON.value:
         slices = f" x {report.slices} slices" if report.slices > 1 else ""
-        print(f"{report.topology}{slices}: {report.devices} devices, mesh (data, fsdp, model) = {report.mesh}, "
-              f"{report.per_device_batch} examples per device; compiled in {report.compile_s:.1f} s")
+        print(
+            f"{report.topology}{slices}: {report.devices} devices, mesh (data, fsdp, model) = {report.mesh}, "
+            f"{report.per_device_batch} examples per device; compiled in {report.compile_s:.1f} s"
+        )
         if report.arguments_bytes is None:
-            print(f"per device: libtpu refused the program: its temporaries alone take "
-                  f"{report.temporaries_bytes / GIB:.3f} GiB of {report.hbm_gib} GiB HBM")
+            print(
+                f"per device: libtpu refused the program: its temporaries alone take "
+                f"{report.temporaries_bytes / GIB:.3f} GiB of {report.hbm_gib} GiB HBM"
+            )
         else:
             print(
                 f"per device: state and batch {report.arguments_bytes / GIB:.3f} GiB, temporaries "
                 f"{report.temporaries_bytes / GIB:.3f} GiB, peak {report.peak_gib:.3f} GiB of {report.hbm_gib} GiB HBM"
             )
-    print(json.dumps(dict(dataclasses.asdict(report), peak_gib=round(report.peak_gib, 3), fits=report.fits,
-                          compile_s=round(report.compile_s, 1))))
+    print(
+        json.dumps(
+            dict(
+                dataclasses.asdict(report),
+                peak_gib=round(report.peak_gib, 3),
+                fits=report.fits,
+                compile_s=round(report.compile_s, 1),
+            )
+        )
+    )
     if not report.fits:
         sys.exit(f"maepp.tools.compile_check: the train step does not fit on {report.topology}: {advice(report)}")
 

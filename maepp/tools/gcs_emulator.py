@@ -19,6 +19,7 @@ How each client finds it (GcsEmulator.client_environment):
 Each client's requests can go through a Meter of their own, which counts requests and response
 bytes, and may hold each request back (a slow network): a process's own view of the storage.
 """
+
 import datetime
 import http.client
 import ipaddress
@@ -48,24 +49,40 @@ def _write_certificates(directory: pathlib.Path):
     valid = dict(not_valid_before=now - datetime.timedelta(hours=1), not_valid_after=now + datetime.timedelta(days=7))
     authority_key = ec.generate_private_key(ec.SECP256R1())
     authority_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "maepp GCS emulator authority")])
-    authority = (x509.CertificateBuilder(subject_name=authority_name, issuer_name=authority_name,
-                                         public_key=authority_key.public_key(),
-                                         serial_number=x509.random_serial_number(), **valid)
-                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                 .sign(authority_key, hashes.SHA256()))
+    authority = (
+        x509.CertificateBuilder(
+            subject_name=authority_name,
+            issuer_name=authority_name,
+            public_key=authority_key.public_key(),
+            serial_number=x509.random_serial_number(),
+            **valid,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(authority_key, hashes.SHA256())
+    )
     server_key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName(GCS_API_HOST), x509.DNSName("storage.googleapis.com"),
-             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-    server = (x509.CertificateBuilder(subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GCS_API_HOST)]),
-                                      issuer_name=authority_name, public_key=server_key.public_key(),
-                                      serial_number=x509.random_serial_number(), **valid)
-              .add_extension(x509.SubjectAlternativeName(names), critical=False)
-              .sign(authority_key, hashes.SHA256()))
+    names = [
+        x509.DNSName(GCS_API_HOST),
+        x509.DNSName("storage.googleapis.com"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+    ]
+    server = (
+        x509.CertificateBuilder(
+            subject_name=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, GCS_API_HOST)]),
+            issuer_name=authority_name,
+            public_key=server_key.public_key(),
+            serial_number=x509.random_serial_number(),
+            **valid,
+        )
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .sign(authority_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     (directory / "authority.pem").write_bytes(authority.public_bytes(pem))
     (directory / "server.pem").write_bytes(server.public_bytes(pem))
-    (directory / "server.key").write_bytes(server_key.private_bytes(
-        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (directory / "server.key").write_bytes(
+        server_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
 
 
 def _read_head(stream) -> tuple:
@@ -196,10 +213,26 @@ class GcsEmulator:
         _write_certificates(root)
         self.port = free_local_port()
         self._process = subprocess.Popen(
-            [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(self.port),
-             "-backend", "filesystem", "-filesystem-root", str(root / "objects"), "-log-level", "error",
-             "-external-url", f"http://127.0.0.1:{self.port}"],
-            stdout=subprocess.DEVNULL, stderr=(root / "server.log").open("wb"))
+            [
+                str(_get_binary_path()),
+                "-scheme",
+                "http",
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-backend",
+                "filesystem",
+                "-filesystem-root",
+                str(root / "objects"),
+                "-log-level",
+                "error",
+                "-external-url",
+                f"http://127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(root / "server.log").open("wb"),
+        )
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -254,6 +287,9 @@ class GcsEmulator:
         from google.auth.credentials import AnonymousCredentials
         from google.cloud import storage
 
-        client = storage.Client(project="maepp-test", credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": f"http://127.0.0.1:{self.port}"})
+        client = storage.Client(
+            project="maepp-test",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": f"http://127.0.0.1:{self.port}"},
+        )
         client.create_bucket(name)

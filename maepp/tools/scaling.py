@@ -11,6 +11,7 @@ Computed from the real parameter shapes (eval_shape, nothing allocated) and thei
 names mapped by maepp.sharding.LOGICAL_RULES, so the table follows the model code. A test
 checks that the committed file is what this prints.
 """
+
 import json
 import math
 import pathlib
@@ -105,11 +106,24 @@ def check(hardware: str, sizes):
     for size in sizes:
         mesh = recommended_mesh(_logical_params(size), system)
         result = subprocess.run(
-            [sys.executable, "-m", "maepp.tools.compile_check", "--config", f"audiomaepp:{size}",
-             "--topology", system.topology, f"--num_slices={system.slices}", f"--config.mesh.data={mesh['data']}",
-             f"--config.mesh.fsdp={mesh['fsdp']}", f"--config.mesh.dcn_data={mesh['dcn_data']}",
-             f"--config.batch_size={GLOBAL_BATCH}", "--json"],
-            capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "maepp.tools.compile_check",
+                "--config",
+                f"audiomaepp:{size}",
+                "--topology",
+                system.topology,
+                f"--num_slices={system.slices}",
+                f"--config.mesh.data={mesh['data']}",
+                f"--config.mesh.fsdp={mesh['fsdp']}",
+                f"--config.mesh.dcn_data={mesh['dcn_data']}",
+                f"--config.batch_size={GLOBAL_BATCH}",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+        )
         lines = result.stdout.strip().splitlines()
         if not lines:  # a compile that failed outright, not one that does not fit
             raise RuntimeError(f"compile_check for {size} on {hardware} failed:\n{result.stderr[-2000:]}")
@@ -158,19 +172,42 @@ def _audioset_section() -> list:
     """Data at AudioSet scale: per-host bytes, requests and host cores, from measured ratios."""
     measured = _results(INPUT_RESULTS)
     scale = next((r for r in measured if r["bench"] == "scale"), None)
-    data = next((r for r in measured if r["bench"] == "data" and r["layout"] == "2.0.0" and r["store"] == "log_mel"
-                 and r["clip_seconds"] == AUDIOSET_CLIP_S and r["frontend"] == "host"), None)
-    h100 = next((r for r in _results(H100_RESULTS) if r["width"] == 768 and r["dtype"] == "bfloat16"
-                 and r["global_batch"] == 128 and r["mesh"] == [1, 1, 1]), None)
+    data = next(
+        (
+            r
+            for r in measured
+            if r["bench"] == "data"
+            and r["layout"] == "2.0.0"
+            and r["store"] == "log_mel"
+            and r["clip_seconds"] == AUDIOSET_CLIP_S
+            and r["frontend"] == "host"
+        ),
+        None,
+    )
+    h100 = next(
+        (
+            r
+            for r in _results(H100_RESULTS)
+            if r["width"] == 768 and r["dtype"] == "bfloat16" and r["global_batch"] == 128 and r["mesh"] == [1, 1, 1]
+        ),
+        None,
+    )
     if not (scale and data and h100):
         return []
     hours = AUDIOSET_CLIPS * AUDIOSET_CLIP_S / 3600
     dataset = hours * data["bytes_per_hour"]
     requests_per_crop = scale["requests_per_s_per_process"] / scale["crops_per_s_per_process"]
     flops = train_flops_per_example(ModelSpec.from_config(model_config("base")))
-    systems = [("v5e-64", 16, 4, ASSUMED_MFU * SYSTEMS["v5e-64"].chip.peak_bf16_flops / flops,
-                f"{ASSUMED_MFU:.1%} MFU (estimated)"),
-               ("4x8xH100", 4, 8, h100["clips_per_s"], "measured on one H100")]
+    systems = [
+        (
+            "v5e-64",
+            16,
+            4,
+            ASSUMED_MFU * SYSTEMS["v5e-64"].chip.peak_bf16_flops / flops,
+            f"{ASSUMED_MFU:.1%} MFU (estimated)",
+        ),
+        ("4x8xH100", 4, 8, h100["clips_per_s"], "measured on one H100"),
+    ]
     lines = [
         "## AudioSet at scale",
         "",
@@ -199,7 +236,8 @@ def _audioset_section() -> list:
         lines.append(
             f"| {name} | {hosts} x {chips} | {per_chip:,.0f} ({how}) | {epoch / 1e9:.1f} GB | "
             f"{per_host_s * requests_per_crop:,.0f} | {per_host_s * CROP_BYTES / 1e6:,.0f} MB | "
-            f"{per_chip / data['pipeline_crops_per_s_per_core']:.2f} |")
+            f"{per_chip / data['pipeline_crops_per_s_per_core']:.2f} |"
+        )
     return lines + [""]
 
 
@@ -219,8 +257,12 @@ def report() -> str:
         "| size | parameters | data parallel (8,1,1) | FSDP (1,8,1) | tensor parallel (1,1,8) | FSDP x TP (1,4,2) |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    meshes = [dict(data=8, fsdp=1, model=1), dict(data=1, fsdp=8, model=1), dict(data=1, fsdp=1, model=8),
-              dict(data=1, fsdp=4, model=2)]
+    meshes = [
+        dict(data=8, fsdp=1, model=1),
+        dict(data=1, fsdp=8, model=1),
+        dict(data=1, fsdp=1, model=8),
+        dict(data=1, fsdp=4, model=2),
+    ]
     all_params = {size: _logical_params(size) for size in SIZES}
     for size, params in all_params.items():
         n = sum(math.prod(shape) for shape, _ in params)
@@ -237,8 +279,9 @@ def report() -> str:
         "(on TPUs dcn_data takes the slices left over by default; GPU nodes must be named, and",
         "launch/slurm.sbatch's tasks, one per GPU, are grouped into nodes by SLURM_NODEID).",
         "",
-        "| size | " + " | ".join(f"{name} ({system.devices} x {system.chip.memory_gib} GiB)"
-                               for name, system in SYSTEMS.items()) + " |",
+        "| size | "
+        + " | ".join(f"{name} ({system.devices} x {system.chip.memory_gib} GiB)" for name, system in SYSTEMS.items())
+        + " |",
         "| --- |" + " --- |" * len(SYSTEMS),
     ]
     for size, params in all_params.items():

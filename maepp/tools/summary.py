@@ -1,7 +1,8 @@
 r"""Prints a model's parameter table and FLOPs; the last line is JSON.
 
-    python -m maepp.tools.summary --config configs/audiomaepp.py:base
+python -m maepp.tools.summary --config configs/audiomaepp.py:base
 """
+
 import json
 import sys
 

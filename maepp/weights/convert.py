@@ -9,6 +9,7 @@ copied as it is, and the imported model computes what the release computes. For 
 config.model.separate_norm3=True, LN3 takes norm2's values (the released forward pass);
 --ln3-from=norm3 takes the stored norm3 instead. Key names and layouts: maepp/weights/release.py.
 """
+
 import sys
 
 from absl import flags

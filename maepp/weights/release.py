@@ -10,6 +10,7 @@ maepp's by default (config.model.separate_norm3 False): then every tensor maps a
 ways. A separate-LN3 model takes LN3 from norm2 on import, which reproduces the released forward
 pass; ln3_from="norm3" takes norm3 as stored (state dicts written by maepp's own export).
 """
+
 import dataclasses
 import math
 import pickle
@@ -74,13 +75,21 @@ def _entries_for_module(torch_prefix: str, path: tuple, leaves: dict, n_in_dims:
     kernel = tuple(leaves["kernel"].shape)
     n_in, n_out = math.prod(kernel[:n_in_dims]), math.prod(kernel[n_in_dims:])
     yield Entry(
-        f"{torch_prefix}.weight", path + ("kernel",), kernel, (n_out, n_in),
-        lambda w, k=kernel: w.T.reshape(k), lambda k, s=(n_out, n_in): k.reshape(s[1], s[0]).T,
+        f"{torch_prefix}.weight",
+        path + ("kernel",),
+        kernel,
+        (n_out, n_in),
+        lambda w, k=kernel: w.T.reshape(k),
+        lambda k, s=(n_out, n_in): k.reshape(s[1], s[0]).T,
     )
     bias = tuple(leaves["bias"].shape)
     yield Entry(
-        f"{torch_prefix}.bias", path + ("bias",), bias, (n_out,),
-        lambda b, s=bias: b.reshape(s), lambda b, n=n_out: b.reshape(n),
+        f"{torch_prefix}.bias",
+        path + ("bias",),
+        bias,
+        (n_out,),
+        lambda b, s=bias: b.reshape(s),
+        lambda b, n=n_out: b.reshape(n),
     )
 
 
@@ -96,10 +105,16 @@ def mapping(spec: ModelSpec) -> list:
     entries = []
     width, (pt, pf) = spec.encoder.width, spec.patch_size
     patch_kernel = tuple(params["patch_embed"]["kernel"].shape)  # [pt * pf, D]
-    entries.append(Entry(
-        "patch_embed.proj.weight", ("patch_embed", "kernel"), patch_kernel, (width, 1, pt, pf),
-        lambda w: w.reshape(width, pt * pf).T, lambda k: k.T.reshape(width, 1, pt, pf),
-    ))
+    entries.append(
+        Entry(
+            "patch_embed.proj.weight",
+            ("patch_embed", "kernel"),
+            patch_kernel,
+            (width, 1, pt, pf),
+            lambda w: w.reshape(width, pt * pf).T,
+            lambda k: k.T.reshape(width, 1, pt, pf),
+        )
+    )
     entries.append(Entry("patch_embed.proj.bias", ("patch_embed", "bias"), (width,), (width,), np.asarray, np.asarray))
     for token, path in (("cls_token", ("cls_token",)), ("decoder.mask_token", ("decoder", "mask_token"))):
         if path[-1] in _lookup(params, path[:-1]):
@@ -222,8 +237,11 @@ class InertRecord:
 
 # What the release's trainer saves beside "model" ({'model': ..., 'args': Namespace(...), ...}).
 # torch's weights_only unpickler still refuses every other global.
-TRAINER_GLOBALS = ("argparse.Namespace", "ml_collections.config_dict.config_dict.ConfigDict",
-                   "ml_collections.config_dict.config_dict.FieldReference")
+TRAINER_GLOBALS = (
+    "argparse.Namespace",
+    "ml_collections.config_dict.config_dict.ConfigDict",
+    "ml_collections.config_dict.config_dict.FieldReference",
+)
 
 
 class UnsafeCheckpoint(ValueError):
@@ -250,7 +268,7 @@ def load_torch_state_dict(path) -> dict:
     if not isinstance(checkpoint, dict) or not checkpoint:
         raise ValueError(f"{path} holds no state dict (found {type(checkpoint).__name__})")
     if all(k.startswith("module.") for k in checkpoint):
-        checkpoint = {k[len("module."):]: v for k, v in checkpoint.items()}
+        checkpoint = {k[len("module.") :]: v for k, v in checkpoint.items()}
     return {k: v.detach().float().numpy() for k, v in checkpoint.items()}
 
 

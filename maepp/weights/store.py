@@ -5,6 +5,7 @@
 
 load_model() also reads a training workdir (DIR/config.json + DIR/checkpoints/<step>/).
 """
+
 import json
 import pathlib
 
@@ -50,8 +51,9 @@ def load_model(directory, step: int = None):
     directory = checkpoints.workdir_path(directory)
     config_path = directory / "config.json"
     if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} not found: {directory} is neither a maepp training workdir "
-                                "nor a weights directory")
+        raise FileNotFoundError(
+            f"{config_path} not found: {directory} is neither a maepp training workdir nor a weights directory"
+        )
     config = ml_collections.ConfigDict(json.loads(config_path.read_text()))
     spec = ModelSpec.from_config(config.model)
     model = MaskedAutoencoder(spec)

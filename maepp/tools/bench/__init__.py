@@ -11,6 +11,7 @@ r"""Benchmarks that print figures; the last line of each is JSON.
 Each subcommand is a module of this package and imports only what it times: `step` needs
 jax, flax and optax alone, so it runs on an accelerator machine without TensorFlow or librosa.
 """
+
 import importlib
 import sys
 
@@ -22,8 +23,10 @@ SUBCOMMANDS = ("data", "scale", "export", "step", "loop", "swiglu_norm", "table"
 def run():
     if len(sys.argv) < 2 or sys.argv[1] not in SUBCOMMANDS:
         asked = len(sys.argv) == 2 and sys.argv[1] in ("--help", "-h", "--helpshort")
-        print(__doc__.strip() + "\n\n`python -m maepp.tools.bench SUBCOMMAND --help` lists a subcommand's flags.",
-              file=sys.stdout if asked else sys.stderr)
+        print(
+            __doc__.strip() + "\n\n`python -m maepp.tools.bench SUBCOMMAND --help` lists a subcommand's flags.",
+            file=sys.stdout if asked else sys.stderr,
+        )
         sys.exit(0 if asked else 1)
     subcommand = sys.argv[1]
     module = importlib.import_module(f"maepp.tools.bench.{subcommand}")

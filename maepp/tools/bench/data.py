@@ -9,6 +9,7 @@ per crop over the crop's own bytes (the reader's count: 16-bit values, [200, 80]
 samples its frames cover), and the largest difference of its centre crops (eval pipeline) from
 librosa's on the same audio. The log_mel store holds no audio: the librosa side reads the
 original files (manifest.json's input folder)."""
+
 import io
 import os
 import pathlib
@@ -30,6 +31,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 _FRONTEND = flags.DEFINE_enum("frontend", "host", FRONTENDS, "Where the pipeline's crops become log-mels.")
 
 CROP_FRAMES = 200
+
+
 def _filterbank(source) -> str:
     """Prepared records' own filterbank; files are read with the default one."""
     return getattr(source, "filterbank", filterbanks.DEFAULT)
@@ -37,8 +40,9 @@ def _filterbank(source) -> str:
 
 def pipeline_rate(source, n_crops: int, batch_size: int, frontend: str) -> float:
     """Crops per second from the training pipeline, after one warm-up batch."""
-    batches = train_dataset(source, seed=0, batch_size=batch_size, frontend=frontend,
-                            filterbank=_filterbank(source)).as_numpy_iterator()
+    batches = train_dataset(
+        source, seed=0, batch_size=batch_size, frontend=frontend, filterbank=_filterbank(source)
+    ).as_numpy_iterator()
     next(batches)  # graph tracing and thread start-up are not throughput
     n_batches = max(1, n_crops // batch_size)
     start = time.perf_counter()
@@ -71,8 +75,10 @@ def _audio_bytes(source):
         return source.encoded
     root = pathlib.Path(source.manifest["input"])
     if not root.is_dir():
-        raise app.UsageError(f"the librosa loop reads the original files of the prepared data, {root} (their "
-                             "manifest.json's input), which are not here")
+        raise app.UsageError(
+            f"the librosa loop reads the original files of the prepared data, {root} (their "
+            "manifest.json's input), which are not here"
+        )
     return lambda index: (root / source.name(index)).read_bytes()
 
 
@@ -131,10 +137,12 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
         ratio_per_core=round(pipeline / cores / baseline, 2),
     )
     if prepared:
-        result.update(bytes_per_hour=round(_stored_bytes(source) / source.manifest["hours"]),
-                      bytes_read_per_crop=round(read_per_crop),
-                      read_over_crop_bytes=round(read_per_crop / crop_bytes(source.store), 3),
-                      max_error_vs_librosa=max_error(source, audio_bytes))
+        result.update(
+            bytes_per_hour=round(_stored_bytes(source) / source.manifest["hours"]),
+            bytes_read_per_crop=round(read_per_crop),
+            read_over_crop_bytes=round(read_per_crop / crop_bytes(source.store), 3),
+            max_error_vs_librosa=max_error(source, audio_bytes),
+        )
     return result
 
 

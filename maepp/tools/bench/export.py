@@ -3,6 +3,7 @@ float64 log-mel on the host, 200-frame chunks through the jitted encoder on ever
 the .npz), on procedural clips of --seconds written as WAV files, after one warm-up clip. The
 encoder is a run's (--workdir) or a freshly initialised one of --model_config (speed does not
 depend on the weights)."""
+
 import io
 import pathlib
 import tempfile
@@ -26,8 +27,9 @@ from maepp.weights import store
 
 _CLIPS = flags.DEFINE_integer("clips", 256, "Clips to export.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run (or weights directory) whose encoder to time.")
-_MODEL_CONFIG = config_flags.DEFINE_config_file("model_config", config_files.installed("audiomaepp:micro"),
-                                                "Config of a freshly initialised encoder to time.")
+_MODEL_CONFIG = config_flags.DEFINE_config_file(
+    "model_config", config_files.installed("audiomaepp:micro"), "Config of a freshly initialised encoder to time."
+)
 _SECONDS = flags.DEFINE_float("seconds", 10.0, "Length of each clip.")
 
 
@@ -69,5 +71,8 @@ def bench_export(n_clips: int, seconds: float) -> dict:
 def main(argv):
     del argv
     result = bench_export(_CLIPS.value, _SECONDS.value)
-    report(result, f"export: {result['clips_per_s']} clips/s of {result['clip_seconds']} s "
-                   f"({result['audio_seconds_per_s']} s of audio per s) on {result['devices']}")
+    report(
+        result,
+        f"export: {result['clips_per_s']} clips/s of {result['clip_seconds']} s "
+        f"({result['audio_seconds_per_s']} s of audio per s) on {result['devices']}",
+    )

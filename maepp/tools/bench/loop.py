@@ -8,6 +8,7 @@ config in the same process: how much of the step's speed the whole loop keeps.
 Rates leave out the first step (compilation); held-out evaluation and profiling are off. The
 last line is JSON: loop and step steps/s, their ratio, and the loop's input-wait fraction.
 """
+
 import tempfile
 
 from absl import flags
@@ -34,9 +35,14 @@ def bench_loop(config, n_steps: int) -> dict:
     step = bench_step(config, n_steps)
     step_steps_per_s = 1e3 / step["step_ms"]
     return dict(
-        source=config.data.source, frontend=config.data.frontend, global_batch=config.batch_size, steps=n_steps,
-        devices=step["devices"], loop_steps_per_s=round(loop["run_steps_per_s"], 3),
-        step_steps_per_s=round(step_steps_per_s, 3), ratio=round(loop["run_steps_per_s"] / step_steps_per_s, 3),
+        source=config.data.source,
+        frontend=config.data.frontend,
+        global_batch=config.batch_size,
+        steps=n_steps,
+        devices=step["devices"],
+        loop_steps_per_s=round(loop["run_steps_per_s"], 3),
+        step_steps_per_s=round(step_steps_per_s, 3),
+        ratio=round(loop["run_steps_per_s"] / step_steps_per_s, 3),
         input_wait=round(loop["run_input_wait"], 4),
     )
 
@@ -44,6 +50,9 @@ def bench_loop(config, n_steps: int) -> dict:
 def main(argv):
     del argv
     r = bench_loop(_CONFIG.value, _STEPS.value)
-    report(r, f"train loop on {r['source']} ({r['frontend']} front end), global batch {r['global_batch']} on "
-              f"{r['devices']}: {r['loop_steps_per_s']} steps/s, {r['input_wait']:.1%} of the time waiting for input",
-           f"bench step, same config: {r['step_steps_per_s']} steps/s; loop / step = {r['ratio']}")
+    report(
+        r,
+        f"train loop on {r['source']} ({r['frontend']} front end), global batch {r['global_batch']} on "
+        f"{r['devices']}: {r['loop_steps_per_s']} steps/s, {r['input_wait']:.1%} of the time waiting for input",
+        f"bench step, same config: {r['step_steps_per_s']} steps/s; loop / step = {r['ratio']}",
+    )

@@ -12,6 +12,7 @@ from those each kernel gets one category:
     copy/transpose   layout changes and copies
     elementwise      everything else (activations, residual adds, loss, masking, casts)
 """
+
 import collections
 import dataclasses
 import glob
@@ -128,8 +129,13 @@ def kernel_events(xplane_path: str):
     planes = [p for p in profile.planes if p.name.startswith("/device:")]
     if planes:
         return [(e.name, _hlo_op(e), e.duration_ns) for p in planes for line in p.lines for e in line.events]
-    return [(e.name, _hlo_op(e), e.duration_ns) for p in profile.planes for line in p.lines
-            for e in line.events if _hlo_op(e)]
+    return [
+        (e.name, _hlo_op(e), e.duration_ns)
+        for p in profile.planes
+        for line in p.lines
+        for e in line.events
+        if _hlo_op(e)
+    ]
 
 
 def summarise(xplane_path: str, hlo_text: str, n_steps: int, top: int = 10) -> dict:
@@ -192,6 +198,8 @@ def markdown(summary: dict) -> str:
     lines.append(f"| all kernels | {summary['device_ms_per_step']} | |")
     lines += ["", "| kernel | category | ms per step | launches | from |", "| --- | --- | --- | --- | --- |"]
     for k in summary["top_kernels"]:
-        lines.append(f"| `{k['kernel'][:48]}` | {k['category']} | {k['ms_per_step']} | {k['launches_per_step']:g} | "
-                     f"{k['op_name'][:80]} |")
+        lines.append(
+            f"| `{k['kernel'][:48]}` | {k['category']} | {k['ms_per_step']} | {k['launches_per_step']:g} | "
+            f"{k['op_name'][:80]} |"
+        )
     return "\n".join(lines)

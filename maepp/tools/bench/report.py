@@ -1,4 +1,5 @@
 """What every benchmark prints: readable lines (unless --json), then one JSON line."""
+
 import json
 
 from absl import flags

@@ -15,6 +15,7 @@ bytes. Reported, last line JSON:
     local disk bytes written      by the readers (about 0: nothing is copied)
 docs/scaling.md turns these ratios into AudioSet-2M's figures on real systems.
 """
+
 import json
 import os
 import subprocess
@@ -75,8 +76,15 @@ def _dataset(root: str, n_clips: int, seconds: float, clips_per_shard: int, work
     return str(dataset_directory(f"{root}/out", "audio_clips"))
 
 
-def bench_scale(processes: int, n_clips: int, seconds: float, clips_per_shard: int, batch_size: int,
-                epochs: int, prepare_workers: int) -> dict:
+def bench_scale(
+    processes: int,
+    n_clips: int,
+    seconds: float,
+    clips_per_shard: int,
+    batch_size: int,
+    epochs: int,
+    prepare_workers: int,
+) -> dict:
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
@@ -87,8 +95,11 @@ def bench_scale(processes: int, n_clips: int, seconds: float, clips_per_shard: i
     with tempfile.TemporaryDirectory(prefix="maepp-bench-scale-") as root, GcsEmulator() as gcs:
         local = _dataset(root, n_clips, seconds, clips_per_shard, prepare_workers)
         gcs.create_bucket("maepp-bench")
-        bucket = storage.Client(project="maepp-bench", credentials=AnonymousCredentials(),
-                                client_options={"api_endpoint": f"http://127.0.0.1:{gcs.port}"}).bucket("maepp-bench")
+        bucket = storage.Client(
+            project="maepp-bench",
+            credentials=AnonymousCredentials(),
+            client_options={"api_endpoint": f"http://127.0.0.1:{gcs.port}"},
+        ).bucket("maepp-bench")
         dataset_bytes = 0
         for name in sorted(os.listdir(local)):
             if name != "plan.json":
@@ -101,10 +112,22 @@ def bench_scale(processes: int, n_clips: int, seconds: float, clips_per_shard: i
             meter = gcs.meter()
             meters.append(meter)
             rows = list(range(process * share, (process + 1) * share))
-            readers.append(subprocess.Popen(
-                [sys.executable, "-c", _READER, "prepared:gs://maepp-bench/data", str(batch_size), json.dumps(rows),
-                 str(n_batches)],
-                env={**os.environ, **gcs.client_environment(meter)}, stdout=subprocess.PIPE, text=True))
+            readers.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-c",
+                        _READER,
+                        "prepared:gs://maepp-bench/data",
+                        str(batch_size),
+                        json.dumps(rows),
+                        str(n_batches),
+                    ],
+                    env={**os.environ, **gcs.client_environment(meter)},
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+            )
         results = []
         for reader in readers:
             out, _ = reader.communicate()
@@ -114,14 +137,19 @@ def bench_scale(processes: int, n_clips: int, seconds: float, clips_per_shard: i
     served = [meter.counts() for meter in meters]
     crop_bytes = 200 * 80 * 2
     return dict(
-        processes=processes, clips=n_clips, shards=-(-n_clips // clips_per_shard), epochs=epochs,
+        processes=processes,
+        clips=n_clips,
+        shards=-(-n_clips // clips_per_shard),
+        epochs=epochs,
         dataset_bytes=dataset_bytes,
         first_batch_s=round(max(r["first_batch_s"] for r in results), 2),
         read_per_process_over_dataset=round(max(s["response_bytes"] for s in served) / (epochs * dataset_bytes), 4),
-        read_per_crop_over_crop_bytes=round(sum(r["bytes_read"] for r in results) / sum(r["reads"] for r in results)
-                                            / crop_bytes, 3),
-        requests_per_s_per_process=round(float(np.mean([s["requests"] / r["read_s"]
-                                                        for s, r in zip(served, results)])), 1),
+        read_per_crop_over_crop_bytes=round(
+            sum(r["bytes_read"] for r in results) / sum(r["reads"] for r in results) / crop_bytes, 3
+        ),
+        requests_per_s_per_process=round(
+            float(np.mean([s["requests"] / r["read_s"] for s, r in zip(served, results)])), 1
+        ),
         crops_per_s_per_process=round(float(np.mean([r["crops"] / r["read_s"] for r in results])), 1),
         local_disk_bytes_written=max(r["disk_bytes_written"] for r in results),
     )
@@ -132,8 +160,15 @@ def main(argv):
     t = time.perf_counter()
     from maepp.data.pipeline import host_cores
 
-    r = bench_scale(_PROCESSES.value, _CLIPS.value, _SECONDS.value, _CLIPS_PER_SHARD.value, _BATCH.value, _EPOCHS.value,
-                    _WORKERS.value or host_cores())
+    r = bench_scale(
+        _PROCESSES.value,
+        _CLIPS.value,
+        _SECONDS.value,
+        _CLIPS_PER_SHARD.value,
+        _BATCH.value,
+        _EPOCHS.value,
+        _WORKERS.value or host_cores(),
+    )
     report(
         r,
         f"{r['processes']} processes read {r['clips']:,} clips in {r['shards']} shards "

@@ -22,6 +22,7 @@ of the compiled step is printed beside them: on the CPU the two agree (tests/tes
 GPU, XLA's count leaves out the matrix products it hands to cuBLAS, so there it is far lower and
 says nothing about MFU.
 """
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -33,7 +34,8 @@ from maepp.tools.bench.step_timing import bench_step
 _CONFIG = config_flags.DEFINE_config_file("config", config_files.installed("audiomaepp:base"), "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps, after two warm-up steps.")
 _VARIANTS = flags.DEFINE_multi_string(
-    "variant", [], "Overrides timed after the config: key=value[,key=value]; keys xla_* are XLA compiler options.")
+    "variant", [], "Overrides timed after the config: key=value[,key=value]; keys xla_* are XLA compiler options."
+)
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", "", "Trace 3 steps of each run here and print where the time goes.")
 
 
@@ -90,18 +92,22 @@ def main(argv):
         try:
             r = dict(variant=overrides, **bench_step(config, _STEPS.value, compiler_options, profile_dir))
         except Exception as error:  # noqa: BLE001 - one variant the backend refuses must not end a sweep on a GPU
-            report(dict(variant=overrides, error=f"{type(error).__name__}: {error}"[:2000]),
-                   f"train step {overrides}: failed: {type(error).__name__}: {str(error)[:500]}")
+            report(
+                dict(variant=overrides, error=f"{type(error).__name__}: {error}"[:2000]),
+                f"train step {overrides}: failed: {type(error).__name__}: {str(error)[:500]}",
+            )
             continue
         mfu = (
             f"MFU {r['mfu']:.1%} of {r['peak_bf16_tflops_per_device']:.0f} TFLOP/s"
             if r["mfu"]
             else "MFU n/a (no peak known)"
         )
-        report(r,
-               f"train step {overrides or '(config)'}, width {r['width']} depth {r['depth']} {r['dtype']}, "
-               f"global batch {r['global_batch']} on {r['devices']}, mesh {r['mesh']}: {r['step_ms']} ms "
-               f"({r['clips_per_s']} clips/s), compiled in {r['compile_s']} s",
-               f"model {r['model_tflop_per_step']} TFLOP per step (XLA counts {r['xla_tflop_per_step']}): "
-               f"{r['achieved_tflops_per_device']} TFLOP/s per device, {mfu}",
-               *([profile.markdown(r["profile"])] if r["profile"] else []))
+        report(
+            r,
+            f"train step {overrides or '(config)'}, width {r['width']} depth {r['depth']} {r['dtype']}, "
+            f"global batch {r['global_batch']} on {r['devices']}, mesh {r['mesh']}: {r['step_ms']} ms "
+            f"({r['clips_per_s']} clips/s), compiled in {r['compile_s']} s",
+            f"model {r['model_tflop_per_step']} TFLOP per step (XLA counts {r['xla_tflop_per_step']}): "
+            f"{r['achieved_tflops_per_device']} TFLOP/s per device, {mfu}",
+            *([profile.markdown(r["profile"])] if r["profile"] else []),
+        )

@@ -1,5 +1,6 @@
 """The timing behind `python -m maepp.tools.bench step` (maepp/tools/bench/step.py), without its
 flags, so that `bench loop` can time the step in the same process."""
+
 import time
 
 import jax
@@ -46,8 +47,10 @@ def bench_step(config, n_steps: int, compiler_options=None, profile_dir: str = "
     optimizer = optim.optimizer(config)
     state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
     to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbanks.from_config(config))
-    batch = jax.device_put(_random_inputs(config.batch_size, model.spec.input_size, waveforms=bool(to_log_mel)),
-                           sharding.batch_sharding(mesh))
+    batch = jax.device_put(
+        _random_inputs(config.batch_size, model.spec.input_size, waveforms=bool(to_log_mel)),
+        sharding.batch_sharding(mesh),
+    )
     step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), shardings, mesh)
     rngs = [jax.device_put(jax.random.key(i), sharding.replicated(mesh)) for i in range(n_steps + 2)]
 

@@ -10,6 +10,7 @@ GB/s counts the bytes the fused pair must move at least (read g and v, write y; 
 v, write dg and dv): how near each comes to the memory's bandwidth. On a CPU the kernels run in
 Pallas's interpreter, so only a GPU's figures mean anything.
 """
+
 import itertools
 import time
 
@@ -72,8 +73,11 @@ def main(argv):
         cases = [dict(implementation="xla", ms=round(xla_ms, 3), gb_per_s=round(gigabytes / xla_ms * 1e3))]
         _say(_case_line(shape_text, cases[0]))
         tilings = dict.fromkeys(
-            swiglu_norm.tiling(batch * tokens, hidden, *options) for options in itertools.product(
-                _ints(_TILE_ELEMENTS.value), _ints(_PROGRAMS.value), _ints(_NUM_WARPS.value), _ints(_NUM_STAGES.value)))
+            swiglu_norm.tiling(batch * tokens, hidden, *options)
+            for options in itertools.product(
+                _ints(_TILE_ELEMENTS.value), _ints(_PROGRAMS.value), _ints(_NUM_WARPS.value), _ints(_NUM_STAGES.value)
+            )
+        )
         for tiling in filter(None, tilings):
             forward = lambda *a, t=tiling: swiglu_norm.swiglu_norm(*a, LAYER_NORM_EPS, t)
             try:
@@ -81,13 +85,22 @@ def main(argv):
             except Exception as error:  # noqa: BLE001 - one tiling Triton refuses must not end a sweep on a GPU
                 cases.append(dict(implementation="pallas", tiling=tiling._asdict(), error=str(error)[:300]))
             else:
-                cases.append(dict(implementation="pallas", tiling=tiling._asdict(), ms=round(ms, 3),
-                                  gb_per_s=round(gigabytes / ms * 1e3), speedup=round(xla_ms / ms, 3)))
+                cases.append(
+                    dict(
+                        implementation="pallas",
+                        tiling=tiling._asdict(),
+                        ms=round(ms, 3),
+                        gb_per_s=round(gigabytes / ms * 1e3),
+                        speedup=round(xla_ms / ms, 3),
+                    )
+                )
             _say(_case_line(shape_text, cases[-1]))
         results.append(dict(shape=[batch, tokens, hidden], device=jax.devices()[0].device_kind, cases=cases))
         best = min((c for c in cases if "ms" in c), key=lambda c: c["ms"])
-        _say(f"{shape_text}: fastest {best['implementation']} {best.get('tiling', '')} "
-             f"({best['ms']} ms against XLA's {xla_ms:.3f} ms)")
+        _say(
+            f"{shape_text}: fastest {best['implementation']} {best.get('tiling', '')} "
+            f"({best['ms']} ms against XLA's {xla_ms:.3f} ms)"
+        )
     report(dict(swiglu_norm=results))
 
 

@@ -5,6 +5,7 @@ release's (`"peer"` lines), each tagged with the `run` it came from. maepp's row
 with the peer's at the same batch in the same run only: timings of different runs on a shared
 machine differ by a few percent.
 """
+
 import json
 
 from absl import app
@@ -30,8 +31,10 @@ def _settings(row: dict) -> str:
 def speed_table(rows: list) -> str:
     """Markdown: one row per timed program, with its ratio to the peer of the same run and batch."""
     peers = {(r.get("run"), r["batch"]): r["clips_per_s"] for r in rows if "peer" in r}
-    lines = ["| run | program | batch | ms / step | clips / s | MFU | vs peer, same run |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| run | program | batch | ms / step | clips / s | MFU | vs peer, same run |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in rows:
         if "error" in r:
             continue
@@ -40,8 +43,10 @@ def speed_table(rows: list) -> str:
         mfu = "" if "peer" in r or r["mfu"] is None else f"{r['mfu']:.1%}"
         peer = peers.get((r.get("run"), batch))
         ratio = "" if "peer" in r or peer is None else f"{r['clips_per_s'] / peer:.2f}x"
-        lines.append(f"| {r.get('run', '')} | {_settings(r)} | {batch} | {step_ms:.1f} | {r['clips_per_s']:,.0f} | "
-                     f"{mfu} | {ratio} |")
+        lines.append(
+            f"| {r.get('run', '')} | {_settings(r)} | {batch} | {step_ms:.1f} | {r['clips_per_s']:,.0f} | "
+            f"{mfu} | {ratio} |"
+        )
     return "\n".join(lines)
 
 
