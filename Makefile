@@ -41,7 +41,7 @@ train: $(STAMP)
 # Everything: the linter, then both tiers of tests (pytest.mark.e2e: tests that start processes or
 # train a run end to end).
 # Three workers on two cores: end-to-end tests spend much of their time waiting on the processes
-# they start, and a third worker fills those waits (pytest alone, 2-core VM: 12m40 with two, 11m40
+# they start, and a third worker fills those waits (pytest alone, 2-core AMD EPYC VM, 2026-12-03: 12m40 with two, 11m40
 # with three).
 test: lint
 	$(PY) -m pytest -q -n 3 --dist loadgroup --durations=10 tests
@@ -50,8 +50,10 @@ test: lint
 test-fast: lint
 	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not e2e" tests
 
+# ruff's rules and its formatting (pyproject.toml): a file the formatter would change fails too.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 summary: $(STAMP)
 	$(PY) -m maepp.tools.summary --config configs/audiomaepp.py:base

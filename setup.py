@@ -15,7 +15,7 @@ setup(
     version="0.1.0",
     description="AudioMAE++ masked audio autoencoders: pretraining, checkpoints and embeddings in JAX/Flax",
     # maepp/configs is a link to the repository's configs/: it ships inside the package as
-    # maepp.configs, so an installed maepp takes --config audiomaepp:base (maepp/config_files.py).
+    # maepp.configs, so an installed maepp takes --config audiomaepp:base (maepp/program.py).
     packages=find_packages(include=["maepp", "maepp.*"]),
     package_data={"maepp.tools": ["targets/*.pbtxt"]},
     python_requires=">=3.10",

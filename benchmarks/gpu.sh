@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The one script a lent GPU machine runs (the `device` tool of this workplace; any CUDA machine
-# with jax, torch, einops and timm will do): installs the carried wheels, then benchmarks/peer.sh
-# with the speed variants under study, each profiled. Everything lands in $OUT:
+# Every GPU benchmark in one call, on any CUDA machine with jax, torch, einops and timm: installs
+# the wheels in .whl (for a machine without a package index), then benchmarks/peer.sh with the
+# speed variants under study, each profiled. Everything lands in $OUT (default /tmp/out):
 #   swiglu_norm.txt the fused SwiGLU-LayerNorm kernels under each tiling, against XLA (bench swiglu_norm)
 #   results.jsonl   maepp and the peer, one JSON line per program, variant and batch
 #   profiles.md     where each maepp variant's step time goes (maepp.tools.bench.profile)

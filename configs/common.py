@@ -13,10 +13,10 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     config = ml_collections.ConfigDict()
     config.model = model
     config.seed = 0
-    # source: "synthetic" (embedded procedural audio), "synthetic:N", "folder:PATH",
-    # "records:GLOB" (maepp.data.prepare's shards) or "tfds:NAME[:SPLIT]" (prepared in data_dir).
+    # source: "synthetic" (embedded procedural audio), "synthetic:N[:SEED]", "folder:PATH",
+    # "prepared:DIR" (a dataset maepp.data.prepare wrote) or "tfds:NAME[:SPLIT]" (prepared in data_dir).
     # frontend: where training crops become log-mels: "host" (tf.data) or "device" (in the train
-    # step; for hosts too slow for the STFT, best with records:, whose clip stats are stored).
+    # step; for hosts too slow for the STFT, best with prepared pcm or flac clips, whose stats are stored).
     # prefetch: global batches made ahead on a background thread and placed on the devices.
     # damaged_clips: a prepared log_mel clip holding what no clip can (a value not finite, or
     # beyond what its standardisation allows): "stop" the run naming it, or "skip" and count it.
@@ -24,7 +24,7 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
         dict(source="synthetic", data_dir="", frontend="host", prefetch=2, damaged_clips="stop")
     )
     # The mel filterbank of every log-mel (maepp/audio/filterbanks.py): "torchaudio", as the release
-    # built it, or "librosa"; prepared records must have been made with the same one.
+    # built it, or "librosa"; prepared clips must have been made with the same one.
     config.audio = ml_collections.ConfigDict(dict(filterbank="torchaudio"))
     config.batch_size = 1024  # global
     # Device mesh (maepp/sharding.py): data parallel by default; -1 takes the remaining devices.

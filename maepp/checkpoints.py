@@ -5,9 +5,7 @@
                                         "processes": how many processes saved it}
 
 The position is one number for the whole job (maepp/data/order.py), so a step resumes on any
-number of processes, its state resharded onto the new mesh. Checkpoints from before the global
-order hold {"positions": [each process's next clip in its own share]} and still resume
-(resume_position).
+number of processes, its state resharded onto the new mesh.
 
 Orbax writes a step under a temporary name and renames it when complete, so the newest step on
 disk was whole when written. Disks and people still damage them: restoring walks back from the
@@ -21,7 +19,7 @@ is read in its own layout and converted.
 
 import functools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -44,7 +42,7 @@ def workdir_path(workdir) -> epath.Path:
     return path if "://" in str(workdir) else path.absolute()
 
 
-def manager(workdir, *, keep: int, keep_period: int = None) -> ocp.CheckpointManager:
+def manager(workdir, *, keep: int, keep_period: int | None = None) -> ocp.CheckpointManager:
     """The training run's manager (it holds the workdir lock). The caller decides when to save
     (interval, preemption, end); Orbax keeps and prunes, and removes the unfinished steps a
     killed run left (their names carry a suffix, so they were never taken for complete ones)."""
@@ -83,7 +81,7 @@ def save(checkpoints: ocp.CheckpointManager, step: int, state, position: int):
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
             force=True,
         )
-    except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+    except Exception as error:
         raise CheckpointSaveError(_save_failure(checkpoints, step, error)) from error
 
 
@@ -91,7 +89,7 @@ def check_saves(checkpoints: ocp.CheckpointManager):
     """Raises CheckpointSaveError if an asynchronous save has failed since the last check."""
     try:
         checkpoints.check_for_errors()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise CheckpointSaveError(_save_failure(checkpoints, None, error)) from error
 
 
@@ -101,7 +99,7 @@ def finish_saves(checkpoints: ocp.CheckpointManager):
     try:
         checkpoints.wait_until_finished()
         checkpoints.check_for_errors()
-    except Exception as error:  # noqa: BLE001 - Orbax and TensorStore raise many kinds
+    except Exception as error:
         raise CheckpointSaveError(_save_failure(checkpoints, None, error)) from error
 
 
@@ -204,32 +202,19 @@ def _walk_back(steps, restore_step: Callable, on_damaged: Callable) -> tuple:
 
 
 def resume_position(data: dict, step: int) -> tuple:
-    """A step's data item -> (global position of the next batch, a line on how it maps, or "").
-
-    Saved before the global order, a step holds each process's next clip in its own share (every
-    P-th clip of each epoch's permutation, from p). Its global batches held, between them, the
-    clips of positions j B ... (j + 1) B - 1 of that permutation, as the global order's do; so the
-    run goes on from the slowest process's clip count times P (exact for one process, and for
-    several when they stood at one count and the clip count divides by P; otherwise within a
-    batch of it).
-    """
-    processes = jax.process_count()
-    if "position" in data:
-        saved_by = int(data.get("processes", processes))
-        moved = (
-            f"resumed step {step} saved by {saved_by} processes on {processes} processes"
-            if saved_by != processes
-            else ""
+    """A step's data item -> (global position of the next batch, a line on how it maps, or "")."""
+    if "position" not in data:  # maepp 0.0.x saved each process's own position
+        raise ValueError(
+            f"checkpoint step {step} was saved by maepp 0.0.x (each process's own data position), "
+            "which maepp 0.1 does not resume: finish the run with maepp 0.0.x, or start this run in "
+            "another --workdir"
         )
-        return int(data["position"]), moved
-    positions = [int(p) for p in data["positions"]]
-    position = min(positions) * len(positions)
-    if len(positions) == 1:
-        return position, ""
-    return position, (
-        f"checkpoint step {step} holds the positions of {len(positions)} processes' own shares "
-        f"({positions}), from before the global clip order: continuing from global position {position}"
+    processes = jax.process_count()
+    saved_by = int(data["processes"])
+    moved = (
+        f"resumed step {step} saved by {saved_by} processes on {processes} processes" if saved_by != processes else ""
     )
+    return int(data["position"]), moved
 
 
 class OtherModel(ValueError):
@@ -291,7 +276,7 @@ def _set_aside(checkpoints: ocp.CheckpointManager, step: int, reason: str):
     checkpoints.reload()
 
 
-def restore_params(workdir, shapes, sharding, step: int = None):
+def restore_params(workdir, shapes, sharding, step: int | None = None):
     """-> (step, params) of a run's checkpoint (the newest that restores, by default), without its
     optimizer state, in the block layout of `shapes` whichever layout it was saved in.
 

@@ -6,19 +6,15 @@ FIELDS holds one check per leaf of the configs in configs/, so a value's type, r
 finiteness are checked once; RELATIONS checks what one field asks of another. A test enumerates
 the configs' leaves and fails on a leaf FIELDS does not check. config.evals holds named
 evaluators, each checked by the fields of its type (EVALUATORS).
-
-Older configs held the held-out evaluation in loose fields (data.eval_source, eval_every,
-eval_batch_size); with_evals moves them into config.evals.held_out, for config files and saved
-runs of that time alike.
 """
 
 import difflib
 import math
 import re
 
-from maepp import config_files
 from maepp.audio import filterbanks
 from maepp.audio.constants import N_MELS
+from maepp.data.settings import DAMAGED_CLIPS, FRONTENDS
 from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
 from maepp.models.layers import (
     ATTENTION_IMPLEMENTATIONS,
@@ -28,9 +24,6 @@ from maepp.models.layers import (
 )
 from maepp.models.patches import num_visible
 from maepp.models.spec import DTYPES
-
-DAMAGED_CLIPS = ("stop", "skip")  # config.data.damaged_clips (maepp/data/pipeline.py)
-FRONTENDS = ("host", "device")  # config.data.frontend: where crops become log-mels (maepp/data/pipeline.py)
 
 
 def _fail(field: str, value, must: str):
@@ -212,39 +205,6 @@ def evaluator_settings(entry) -> dict:
     return {**EVALUATORS[entry["type"]]["defaults"], **dict(entry)}
 
 
-def with_evals(config):
-    """The config with the loose held-out fields of older configs (data.eval_source, eval_every,
-    eval_batch_size) moved into config.evals.held_out; a config without them, unchanged. An
-    empty data.eval_source, which meant no evaluation, leaves no held_out entry."""
-
-    def parent_and_leaf(config, dotted: str):
-        section, _, leaf = dotted.rpartition(".")
-        return (config[section] if section else config), leaf
-
-    loose = {}  # held_out's field -> the value an older field held
-    for old, new in config_files.MOVED_FIELDS.items():
-        node, leaf = parent_and_leaf(config, old)
-        if leaf in node:
-            loose[new.rpartition(".")[2]] = node[leaf]
-    if not loose:
-        return config
-    config = config.copy_and_resolve_references()
-    for old in config_files.MOVED_FIELDS:
-        node, leaf = parent_and_leaf(config, old)
-        if leaf in node:
-            del node[leaf]
-    if "evals" not in config:
-        config.evals = {}
-    held_out = dict(type="held_out", **EVALUATORS["held_out"]["defaults"])
-    held_out.update(config.evals.get("held_out", {}))
-    held_out.update(loose)
-    if "held_out" in config.evals:
-        del config.evals["held_out"]
-    if held_out.get("source"):
-        config.evals.held_out = held_out
-    return config
-
-
 def _check_evals(evals, batch_devices: int):
     """Each entry of config.evals: a name, a known type, that type's fields (required ones given,
     no field it does not read), and batches the mesh can split."""
@@ -413,6 +373,20 @@ RESUME_EFFECTS = {
 }
 
 
+# Fields only maepp 0.0.x wrote into a workdir's config.json (the held-out evaluation before config.evals).
+EARLIER_FIELDS = ("eval_every", "eval_batch_size", "data.eval_source")
+
+
+def saved_by_an_earlier_maepp(saved, workdir):
+    """Raises ValueError, one line, for a workdir that maepp 0.0.x saved: maepp 0.1 does not resume it."""
+    found = [field for field in EARLIER_FIELDS if field in leaves(saved)]
+    if found:
+        raise ValueError(
+            f"{workdir} holds a run of maepp 0.0.x (its config.json has {', '.join(found)}), which maepp "
+            "0.1 does not resume: finish it with maepp 0.0.x, or start this run in another --workdir"
+        )
+
+
 def _refused(field: str) -> bool:
     return any(field == name or field.startswith(name + ".") for name in RESUME_REFUSED)
 
@@ -479,7 +453,7 @@ def resolve_held_out(config, training_clips) -> dict:
     """{"evals.NAME.source": clips} for each held_out evaluator whose source is "auto": the split that
     `prepare --holdout` kept out of the training dataset (its source's `holdout`), where it has one,
     else HELD_OUT_FALLBACK. A run resolves it with the model's "auto" choices (resolve_auto)."""
-    clips = getattr(training_clips, "holdout", None) or HELD_OUT_FALLBACK
+    clips = training_clips.holdout or HELD_OUT_FALLBACK
     return {
         f"evals.{name}.source": clips
         for name, entry in config.get("evals", {}).items()

@@ -24,9 +24,9 @@ def cluster_processes() -> int:
 
 
 def initialize(
-    coordinator: str = None,
-    num_processes: int = None,
-    process_id: int = None,
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
     force=False,
     heartbeat_s: int = 60,
     shutdown_s: int = 300,

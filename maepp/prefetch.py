@@ -7,7 +7,8 @@ batch; `wait_s` is the time it did wait, the input pipeline's share of the run's
 import queue
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 class _Failed:

@@ -132,7 +132,7 @@ def console_line(
             wait,
         ]
     if "eta_s" in rates:
-        minutes, seconds = divmod(int(round(rates["eta_s"])), 60)
+        minutes, seconds = divmod(round(rates["eta_s"]), 60)
         hours, minutes = divmod(minutes, 60)
         parts.append(f"ETA {hours}h{minutes:02d}m" if hours else f"ETA {minutes}m{seconds:02d}s")
     return " | ".join(parts)

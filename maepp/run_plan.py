@@ -2,7 +2,6 @@
 anything heavy loads. Free of TensorFlow (the loop's tf.data and TensorBoard bring it in), so
 `python -m maepp.train` reports a bad config in about 3 s rather than 7 on 2 CPU cores."""
 
-import resource
 from typing import NamedTuple
 
 import jax
@@ -44,7 +43,6 @@ def checked_plan(config) -> RunPlan:
                 sources[f"evals.{name}"] = load_task(entry.task)
             except (ValueError, FileNotFoundError) as error:
                 raise ValueError(f"config.evals.{name}.task={entry.task!r}: {error}") from None
-    check_open_files(sources)
     return RunPlan(mesh, spec, sources, resolved)
 
 
@@ -54,24 +52,3 @@ def _source(config, field: str, clips: str):
         return source_from_string(clips, config.data.data_dir or None)
     except (ValueError, FileNotFoundError) as error:
         raise ValueError(f"config.{field}={clips!r}: {error}") from None
-
-
-# Descriptors a run needs besides its data sources': libraries, sockets, checkpoint writes.
-OTHER_OPEN_FILES = 512
-
-
-def check_open_files(sources: dict):
-    """Raises the soft limit on open files to the hard one; refuses, in one line, sources that hold
-    more files open (ArrayRecord keeps one descriptor per shard it has read) than that allows."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    needed = OTHER_OPEN_FILES + sum(getattr(source, "open_files", 0) for source in sources.values())
-    if hard != resource.RLIM_INFINITY and needed > hard:
-        field = next(field for field, source in sources.items() if getattr(source, "open_files", 0))
-        raise ValueError(
-            f"config.{field}: its shards keep {needed - OTHER_OPEN_FILES:,} files open, and with "
-            f"{OTHER_OPEN_FILES} more for the rest of the run that is {needed:,}, above this process's limit of "
-            f"{hard:,} open files (soft limit raised to the hard one): raise the hard limit (ulimit -Hn {needed}, "
-            "or nofile in /etc/security/limits.conf), or prepare the data again (layout 2.0.0 holds no file open)"
-        )

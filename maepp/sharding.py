@@ -69,8 +69,8 @@ def mesh_shape(mesh_config, n_devices: int) -> tuple:
 
 
 def _dcn_sizes(mesh_config) -> list:
-    """config.mesh.dcn_{data,fsdp,model}; configs saved before them have none (one granule)."""
-    return [int(mesh_config.get(field, -1 if field == "dcn_data" else 1)) for field in DCN_FIELDS]
+    """config.mesh.dcn_{data,fsdp,model}."""
+    return [int(mesh_config[field]) for field in DCN_FIELDS]
 
 
 def _granules(devices, mesh_config) -> tuple:

@@ -20,7 +20,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from maepp import checkpoints, config_checks, config_files, distributed, job_watch, run_plan
+from maepp import checkpoints, config_checks, distributed, job_watch, program, run_plan
 from maepp.workdir_lock import WorkdirInUse, WorkdirLost
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
@@ -83,7 +83,7 @@ def main(argv):
     workdir = checkpoints.workdir_path(_WORKDIR.value)
     if workdir.exists() and not workdir.is_dir():
         _exit_now(f"maepp.train: --workdir {workdir} is a file, not a folder: name a folder (a new one starts a run)")
-    config = config_checks.with_evals(_CONFIG.value)  # a config of older maepp: loose held-out fields
+    config = _CONFIG.value
     finished = _finished(config, _WORKDIR.value)
     if finished:
         print(finished, flush=True)
@@ -98,7 +98,7 @@ def main(argv):
     )
     if jax.process_count() > 1:  # a lost process is one line, not JAX's abort
         job_watch.watch_stderr(workdir / "checkpoints", _same_command())
-    config_files.use_compile_cache(config.compile_cache_dir, default=str(workdir / "compile_cache"))
+    program.use_compile_cache(config.compile_cache_dir, default=str(workdir / "compile_cache"))
     try:
         plan = run_plan.checked_plan(config)
     except (ValueError, FileNotFoundError) as error:
@@ -133,7 +133,7 @@ def main(argv):
         lost = job_watch.lost_process(error) if jax.process_count() > 1 else ""
         if lost:
             _exit_now(job_watch.job_lost(lost, checkpoints.newest_complete(workdir), _same_command()))
-        full = config_files.out_of_space(error)
+        full = program.out_of_space(error)
         if full:  # whatever wrote first: a picture, TensorBoard's events, a checkpoint
             _exit_now(
                 f"maepp.train: out of space ({full}); the newest complete checkpoint is "
@@ -154,7 +154,7 @@ def main(argv):
 
 
 def run():
-    config_files.run_cli(main, "maepp.train")
+    program.run_cli(main, "maepp.train")
 
 
 if __name__ == "__main__":

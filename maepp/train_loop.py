@@ -11,7 +11,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -23,7 +24,7 @@ from jax.experimental import multihost_utils
 from maepp import checkpoints, distributed, optim, pause_points, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
 from maepp.cadence import Cadence
-from maepp.config_checks import resume_changes, with_evals
+from maepp.config_checks import resume_changes, saved_by_an_earlier_maepp
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, reraise_damaged, train_dataset
 from maepp.evaluators.registry import make_evaluators
 from maepp.models import MaskedAutoencoder
@@ -93,7 +94,6 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     names the fields whose change is meant nevertheless.
     """
     workdir = checkpoints.workdir_path(workdir)
-    config = with_evals(config)  # a config of older maepp names its held-out evaluation in loose fields
     mesh, spec, sources, resolved = plan or checked_plan(config)
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
     refusal = _on_process_0(
@@ -105,12 +105,9 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     saved = workdir / "config.json"
     if checkpoints.complete_steps(workdir) and saved.exists():
         try:
-            changes = resume_changes(
-                with_evals(ml_collections.ConfigDict(json.loads(saved.read_text()))),
-                config,
-                resume_with_changed,
-                resolved,
-            )
+            saved_config = ml_collections.ConfigDict(json.loads(saved.read_text()))
+            saved_by_an_earlier_maepp(saved_config, workdir)
+            changes = resume_changes(saved_config, config, resume_with_changed, resolved)
         except ValueError:
             if lock is not None:
                 lock.release()
@@ -242,7 +239,8 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
     if jax.process_index() == 0:  # what maepp.export and maepp.hear rebuild the model from
         (workdir / "config.json").write_text(config.to_json(indent=2))
     if first_step == 1:  # statistics computed where the parameters lie: no process holds them all
-        parameter_overview.log_parameter_overview(state.params, include_stats="global", jax_logging_process=0)
+        overview = parameter_overview.get_parameter_overview(state.params, include_stats="global")
+        writer.write_texts(0, {"parameter_overview": f"<pre>{overview}</pre>"})
         writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
     hooks = []
     if config.profile.first_step and jax.process_index() == 0:
@@ -299,7 +297,7 @@ def _global_batches(
     def next_global_batch():
         try:
             batch = next(batches)
-        except Exception as error:  # noqa: BLE001 - tf.data's errors carry ours as text
+        except Exception as error:
             reraise_damaged(error)
             raise
         inputs = {key: batch[key] for key in WAVEFORM_CROP_KEYS} if waveforms else batch["log_mel"]

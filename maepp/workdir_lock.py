@@ -94,7 +94,7 @@ class _GcsObject:
 
 
 class WorkdirLock:
-    def __init__(self, workdir, lease_s: float = None, renew_s: float = None):
+    def __init__(self, workdir, lease_s: float | None = None, renew_s: float | None = None):
         self.path = epath.Path(workdir) / "lock.json"
         scheme = str(workdir).partition("://")[0] if "://" in str(workdir) else ""
         if scheme not in ("", "gs"):
@@ -126,7 +126,7 @@ class WorkdirLock:
             self._renewal.start()
 
     def _acquire_flock(self):
-        self._file = open(self.path.with_name("lock"), "a+")  # noqa: SIM115 - held for the run
+        self._file = open(self.path.with_name("lock"), "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

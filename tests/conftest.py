@@ -24,9 +24,9 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 # steps are bit for bit the same. Tests compile far more than they run.
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=2".strip()
 
-import jax  # noqa: E402  (after the cache variable, which jax reads at import)
-import pytest  # noqa: E402
-from filelock import FileLock  # noqa: E402
+import jax
+import pytest
+from filelock import FileLock
 
 # Eight fake CPU devices for the sharding tests; set before any backend starts.
 jax.config.update("jax_num_cpu_devices", 8)

@@ -8,6 +8,7 @@ import pytest
 
 from maepp import config_checks
 from maepp.configs import audiomaepp, mae
+from maepp.models import ModelSpec, spec
 
 # One bad value per field: out of range, of the wrong kind, or not finite.
 BAD = {
@@ -222,45 +223,24 @@ def test_a_probe_takes_several_penalties_to_choose_from():
     config_checks.check_train_config(config, n_devices=8, batch_devices=8)
 
 
-def _with_loose_held_out_fields(config, **loose):
-    """The config as maepp wrote it before config.evals: the held-out evaluation in loose fields."""
-    old = ml_collections.ConfigDict(config.to_dict())
-    del old["evals"]
-    old.data.eval_source = loose.get("source", "synthetic:256:1")
-    old.eval_every, old.eval_batch_size = loose.get("every", 100), loose.get("batch_size", 32)
-    return old
+def test_a_workdir_of_maepp_0_0_is_refused_in_one_line():
+    """maepp 0.0.x wrote the held-out evaluation into config.json as loose fields."""
+    saved = ml_collections.ConfigDict(audiomaepp.get_config("micro").to_dict())
+    config_checks.saved_by_an_earlier_maepp(saved, "/runs/a")  # today's: nothing to say
+    saved.eval_every = 100
+    with pytest.raises(
+        ValueError,
+        match=r"^/runs/a holds a run of maepp 0\.0\.x \(its config.json has eval_every\), "
+        r"which maepp 0\.1 does not resume: .* another --workdir$",
+    ):
+        config_checks.saved_by_an_earlier_maepp(saved, "/runs/a")
 
 
-def test_the_loose_held_out_fields_of_older_configs_become_the_held_out_evaluator():
+def test_a_changed_held_out_source_is_said_on_resume_and_an_added_evaluator_is_not_a_change():
     config = audiomaepp.get_config("micro")
-    old = _with_loose_held_out_fields(config)
-    migrated = config_checks.with_evals(old)
-    assert migrated.evals.held_out.source == "synthetic:256:1"  # older maepp's default, kept as it was
-    migrated.evals.held_out.source = config.evals.held_out.source
-    assert migrated.to_dict() == config.to_dict()
-    assert "evals" not in old and old.eval_every == 100  # the caller's config is left as it was
-    assert config_checks.with_evals(config) is config  # nothing to move
-    # An empty eval_source meant no evaluation: no held_out evaluator.
-    assert "held_out" not in config_checks.with_evals(_with_loose_held_out_fields(config, source="")).evals
-    # An older config file sets a loose field on today's config: it changes the held_out evaluator.
-    config.eval_every = 500
-    moved = config_checks.with_evals(config)
-    assert "eval_every" not in moved and moved.evals.held_out.to_dict() == dict(
-        type="held_out", source="auto", every=500, batch_size=32
-    )
-
-
-def test_a_run_saved_with_loose_held_out_fields_resumes_without_a_change():
-    """Its explicit procedural held-out set is what today's "auto" resolves to without a held-out
-    split; with one, the evaluator's figures change, and the resume says so."""
-    config = audiomaepp.get_config("micro")
-    saved = config_checks.with_evals(_with_loose_held_out_fields(config))
+    saved = ml_collections.ConfigDict(config.to_dict())
+    saved.evals.held_out.source = "synthetic:256:1"
     assert config_checks.resume_changes(saved, config, resolved={"evals.held_out.source": "synthetic:256:1"}) == []
-    split = {"evals.held_out.source": "prepared:/data/x/2.0.0/holdout"}
-    assert config_checks.resume_changes(saved, config, resolved=split) == [
-        "config.evals.held_out.source changed from 'synthetic:256:1' to 'prepared:/data/x/2.0.0/holdout': the "
-        "evaluator's figures from this step on are not comparable with its earlier ones"
-    ]
     config.evals.held_out.source = "folder:/data/held_out"
     config.evals.kw = GOOD_EVALUATORS["probe"]  # an evaluator added on resume: not a change of the run
     assert config_checks.resume_changes(saved, config) == [
@@ -291,3 +271,18 @@ def test_a_probe_on_a_folder_that_is_not_a_task_is_one_line_before_compiling(tmp
     assert str(error.value).startswith(
         f"config.evals.kw.task={str(tmp_path)!r}: {tmp_path} is not a task: it needs train/ and test/ folders"
     ), str(error.value)
+
+
+def test_the_model_checks_and_the_model_spec_name_the_same_fields():
+    towers = {f"{tower}.{name}" for tower in ("encoder", "decoder") for name in spec.field_names(spec.TowerSpec)}
+    fields = set(spec.field_names(ModelSpec)) - {"encoder", "decoder"} | towers
+    assert set(config_checks.MODEL_FIELDS) == fields
+    assert set(config_checks.leaves(audiomaepp.get_config("micro").model)) == fields  # the config gives each
+
+
+@pytest.mark.parametrize("where", ["model", "model.encoder"])
+def test_an_unknown_model_field_is_refused_in_one_line(where):
+    model = audiomaepp.get_config("micro").model
+    (model.encoder if where == "model.encoder" else model).dropout = 0.1
+    with pytest.raises(ValueError, match=rf"^config\.{where} has no field dropout: its fields are [a-z_0-9, ]+$"):
+        ModelSpec.from_config(model)

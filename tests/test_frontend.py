@@ -145,8 +145,8 @@ def test_front_ends_reproduce_torchaudio(torchaudio_outputs, frontend):
     librosa_errors = []
     for clip in clips:
         log_mel = {
-            "tf": lambda fb: tf_frontend.log_mel(clip["waveform"], fb).numpy(),
-            "jax": lambda fb: np.asarray(jax_frontend.log_mel(clip["waveform"][None], fb))[0],
+            "tf": lambda fb, clip=clip: tf_frontend.log_mel(clip["waveform"], fb).numpy(),
+            "jax": lambda fb, clip=clip: np.asarray(jax_frontend.log_mel(clip["waveform"][None], fb))[0],
         }[frontend]
         assert np.abs(log_mel("torchaudio") - clip["standardised"]).max() < 1e-5
         librosa_errors.append(np.abs(log_mel("librosa") - clip["standardised"]).max())

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from maepp import config_files
+from maepp import program
 
 _FENCE = re.compile(r"```sh\n(.*?)```", re.S)
 
@@ -84,12 +84,12 @@ def test_the_docs_name_only_modules_flags_and_files_that_exist(repo_root):
 
 
 def test_configs_resolve_by_path_or_installed_name(repo_root):
-    by_name = config_files.installed("audiomaepp:micro")
+    by_name = program.installed("audiomaepp:micro")
     assert by_name.endswith(os.path.join("configs", "audiomaepp.py") + ":micro")
-    assert config_files.installed("configs/mae.py:base") == "configs/mae.py:base"  # a path stays a path
-    assert config_files.installed("nonesuch:base") == "nonesuch:base"  # left to ml_collections' error
+    assert program.installed("configs/mae.py:base") == "configs/mae.py:base"  # a path stays a path
+    assert program.installed("nonesuch:base") == "nonesuch:base"  # left to ml_collections' error
     argv = ["prog", "--config", "mae:huge", "--model_config=audiomaepp:micro", "--workdir", "audiomaepp:x"]
-    resolved = config_files.resolve_argv(argv)
+    resolved = program.resolve_argv(argv)
     assert resolved[2].endswith("mae.py:huge") and resolved[3].endswith("audiomaepp.py:micro")
     assert resolved[5] == "audiomaepp:x"  # only config flags are resolved
 
@@ -216,9 +216,9 @@ def test_docs_layout_names_every_module_and_imports_go_up_its_order_without_cycl
     def visit(module, path):
         state[module] = 1
         for target in sorted(edges[module]):
-            assert state.get(target) != 1, f"an import cycle: {' -> '.join(path + [target])}"
+            assert state.get(target) != 1, f"an import cycle: {' -> '.join([*path, target])}"
             if target not in state:
-                visit(target, path + [target])
+                visit(target, [*path, target])
         state[module] = 2
 
     for module in sorted(groups):
@@ -260,7 +260,7 @@ def test_every_cited_document_and_path_is_in_the_repository(repo_root):
         problems += [f"{relative} cites {m.group(0)}, outside the repository" for m in outside.finditer(text)]
         for match in cited.finditer(text):
             path, anchor = match.group(1), match.group(2)
-            if "*" in path or path.endswith((".jsonl-", "/")) or not (repo_root / path).exists() and "." not in path:
+            if "*" in path or path.endswith((".jsonl-", "/")) or (not (repo_root / path).exists() and "." not in path):
                 continue  # a pattern, or a folder named in prose
             if not (repo_root / path).exists():
                 problems.append(f"{relative} cites {path}, which is not there")

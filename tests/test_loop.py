@@ -31,7 +31,9 @@ def test_the_next_batches_are_made_while_the_step_runs():
 
 
 def test_an_input_error_reaches_the_loop_at_its_batch():
-    def make_item(items=iter([0, 1])):
+    items = iter([0, 1])
+
+    def make_item():
         item = next(items, None)
         if item is None:
             raise ValueError("clip 2 of shard 7 is not audio")

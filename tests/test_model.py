@@ -228,7 +228,7 @@ def test_ablation_switches_build_and_change_the_model(overrides):
     rest = {k: v for k, v in overrides.items() if k != "block_type"}
     spec = spec_for(block_type=block_type, **rest)
     model, params = model_and_params(spec)
-    x = jax.random.normal(jax.random.key(0), (2,) + spec.input_size)
+    x = jax.random.normal(jax.random.key(0), (2, *spec.input_size))
     out = _apply(model, params, x, seed=0)
     assert out["pred"].shape == (2, spec.n_tokens, spec.patch_dim)
     assert int(out["mask"].sum()) == 2 * (spec.n_tokens - spec.n_visible)

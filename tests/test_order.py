@@ -1,6 +1,7 @@
 """The global clip order (maepp/data/order.py) and how a checkpoint's data position maps onto it."""
 
 import numpy as np
+import pytest
 
 from maepp import checkpoints
 from maepp.data.order import GlobalOrder
@@ -24,12 +25,8 @@ def test_an_unusable_clip_is_replaced_by_its_slot_in_the_next_epochs():
     assert epochs.tolist() == [2, 3, 4, 5]
 
 
-def test_old_checkpoints_per_process_positions_map_onto_the_global_order():
-    """Before the global order a step held each process's next clip within its own share: every
-    P-th clip of each epoch's permutation. Their global batches held positions j B ... (j + 1) B - 1
-    between them, so the run goes on from the slowest process's count times P."""
-    assert checkpoints.resume_position({"positions": [640]}, 20) == (640, "")
-    position, said = checkpoints.resume_position({"positions": [320, 320]}, 20)
-    assert position == 640 and "from before the global clip order: continuing from global position 640" in said
-    assert checkpoints.resume_position({"positions": [330, 322]}, 20)[0] == 644
+def test_a_checkpoint_of_maepp_0_0_is_refused_in_one_line_and_todays_resumes():
+    """maepp 0.0.x saved each process's own position; maepp 0.1 reads the one global position."""
+    with pytest.raises(ValueError, match=r"^checkpoint step 20 was saved by maepp 0\.0\.x .* another --workdir$"):
+        checkpoints.resume_position({"positions": [320, 320]}, 20)
     assert checkpoints.resume_position({"position": 640, "processes": 1}, 20) == (640, "")

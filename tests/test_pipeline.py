@@ -79,7 +79,7 @@ def test_device_frontend_crops_equal_host_crops(messy_folder):
 
 
 def test_unknown_frontend_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown frontend 'gpu'.*config.data.frontend"):
+    with pytest.raises(ValueError, match=r"unknown frontend 'gpu'.*config\.data\.frontend"):
         train_dataset(source_from_string("synthetic:8"), seed=0, batch_size=2, frontend="gpu")
 
 
@@ -124,7 +124,7 @@ def test_eval_is_one_pass_of_centre_crops_with_a_padded_last_batch(messy_folder)
     valid = np.concatenate([b["valid"] for b in batches])
     good = [i for i in range(len(source)) if source.name(i) not in report.reasons]
     assert len(good) == 10 and len(report.reasons) == 4
-    assert indices.tolist() == list(range(14)) + [-1, -1]  # every clip in its row; two rows of padding
+    assert indices.tolist() == [*range(14), -1, -1]  # every clip in its row; two rows of padding
     assert indices[valid].tolist() == good  # every usable clip once, in order
     assert len(batches) == 4 and not np.concatenate([b["log_mel"] for b in batches])[~valid].any()
     for batch in batches:

@@ -266,8 +266,8 @@ def test_prepared_source_feeds_the_training_pipeline(audio_folder, tmp_path):
     assert source.filterbank == "torchaudio"
     with pytest.raises(
         ValueError,
-        match="prepared with the 'torchaudio' filterbank and config.audio.filterbank is "
-        "'librosa': train with --config.audio.filterbank=torchaudio",
+        match=r"prepared with the 'torchaudio' filterbank and config\.audio\.filterbank is "
+        r"'librosa': train with --config\.audio\.filterbank=torchaudio",
     ):
         train_dataset(source, seed=0, batch_size=4, filterbank="librosa")
 
@@ -285,7 +285,7 @@ def test_a_missing_or_truncated_shard_is_refused_naming_it(audio_folder, tmp_pat
         rf"{second} \(1,000 bytes, not [\d,]+\)",
     ):
         source_from_string(f"prepared:{out}")
-    with pytest.raises(FileNotFoundError, match="holds no manifest.json"):
+    with pytest.raises(FileNotFoundError, match=r"holds no manifest\.json"):
         source_from_string(f"prepared:{tmp_path}")
 
 
@@ -386,7 +386,7 @@ def test_every_pipeline_runs_without_the_autotuning_thread(log_mel_store):
 
 def test_log_mel_store_refuses_what_needs_audio(log_mel_store):
     _, source, _ = log_mel_store
-    with pytest.raises(ValueError, match="config.data.frontend='device' needs audio"):
+    with pytest.raises(ValueError, match=r"config\.data\.frontend='device' needs audio"):
         train_dataset(source, seed=0, batch_size=2, frontend="device")
     with pytest.raises(ValueError, match="crops of 300 frames"):
         train_dataset(source, seed=0, batch_size=2, crop_frames=300)

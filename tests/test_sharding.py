@@ -20,7 +20,7 @@ def _run(mesh_shape, steps=3):
     config = CONFIG_FILES["macaron_swiglu"].get_config("micro")
     model = MaskedAutoencoder(spec_for(scan_layers=mesh_shape == SCANNED))
     optimizer = optim.optimizer(config)
-    mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, mesh_shape)))
+    mesh = sharding.make_mesh(dict(zip(sharding.MESH_AXES, mesh_shape), dcn_data=1, dcn_fsdp=1, dcn_model=1))
     state, shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(0))
     step = sharding.sharded_train_step(make_train_step(model, optimizer), shardings, mesh)
     rng = np.random.default_rng(0)

@@ -88,8 +88,8 @@ def test_config_model_swiglu_norm_reaches_every_macaron_block():
     for setting in ("pallas", "xla"):
         spec = spec_for(**widths, swiglu_norm=setting)
         model = MaskedAutoencoder(spec)
-        params = jax.eval_shape(lambda: nn.meta.unbox(init_params(model, jax.random.key(0))))
-        loss = lambda p, b: model.apply({"params": p}, b, rngs={MASKING_RNG: jax.random.key(3)})["loss"]
+        params = jax.eval_shape(lambda model=model: nn.meta.unbox(init_params(model, jax.random.key(0))))
+        loss = lambda p, b, model=model: model.apply({"params": p}, b, rngs={MASKING_RNG: jax.random.key(3)})["loss"]
         calls = str(jax.make_jaxpr(jax.grad(loss))(params, batch)).count("pallas_call")
         # Each block's forward and backward kernel.
         assert calls == (2 * (spec.encoder.depth + spec.decoder.depth) if setting == "pallas" else 0), setting

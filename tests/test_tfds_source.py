@@ -6,11 +6,9 @@ import tensorflow_datasets as tfds
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from maepp.data.pipeline import train_dataset
-from maepp.data.records import RecordsSource
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
 from maepp.data.tfds_source import TfdsAudioSource
-from tests.legacy_records import write_legacy_dataset
 
 
 @pytest.fixture(scope="module")
@@ -46,11 +44,13 @@ def test_generic_tfds_audio_is_resampled_to_16k(generic_audio_dir):
     assert batch["log_mel"].shape == (2, 200, 80)
 
 
-def test_prepared_dataset_of_the_old_layout_by_name_reads_its_shards(tmp_path):
-    clips = [(f"{i}.wav", synthetic_clip(np.random.default_rng(i), 2.5)[0]) for i in range(3)]
-    write_legacy_dataset(clips, tmp_path / "data", name="my_clips")
-    source = source_from_string("tfds:my_clips", data_dir=str(tmp_path / "data"))
-    assert isinstance(source, RecordsSource) and len(source) == 3 and source.store == "log_mel"
+def test_prepare_s_old_layout_is_refused_in_one_line_saying_what_to_do():
+    with pytest.raises(
+        ValueError,
+        match=r"records: shards are prepare's layout of maepp 0\.0\.x, which maepp 0\.1 "
+        r"does not read; prepare the audio again",
+    ):
+        source_from_string("records:/data/audio_clips/1.0.0/*.array_record-*")
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

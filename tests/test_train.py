@@ -18,7 +18,6 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from maepp.distributed import free_local_port
 from maepp.evaluators.pictures import reconstruction_grid
-from tests.helpers import TRAINED_RUN as RUN
 from tests.helpers import (
     MICRO,
     PausePoint,
@@ -29,8 +28,10 @@ from tests.helpers import (
     paused_at,
     ridge_score_of,
     saved_params,
+    spec_for,
     train_command,
 )
+from tests.helpers import TRAINED_RUN as RUN
 
 
 def _image_steps(workdir, tag="reconstruction") -> list:
@@ -64,6 +65,28 @@ def test_held_out_loss_falls_and_pictures_are_written(uninterrupted):
     assert pictures == ["step_0000030.png", "step_0000060.png"]
     image = tf.io.decode_png((uninterrupted / "pictures" / pictures[0]).read_bytes()).numpy()
     assert image.shape == reconstruction_grid(np.zeros((3, 4, 200, 80))).shape and image.std() > 10  # 4 clips
+
+
+@pytest.mark.e2e
+def test_the_parameter_overview_is_in_tensorboard(uninterrupted):
+    """Every parameter's shape and statistics, with the total the parameter count gives."""
+    from tensorboard.util import tensor_util
+
+    from maepp.models.counts import parameter_counts
+
+    texts = []
+    for path in (uninterrupted / "tensorboard").glob("events.out.tfevents.*"):
+        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
+        events.Reload()
+        if "parameter_overview" in events.Tags()["tensors"]:
+            texts += [
+                tensor_util.make_ndarray(event.tensor_proto).item().decode()
+                for event in events.Tensors("parameter_overview")
+            ]
+    (text,) = texts
+    counts = parameter_counts(spec_for("micro"))
+    total = counts["encoder"] + counts["decoder"]
+    assert "| Name " in text and "encoder" in text and f"Total: {total:,} -- " in text
 
 
 @pytest.mark.e2e
@@ -140,7 +163,7 @@ def _slurm_job_id() -> str:
     raise AssertionError("no free port in 61440-65535")
 
 
-def _by_slurm_environment(job_id: str, nodes: int = 1, tasks_per_node: int = 2):
+def _by_slurm_environment(job_id: str, nodes: int, tasks_per_node: int):
     """-> launch(i): what srun sets for task i of a step of `nodes` x `tasks_per_node` tasks (all
     of them on this machine, which names the first node: JAX's coordinator)."""
     return lambda i: (
@@ -220,7 +243,6 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     assert 10 < stopped < 60  # held at step 10 until the signal had come
     data = json.loads((workdir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
     assert data == {"position": 32 * stopped, "processes": 2}  # one global position: 32 clips a step
-    _as_older_maepp_saved_it(workdir / "config.json")
     result = subprocess.run(
         train_command(workdir, *SHARED),
         cwd=repo_root,
@@ -231,7 +253,6 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"resumed step {stopped} saved by 2 processes on 1 processes" in result.stdout
-    assert "config.evals" not in result.stdout  # the loose fields were the same held-out evaluation: no change
     assert "stopped at step 60" in result.stdout
     _follows(workdir, trained_run, range(1, 61))
     _follows(workdir, trained_run, [30, 60], "eval_loss")
@@ -243,22 +264,13 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     assert all(s["resolved"] == {"model.attention": "xla"} for s in starts)  # "auto" on CPUs
 
 
-def _as_older_maepp_saved_it(config_json):
-    """Rewrites a workdir's config.json as maepp saved it before config.evals: loose held-out fields."""
-    config = json.loads(config_json.read_text())
-    held_out = config.pop("evals")["held_out"]
-    config["data"]["eval_source"] = held_out["source"]
-    config.update(eval_every=held_out["every"], eval_batch_size=held_out["batch_size"])
-    config_json.write_text(json.dumps(config))
-
-
 @pytest.mark.e2e
 @pytest.mark.long(seconds=70)
 def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_spans_them(
     repo_root, trained_run, probed_config, tmp_path
 ):
     """The shared run's step-30 checkpoint (one process) goes on over two processes joined
-    through a Slurm task environment (1 -> 2), on a mesh whose model axis spans them
+    through the Slurm environment of two nodes (1 -> 2), on a mesh whose model axis spans them
     (dcn_model=2): each holds every row of the batch and half of each layer's heads and hidden
     units. Its losses and the held-out loss at the end are the shared run's. Its probe's score at
     the end is the same on both processes, and what one process computes from the checkpoint."""
@@ -267,7 +279,7 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     out = _job(
         repo_root,
         workdir,
-        _by_slurm_environment(_slurm_job_id()),
+        _by_slurm_environment(_slurm_job_id(), nodes=2, tasks_per_node=1),
         *SHARED,
         "--config.mesh.data=2",
         "--config.mesh.dcn_model=2",

@@ -142,7 +142,7 @@ def load_audio(path) -> np.ndarray:
 
 
 def encode_flac(waveform: np.ndarray) -> bytes:
-    """16 kHz mono float32 -> FLAC bytes (16-bit), how prepared records store audio."""
+    """16 kHz mono float32 -> FLAC bytes (16-bit), how prepared flac clips store audio."""
     buffer = io.BytesIO()
     soundfile.write(buffer, waveform, SAMPLE_RATE, format="FLAC", subtype="PCM_16")
     return buffer.getvalue()

@@ -5,8 +5,7 @@ Both are HTK-scale triangles over 50-8000 Hz without normalisation; they differ 
                   as the release's front end (torchaudio.transforms.MelSpectrogram) builds it.
                   The default: it is what trained the published models.
     "librosa"     librosa.filters.mel, built in float64 and rounded to float32. Up to 7.8e-6 off
-                  the first, which moves standardised log-mels by up to ~1.6e-4. Runs and records
-                  made before the option existed used it.
+                  the first, which moves standardised log-mels by up to ~1.6e-4.
 """
 
 import functools
@@ -18,7 +17,6 @@ from maepp.audio.constants import F_MAX, F_MIN, N_FFT, N_MELS, SAMPLE_RATE
 
 NAMES = ("torchaudio", "librosa")
 DEFAULT = "torchaudio"
-BEFORE_THE_OPTION = "librosa"  # what saved configs and records without the field were made with
 
 
 def check(name: str) -> str:
@@ -28,9 +26,8 @@ def check(name: str) -> str:
 
 
 def from_config(config) -> str:
-    """The filterbank a (possibly older, saved) experiment config trains with."""
-    audio = config.get("audio") or {}
-    return check(audio.get("filterbank", BEFORE_THE_OPTION))
+    """The filterbank an experiment config (or a run's saved config.json) trains with."""
+    return check(config.audio.filterbank)
 
 
 def _torch_linspace_float32(start: float, stop: float, steps: int) -> np.ndarray:

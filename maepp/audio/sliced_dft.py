@@ -79,7 +79,7 @@ def power_spectrum(frames):
     matrix = jnp.asarray(windowed_dft_slices(), jnp.bfloat16)
     frame_slices, scale = _frame_slices(jnp.asarray(frames, jnp.float32))
     pairs = [(i, j) for i in range(FRAME_SLICES) for j in range(MATRIX_SLICES) if i + j + 2 <= LEVELS]
-    hi = jnp.zeros(frames.shape[:-1] + (2 * N_BINS,), jnp.float32)
+    hi = jnp.zeros((*frames.shape[:-1], 2 * N_BINS), jnp.float32)
     lo = jnp.zeros_like(hi)
     for i, j in sorted(pairs, key=lambda pair: -sum(pair)):  # finest products first
         product = jnp.einsum("...n,nk->...k", frame_slices[i], matrix[j], preferred_element_type=jnp.float32)

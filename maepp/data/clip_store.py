@@ -14,7 +14,7 @@ A shard is a NumPy .npy file, so any tool reads it, of one of three stores:
 The index gives each clip's payload as a byte range, and its length and log-mel stats, so start-up
 reads one file and every read is one range request of a known size: local files and gs://
 objects alike, through TensorStore's key-value stores (its own concurrent HTTP client on GCS).
-The layout before this one, ArrayRecord records of whole clips, is maepp/data/records.py.
+maepp 0.1 reads this layout only (maepp/data/sources.py refuses the 0.0.x records: source).
 """
 
 import io
@@ -29,6 +29,7 @@ from maepp.audio.decode import decode_segment, decode_soundfile
 
 VERSION = "2.0.0"
 STORES = ("log_mel", "pcm", "flac")
+AUDIO_STORES = ("pcm", "flac")  # they keep each clip's samples and log-mel stats: a crop decodes only its own
 MIN_FRAMES = 200  # log_mel store: short clips are tiled to this many frames (one 2 s crop)
 PAYLOADS = {
     "log_mel": (np.dtype(np.float16), (N_MELS,)),

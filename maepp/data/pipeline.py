@@ -10,7 +10,7 @@ An unusable clip is replaced in its row (GlobalOrder.replacements), counted and 
 Per clip: load (16 kHz mono) -> log-mel of the whole clip with config.audio.filterbank
 (`filterbank`), standardised over the clip (docs/reference.md, "Input") -> a 200-frame crop,
 random for training and central for evaluation (short clips are tiled). Sources that store each
-clip's log-mel stats (prepared records) skip most of that work: only the crop's frames are
+clip's log-mel stats (prepared pcm and flac clips) skip most of that work: only the crop's frames are
 computed, from the samples they cover, and standardised with the stored stats; the result is
 the same crop of the same standardised log-mel.
 
@@ -21,7 +21,7 @@ own bytes, all at once (`_stored_log_mel_batches`), with no STFT and no decoding
 Where the crop's log-mel is computed is the `frontend` argument (config.data.frontend): "host"
 computes it here with tf.signal; "device" hands the accelerator the raw samples its frames cover
 (maepp.audio.jax_frontend.crop_log_mel, inside the jitted train step) with the clip's stats. With
-prepared records, whose stats are stored, the hosts then only decode; other sources still need
+prepared pcm or flac clips, whose stats are stored, the hosts then only decode; other sources still need
 the whole clip's log-mel on the host for its stats.
 """
 
@@ -38,6 +38,7 @@ from maepp.audio.decode import BadAudio
 from maepp.data import clip_store
 from maepp.data.clip_store import DamagedClip
 from maepp.data.order import GlobalOrder, batch_positions, crop_fractions
+from maepp.data.settings import FRONTENDS
 
 _ENDLESS = 2**62
 
@@ -70,7 +71,7 @@ def centre_offset(n_frames: int, crop_frames: int) -> int:
 class CropReader:
     """Reads what the graph needs to make one crop: samples to frame, and the clip's stats.
 
-    Sources with stored clip stats (prepared records) decode only the crop's samples; others
+    Sources with stored clip stats (prepared pcm and flac clips) decode only the crop's samples; others
     load the whole clip, whose stats the graph computes.
     """
 
@@ -81,7 +82,7 @@ class CropReader:
         # Frame f of a crop at `offset` covers padded samples [f * HOP, f * HOP + N_FFT), i.e.
         # clip samples [offset * HOP - N_FFT / 2, ...) over crop_span samples.
         self.crop_span = crop_span(crop_frames)
-        self._read = self._crop_only if hasattr(source, "clip_info") else self._whole_clip
+        self._read = self._crop_only if source.store in clip_store.AUDIO_STORES else self._whole_clip
 
     def _whole_clip(self, index, choose_offset):
         waveform = self.source.load(index)
@@ -137,7 +138,6 @@ def _tuned_without_a_model_thread(dataset):
     return dataset.with_options(options)
 
 
-FRONTENDS = ("host", "device")
 # What a "device" batch holds besides its position: maepp.audio.jax_frontend.crop_log_mel's input.
 WAVEFORM_CROP_KEYS = ("samples", "frame_starts", "mean", "std")
 
@@ -208,11 +208,11 @@ def _crops(ids, read, crop_frames: int, frontend: str, filterbank: str):
 
 
 def _check_filterbank(source, filterbank: str):
-    """Prepared records hold log-mels or log-mel stats made with one filterbank."""
-    stored = getattr(source, "filterbank", filterbank)
+    """Prepared clips hold log-mels or log-mel stats made with one filterbank."""
+    stored = source.filterbank or filterbank
     if stored != filterbank:
         raise ValueError(
-            f"{source.files[0]} was prepared with the {stored!r} filterbank and config.audio.filterbank is "
+            f"{source.directory} was prepared with the {stored!r} filterbank and config.audio.filterbank is "
             f"{filterbank!r}: train with --config.audio.filterbank={stored}, "
             f"or prepare again with --filterbank {filterbank}"
         )
@@ -221,7 +221,7 @@ def _check_filterbank(source, filterbank: str):
 def _check_log_mel_store(source, crop_frames: int, frontend: str):
     if frontend != "host":
         raise ValueError(
-            f"config.data.frontend={frontend!r} needs audio, and {source.files[0]} holds log-mels (the log_mel "
+            f"config.data.frontend={frontend!r} needs audio, and {source.directory} holds log-mels (the log_mel "
             "store): use frontend 'host' (a crop is then a slice), or prepare with --store pcm or flac"
         )
     if crop_frames > clip_store.MIN_FRAMES:
@@ -337,7 +337,7 @@ def train_dataset(
     _check_filterbank(source, filterbank)
     rows = _all_rows(rows, batch_size)
     order = GlobalOrder(len(source), seed)
-    if getattr(source, "store", None) == "log_mel":
+    if source.store == "log_mel":
         _check_log_mel_store(source, crop_frames, frontend)
         return _tuned_without_a_model_thread(
             _stored_log_mel_batches(
@@ -360,7 +360,7 @@ def train_dataset(
         for candidate in (int(position), *order.replacements(int(position))):
             epoch, index = order.clip(candidate)
 
-            def choose_offset(n_frames):  # pure: the reader may ask twice
+            def choose_offset(n_frames, epoch=epoch, index=index):  # pure: the reader may ask twice
                 return random_offset(n_frames, crop_frames, np.random.default_rng([seed, epoch, index]))
 
             crop = reader.read(index, choose_offset)
@@ -408,7 +408,7 @@ def eval_dataset(
     _check_filterbank(source, filterbank)
     rows = _all_rows(rows, batch_size)
     n_batches = eval_batches(len(source), batch_size)
-    if getattr(source, "store", None) == "log_mel":
+    if source.store == "log_mel":
         _check_log_mel_store(source, crop_frames, "host")
         return _tuned_without_a_model_thread(
             _stored_log_mel_eval_batches(source, batch_size, rows, crop_frames, n_batches)
@@ -441,7 +441,7 @@ def eval_dataset(
 
 
 def _stored_log_mel_eval_batches(source, batch_size: int, rows: np.ndarray, crop_frames: int, n_batches: int):
-    """eval_dataset for the log_mel store: centre crops, a batch of records per call; rows past
+    """eval_dataset for the log_mel store: centre crops, a batch of clips per call; rows past
     the last clip are zeros with index -1 and valid False."""
     n_clips = len(source)
 

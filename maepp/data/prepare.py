@@ -12,7 +12,7 @@ stats use --filterbank, which training's config.audio.filterbank must match
 --holdout F keeps a fraction F of the files out of training, prepared alike in the dataset's
 holdout/ folder: a training run on the dataset evaluates its held-out loss there (by default).
 
-The work runs as a Beam pipeline: on this machine's DirectRunner with --workers processes, or
+The work runs as a Beam pipeline: on Beam's local runner (FnApiRunner) with --workers processes, or
 anywhere Beam runs with --beam_pipeline_options (e.g. "--runner=DataflowRunner --project=P
 --region=R --temp_location=gs://B/tmp"). Re-running the same command resumes: finished shards
 are kept. Layout and reading: maepp/data/clip_store.py; writing and resume rules:
@@ -25,7 +25,7 @@ import sys
 
 from absl import flags
 
-from maepp import config_files
+from maepp import program
 from maepp.audio import filterbanks
 from maepp.data import clip_store
 from maepp.data.writer import HOLDOUT_SPLIT, MAX_CLIP_SECONDS, dataset_directory, prepare
@@ -39,7 +39,7 @@ _OUTPUT = flags.DEFINE_string(
 _NAME = flags.DEFINE_string("name", "audio_clips", "Dataset name (TFDS name of the result).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split name.")
 _WORKERS = flags.DEFINE_integer(
-    "workers", os.cpu_count(), "Processes writing shards in parallel (Beam's DirectRunner)."
+    "workers", os.cpu_count(), "Processes writing shards in parallel (Beam's local runner)."
 )
 _CLIPS_PER_SHARD = flags.DEFINE_integer("clips_per_shard", 1024, "Input files per shard.")
 _STORE = flags.DEFINE_enum(
@@ -107,7 +107,7 @@ def main(argv):
 
 
 def run():
-    config_files.run_cli(main, "maepp.data.prepare")
+    program.run_cli(main, "maepp.data.prepare")
 
 
 if __name__ == "__main__":

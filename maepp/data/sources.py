@@ -4,13 +4,14 @@
     synthetic:N[:SEED] the same with N distinct clips per epoch (from SEED: another set of clips)
     folder:PATH        any tree of audio files (maepp.audio.decode), any rate and channel count
     prepared:DIR       a dataset written by `python -m maepp.data.prepare` (DIR = OUTPUT/NAME/2.0.0), local or gs://
-    records:GLOB       ArrayRecord shards of whole clips: prepare's layout before 2.0.0, local or gs://
     tfds:NAME[:SPLIT]  a TFDS audio dataset prepared (as ArrayRecord) in data_dir, maybe gs://
 
-A source maps a clip index to a 16 kHz mono waveform, or raises BadAudio. Random access lets
-the pipeline's order be a pure function of (seed, epoch, position), so resuming needs only a
-position number, not a saved shuffle buffer (maepp/data/order.py).
+A source (ClipSource) maps a clip index to a 16 kHz mono waveform, or raises BadAudio. Random
+access lets the pipeline's order be a pure function of (seed, epoch, position), so resuming needs
+only a position number, not a saved shuffle buffer (maepp/data/order.py).
 """
+
+from typing import Protocol
 
 import numpy as np
 from absl import logging
@@ -23,7 +24,27 @@ from maepp.data.synthetic import synthetic_clip
 DEFAULT_SYNTHETIC_CLIPS = 4096
 
 
-class SyntheticSource:
+class ClipSource(Protocol):
+    """What every source offers the pipelines, the evaluators and export."""
+
+    store: str | None  # a prepared dataset's store (maepp.data.clip_store.STORES); None: audio loaded whole
+    filterbank: str | None  # the filterbank its stored log-mels or stats were made with; None: any
+    holdout: str | None  # the source string of the split `prepare --holdout` kept out of it, if any
+
+    def __len__(self) -> int: ...
+
+    def name(self, index: int) -> str: ...
+
+    def load(self, index: int) -> np.ndarray: ...
+
+
+class AudioLoadedWhole:
+    """The ClipSource fields of every source that is not a prepared dataset."""
+
+    store = filterbank = holdout = None
+
+
+class SyntheticSource(AudioLoadedWhole):
     def __init__(self, n_clips: int = DEFAULT_SYNTHETIC_CLIPS, seconds: float = 3.0, seed: int = 0):
         self.n_clips, self.seconds, self.seed = n_clips, seconds, seed
 
@@ -37,7 +58,7 @@ class SyntheticSource:
         return synthetic_clip(np.random.default_rng([self.seed, index]), seconds=self.seconds)[0]
 
 
-class FolderSource:
+class FolderSource(AudioLoadedWhole):
     def __init__(self, root):
         self.root = epath.Path(root)
         if not self.root.is_dir():
@@ -64,9 +85,8 @@ class FolderSource:
         return load_audio(self.files[index])
 
 
-def source_from_string(spec: str, data_dir=None):
-    """'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', 'prepared:DIR', 'records:GLOB' or
-    'tfds:NAME[:SPLIT]' -> a source."""
+def source_from_string(spec: str, data_dir=None) -> ClipSource:
+    """'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', 'prepared:DIR' or 'tfds:NAME[:SPLIT]' -> a source."""
     kind, _, argument = spec.partition(":")
     if kind == "synthetic":
         n_clips, _, seed = argument.partition(":")
@@ -77,12 +97,14 @@ def source_from_string(spec: str, data_dir=None):
         from maepp.data.clip_store import ClipStoreSource
 
         return ClipStoreSource(argument)
-    # Imported here: these two need TensorFlow and TFDS, which take seconds to import and which
-    # the other sources (and export, which lists folders through this module) do without.
-    if kind == "records" and argument:
-        from maepp.data.records import RecordsSource
-
-        return RecordsSource(argument)
+    if kind == "records":  # prepare's layout before 2.0.0 (maepp 0.0.x)
+        raise ValueError(
+            f"data source {spec!r}: records: shards are prepare's layout of maepp 0.0.x, which maepp "
+            "0.1 does not read; prepare the audio again (python -m maepp.data.prepare), or train with "
+            "maepp 0.0.x"
+        )
+    # Imported here: it needs TensorFlow and TFDS, which take seconds to import and which the
+    # other sources (and export, which lists folders through this module) do without.
     if kind == "tfds" and argument:
         from maepp.data.tfds_source import tfds_source
 
@@ -90,5 +112,5 @@ def source_from_string(spec: str, data_dir=None):
         return tfds_source(name, split or "train", data_dir)
     raise ValueError(
         f"data source {spec!r} not understood; use 'synthetic', 'synthetic:N[:SEED]', 'folder:PATH', "
-        "'prepared:DIR', 'records:GLOB' or 'tfds:NAME[:SPLIT]'"
+        "'prepared:DIR' or 'tfds:NAME[:SPLIT]'"
     )

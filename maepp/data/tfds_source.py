@@ -1,19 +1,18 @@
 """The `tfds:NAME[:SPLIT]` source: a TFDS audio dataset already prepared in a data_dir.
 
 Random access needs TFDS's ArrayRecord format (`tfds.data_source`); data_dir may be a local
-path or gs://. Datasets written by maepp.data.prepare are read through their shards (with the fast
-crop path); any other dataset's `audio` feature is converted to 16 kHz mono floats.
+path or gs://. The dataset's `audio` feature is converted to 16 kHz mono floats.
 """
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from maepp.audio.decode import to_mono_16k
-from maepp.data import records
-from maepp.data.records import RecordsSource
 
 
-class TfdsAudioSource:
+class TfdsAudioSource:  # a maepp.data.sources.ClipSource
+    store = filterbank = holdout = None  # audio loaded whole
+
     def __init__(self, name: str, split: str, data_dir=None):
         self.label = f"tfds:{name}:{split}"
         try:
@@ -44,13 +43,5 @@ class TfdsAudioSource:
         return to_mono_16k(samples, self.sample_rate, self.name(index))
 
 
-def tfds_source(name: str, split: str = "train", data_dir=None):
-    """A maepp.data.prepare dataset as a RecordsSource, any other TFDS audio dataset as TfdsAudioSource."""
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        features = set(builder.info.features)
-    except Exception:  # noqa: BLE001 - not a dataset TFDS can open: TfdsAudioSource raises the clear error
-        return TfdsAudioSource(name, split, data_dir)
-    if features in records.FEATURE_NAMES.values():
-        return RecordsSource(str(builder.data_path / f"{name}-{split}.array_record-*"))
+def tfds_source(name: str, split: str = "train", data_dir=None) -> TfdsAudioSource:
     return TfdsAudioSource(name, split, data_dir)

@@ -177,11 +177,9 @@ def _check_plan(
         store=store,
         filterbank=filterbank,
         files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest(),
+        max_clip_seconds=max_clip_seconds,
+        holdout=holdout,
     )
-    if max_clip_seconds != MAX_CLIP_SECONDS:  # plans written before the option hold none
-        plan["max_clip_seconds"] = max_clip_seconds
-    if holdout:  # nor before this one
-        plan["holdout"] = holdout
     plan_path = out / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise ValueError(
@@ -211,7 +209,7 @@ def pipeline_options(workers: int, beam_pipeline_options: str = ""):
     (_local_runner) with `workers` processes (one: in this process)."""
     import shlex
 
-    PipelineOptions = _beam().options.pipeline_options.PipelineOptions  # noqa: N806 - Beam's class
+    PipelineOptions = _beam().options.pipeline_options.PipelineOptions
 
     # Beam's workers log every channel they open at INFO.
     quiet = ["--default_sdk_harness_log_level=WARNING"]
@@ -248,7 +246,7 @@ def _local_runner(workers: int, log_path: str):
     from google.protobuf import struct_pb2
 
     # Run by a shell. Ctrl-C reaches every process of the terminal's group: the workers ignore it, so
-    # that prepare stops in one line (maepp.config_files.run_cli) and they end with its connection.
+    # that prepare stops in one line (maepp.program.run_cli) and they end with its connection.
     worker = (
         f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main "
         f"2>>{shlex.quote(log_path)}"

@@ -18,7 +18,7 @@ import sys
 
 from absl import flags
 
-from maepp import checkpoints, config_files
+from maepp import checkpoints, program
 from maepp.audio import filterbanks
 from maepp.downstream import features
 from maepp.downstream.tasks import load_task
@@ -91,7 +91,7 @@ def main(argv):
 
 
 def run():
-    config_files.run_cli(main, "maepp.downstream.evaluate")
+    program.run_cli(main, "maepp.downstream.evaluate")
 
 
 if __name__ == "__main__":

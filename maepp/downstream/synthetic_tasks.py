@@ -19,7 +19,7 @@ import scipy.signal
 import soundfile
 from absl import flags
 
-from maepp import config_files
+from maepp import program
 from maepp.audio.constants import SAMPLE_RATE
 from maepp.data.synthetic import CLASSES, synthetic_clip
 
@@ -99,7 +99,7 @@ def main(argv):
 
 
 def run():
-    config_files.run_cli(main, "maepp.downstream.synthetic_tasks")
+    program.run_cli(main, "maepp.downstream.synthetic_tasks")
 
 
 if __name__ == "__main__":

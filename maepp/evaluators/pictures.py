@@ -79,7 +79,7 @@ def _label(draw, kinds: int, n: int, time: int, freq: int, bar_left: int):
     for kind in range(kinds):
         _, left = panel_origin(0, kind, time, freq)
         for seconds in ticks[1:] if kind else ticks:  # a panel's 0 would touch the last panel's end
-            x = left + int(round(seconds / FRAME_SECONDS)) * SCALE
+            x = left + round(seconds / FRAME_SECONDS) * SCALE
             draw.line([(x, bottom + 1), (x, bottom + 4)], fill=INK)
             last = kind == kinds - 1 and seconds == ticks[-1]
             draw.text((x, bottom + 5), f"{seconds:g} s" if last else f"{seconds:g}", fill=INK, font=font, anchor="mt")

@@ -16,7 +16,7 @@ import sys
 
 from absl import flags
 
-from maepp import config_files
+from maepp import program
 from maepp.audio import filterbanks
 from maepp.export import artifact, clips
 from maepp.weights import store
@@ -62,7 +62,7 @@ def main(argv):
 
 
 def run():
-    config_files.run_cli(main, "maepp.export")
+    program.run_cli(main, "maepp.export")
 
 
 if __name__ == "__main__":

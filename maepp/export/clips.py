@@ -25,11 +25,11 @@ from tqdm import tqdm
 
 from maepp import pause_points
 from maepp.audio.decode import BadAudio, load_audio
-from maepp.data.sources import FolderSource
+from maepp.data.sources import AudioLoadedWhole, FolderSource
 from maepp.export.embed import Embedder
 
 
-class FileListSource:
+class FileListSource(AudioLoadedWhole):
     """Audio files named relative to a root directory (or absolute), in a given order."""
 
     def __init__(self, root, names):

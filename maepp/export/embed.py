@@ -71,11 +71,11 @@ class Embedder:
         frames = np.zeros((0, 1, self.frame_size), np.float32)
         for start in range(0, len(every_chunk), self.batch_size):
             batch = every_chunk[start : start + self.batch_size]
-            full = np.zeros((self.batch_size,) + batch.shape[1:], np.float32)
+            full = np.zeros((self.batch_size, *batch.shape[1:]), np.float32)
             full[: len(batch)] = batch
             output = np.asarray(self.chunk_frames(full), np.float32)[: len(batch)]
             if start == 0:
-                frames = np.empty((len(every_chunk),) + output.shape[1:], np.float32)
+                frames = np.empty((len(every_chunk), *output.shape[1:]), np.float32)
             frames[start : start + len(batch)] = output
         result, start = [], 0
         for log_mel, piece in zip(log_mels, pieces):

@@ -10,7 +10,8 @@ Parameters are float32; `dtype` is the compute dtype (float32 or bfloat16).
 """
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -100,7 +101,7 @@ def rotary(x, positions):
     inv_freq = 1.0 / 10000 ** (jnp.arange(half, dtype=jnp.float32) / half)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [batch, n, half]
     cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
-    pairs = x.astype(jnp.float32).reshape(x.shape[:-1] + (half, 2))
+    pairs = x.astype(jnp.float32).reshape((*x.shape[:-1], half, 2))
     x1, x2 = pairs[..., 0], pairs[..., 1]
     rotated = jnp.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
     return rotated.reshape(x.shape).astype(x.dtype)
@@ -219,7 +220,7 @@ class SwiGLU(nn.Module):
     def __call__(self, x):
         width = x.shape[-1]
         hidden = swiglu_hidden(width)
-        fused = fused_swiglu_norm(self.norm_implementation, x.shape[:-1] + (hidden,), self.dtype)
+        fused = fused_swiglu_norm(self.norm_implementation, (*x.shape[:-1], hidden), self.dtype)
         value = Linear((hidden,), ("embed", "mlp"), self.dtype, defer_bias=fused, name="value")(x)
         gate = Linear((hidden,), ("embed", "mlp"), self.dtype, defer_bias=fused, name="gate")(x)
         if fused:

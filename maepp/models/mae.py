@@ -141,7 +141,7 @@ def init_params(model: MaskedAutoencoder, rng):
     gives the same model whichever way its blocks are compiled.
     """
     params_rng, mask_rng = jax.random.split(rng)
-    dummy = jnp.zeros((1,) + tuple(model.spec.input_size), jnp.float32)
+    dummy = jnp.zeros((1, *tuple(model.spec.input_size)), jnp.float32)
 
     def init(spec):
         return MaskedAutoencoder(spec).init({"params": params_rng, MASKING_RNG: mask_rng}, dummy)["params"]

@@ -19,6 +19,10 @@ of a real H100 80GB HBM3 (less the fields this jaxlib does not parse). XLA's mem
 gives the per-device bytes. Exits 1, naming the config change to try, when the step does not
 fit: libtpu refuses such a program itself; XLA's GPU compiler does not, so the peak is compared
 with HBM here.
+
+It is a program, not a library: importing it sets JAX_PLATFORMS, TPU_WORKER_HOSTNAMES,
+TPU_ACCELERATOR_TYPE and XLA_FLAGS and puts the plugin folder on sys.path, because jax and
+libtpu read them once, when they load, which this module's own imports below do.
 """
 
 import dataclasses
@@ -54,7 +58,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
-from maepp import config_files, optim, sharding  # noqa: E402
+from maepp import optim, program, sharding  # noqa: E402
 from maepp.audio import filterbanks, jax_frontend  # noqa: E402
 from maepp.config_checks import check_model  # noqa: E402
 from maepp.hardware import CHIPS  # noqa: E402
@@ -256,7 +260,7 @@ def main(argv):
 
 
 def run():
-    config_files.run_cli(main, "maepp.tools.compile_check")
+    program.run_cli(main, "maepp.tools.compile_check")
 
 
 if __name__ == "__main__":

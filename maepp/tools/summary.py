@@ -9,7 +9,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from maepp import config_files
+from maepp import program
 from maepp.config_checks import check_model
 from maepp.models.counts import forward_flops, parameter_counts, train_flops_per_example
 from maepp.models.spec import ModelSpec
@@ -65,7 +65,7 @@ def main(argv):
 
 
 def run():
-    config_files.run_cli(main, "maepp.tools.summary")
+    program.run_cli(main, "maepp.tools.summary")
 
 
 if __name__ == "__main__":

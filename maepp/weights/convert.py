@@ -15,7 +15,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from maepp import config_files
+from maepp import program
 from maepp.models.spec import ModelSpec
 from maepp.weights import store
 from maepp.weights.release import (
@@ -72,7 +72,7 @@ def _convert():
 
 
 def run():
-    config_files.run_cli(main, "maepp.weights.convert")
+    program.run_cli(main, "maepp.weights.convert")
 
 
 if __name__ == "__main__":

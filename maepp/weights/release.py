@@ -15,7 +15,7 @@ import dataclasses
 import math
 import pickle
 import re
-from typing import Callable
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
@@ -70,13 +70,13 @@ def _entries_for_module(torch_prefix: str, path: tuple, leaves: dict, n_in_dims:
     if "scale" in leaves:  # LayerNorm: weight/bias -> scale/bias, same shapes
         for ours, theirs in (("scale", "weight"), ("bias", "bias")):
             shape = tuple(leaves[ours].shape)
-            yield Entry(f"{torch_prefix}.{theirs}", path + (ours,), shape, shape, np.asarray, np.asarray)
+            yield Entry(f"{torch_prefix}.{theirs}", (*path, ours), shape, shape, np.asarray, np.asarray)
         return
     kernel = tuple(leaves["kernel"].shape)
     n_in, n_out = math.prod(kernel[:n_in_dims]), math.prod(kernel[n_in_dims:])
     yield Entry(
         f"{torch_prefix}.weight",
-        path + ("kernel",),
+        (*path, "kernel"),
         kernel,
         (n_out, n_in),
         lambda w, k=kernel: w.T.reshape(k),
@@ -85,7 +85,7 @@ def _entries_for_module(torch_prefix: str, path: tuple, leaves: dict, n_in_dims:
     bias = tuple(leaves["bias"].shape)
     yield Entry(
         f"{torch_prefix}.bias",
-        path + ("bias",),
+        (*path, "bias"),
         bias,
         (n_out,),
         lambda b, s=bias: b.reshape(s),
@@ -126,7 +126,7 @@ def mapping(spec: ModelSpec) -> list:
     ):
         for i in range(depth):
             for ours, theirs in _BLOCK_NAMES[spec.block_type].items():
-                path = (part, f"blocks_{i}") + tuple(ours.split("/"))
+                path = (part, f"blocks_{i}", *tuple(ours.split("/")))
                 n_in = 2 if ours == "attn/proj" else 1  # proj kernel is [heads, head_dim, D]
                 entries += _entries_for_module(f"{torch_blocks}.{i}.{theirs}", path, _lookup(params, path), n_in)
     for ours, theirs in (

@@ -45,7 +45,7 @@ def load(directory):
     return params, config
 
 
-def load_model(directory, step: int = None):
+def load_model(directory, step: int | None = None):
     """A training workdir (newest checkpoint, or `step`) or a weights directory ->
     (model, params on this host's first device, config, what was loaded, for messages)."""
     directory = checkpoints.workdir_path(directory)

@@ -1,12 +1,12 @@
 r"""Benchmarks that print figures; the last line of each is JSON.
 
-    python -m maepp.tools.bench data --source prepared:DIR|records:GLOB|folder:DIR [--clips 256] [--json]
+    python -m maepp.tools.bench data --source prepared:DIR|folder:DIR [--clips 256] [--json]
     python -m maepp.tools.bench scale [--processes 4] [--clips 20000] [--clips_per_shard 100] [--json]
     python -m maepp.tools.bench export [--workdir RUN | --model_config configs/audiomaepp.py:base] [--json]
     python -m maepp.tools.bench step [--config configs/audiomaepp.py:base] [--steps 10] [--json]
     python -m maepp.tools.bench loop [--config audiomaepp:micro] [--steps 100] [--json]
     python -m maepp.tools.bench swiglu_norm [--shapes 512x251x1024] [--num_warps 4,8] [--json]
-    python -m maepp.tools.bench table RESULTS.jsonl   (the README's speed table from a results file)
+    python -m maepp.tools.bench table RESULTS.jsonl   (docs/performance.md's speed table from a results file)
 
 Each subcommand is a module of this package and imports only what it times: `step` needs
 jax, flax and optax alone, so it runs on an accelerator machine without TensorFlow or librosa.
@@ -15,7 +15,7 @@ jax, flax and optax alone, so it runs on an accelerator machine without TensorFl
 import importlib
 import sys
 
-from maepp import config_files
+from maepp import program
 
 SUBCOMMANDS = ("data", "scale", "export", "step", "loop", "swiglu_norm", "table")
 
@@ -30,4 +30,4 @@ def run():
         sys.exit(0 if asked else 1)
     subcommand = sys.argv[1]
     module = importlib.import_module(f"maepp.tools.bench.{subcommand}")
-    config_files.run_cli(module.main, f"maepp.tools.bench {subcommand}", argv=[sys.argv[0], *sys.argv[2:]])
+    program.run_cli(module.main, f"maepp.tools.bench {subcommand}", argv=[sys.argv[0], *sys.argv[2:]])

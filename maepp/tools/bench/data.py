@@ -11,7 +11,6 @@ librosa's on the same audio. The log_mel store holds no audio: the librosa side 
 original files (manifest.json's input folder)."""
 
 import io
-import os
 import pathlib
 import time
 
@@ -21,11 +20,12 @@ from absl import app, flags
 
 from maepp.audio import filterbanks, reference
 from maepp.audio.constants import N_MELS, SAMPLE_RATE, crop_span
-from maepp.data.pipeline import FRONTENDS, centre_offset, eval_dataset, host_cores, train_dataset
-from maepp.data.sources import source_from_string
+from maepp.data.pipeline import centre_offset, eval_dataset, host_cores, train_dataset
+from maepp.data.settings import FRONTENDS
+from maepp.data.sources import FolderSource, source_from_string
 from maepp.tools.bench.report import report
 
-_SOURCE = flags.DEFINE_string("source", None, "Data source: prepared:DIR, records:GLOB or folder:DIR.", required=True)
+_SOURCE = flags.DEFINE_string("source", None, "Data source: prepared:DIR or folder:DIR.", required=True)
 _CLIPS = flags.DEFINE_integer("clips", 256, "Crops to time in each method.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 _FRONTEND = flags.DEFINE_enum("frontend", "host", FRONTENDS, "Where the pipeline's crops become log-mels.")
@@ -34,8 +34,8 @@ CROP_FRAMES = 200
 
 
 def _filterbank(source) -> str:
-    """Prepared records' own filterbank; files are read with the default one."""
-    return getattr(source, "filterbank", filterbanks.DEFAULT)
+    """Prepared clips' own filterbank; files are read with the default one."""
+    return source.filterbank or filterbanks.DEFAULT
 
 
 def pipeline_rate(source, n_crops: int, batch_size: int, frontend: str) -> float:
@@ -71,7 +71,7 @@ def librosa_rate(audio_bytes, n_clips: int, n_crops: int) -> float:
 def _audio_bytes(source):
     """index -> the bytes of the clip's audio file as a plain loop reads it: for prepared data the
     original file (manifest.json's input folder), whatever the store; else the file itself."""
-    if not hasattr(source, "store"):
+    if source.store is None:
         return source.encoded
     root = pathlib.Path(source.manifest["input"])
     if not root.is_dir():
@@ -88,8 +88,7 @@ def crop_bytes(store: str) -> int:
 
 
 def _stored_bytes(source) -> int:
-    shards = source.manifest["shards"]
-    return sum(shard["bytes"] for shard in shards) if "bytes" in shards[0] else sum(map(os.path.getsize, source.files))
+    return sum(shard["bytes"] for shard in source.manifest["shards"])
 
 
 def max_error(source, audio_bytes, n_clips: int = 64) -> float:
@@ -113,14 +112,12 @@ def max_error(source, audio_bytes, n_clips: int = 64) -> float:
 
 def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = "host") -> dict:
     source = source_from_string(source_spec)
-    prepared = hasattr(source, "store")
-    if not (prepared or hasattr(source, "encoded")):
-        raise app.UsageError(f"bench data needs a prepared:, records: or folder: source, not {source_spec!r}")
-    if prepared and source.manifest is None:
-        raise app.UsageError(f"{source_spec} has no manifest.json beside its shards: not written by maepp.data.prepare")
+    prepared = source.store is not None
+    if not (prepared or isinstance(source, FolderSource)):
+        raise app.UsageError(f"bench data needs a prepared: or folder: source, not {source_spec!r}")
     audio_bytes = _audio_bytes(source)
     cores = host_cores()
-    counted = lambda: (getattr(source, "reads", 0), getattr(source, "bytes_read", 0))
+    counted = lambda: (source.reads, source.bytes_read) if prepared else (0, 0)
     reads_before, bytes_before = counted()
     pipeline = pipeline_rate(source, n_crops, batch_size, frontend)
     reads, read = (after - before for after, before in zip(counted(), (reads_before, bytes_before)))
@@ -128,7 +125,7 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
     baseline = librosa_rate(audio_bytes, len(source), n_crops)
     result = dict(
         source=source_spec,
-        store=getattr(source, "store", None),
+        store=source.store,
         frontend=frontend,
         host_cores=cores,
         pipeline_crops_per_s=round(pipeline, 2),

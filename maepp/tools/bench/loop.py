@@ -3,7 +3,7 @@ metrics, a final checkpoint) for N steps on the config's source, against `bench 
 config in the same process: how much of the step's speed the whole loop keeps.
 
     python -m maepp.tools.bench loop --config audiomaepp:micro \\
-        --config.data.source='records:OUT/audio_clips/1.0.0/*.array_record-*' [--steps 100] [--json]
+        --config.data.source=prepared:OUT/audio_clips/2.0.0 [--steps 100] [--json]
 
 Rates leave out the first step (compilation); held-out evaluation and profiling are off. The
 last line is JSON: loop and step steps/s, their ratio, and the loop's input-wait fraction.
@@ -14,12 +14,12 @@ import tempfile
 from absl import flags
 from ml_collections import config_flags
 
-from maepp import config_files
+from maepp import program
 from maepp.tools.bench.report import report
 from maepp.tools.bench.step_timing import bench_step
 from maepp.train_loop import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", config_files.installed("audiomaepp:micro"), "Experiment config.")
+_CONFIG = config_flags.DEFINE_config_file("config", program.installed("audiomaepp:micro"), "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Loop steps after the first (compiling) one.")
 
 

@@ -55,7 +55,7 @@ def _time_pass(forward, args, cotangent, iterations: int) -> float:
 
 
 def _say(line: str):
-    """Printed as it comes: a sweep on a lent GPU may be cut off before its JSON line."""
+    """Printed as it comes: a sweep cut off by a time limit still leaves what it measured."""
     if not flags.FLAGS.json:
         print(line, flush=True)
 

@@ -1,4 +1,4 @@
-"""`python -m maepp.tools.bench table RESULTS.jsonl`: the README's speed table from a results file.
+"""`python -m maepp.tools.bench table RESULTS.jsonl`: docs/performance.md's speed table from a results file.
 
 A results file holds `bench step` JSON lines and, from benchmarks/peer.sh, the official
 release's (`"peer"` lines), each tagged with the `run` it came from. maepp's rows are compared

@@ -14,12 +14,6 @@ import traceback
 from absl import app, flags, logging
 
 CONFIG_FLAGS = ("config", "model_config")
-# Fields of older configs, and where they are now (config_checks.with_evals moves their values).
-MOVED_FIELDS = {
-    "data.eval_source": "evals.held_out.source",
-    "eval_every": "evals.held_out.every",
-    "eval_batch_size": "evals.held_out.batch_size",
-}
 
 
 def installed(name: str) -> str:
@@ -93,10 +87,6 @@ def check_overrides(config, overrides: list, flag: str = "config"):
         node, walked = config, []
         for key in path.split("."):
             if not hasattr(node, "keys") or key not in node:
-                if path in MOVED_FIELDS:
-                    raise ValueError(
-                        f"{argument}: moved to --{flag}.{MOVED_FIELDS[path]} (the evaluators are {flag}.evals)"
-                    )
                 known = list(node.keys()) if hasattr(node, "keys") else []
                 near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 where = f"config.{'.'.join(walked)}" if walked else "the config"
@@ -107,8 +97,8 @@ def check_overrides(config, overrides: list, flag: str = "config"):
                     if known
                     else f"; {where} is a value, not a section"
                 )
-                raise ValueError(f"{argument}: no field {'.'.join(walked + [key])!r}{hint}")
-            node, walked = node[key], walked + [key]
+                raise ValueError(f"{argument}: no field {'.'.join([*walked, key])!r}{hint}")
+            node, walked = node[key], [*walked, key]
 
 
 def _suggest_size(message: str, spec: str) -> str:
@@ -200,7 +190,7 @@ def run_cli(main, program: str, argv: list | None = None):
             return main(argv)
         except app.UsageError as error:  # absl would print the whole help above it
             sys.exit(f"{program}: {error} (--help lists the flags)")
-        except Exception as error:  # noqa: BLE001 - a full disk, whatever wrote first; anything else as it is
+        except Exception as error:
             full = out_of_space(error)
             if not full:
                 raise
