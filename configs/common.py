@@ -20,8 +20,23 @@ def pretraining_config(model: ml_collections.ConfigDict, micro: bool = False) ->
     # prefetch: global batches made ahead on a background thread and placed on the devices.
     # damaged_clips: a prepared log_mel clip holding what no clip can (a value not finite, or
     # beyond what its standardisation allows): "stop" the run naming it, or "skip" and count it.
+    # shuffle: the training order (maepp/data/order.py, docs/data.md#the-order): "clips" reads each
+    # crop on its own; "blocks" reads block_clips consecutive stored clips at once, shuffled within
+    # windows of window_blocks blocks, the batch's rows in `streams` streams (it divides batch_size;
+    # every process count dividing it reads disjoint blocks); "auto": blocks for prepared data in a
+    # bucket (reads it can serve), clips for local data (the better shuffle, at no cost there).
     config.data = ml_collections.ConfigDict(
-        dict(source="synthetic", data_dir="", frontend="host", prefetch=2, damaged_clips="stop")
+        dict(
+            source="synthetic",
+            data_dir="",
+            frontend="host",
+            prefetch=2,
+            damaged_clips="stop",
+            shuffle="auto",
+            block_clips=128,
+            window_blocks=4,
+            streams=16,
+        )
     )
     # The mel filterbank of every log-mel (maepp/audio/filterbanks.py): "torchaudio", as the release
     # built it, or "librosa"; prepared clips must have been made with the same one.

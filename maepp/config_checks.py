@@ -14,7 +14,7 @@ import re
 
 from maepp.audio import filterbanks
 from maepp.audio.constants import N_MELS
-from maepp.data.settings import DAMAGED_CLIPS, FRONTENDS
+from maepp.data.settings import DAMAGED_CLIPS, FRONTENDS, SHUFFLES
 from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
 from maepp.models.layers import (
     ATTENTION_IMPLEMENTATIONS,
@@ -140,6 +140,10 @@ FIELDS = {
     "data.frontend": _choice(FRONTENDS),
     "data.prefetch": _whole(1, "batches made ahead"),
     "data.damaged_clips": _choice(DAMAGED_CLIPS),
+    "data.shuffle": _choice(SHUFFLES),
+    "data.block_clips": _whole(1, "consecutive stored clips read as one block"),
+    "data.window_blocks": _whole(1, "blocks whose clips are shuffled together"),
+    "data.streams": _whole(1, "streams of blocks a batch's rows are split into; it divides config.batch_size"),
     "audio.filterbank": _choice(filterbanks.NAMES),
     "batch_size": _whole(1, "clips per step, over all devices"),
     **{f"mesh.{axis}": _MESH_AXIS for axis in ("data", "fsdp", "model", "dcn_data", "dcn_fsdp", "dcn_model")},
@@ -359,6 +363,10 @@ RESUME_REFUSED = (
     "seed",
     "data.source",
     "data.data_dir",
+    "data.shuffle",
+    "data.block_clips",
+    "data.window_blocks",
+    "data.streams",
     "audio.filterbank",
     "optimizer.accumulate_steps",
 )
@@ -459,6 +467,25 @@ def resolve_held_out(config, training_clips) -> dict:
         for name, entry in config.get("evals", {}).items()
         if entry.get("type") == "held_out" and entry.get("source") == "auto"
     }
+
+
+def resolve_shuffle(config, training_clips) -> dict:
+    """{"data.shuffle": "blocks" or "clips"} where config.data.shuffle is "auto": blocks for a
+    prepared dataset in a bucket, clips otherwise; ValueError, one line, for blocks whose streams
+    do not divide the batch."""
+    shuffle = config.data.shuffle
+    resolved = {}
+    if shuffle == "auto":
+        in_bucket = training_clips.store is not None and training_clips.directory.startswith("gs://")
+        shuffle = resolved["data.shuffle"] = "blocks" if in_bucket else "clips"
+    if shuffle == "blocks" and config.batch_size % config.data.streams:
+        _fail(
+            "data.streams",
+            config.data.streams,
+            f"must divide config.batch_size={config.batch_size}: each "
+            "stream of blocks takes the same share of every batch",
+        )
+    return resolved
 
 
 def held_out_sources(config, resolved=None) -> dict:

@@ -7,7 +7,13 @@ from typing import NamedTuple
 import jax
 
 from maepp import sharding
-from maepp.config_checks import check_train_config, held_out_sources, resolve_auto, resolve_held_out
+from maepp.config_checks import (
+    check_train_config,
+    held_out_sources,
+    resolve_auto,
+    resolve_held_out,
+    resolve_shuffle,
+)
 from maepp.data.sources import source_from_string
 from maepp.downstream.tasks import load_task
 from maepp.models import ModelSpec
@@ -35,6 +41,7 @@ def checked_plan(config) -> RunPlan:
     spec = ModelSpec.from_config(model)
     sources = {"data.source": _source(config, "data.source", config.data.source)}
     resolved.update(resolve_held_out(config, sources["data.source"]))
+    resolved.update(resolve_shuffle(config, sources["data.source"]))
     for name, clips in held_out_sources(config, resolved).items():
         sources[f"evals.{name}"] = _source(config, f"evals.{name}.source", clips)
     for name, entry in config.get("evals", {}).items():

@@ -26,6 +26,7 @@ from maepp.audio import filterbanks, jax_frontend
 from maepp.cadence import Cadence
 from maepp.config_checks import resume_changes, saved_by_an_earlier_maepp
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, reraise_damaged, train_dataset
+from maepp.data.settings import Shuffle
 from maepp.evaluators.registry import make_evaluators
 from maepp.models import MaskedAutoencoder
 from maepp.models.counts import train_flops_per_example
@@ -94,7 +95,8 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     names the fields whose change is meant nevertheless.
     """
     workdir = checkpoints.workdir_path(workdir)
-    mesh, spec, sources, resolved = plan or checked_plan(config)
+    plan = plan or checked_plan(config)
+    mesh, resolved = plan.mesh, plan.resolved
     lock = WorkdirLock(workdir) if jax.process_index() == 0 else None
     refusal = _on_process_0(
         lock.acquire if lock else None, WorkdirInUse, f"{workdir} is in use by another run (process 0 found it taken)"
@@ -125,7 +127,7 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
 
     try:
         _record_start(workdir, mesh, resolved)
-        return _train(config, workdir, mesh, spec, sources, check_workdir_held, changes)
+        return _train(config, workdir, plan, check_workdir_held, changes)
     finally:
         if lock is not None:
             lock.release()
@@ -186,11 +188,11 @@ class Run:
     cadence: Cadence
 
 
-def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) -> dict:
+def _train(config, workdir, plan: RunPlan, check_workdir_held, changes) -> dict:
     stop = StopRequest(workdir)
     run = None
     try:
-        run = _set_up(config, workdir, mesh, spec, sources, changes)
+        run = _set_up(config, workdir, plan, changes)
         step, means, rates = _loop(run, config, workdir, stop, check_workdir_held)
         checkpoints.finish_saves(run.ckpt)  # with the stop request's handlers: a second Ctrl-C exits at once
     except BaseException:
@@ -210,9 +212,10 @@ def _train(config, workdir, mesh, spec, sources, check_workdir_held, changes) ->
     return dict(step=step, interrupted=stop.interrupted, **means, **rates, **run.throughput.run_rates())
 
 
-def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
+def _set_up(config, workdir, plan: RunPlan, changes) -> Run:
     """The state (resumed from the newest checkpoint that restores, or fresh), the data from its
     position, the compiled step's function, and the run's writers."""
+    mesh, spec, sources = plan.mesh, plan.spec, plan.sources
     model = MaskedAutoencoder(spec)
     optimizer = optim.optimizer(config)
     state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
@@ -231,7 +234,15 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
     filterbank = filterbanks.from_config(config)
     to_log_mel = jax_frontend.in_train_step(config.data.frontend, filterbank)
     next_global_batch = _global_batches(
-        config, mesh, spec, sources["data.source"], start_position, report, filterbank, waveforms=to_log_mel is not None
+        config,
+        mesh,
+        spec,
+        sources["data.source"],
+        start_position,
+        report,
+        filterbank,
+        waveforms=to_log_mel is not None,
+        shuffle=Shuffle.from_config(config.data, plan.resolved),
     )
     train_step = sharding.sharded_train_step(make_train_step(model, optimizer, to_log_mel), state_shardings, mesh)
     # Reporting: process 0 writes TensorBoard events; the others only log.
@@ -275,7 +286,15 @@ def _set_up(config, workdir, mesh, spec, sources, changes) -> Run:
 
 
 def _global_batches(
-    config, mesh, spec, source, start_position: int, report: SkipReport, filterbank: str, waveforms: bool
+    config,
+    mesh,
+    spec,
+    source,
+    start_position: int,
+    report: SkipReport,
+    filterbank: str,
+    waveforms: bool,
+    shuffle: Shuffle,
 ) -> Callable:
     """-> a function giving the next global batch and the data position after it: this process's
     rows of every global batch (maepp/data/order.py), from start_position, made global arrays;
@@ -291,6 +310,7 @@ def _global_batches(
         frontend=config.data.frontend,
         filterbank=filterbank,
         damaged_clips=config.data.damaged_clips,
+        shuffle=shuffle,
     ).as_numpy_iterator()
     made = itertools.count(1)
 

@@ -205,7 +205,22 @@ def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(re
 
 
 @pytest.mark.e2e
-def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root):
+@pytest.mark.parametrize("order", ["clips", "blocks"])
+def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root, order):
+    """Blocks of 8 clips, through a link of 5 ms a request and a bucket limit: a request per
+    block (or two, across a shard's end), where each crop is a request of its own."""
+    blocks = [
+        "--block_clips",
+        "8",
+        "--window_blocks",
+        "2",
+        "--streams",
+        "2",
+        "--latency_ms",
+        "5",
+        "--bucket_rps",
+        "400",
+    ]
     result = _last_json(
         run_module(
             repo_root,
@@ -221,6 +236,9 @@ def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root):
             "16",
             "--prepare_workers",
             "1",
+            "--shuffle",
+            order,
+            *(blocks if order == "blocks" else []),
             "--json",
         )
     )
@@ -228,8 +246,13 @@ def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root):
     # 2 s clips: a crop is its whole clip, so each process reads half the dataset in its 12 batches,
     # plus the batches tf.data reads ahead (3 measured alone; 48 clips were too few: under load it
     # read ahead to the end), the manifest and the index.
-    assert 0.45 < result["read_per_process_over_dataset"] < 0.85 and result["read_per_crop_over_crop_bytes"] == 1.0
+    assert 0.45 < result["read_per_process_over_dataset"] < 0.85
     assert result["local_disk_bytes_written"] < 100_000  # nothing copied (a few logs at most)
+    if order == "blocks":  # the manifest, the index and a listing besides; a block holds whole clips of 201 frames
+        assert result["requests_per_crop"] < 2 / 8 + 0.05 and result["latency_ms"] == 5
+        assert result["read_per_crop_over_crop_bytes"] == round(201 / 200, 3)
+    else:
+        assert result["requests_per_crop"] > 1 and result["read_per_crop_over_crop_bytes"] == 1.0
 
 
 @pytest.mark.e2e

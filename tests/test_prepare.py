@@ -17,11 +17,12 @@ import soundfile
 from maepp.audio import jax_frontend, reference
 from maepp.audio.decode import load_audio
 from maepp.data.clip_store import ClipStoreSource
+from maepp.data.listing import list_audio_files
 from maepp.data.order import GlobalOrder, crop_fractions
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, eval_dataset, random_offset, train_dataset
 from maepp.data.sources import source_from_string
 from maepp.data.synthetic import synthetic_clip
-from maepp.data.writer import prepare
+from maepp.data.writer import prepare, stored_order
 from tests.helpers import LOG_MEL_TOLERANCE, PausePoint
 
 
@@ -56,7 +57,11 @@ def test_prepare_writes_shards_clip_lists_index_and_manifest(audio_folder, tmp_p
     assert manifest["skipped"].keys() == {"broken.wav", "silent.wav", "labels.csv"}
     assert "silent" in manifest["skipped"]["silent.wav"] and "not an audio file" in manifest["skipped"]["labels.csv"]
     assert json.loads((out / "manifest.json").read_text()) == manifest
-    assert [s["clips"] for s in manifest["shards"]] == [3, 4, 2]  # broken.wav falls in shard 0, silent.wav in shard 2
+    # Files are stored in the order of their names' hashes (stored_order), 4 to a shard, less those skipped.
+    listed, _ = list_audio_files(audio_folder)
+    stored = sorted(listed, key=stored_order)
+    in_shards = [[f for f in stored[i : i + 4] if f not in manifest["skipped"]] for i in range(0, len(stored), 4)]
+    assert [s["clips"] for s in manifest["shards"]] == [len(files) for files in in_shards]
     assert [(out / s["file"]).stat().st_size for s in manifest["shards"]] == [s["bytes"] for s in manifest["shards"]]
     assert manifest["hours"] == pytest.approx(9 * 2.2 / 3600, rel=1e-3)  # resampled lengths round to a sample
     # A shard is a .npy any tool reads: the clips' FLAC files end to end.
@@ -67,6 +72,7 @@ def test_prepare_writes_shards_clip_lists_index_and_manifest(audio_folder, tmp_p
     source = ClipStoreSource(str(out))
     assert source.store == manifest["store"] == "flac" and len(source) == 9
     names = [source.name(i) for i in range(len(source))]
+    assert names == [f for files in in_shards for f in files]
     assert sorted(names) == sorted(f"{'nested/' if i % 2 else ''}clip_{i}.flac" for i in range(9))
     for i in (0, 5):
         # 16-bit PCM: 3e-5 a step
@@ -218,6 +224,19 @@ def test_beam_with_two_workers_writes_what_one_process_writes_and_a_killed_run_r
     lines = [line for line in finished.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert lines and all(line.startswith("prepare: ") for line in lines), finished.stderr[-2000:]
     assert finished.stdout.startswith("9 clips") and not list(scratch.iterdir())
+
+
+def test_files_of_one_folder_do_not_cluster_in_the_shards(tmp_path):
+    """Two folders (two classes, say) of 16 names in sequence: stored by their names' hashes, every
+    shard of 8 holds files of both, where the listing's order would fill two shards with each."""
+    for label in ("a_class", "b_class"):
+        (tmp_path / "in" / label).mkdir(parents=True)
+        for i in range(16):
+            (tmp_path / "in" / label / f"{i:03d}.wav").touch()
+    listed, _ = list_audio_files(tmp_path / "in")
+    assert listed == sorted(listed)  # the listing groups each folder
+    stored = sorted(listed, key=stored_order)
+    assert all(len({name.split("/")[0] for name in stored[i : i + 8]}) == 2 for i in range(0, 32, 8))
 
 
 @pytest.fixture(scope="module")

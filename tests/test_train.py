@@ -261,7 +261,7 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
         (2, {"data": 2, "fsdp": 2, "model": 1}),
         (1, {"data": 4, "fsdp": 1, "model": 1}),
     ]
-    assert all(s["resolved"] == {"model.attention": "xla"} for s in starts)  # "auto" on CPUs
+    assert all(s["resolved"] == {"model.attention": "xla", "data.shuffle": "clips"} for s in starts)  # "auto"s
 
 
 @pytest.mark.e2e

@@ -17,6 +17,7 @@ objects alike, through TensorStore's key-value stores (its own concurrent HTTP c
 maepp 0.1 reads this layout only (maepp/data/sources.py refuses the 0.0.x records: source).
 """
 
+import collections
 import io
 import json
 import os
@@ -160,7 +161,9 @@ class ClipStoreSource:
         self._check_shards(manifest)
         self._names = {}  # shard -> its clips' names, read when first needed
         self._counting = threading.Lock()
-        self.reads = self.bytes_read = 0  # byte ranges and their bytes read so far (the reader's own count)
+        # byte ranges and their bytes read so far, and the clips' payloads (or parts) they served
+        self.reads = self.bytes_read = self.payloads_served = 0
+        self._blocks = None  # a BlockCache once read_in_blocks is called
         if not len(self):
             raise ValueError(f"{self.directory} holds no clips")
 
@@ -201,28 +204,63 @@ class ClipStoreSource:
         first = int(np.searchsorted(self._shard, shard))
         return self._names[shard][index - first]
 
-    def _read(self, indices, starts, stops) -> list:
-        """Payload units [start, stop) of each clip, all read at once -> [bytes]."""
+    def read_in_blocks(self, block_clips: int, blocks_held: int):
+        """From now on every read takes its clip from a block: `block_clips` consecutive clips
+        read whole (a range request per shard the block spans), at most `blocks_held` of them
+        held, the least recently used let go first (maepp/data/order.py BlockOrder)."""
+        self._blocks = BlockCache(self, block_clips, blocks_held)
+
+    def _read_ranges(self, ranges) -> list:
+        """[(shard, first byte, stop byte)], all read at once -> [bytes]; counted."""
         import tensorstore as ts
 
-        size = unit_bytes(self.store)
         with ts.Batch() as batch:
             futures = [
-                self._kv.read(
-                    self.shards[self._shard[i]],
-                    batch=batch,
-                    byte_range=slice(int(self._offset[i] + a * size), int(self._offset[i] + b * size)),
-                )
-                for i, a, b in zip(indices, starts, stops)
+                self._kv.read(self.shards[shard], batch=batch, byte_range=slice(int(start), int(stop)))
+                for shard, start, stop in ranges
             ]
         values = [future.result() for future in futures]
-        for i, value in zip(indices, values):
+        for (shard, start, _), value in zip(ranges, values):
             if value.state != "value":
-                raise ValueError(f"{self.files[self._shard[i]]} is missing (clip {i}, {self.name(int(i))})")
+                clip = int(np.searchsorted(self._offset[self._shard == shard], start, side="right"))
+                raise ValueError(f"{self.files[shard]} is missing (its clip {clip})")
         payloads = [value.value for value in values]
         with self._counting:
             self.reads += len(payloads)
             self.bytes_read += sum(len(payload) for payload in payloads)
+        return payloads
+
+    def clip_ranges(self, first: int, stop: int) -> list:
+        """Clips [first, stop) of the stored order as byte ranges, one per shard they lie in:
+        [(shard, first byte, stop byte, [clip, ...])]."""
+        size = unit_bytes(self.store)
+        ranges = []
+        for shard in np.unique(self._shard[first:stop]):
+            clips = np.arange(first, stop)[self._shard[first:stop] == shard]
+            ranges.append(
+                (
+                    int(shard),
+                    int(self._offset[clips[0]]),
+                    int(self._offset[clips[-1]] + self._units[clips[-1]] * size),
+                    clips.tolist(),
+                )
+            )
+        return ranges
+
+    def _read(self, indices, starts, stops) -> list:
+        """Payload units [start, stop) of each clip, all read at once -> [bytes]."""
+        size = unit_bytes(self.store)
+        if self._blocks is not None:
+            whole = self._blocks.payloads(indices)
+            payloads = [whole[int(i)][a * size : b * size] for i, a, b in zip(indices, starts, stops)]
+        else:
+            ranges = [
+                (self._shard[i], self._offset[i] + a * size, self._offset[i] + b * size)
+                for i, a, b in zip(indices, starts, stops)
+            ]
+            payloads = self._read_ranges(ranges)
+        with self._counting:  # once read: a read the pipeline dropped half-way is not counted
+            self.payloads_served += len(payloads)
         return payloads
 
     # The log_mel store: crops are rows.
@@ -269,3 +307,65 @@ class ClipStoreSource:
     def _flac(self, index: int) -> bytes:
         (payload,) = self._read([index], [0], [int(self._units[index])])
         return payload
+
+
+class BlockCache:
+    """A prepared dataset's clips, read a block of `block_clips` consecutive clips at a time and
+    held, at most `blocks_held` blocks, the least recently used let go first. Threads asking for a
+    block another is reading wait for that read rather than read it again."""
+
+    def __init__(self, source: ClipStoreSource, block_clips: int, blocks_held: int):
+        self.source, self.block_clips, self.blocks_held = source, block_clips, blocks_held
+        self._held = collections.OrderedDict()  # block -> {clip: its whole payload}
+        self._reading = {}  # block -> (an Event set when read, {"clips": ...} the read fills)
+        self._lock = threading.Lock()
+
+    def payloads(self, indices) -> dict:
+        """{clip: its whole payload} for these clips, reading the blocks not held (at once)."""
+        wanted = {int(i) // self.block_clips for i in indices}
+        found, waiting, mine = {}, {}, {}
+        with self._lock:
+            for block in wanted:
+                if block in self._held:
+                    self._held.move_to_end(block)
+                    found.update(self._held[block])
+                elif block in self._reading:
+                    waiting[block] = self._reading[block]
+                else:
+                    mine[block] = self._reading[block] = (threading.Event(), {})
+        try:
+            if mine:
+                found.update(self._read(mine))
+        finally:
+            with self._lock:
+                for block, (done, _) in mine.items():
+                    del self._reading[block]
+                    done.set()
+        for block, (done, read) in waiting.items():
+            done.wait()
+            if "clips" not in read:  # its reader failed: try once more, here
+                read["clips"] = self._read({block: (done, read)})
+            found.update(read["clips"])
+        return found
+
+    def _read(self, blocks: dict) -> dict:
+        source, size = self.source, unit_bytes(self.source.store)
+        ranges = [
+            r
+            for block in blocks
+            for r in source.clip_ranges(block * self.block_clips, min(len(source), (block + 1) * self.block_clips))
+        ]
+        payloads = source._read_ranges([(shard, start, stop) for shard, start, stop, _ in ranges])
+        clips = {}
+        for (_, start, _, members), payload in zip(ranges, payloads):
+            view = memoryview(payload)
+            for clip in members:
+                at = int(source._offset[clip]) - start
+                clips[clip] = view[at : at + int(source._units[clip]) * size]
+        with self._lock:
+            for block, (_, read) in blocks.items():
+                read["clips"] = {c: p for c, p in clips.items() if c // self.block_clips == block}
+                self._held[block] = read["clips"]
+            while len(self._held) > self.blocks_held:
+                self._held.popitem(last=False)
+        return clips

@@ -5,7 +5,7 @@ The training stream follows the global clip order (maepp/data/order.py): global 
 the positions start + j B ... start + (j + 1) B - 1, and each process reads only the rows of it
 that its devices hold (`rows`, from maepp.sharding.process_rows). The batches are therefore the
 same on any number of processes, and a run resumes from the position of its next batch alone.
-An unusable clip is replaced in its row (GlobalOrder.replacements), counted and named once.
+An unusable clip is replaced in its row (the order's replacements), counted and named once.
 
 Per clip: load (16 kHz mono) -> log-mel of the whole clip with config.audio.filterbank
 (`filterbank`), standardised over the clip (docs/reference.md, "Input") -> a 200-frame crop,
@@ -37,8 +37,8 @@ from maepp.audio.constants import HOP, N_FFT, N_MELS, crop_span
 from maepp.audio.decode import BadAudio
 from maepp.data import clip_store
 from maepp.data.clip_store import DamagedClip
-from maepp.data.order import GlobalOrder, batch_positions, crop_fractions
-from maepp.data.settings import FRONTENDS
+from maepp.data.order import batch_positions, crop_fractions, training_order
+from maepp.data.settings import CLIPS, FRONTENDS, Shuffle
 
 _ENDLESS = 2**62
 
@@ -241,7 +241,7 @@ def reraise_damaged(error: Exception):
 
 def _stored_log_mel_batches(
     source,
-    order: GlobalOrder,
+    order,
     seed: int,
     batch_size: int,
     rows: np.ndarray,
@@ -253,6 +253,7 @@ def _stored_log_mel_batches(
     """train_dataset for the log_mel store: per batch, one Python call reads the crops of this
     process's rows, each exactly its own bytes, all at once. A damaged crop stops the stream
     (DamagedClip), or is skipped and counted, its row read from the clips that stand in for it."""
+    slots = order.slots(rows, batch_size)
 
     def crops_of(positions):
         epochs, indices = order.clips(positions)
@@ -260,7 +261,7 @@ def _stored_log_mel_batches(
         return crops, source.damaged_crops(indices, crops), indices
 
     def read(batch):
-        positions = batch_positions(start_position, batch_size, rows, int(batch))
+        positions = batch_positions(start_position, batch_size, slots, int(batch))
         crops, damaged, indices = crops_of(positions)
         if not damaged:
             return crops, positions
@@ -325,6 +326,7 @@ def train_dataset(
     frontend: str = "host",
     filterbank: str = filterbanks.DEFAULT,
     damaged_clips: str = "stop",
+    shuffle: Shuffle = CLIPS,
 ):
     """-> tf.data.Dataset of this process's share of each global batch: dicts of position
     [len(rows)] int64 (each row's global position) and, by frontend, log_mel [len(rows),
@@ -333,10 +335,15 @@ def train_dataset(
     batch_size is the global batch; rows the rows of it this process reads (all by default).
     The stream after k batches continues from start_position + k * batch_size. damaged_clips:
     what a stored clip that holds what no clip can does ("stop": DamagedClip; "skip": counted).
+    shuffle: the order (maepp/data/order.py); in blocks, a prepared dataset is read a block at
+    a time, holding its streams' current and next windows.
     """
     _check_filterbank(source, filterbank)
     rows = _all_rows(rows, batch_size)
-    order = GlobalOrder(len(source), seed)
+    order = training_order(len(source), seed, shuffle)
+    if shuffle.kind == "blocks" and source.store is not None:
+        streams = len(np.unique(order.slots(rows, batch_size) % shuffle.streams))
+        source.read_in_blocks(shuffle.block_clips, 2 * shuffle.window_blocks * streams)
     if source.store == "log_mel":
         _check_log_mel_store(source, crop_frames, frontend)
         return _tuned_without_a_model_thread(
@@ -368,7 +375,7 @@ def train_dataset(
                 return crop
         raise ValueError(f"no usable clip at position {position} nor at any of its {order.n_clips} replacements")
 
-    local = tf.constant(rows)
+    local = tf.constant(order.slots(rows, batch_size))
     per_batch = len(rows)
     positions = tf.data.Dataset.range(_ENDLESS).map(
         _as_written(lambda i: start_position + (i // per_batch) * batch_size + tf.gather(local, i % per_batch))

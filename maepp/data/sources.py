@@ -27,7 +27,9 @@ DEFAULT_SYNTHETIC_CLIPS = 4096
 class ClipSource(Protocol):
     """What every source offers the pipelines, the evaluators and export."""
 
-    store: str | None  # a prepared dataset's store (maepp.data.clip_store.STORES); None: audio loaded whole
+    # a prepared dataset's store (maepp.data.clip_store.STORES; the dataset has a `directory`), or
+    # None: audio loaded whole
+    store: str | None
     filterbank: str | None  # the filterbank its stored log-mels or stats were made with; None: any
     holdout: str | None  # the source string of the split `prepare --holdout` kept out of it, if any
 

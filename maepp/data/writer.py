@@ -1,7 +1,9 @@
 """Writing prepared datasets (layout 2.0.0, maepp/data/clip_store.py) as an Apache Beam pipeline.
 
-The library behind `python -m maepp.data.prepare`. The input's audio files are listed once and cut
-into shards of clips_per_shard; one Beam element per shard still to write, each written by a
+The library behind `python -m maepp.data.prepare`. The input's audio files are listed once, put
+in the order of their names' hashes (so that files of one folder or one class, or with names
+alike, do not cluster in a shard or a block: reading blocks of stored clips, the training order
+relies on it), and cut into shards of clips_per_shard; one Beam element per shard still to write, each written by a
 worker: every file decoded, resampled to 16 kHz mono and stored as the store keeps it. On one
 machine the pipeline runs on Beam's local runner (one process, or `workers` of them); the same
 pipeline runs on Dataflow, Flink or Spark with their options (--beam_pipeline_options). Input
@@ -308,6 +310,12 @@ def _watch_progress(jobs: list, done: threading.Event):
 HOLDOUT_SPLIT = "holdout"  # prepare --holdout's split: OUTPUT/NAME/2.0.0/holdout/, a prepared folder of its own
 
 
+def stored_order(name: str) -> bytes:
+    """Files are stored in the order of this hash of their names: a shuffle, the same whatever
+    lists them (unlike held_out_files's, salted, so the held-out files spread over the shards)."""
+    return hashlib.sha256(f"stored order:{name}".encode()).digest()
+
+
 def held_out_files(files: list, fraction: float) -> set:
     """The files --holdout keeps out of training: round(fraction * len(files)) of them (at least one),
     those whose names hash lowest, so the choice depends on the names, not on the listing's order."""
@@ -353,6 +361,7 @@ def prepare(
         raise ValueError(f"--split {split!r} is the name --holdout gives its split: choose another")
     input_root = str(_absolute(input_dir))
     files, left_out = list_audio_files(input_root)
+    files = sorted(files, key=stored_order)
     if not files:
         raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {input_root}")
     out = dataset_directory(output_dir, name)

@@ -110,14 +110,38 @@ def _read_body(stream, headers: dict) -> bytes:
 _HOP_BY_HOP = ("transfer-encoding", "content-length", "connection", "proxy-connection", "keep-alive")
 
 
+class RequestLimit:
+    """A bucket's request rate, shared by the meters of every process reading it: a request
+    beyond per_s waits for its turn (what a throttled bucket's 429 answers and the clients'
+    retries come to, without the retries' back-off)."""
+
+    def __init__(self, per_s: float):
+        self.interval, self._next, self._lock = 1.0 / per_s, 0.0, threading.Lock()
+
+    def wait(self):
+        with self._lock:
+            now = time.monotonic()
+            turn = max(now, self._next)
+            self._next = turn + self.interval
+        time.sleep(turn - now)
+
+
 class Meter:
     """An HTTP proxy on 127.0.0.1 in front of the server: counts each request and the bytes of its
-    response. With delay_s it is a narrow link: requests take their turn, delay_s each. With a
-    certificate it first answers CONNECT and speaks TLS to its client, as an https_proxy in front
-    of GCS's API host."""
+    response. With delay_s it is a narrow link: requests take their turn, delay_s each. latency_s
+    holds every request that long, all at once (a network's round trip); limit is the bucket's
+    request rate (RequestLimit). With a certificate it first answers CONNECT and speaks TLS to its
+    client, as an https_proxy in front of GCS's API host."""
 
-    def __init__(self, upstream_port: int, delay_s: float = 0.0, certificate=None):
-        self.upstream_port, self.delay_s = upstream_port, delay_s
+    def __init__(
+        self,
+        upstream_port: int,
+        delay_s: float = 0.0,
+        certificate=None,
+        latency_s: float = 0.0,
+        limit: RequestLimit | None = None,
+    ):
+        self.upstream_port, self.delay_s, self.latency_s, self.limit = upstream_port, delay_s, latency_s, limit
         self.requests, self.response_bytes = 0, 0
         self._lock = threading.Lock()
         self._link = threading.Lock()
@@ -165,6 +189,10 @@ class Meter:
                 if self.delay_s:
                     with self._link:
                         time.sleep(self.delay_s)
+                if self.limit is not None:
+                    self.limit.wait()
+                if self.latency_s:
+                    time.sleep(self.latency_s)
                 upstream.putrequest(method, target, skip_host=True, skip_accept_encoding=True)
                 for name, value in headers:
                     if name.lower() not in _HOP_BY_HOP:
@@ -255,9 +283,10 @@ class GcsEmulator:
     def authority(self) -> str:
         return str(pathlib.Path(self._directory.name) / "authority.pem")
 
-    def meter(self, delay_s: float = 0.0) -> Meter:
-        """A counting proxy of its own (a narrow link with delay_s), for client_environment(meter)."""
-        meter = Meter(self.port, delay_s)
+    def meter(self, delay_s: float = 0.0, latency_s: float = 0.0, limit: RequestLimit | None = None) -> Meter:
+        """A counting proxy of its own (a narrow link with delay_s; a round trip of latency_s; the
+        bucket's shared rate limit), for client_environment(meter)."""
+        meter = Meter(self.port, delay_s, latency_s=latency_s, limit=limit)
         self._meters.append(meter)
         return meter
 

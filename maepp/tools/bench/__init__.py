@@ -1,7 +1,8 @@
 r"""Benchmarks that print figures; the last line of each is JSON.
 
     python -m maepp.tools.bench data --source prepared:DIR|folder:DIR [--clips 256] [--json]
-    python -m maepp.tools.bench scale [--processes 4] [--clips 20000] [--clips_per_shard 100] [--json]
+    python -m maepp.tools.bench scale [--processes 4] [--clips 20000] [--shuffle blocks] [--latency_ms 30] [--json]
+    python -m maepp.tools.bench order [--clips 200000] [--batch_size 1024] [--block_clips 128] [--json]
     python -m maepp.tools.bench export [--workdir RUN | --model_config configs/audiomaepp.py:base] [--json]
     python -m maepp.tools.bench step [--config configs/audiomaepp.py:base] [--steps 10] [--json]
     python -m maepp.tools.bench loop [--config audiomaepp:micro] [--steps 100] [--json]
@@ -17,7 +18,7 @@ import sys
 
 from maepp import program
 
-SUBCOMMANDS = ("data", "scale", "export", "step", "loop", "swiglu_norm", "table")
+SUBCOMMANDS = ("data", "scale", "order", "export", "step", "loop", "swiglu_norm", "table")
 
 
 def run():
