@@ -346,9 +346,11 @@ def _loop(run: Run, config, workdir, stop: StopRequest, check_workdir_held: Call
             hook(step)
         # Every process asks JAX about preemption at every step, so that they agree on the step.
         stop_requested = bool(stop) or run.ckpt.reached_preemption(step)
+        # A failed asynchronous save stops the run at the next step, in one line: no step trains
+        # on after it (a flag Orbax's thread sets; checking it costs nothing).
+        checkpoints.check_saves(run.ckpt)
         if not run.cadence.log_due(step, stop_requested):
             continue  # the host never waits for the devices here
-        checkpoints.check_saves(run.ckpt)  # a failed asynchronous save stops the run here, in one line
         means = progress.window_means(window)
         window = progress.new_window(sharding.replicated(run.mesh), streak=means["nonfinite_in_a_row"])
         rates, waits_s = _log(run, config, step, means, rates)

@@ -142,3 +142,45 @@ def test_synthetic_task_cli_writes_a_labelled_folder(repo_root, tmp_path):
     (fold,) = task.folds
     assert len(fold.train) + len(fold.valid) == 12 and len(fold.test) == 8
     assert soundfile.info(tmp_path / "am" / fold.test[0][0]).duration == 0.5
+
+
+def test_nan_features_stop_evaluate_in_one_line_naming_how_many_clips(tmp_path):
+    """An encoder whose weights hold NaN: a probe on its features would score like chance."""
+    import jax
+
+    from maepp.audio import filterbanks
+    from maepp.downstream import features
+    from tests.helpers import model_and_params, spec_for
+
+    task = synthetic_tasks.write_task(tmp_path / "sounds", "classes", {"train": 2, "test": 1}, seconds=1.0)
+    model, params = model_and_params(spec_for("micro"))
+    broken = jax.tree.map(lambda leaf: leaf * np.nan, params)
+    embedder = features.features_embedder("encoder", model, broken, filterbanks.DEFAULT)
+    with pytest.raises(ValueError) as stopped:
+        features.task_features(load_task(task), embedder, tmp_path / "features.npz", None)
+    assert str(stopped.value).startswith("15 of 15 clips' features are not finite (first: ")
+    assert "check its weights" in str(stopped.value) and "\n" not in str(stopped.value)
+
+
+def test_one_seed_has_no_interval_and_the_json_is_strict():
+    from maepp.downstream import features
+    from maepp.downstream.tasks import Fold, Task
+
+    task_features = {f"c{i}.wav": np.full(4, float(i % 2), np.float32) for i in range(6)}
+    split = [(f"c{i}.wav", ["ab"[i % 2]]) for i in range(6)]
+    task = Task("t", None, False, ["a", "b"], [Fold(split, split, split)])
+    results = features.evaluate(task, task_features, seeds=1, probe_names=("linear",))
+    assert results["linear"]["ci95"] is None and len(results["linear"]["scores"]) == 1
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads(json.dumps(results, allow_nan=False), parse_constant=refuse)["linear"]["ci95"] is None
+
+
+def test_a_task_of_one_class_is_refused(tmp_path):
+    for split, clips in (("train", 10), ("test", 3)):
+        for i in range(clips):
+            _wav(tmp_path / "one" / split / "only_label" / f"{i}.wav")
+    with pytest.raises(ValueError, match=r"the task has 1 class \(only_label\): a probe needs two at least"):
+        load_task(tmp_path / "one")

@@ -310,6 +310,61 @@ FAULTS = [
         "tests/test_prepare.py::test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted",
     ),
     Fault(
+        "a prepared shard zeroed at its own size, header included (what a crash can leave on ext4)",
+        "one line before anything runs: `SHARD: its .npy header is not the one prepare wrote (magic bytes ...)`",
+        "the data, untouched",
+        "tests/test_integrity.py::test_a_shard_zeroed_at_its_own_size_is_refused_at_start_naming_it",
+    ),
+    Fault(
+        "64 bytes of a log_mel clip flipped (values a few standard deviations off, within every bound)",
+        "`damaged_clips='stop'`: one line naming the shard, the clip and the bytes that fail their CRC32C "
+        "checksum; `'skip'`: counted, and stood in for",
+        "every other clip; nothing damaged reaches a step",
+        "tests/test_integrity.py::test_64_flipped_bytes_in_a_log_mel_clip_are_caught_by_its_checksum",
+    ),
+    Fault(
+        "random bytes over a clip of a pcm shard",
+        "the same line (or counted, with 'skip'), naming the shard, the clip and the bytes",
+        "every other clip",
+        "tests/test_integrity.py::test_random_bytes_in_a_pcm_shard_stop_the_stream_or_are_skipped_and_counted",
+    ),
+    Fault(
+        "a manifest that claims 100 more clips than the index holds; a deleted index or checksum table",
+        "one line before anything runs, naming the file and what disagrees",
+        "the data, untouched",
+        "tests/test_integrity.py::test_a_manifest_claiming_more_clips_than_the_index_holds_is_refused_at_start",
+    ),
+    Fault(
+        "`prepare --verify DIR` over a dataset with a damaged clip",
+        "a line per damaged clip (shard, clip, bytes), then one summary line; exit status 1",
+        "the data, untouched",
+        "tests/test_integrity.py::test_prepare_verify_checks_every_clip_and_names_the_damaged_ones",
+    ),
+    Fault(
+        "`maepp.data.prepare --workers 2` killed (SIGKILL to prepare alone) with shards left",
+        "its workers see prepare gone and exit within a shard or two (Beam's own worker wrote on to the end)",
+        "the finished shards; a re-run races no orphan",
+        "tests/test_prepare.py::test_the_workers_of_a_killed_prepare_end_with_it",
+    ),
+    Fault(
+        "`maepp.downstream.evaluate` of an encoder whose weights hold NaN",
+        "one line: `N of N clips' features are not finite (first: CLIP): ...`, not a chance-level score",
+        "nothing is scored",
+        "tests/test_evaluate.py::test_nan_features_stop_evaluate_in_one_line_naming_how_many_clips",
+    ),
+    Fault(
+        "the HEAR API given no clips, no samples, or a NaN or inf sample",
+        "one line: `maepp.hear: ...`, naming the clip",
+        "nothing is embedded",
+        "tests/test_hear.py::test_the_hear_api_refuses_input_no_embedding_could_be_made_of",
+    ),
+    Fault(
+        "a probe task of one class",
+        "one line when the task is loaded (the config check, or evaluate): `... a probe needs two at least`",
+        "nothing is scored",
+        "tests/test_evaluate.py::test_a_task_of_one_class_is_refused",
+    ),
+    Fault(
         "a long clip embedded (maepp.export, maepp.hear and evaluate share the path): 10 minutes of audio",
         "nothing: the front end takes it in blocks of 2,048 frames",
         "memory: a peak of 70 MB measured (about 0.4 GB an hour of audio: the float32 log-mel, its chunks, the "

@@ -43,3 +43,23 @@ def test_scene_embedding_is_the_mean_of_the_timestamp_embeddings(trained_run):
     # float32 means, summed in another order
     np.testing.assert_allclose(scene.numpy(), frames.numpy().mean(axis=1), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(scene[0], scene[1])
+
+
+@pytest.mark.parametrize(
+    "audio,message",
+    [
+        (torch.zeros(0, 16000), r"audio must be \[clips, samples\] with at least one of each, not \[0, 16000\]"),
+        (torch.zeros(2, 0), r"audio must be \[clips, samples\] with at least one of each, not \[2, 0\]"),
+        (
+            torch.tensor([[0.1] * 8000, [float("nan")] + [0.0] * 7999]),
+            r"1 of 2 clips hold NaN or inf samples \(first: clip 1\)",
+        ),
+        (torch.tensor([[float("inf")] * 8000]), r"1 of 1 clips hold NaN or inf samples \(first: clip 0\)"),
+    ],
+    ids=["no clips", "no samples", "nan", "inf"],
+)
+def test_the_hear_api_refuses_input_no_embedding_could_be_made_of(trained_run, audio, message):
+    model = hear.load_model(str(trained_run))
+    for call in (hear.get_scene_embeddings, hear.get_timestamp_embeddings):
+        with pytest.raises(ValueError, match=rf"^maepp\.hear: {message}"):
+            call(audio, model)

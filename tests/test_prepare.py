@@ -239,6 +239,59 @@ def test_files_of_one_folder_do_not_cluster_in_the_shards(tmp_path):
     assert all(len({name.split("/")[0] for name in stored[i : i + 8]}) == 2 for i in range(0, 32, 8))
 
 
+@pytest.mark.e2e
+def test_the_workers_of_a_killed_prepare_end_with_it(repo_root, tmp_path):
+    """SIGKILL to prepare alone, as its two Beam workers have 58 one-clip shards left: each sees
+    prepare gone and exits (maepp/data/beam_worker.py) with at most the shards in hand written,
+    where Beam's own worker wrote on to the end (49 more shards, measured)."""
+    rng = np.random.default_rng(6)
+    (tmp_path / "in").mkdir()
+    for i in range(60):
+        soundfile.write(tmp_path / "in" / f"{i:02d}.wav", synthetic_clip(rng, 1.0)[0], 16000)
+    first_shard = PausePoint(tmp_path, "shard_written@1")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "maepp.data.prepare",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "out"),
+            "--clips_per_shard",
+            "1",
+            "--workers",
+            "2",
+        ],
+        cwd=repo_root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        env=dict(os.environ, **first_shard.environment),
+    )
+    first_shard.wait(process)
+    workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    assert len(workers) == 2
+    process.kill()
+    process.wait()
+    written = len(list((tmp_path / "out").rglob("*.clips-*.json")))
+    first_shard.release()  # the workers go on, if nothing ends them
+
+    def alive(pid):  # an exited process not yet reaped by its new parent is a zombie: not alive
+        try:
+            return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 60  # each checks for its parent 20 times a second; the bound is a hang guard
+    while any(map(alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)], "workers outlived their prepare"
+    # A shard of a 1 s clip takes tens of milliseconds: the shards in hand in the 50 ms before a
+    # worker looks, and no more (a timing bound, against the 49 Beam's own worker went on to write).
+    assert len(list((tmp_path / "out").rglob("*.clips-*.json"))) - written <= 6
+
+
 @pytest.fixture(scope="module")
 def audioset_formats(tmp_path_factory):
     """m4a (AAC), opus and webm (Opus), as AudioSet downloads come, beside wav and flac, made by
@@ -354,7 +407,7 @@ def test_log_mel_store_crops_are_slices_of_the_clips_standardised_log_mel(log_me
     manifest, source, whole = log_mel_store
     assert manifest["store"] == source.store == "log_mel"
     order = GlobalOrder(len(source), seed=3)
-    reads_before = source.bytes_read
+    reads_before, bytes_before = source.reads, source.bytes_read
     batches = list(train_dataset(source, seed=3, batch_size=4).take(4).as_numpy_iterator())
     for batch in batches:
         assert batch["log_mel"].shape == (4, 200, 80) and batch["log_mel"].dtype == np.float32
@@ -366,8 +419,13 @@ def test_log_mel_store_crops_are_slices_of_the_clips_standardised_log_mel(log_me
             _within_float16(mel, clip[offset : offset + 200])
     # 16 positions over 6 clips: every clip, over several epochs, at crops that move.
     assert np.concatenate([b["position"] for b in batches]).tolist() == list(range(16))
-    # Each crop read exactly its own bytes: 200 rows of 80 float16 values.
-    assert (source.bytes_read - reads_before) % (200 * 80 * 2) == 0
+    # Each crop read its own bytes (200 rows of 80 float16 values), widened to the 16 KB chunks
+    # their checksums cover; unchecked, exactly its own.
+    per_read = (source.bytes_read - bytes_before) / (source.reads - reads_before)
+    assert 200 * 80 * 2 <= per_read < 200 * 80 * 2 + 2 * 16384
+    unchecked = ClipStoreSource(source.directory, verify=False)
+    list(train_dataset(unchecked, seed=3, batch_size=4).take(4).as_numpy_iterator())
+    assert unchecked.bytes_read == unchecked.reads * 200 * 80 * 2
     # Resuming from a position gives exactly the batches that follow it.
     resumed = next(train_dataset(source, seed=3, batch_size=4, start_position=8).as_numpy_iterator())
     np.testing.assert_array_equal(resumed["log_mel"], batches[2]["log_mel"])
@@ -413,8 +471,8 @@ def test_log_mel_store_refuses_what_needs_audio(log_mel_store):
 
 def test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted(audio_folder, tmp_path):
     """One clip's stored bytes overwritten with 0xFF (float16 NaN), as by a bad sector: "stop"
-    names its shard and clip in one line; "skip" reads the clips that stand in for it, and
-    counts it."""
+    names its shard, clip and the bytes that fail their checksum in one line; "skip" reads the
+    clips that stand in for it, and counts it."""
     from maepp.data.clip_store import DamagedClip
     from maepp.data.pipeline import SkipReport, reraise_damaged
 
@@ -434,11 +492,20 @@ def test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted(aud
         except Exception as error:  # tf.data's own error, which carries ours as text
             reraise_damaged(error)
             raise
+    start = int(index["offset"][2])
+    stop = min(start + 16384, start + int(index["units"][2]) * 80 * 2)
     assert str(stopped.value) == (
-        f"{out / shard}: clip 2 ({source.name(2)}) is damaged: its stored log-mel holds nan (crop frame 0, mel band "
-        f"0), which no standardised clip of {int(index['length'][2])} frames can; prepare the data again, or skip "
-        "such clips and count them with --config.data.damaged_clips=skip"
+        f"{out / shard}: clip 2 ({source.name(2)}) is damaged: its bytes {start:,}-{stop:,} do not match their CRC32C "
+        "checksum; prepare the data again, or skip such clips and count them with --config.data.damaged_clips=skip"
     )
+    # Unchecked, the values themselves give it away: float16 NaN, which no log-mel holds.
+    unchecked = ClipStoreSource(str(out), verify=False)
+    with pytest.raises(DamagedClip, match=r"its stored log-mel holds nan \(crop frame 0, mel band 0\), which no "):
+        try:
+            list(train_dataset(unchecked, seed=0, batch_size=4).take(epoch).as_numpy_iterator())
+        except Exception as error:
+            reraise_damaged(error)
+            raise
 
     report = SkipReport()
     batches = list(

@@ -27,6 +27,7 @@ import numpy as np
 
 from maepp.audio.constants import N_MELS
 from maepp.audio.decode import decode_segment, decode_soundfile
+from maepp.data import checksums
 
 VERSION = "2.0.0"
 STORES = ("log_mel", "pcm", "flac")
@@ -86,12 +87,24 @@ def shard_name(name: str, split: str, shard: int, n_shards: int) -> str:
 # One record per clip: its shard, its payload's byte offset there and stored units (rows, samples
 # or bytes), its own length (frames before tiling, or samples), its log-mel stats (audio stores).
 INDEX_DTYPE = np.dtype(
-    [("shard", "<i4"), ("offset", "<i8"), ("units", "<i8"), ("length", "<i8"), ("mean", "<f4"), ("std", "<f4")]
+    [
+        ("shard", "<i4"),
+        ("offset", "<i8"),
+        ("units", "<i8"),
+        ("length", "<i8"),
+        ("mean", "<f4"),
+        ("std", "<f4"),
+        ("chunk", "<i8"),  # its first chunk's place in the checksum table (maepp/data/checksums.py)
+    ]
 )
 
 
 def index_name(name: str, split: str) -> str:
     return f"{name}-{split}.index.npy"
+
+
+def checksums_name(name: str, split: str) -> str:
+    return f"{name}-{split}.crc32c.npy"
 
 
 def npy_header(store: str, units: int) -> bytes:
@@ -137,13 +150,26 @@ def _listing(directory: str) -> dict:
     return {entry.name: entry.stat().st_size for entry in os.scandir(directory) if entry.is_file()}
 
 
-class ClipStoreSource:
-    """The clips of a prepared folder (OUTPUT/NAME/2.0.0), local or gs://, as a data source."""
+class DamagedPayload:
+    """What a read returns for a clip whose bytes do not match their checksums: why, in words."""
 
-    def __init__(self, directory: str):
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+class ClipStoreSource:
+    """The clips of a prepared folder (OUTPUT/NAME/2.0.0), local or gs://, as a data source.
+
+    At start the manifest, the index, the checksum table and every shard's .npy header are read
+    and checked against each other (one line naming what is wrong). verify: every read is widened
+    to whole checksum chunks and checked (maepp/data/checksums.py); a chunk that does not match
+    makes its clip a DamagedPayload, which the pipeline stops at or skips (config.data.damaged_clips).
+    """
+
+    def __init__(self, directory: str, verify: bool = True):
         import tensorstore as ts
 
-        self.directory = str(directory).rstrip("/")
+        self.directory, self.verify = str(directory).rstrip("/"), verify
         self._kv = ts.KvStore.open(kvstore_spec(self.directory)).result()
         manifest = self._read_whole("manifest.json")
         if manifest is None:
@@ -152,13 +178,18 @@ class ClipStoreSource:
             )
         manifest = json.loads(manifest)
         self.manifest = manifest
+        if "checksums" not in manifest:
+            raise ValueError(f"{self.directory} holds no checksums (prepared by an earlier maepp): prepare it again")
         self.store, self.filterbank = manifest["store"], manifest["filterbank"]
         self.shards = [shard["file"] for shard in manifest["shards"]]
-        index = np.load(io.BytesIO(self._read_whole(manifest["index"])))  # INDEX_DTYPE
+        self.files = [f"{self.directory}/{shard}" for shard in self.shards]
+        index = self._npy(manifest["index"], "index")  # INDEX_DTYPE
+        self._checksums = self._npy(manifest["checksums"]["file"], "checksum table")  # uint32
         self._shard, self._offset, self._units = index["shard"], index["offset"], index["units"]
         self._length, self._mean, self._std = index["length"], index["mean"], index["std"]
-        self.files = [f"{self.directory}/{shard}" for shard in self.shards]
+        self._chunk = index["chunk"]
         self._check_shards(manifest)
+        self._check_layout(manifest)
         self._names = {}  # shard -> its clips' names, read when first needed
         self._counting = threading.Lock()
         # byte ranges and their bytes read so far, and the clips' payloads (or parts) they served
@@ -175,6 +206,56 @@ class ClipStoreSource:
     def _read_whole(self, key: str):
         result = self._kv.read(key).result()
         return result.value if result.state == "value" else None
+
+    def _npy(self, key: str, what: str) -> np.ndarray:
+        """A .npy file of the folder, or ValueError naming it."""
+        data = self._read_whole(key)
+        if data is None:
+            raise ValueError(f"{self.directory}/{key} (the {what}) is missing: prepare again into this --output")
+        try:
+            return np.load(io.BytesIO(data))
+        except ValueError as error:
+            raise ValueError(
+                f"{self.directory}/{key} (the {what}) is not a .npy file ({error}): prepare again into this --output"
+            ) from None
+
+    def _check_layout(self, manifest: dict):
+        """The manifest, the index, the checksum table and the shards' .npy headers agree."""
+        size = unit_bytes(self.store)
+        where = f"{self.directory}: manifest.json and {manifest['index']}"
+        if len(self._shard) != manifest["clips"]:
+            raise ValueError(
+                f"{where} disagree: {manifest['clips']:,} clips against {len(self._shard):,}; prepare "
+                "again into this --output"
+            )
+        ends = self._offset + self._units * size
+        sizes = np.asarray([shard["bytes"] for shard in manifest["shards"]], np.int64)
+        shard_ok = (self._shard >= 0) & (self._shard < len(sizes))
+        bad = np.flatnonzero(~shard_ok | (ends > sizes[np.where(shard_ok, self._shard, 0)]))
+        chunks = self._chunk + checksums.chunk_count(self._units * size)
+        if len(bad) or (len(chunks) and chunks[-1] != len(self._checksums)):
+            clip = int(bad[0]) if len(bad) else len(chunks) - 1
+            raise ValueError(
+                f"{where} disagree at clip {clip}: its bytes or checksums lie outside what was "
+                "written; prepare again into this --output"
+            )
+        import tensorstore as ts
+
+        headers = [npy_header(self.store, int(self._units[self._shard == n].sum())) for n in range(len(self.shards))]
+        with ts.Batch() as batch:
+            heads = [
+                self._kv.read(shard, batch=batch, byte_range=slice(0, len(header)))
+                for shard, header in zip(self.shards, headers)
+            ]
+        for n, (head, header) in enumerate(zip(heads, headers)):
+            units = int(self._units[self._shard == n].sum())
+            got = head.result().value
+            if got != header:
+                raise ValueError(
+                    f"{self.files[n]}: its .npy header is not the one prepare wrote (magic bytes "
+                    f"{bytes(got[:6])!r}, for {units:,} {self.store} units); the shard is damaged: prepare "
+                    "again into this --output (finished shards are kept; delete this one first)"
+                )
 
     def _check_shards(self, manifest: dict):
         """Every shard the manifest names is there, at its size: one listing, before anything runs."""
@@ -252,40 +333,68 @@ class ClipStoreSource:
         size = unit_bytes(self.store)
         if self._blocks is not None:
             whole = self._blocks.payloads(indices)
-            payloads = [whole[int(i)][a * size : b * size] for i, a, b in zip(indices, starts, stops)]
-        else:
-            ranges = [
-                (self._shard[i], self._offset[i] + a * size, self._offset[i] + b * size)
+            payloads = [
+                whole[int(i)] if isinstance(whole[int(i)], DamagedPayload) else whole[int(i)][a * size : b * size]
                 for i, a, b in zip(indices, starts, stops)
             ]
-            payloads = self._read_ranges(ranges)
+        else:
+            # Widened to whole checksum chunks, counted from the clip's first byte, to be checked.
+            chunk = checksums.CHUNK_BYTES if self.verify else 1
+            firsts = [a * size // chunk * chunk for a in starts]
+            lasts = [min(-(-b * size // chunk) * chunk, int(self._units[i]) * size) for i, b in zip(indices, stops)]
+            ranges = [
+                (self._shard[i], self._offset[i] + f, self._offset[i] + t) for i, f, t in zip(indices, firsts, lasts)
+            ]
+            read = self._read_ranges(ranges)
+            payloads = [
+                self._checked(int(i), first, data) or memoryview(data)[a * size - first : b * size - first]
+                for i, a, b, first, data in zip(indices, starts, stops, firsts, read)
+            ]
         with self._counting:  # once read: a read the pipeline dropped half-way is not counted
             self.payloads_served += len(payloads)
         return payloads
 
+    def _checked(self, clip: int, first: int, data):
+        """None if data (clip bytes from `first`, a chunk's start) match their checksums, else a
+        DamagedPayload naming the shard, the clip and the bad chunk's bytes."""
+        if not self.verify:
+            return None
+        start = int(self._chunk[clip]) + first // checksums.CHUNK_BYTES
+        expected = self._checksums[start : start - (-len(data) // checksums.CHUNK_BYTES)].tolist()
+        bad = checksums.first_bad_chunk(bytes(data), expected)
+        if bad < 0:
+            return None
+        at = int(self._offset[clip]) + first + bad * checksums.CHUNK_BYTES
+        stop = min(
+            at + checksums.CHUNK_BYTES, int(self._offset[clip]) + int(self._units[clip]) * unit_bytes(self.store)
+        )
+        return DamagedPayload(
+            f"{self.files[self._shard[clip]]}: clip {clip} ({self.name(clip)}) is damaged: its "
+            f"bytes {at:,}-{stop:,} do not match their CRC32C checksum"
+        )
+
     # The log_mel store: crops are rows.
-    def log_mel_crops(self, indices, fractions, crop_frames: int, centre: bool = False) -> np.ndarray:
-        """[k] clips -> crops [k, crop_frames, 80] float16 as stored, starting at floor(fraction *
-        (room + 1)) of each clip's own frames (room = frames - crop_frames), or in the middle
-        (centre). The pipeline casts them in its graph: NumPy's float16 cast cost more than the reads."""
+    def log_mel_crops(self, indices, fractions, crop_frames: int, centre: bool = False) -> tuple:
+        """[k] clips -> (crops [k, crop_frames, 80] float16 as stored, {row: why} for each damaged
+        crop, its row zeros). A crop starts at floor(fraction * (room + 1)) of its clip's own
+        frames (room = frames - crop_frames), or in the middle (centre). Damaged: bytes that do not
+        match their checksums, or values no standardised log-mel holds (damaged_rows). The
+        pipeline casts the crops in its graph: NumPy's float16 cast cost more than the reads."""
         indices = np.asarray(indices, np.int64)
         room = np.maximum(self._length[indices] - crop_frames, 0)
         starts = room // 2 if centre else np.floor(np.asarray(fractions) * (room + 1)).astype(np.int64)
         starts = np.minimum(starts, room)
         payloads = self._read(indices, starts, starts + crop_frames)
-        return np.frombuffer(b"".join(payloads), np.float16).reshape(len(indices), crop_frames, N_MELS)
-
-    def damaged_crops(self, indices, crops) -> dict:
-        """log_mel crops [k, frames, 80] -> {row: why} for each crop damaged_rows finds."""
-        indices = np.asarray(indices, np.int64)
-        found = damaged_rows(crops, lambda rows: self._length[indices[rows]])
-        reasons = {}
-        for row, where in found.items():
+        zeros = bytes(crop_frames * N_MELS * 2)
+        damaged = {row: p.reason for row, p in enumerate(payloads) if isinstance(p, DamagedPayload)}
+        crops = np.frombuffer(b"".join(zeros if row in damaged else p for row, p in enumerate(payloads)), np.float16)
+        crops = crops.reshape(len(indices), crop_frames, N_MELS)
+        for row, where in damaged_rows(crops, lambda rows: self._length[indices[rows]]).items():
             clip = int(indices[row])
-            reasons[row] = damage_reason(
+            damaged[row] = damage_reason(
                 self.files[self._shard[clip]], clip, self.name(clip), int(self._length[clip]), where
             )
-        return reasons
+        return crops, damaged
 
     # The audio stores: a crop's samples and the clip's stats.
     def clip_info(self, index: int):
@@ -295,8 +404,7 @@ class ClipStoreSource:
     def load_segment(self, index: int, start: int, stop: int) -> np.ndarray:
         """Samples [start, stop) of the clip, reading (pcm) or decoding (flac) only those."""
         if self.store == "pcm":
-            (payload,) = self._read([index], [start], [stop])
-            return np.frombuffer(payload, np.int16).astype(np.float32) / 32768.0
+            return np.frombuffer(self._payload(index, start, stop), np.int16).astype(np.float32) / 32768.0
         return decode_segment(self._flac(index), self.name(index), start, stop)
 
     def load(self, index: int) -> np.ndarray:
@@ -305,7 +413,22 @@ class ClipStoreSource:
         return decode_soundfile(self._flac(index), self.name(index))
 
     def _flac(self, index: int) -> bytes:
-        (payload,) = self._read([index], [0], [int(self._units[index])])
+        return self._payload(index, 0, int(self._units[index]))
+
+    def verify_all(self, batch_clips: int = 256) -> list:
+        """Reads every clip whole and checks it against its checksums: -> the damaged clips' reasons."""
+        damaged = []
+        for first in range(0, len(self), batch_clips):
+            indices = np.arange(first, min(first + batch_clips, len(self)))
+            payloads = self._read(indices, np.zeros_like(indices), self._units[indices])
+            damaged += [p.reason for p in payloads if isinstance(p, DamagedPayload)]
+        return damaged
+
+    def _payload(self, index: int, start: int, stop: int):
+        """One clip's units [start, stop); DamagedClip where they do not match their checksums."""
+        (payload,) = self._read([index], [start], [stop])
+        if isinstance(payload, DamagedPayload):
+            raise DamagedClip(payload.reason)
         return payload
 
 
@@ -361,7 +484,8 @@ class BlockCache:
             view = memoryview(payload)
             for clip in members:
                 at = int(source._offset[clip]) - start
-                clips[clip] = view[at : at + int(source._units[clip]) * size]
+                whole = view[at : at + int(source._units[clip]) * size]
+                clips[clip] = source._checked(clip, 0, whole) or whole
         with self._lock:
             for block, (_, read) in blocks.items():
                 read["clips"] = {c: p for c, p in clips.items() if c // self.block_clips == block}

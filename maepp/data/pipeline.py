@@ -41,6 +41,7 @@ from maepp.data.order import batch_positions, crop_fractions, training_order
 from maepp.data.settings import CLIPS, FRONTENDS, Shuffle
 
 _ENDLESS = 2**62
+DAMAGED_ADVICE = "prepare the data again, or skip such clips and count them with --config.data.damaged_clips=skip"
 
 
 class SkipReport:
@@ -72,13 +73,15 @@ class CropReader:
     """Reads what the graph needs to make one crop: samples to frame, and the clip's stats.
 
     Sources with stored clip stats (prepared pcm and flac clips) decode only the crop's samples; others
-    load the whole clip, whose stats the graph computes.
+    load the whole clip, whose stats the graph computes. A prepared clip whose bytes do not match
+    their checksums stops the stream (DamagedClip), or with damaged_clips "skip" is counted and
+    stood in for, as audio that does not decode is.
     """
 
     _HALF = N_FFT // 2
 
-    def __init__(self, source, crop_frames: int, report: SkipReport):
-        self.source, self.crop_frames, self.report = source, crop_frames, report
+    def __init__(self, source, crop_frames: int, report: SkipReport, damaged_clips: str = "stop"):
+        self.source, self.crop_frames, self.report, self.damaged_clips = source, crop_frames, report, damaged_clips
         # Frame f of a crop at `offset` covers padded samples [f * HOP, f * HOP + N_FFT), i.e.
         # clip samples [offset * HOP - N_FFT / 2, ...) over crop_span samples.
         self.crop_span = crop_span(crop_frames)
@@ -106,8 +109,10 @@ class CropReader:
         """
         try:
             padded, offset, mean, std = self._read(index, choose_offset)
-        except BadAudio as bad:
-            self.report.add(self.source.name(index), bad.reason)
+        except (BadAudio, DamagedClip) as bad:
+            if isinstance(bad, DamagedClip) and self.damaged_clips == "stop":
+                raise DamagedClip(f"{bad}; {DAMAGED_ADVICE}") from None
+            self.report.add(self.source.name(index), bad.reason if isinstance(bad, BadAudio) else str(bad))
             return np.zeros(N_FFT, np.float32), np.int64(0), np.float32(np.nan), np.float32(np.nan), False
         return padded, np.int64(offset), np.float32(mean), np.float32(std), True
 
@@ -257,8 +262,8 @@ def _stored_log_mel_batches(
 
     def crops_of(positions):
         epochs, indices = order.clips(positions)
-        crops = source.log_mel_crops(indices, crop_fractions(seed, epochs, indices), crop_frames)
-        return crops, source.damaged_crops(indices, crops), indices
+        crops, damaged = source.log_mel_crops(indices, crop_fractions(seed, epochs, indices), crop_frames)
+        return crops, damaged, indices
 
     def read(batch):
         positions = batch_positions(start_position, batch_size, slots, int(batch))
@@ -266,10 +271,7 @@ def _stored_log_mel_batches(
         if not damaged:
             return crops, positions
         if damaged_clips == "stop":
-            raise DamagedClip(
-                f"{next(iter(damaged.values()))}; prepare the data again, or skip such clips and "
-                "count them with --config.data.damaged_clips=skip"
-            )
+            raise DamagedClip(f"{next(iter(damaged.values()))}; {DAMAGED_ADVICE}")
         crops = crops.copy()  # read-only: it views the bytes read
         for row, why in damaged.items():
             report.add(source.name(int(indices[row])), why)
@@ -298,8 +300,8 @@ def check_usable_audio(source, report: SkipReport):
         try:
             source.load(index)
             return
-        except BadAudio as bad:
-            report.add(source.name(index), bad.reason)
+        except (BadAudio, DamagedClip) as bad:
+            report.add(source.name(index), bad.reason if isinstance(bad, BadAudio) else str(bad))
     raise ValueError(
         f"no usable audio: all {len(source)} clips were skipped "
         f"({dict(list(report.reasons.items())[:5])}...); check the data source"
@@ -361,7 +363,7 @@ def train_dataset(
         )
     report = report if report is not None else SkipReport()
     check_usable_audio(source, report)  # fail before any compilation starts
-    reader = CropReader(source, crop_frames, report)
+    reader = CropReader(source, crop_frames, report, damaged_clips)
 
     def read(position):
         for candidate in (int(position), *order.replacements(int(position))):
@@ -457,7 +459,10 @@ def _stored_log_mel_eval_batches(source, batch_size: int, rows: np.ndarray, crop
         valid = indices < n_clips
         log_mel = np.zeros((len(rows), crop_frames, N_MELS), np.float16)
         if valid.any():
-            log_mel[valid] = source.log_mel_crops(indices[valid], None, crop_frames, centre=True)
+            crops, damaged = source.log_mel_crops(indices[valid], None, crop_frames, centre=True)
+            if damaged:  # evaluation has no clip to stand in: the run stops, naming it
+                raise DamagedClip(f"{next(iter(damaged.values()))}; prepare the data again")
+            log_mel[valid] = crops
         return log_mel, np.where(valid, indices, -1), valid
 
     @_as_written

@@ -30,11 +30,15 @@ from maepp.audio import filterbanks
 from maepp.data import clip_store
 from maepp.data.writer import HOLDOUT_SPLIT, MAX_CLIP_SECONDS, dataset_directory, prepare
 
-_INPUT = flags.DEFINE_string(
-    "input", None, "Folder of audio files, local or gs:// (searched recursively).", required=True
-)
+_INPUT = flags.DEFINE_string("input", None, "Folder of audio files, local or gs:// (searched recursively).")
 _OUTPUT = flags.DEFINE_string(
-    "output", None, f"Where to write NAME/{clip_store.VERSION}/ with the shards, local or gs://.", required=True
+    "output", None, f"Where to write NAME/{clip_store.VERSION}/ with the shards, local or gs://."
+)
+_VERIFY = flags.DEFINE_string(
+    "verify",
+    None,
+    "Check a prepared dataset (OUTPUT/NAME/2.0.0, local or gs://) instead of writing one: its "
+    "manifest, index, checksums and shards' headers against each other, and every clip against its checksums.",
 )
 _NAME = flags.DEFINE_string("name", "audio_clips", "Dataset name (TFDS name of the result).")
 _SPLIT = flags.DEFINE_string("split", "train", "Split name.")
@@ -72,8 +76,37 @@ _BEAM_OPTIONS = flags.DEFINE_string(
 )
 
 
+def verify(directory: str):
+    """prepare --verify: one line per damaged clip, then one summary line; exit 1 if any is damaged."""
+    try:
+        source = clip_store.ClipStoreSource(directory)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"maepp.data.prepare: {error}")
+    damaged = source.verify_all()
+    for reason in damaged:
+        print(reason)
+    summary = (
+        f"{len(source):,} clips in {len(source.shards)} shards checked against their CRC32C checksums: "
+        f"{len(damaged)} damaged"
+    )
+    if damaged:
+        sys.exit(
+            f"maepp.data.prepare: {summary}; prepare again into the same --output after deleting the damaged "
+            "shards (the others are kept)"
+        )
+    print(summary)
+
+
 def main(argv):
     del argv
+    if _VERIFY.value:
+        verify(_VERIFY.value)
+        return
+    if not (_INPUT.value and _OUTPUT.value):
+        sys.exit(
+            "maepp.data.prepare: --input and --output name what to prepare and where (or --verify DIR checks "
+            "a prepared dataset)"
+        )
     try:
         manifest = prepare(
             _INPUT.value,

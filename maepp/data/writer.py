@@ -38,7 +38,7 @@ from maepp import pause_points
 from maepp.audio import filterbanks, reference
 from maepp.audio.constants import SAMPLE_RATE
 from maepp.audio.decode import AUDIO_EXTENSIONS, BadAudio, decode_soundfile, encode_flac, load_audio
-from maepp.data import clip_store
+from maepp.data import checksums, clip_store
 from maepp.data.listing import list_audio_files
 
 
@@ -111,7 +111,7 @@ def write_shard(
     """Writes one shard and then its clip list; returns the clip list. job: output (its split's
     folder), file, paths."""
     out = epath.Path(job["output"])
-    clips = dict(names=[], units=[], lengths=[], means=[], stds=[])
+    clips = dict(names=[], units=[], lengths=[], means=[], stds=[], chunk_crc32c=[])
     skipped, samples = {}, 0
     with tempfile.TemporaryFile(prefix="maepp-shard-") as payloads:
         for relative in job["paths"]:
@@ -123,6 +123,7 @@ def write_shard(
             for clip_name, piece in clip_pieces(relative, waveform, int(max_clip_seconds * SAMPLE_RATE)):
                 clip = clip_payload(store, filterbank, piece)
                 payloads.write(clip["payload"])
+                clips["chunk_crc32c"] += checksums.chunk_checksums(clip["payload"])
                 for key, value in (
                     ("names", clip_name),
                     ("units", clip["units"]),
@@ -145,6 +146,7 @@ def write_shard(
         lengths=clips["lengths"],
         means=clips["means"],
         stds=clips["stds"],
+        chunk_crc32c=clips["chunk_crc32c"],
         seconds=samples / SAMPLE_RATE,
         skipped=skipped,
     )
@@ -235,8 +237,9 @@ def _local_runner(workers: int, log_path: str):
     """Beam's local runner (FnApiRunner: Beam's DirectRunner would first fetch its Prism runner from
     GitHub) for `workers` processes: Beam's own SDK worker, started as Beam's multi_processing mode
     starts it, but with its log level at ERROR (that mode passes workers no options), its start-up
-    lines, logged before any option is read, appended to log_path, and Ctrl-C left to prepare
-    itself; or None, for one process."""
+    lines, logged before any option is read, appended to log_path, Ctrl-C left to prepare itself,
+    and each worker ending as soon as prepare does (maepp/data/beam_worker.py); or None, for one
+    process."""
     if workers == 1:
         return None
     import shlex
@@ -249,10 +252,7 @@ def _local_runner(workers: int, log_path: str):
 
     # Run by a shell. Ctrl-C reaches every process of the terminal's group: the workers ignore it, so
     # that prepare stops in one line (maepp.program.run_cli) and they end with its connection.
-    worker = (
-        f"trap '' INT; exec {shlex.quote(sys.executable)} -m apache_beam.runners.worker.sdk_worker_main "
-        f"2>>{shlex.quote(log_path)}"
-    )
+    worker = f"trap '' INT; exec {shlex.quote(sys.executable)} -m maepp.data.beam_worker 2>>{shlex.quote(log_path)}"
     worker_options = struct_pb2.Struct()
     worker_options.update({"default_sdk_harness_log_level": "ERROR"})
     provision = beam_provision_api_pb2.ProvisionInfo(
@@ -427,7 +427,9 @@ def _finish_split(
     """Writes a split's index and then its manifest, from its shards' clip lists; -> the manifest.
     holdout: the folder of the dataset's held-out split, named in the manifest, or None."""
     listings = [json.loads((folder / _listing_name(shard)).read_text()) for shard in shards]
-    _write_bytes_atomically(folder / clip_store.index_name(name, split), [_index(listings, settings["store"])])
+    index, table = _index(listings, settings["store"])
+    _write_bytes_atomically(folder / clip_store.index_name(name, split), [index])
+    _write_bytes_atomically(folder / clip_store.checksums_name(name, split), [table])
     manifest = dict(
         layout=clip_store.VERSION,
         name=name,
@@ -440,6 +442,7 @@ def _finish_split(
         max_clip_seconds=settings["max_clip_seconds"],
         hours=sum(listing["seconds"] for listing in listings) / 3600,
         index=clip_store.index_name(name, split),
+        checksums=dict(file=clip_store.checksums_name(name, split), kind="crc32c", chunk_bytes=checksums.CHUNK_BYTES),
         shards=[
             dict(file=listing["file"], clips=len(listing["clips"]), bytes=listing["bytes"], seconds=listing["seconds"])
             for listing in listings
@@ -452,19 +455,23 @@ def _finish_split(
     return manifest
 
 
-def _index(listings: list, store: str) -> bytes:
-    """The index (maepp/data/clip_store.py) from the shards' clip lists: .npy bytes of one record
-    per clip, the same bytes whoever writes them."""
-    rows = []
+def _index(listings: list, store: str) -> tuple:
+    """The index and the checksum table (maepp/data/clip_store.py) from the shards' clip lists:
+    .npy bytes of one record per clip, and of every clip's chunk checksums one after another,
+    the same bytes whoever writes them."""
+    rows, chunk = [], 0
     for number, listing in enumerate(listings):
         units = np.asarray(listing["units"], np.int64)
         offsets = listing["header_bytes"] + (np.cumsum(units) - units) * clip_store.unit_bytes(store)
-        for offset, size, length, mean, std in zip(
-            offsets, units, listing["lengths"], listing["means"], listing["stds"]
+        chunks = checksums.chunk_count(units * clip_store.unit_bytes(store))
+        for offset, size, length, mean, std, count in zip(
+            offsets, units, listing["lengths"], listing["means"], listing["stds"], chunks
         ):
             rows.append(
-                (number, offset, size, length, np.nan if mean is None else mean, np.nan if std is None else std)
+                (number, offset, size, length, np.nan if mean is None else mean, np.nan if std is None else std, chunk)
             )
-    buffer = io.BytesIO()
-    np.save(buffer, np.array(rows, clip_store.INDEX_DTYPE))
-    return buffer.getvalue()
+            chunk += int(count)
+    index, table = io.BytesIO(), io.BytesIO()
+    np.save(index, np.array(rows, clip_store.INDEX_DTYPE))
+    np.save(table, np.array([c for listing in listings for c in listing["chunk_crc32c"]], np.uint32))
+    return index.getvalue(), table.getvalue()

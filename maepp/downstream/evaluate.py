@@ -73,19 +73,22 @@ def main(argv):
     for name, result in results.items():
         if name == "ridge":
             spread = f"(closed form, l2 {result['l2']:g}{' chosen on valid' if len(l2s) > 1 else ''})"
+        elif result["ci95"] is None:
+            spread = "(1 seed: no interval)"
         else:
             spread = f"+- {result['ci95']:.4f} (95%, {_SEEDS.value} seeds)"
         print(f"{task.name} {_FEATURES.value} {name} probe: {metric} {result['mean']:.4f} {spread}")
     print(
-        json.dumps(
-            dict(
+        json.dumps(  # strict JSON: no NaN (one seed's interval is null)
+            allow_nan=False,
+            obj=dict(
                 task=task.name,
                 model=loaded,
                 features=_FEATURES.value,
                 metric=metric,
                 clips=len(clip_features),
                 **results,
-            )
+            ),
         )
     )
 

@@ -50,6 +50,13 @@ def task_features(task: Task, embedder, output, log) -> dict:
     source = clips.FileListSource(task.root, task.paths())
     clips.export(source, embedder, output, log=log)
     exported = np.load(output)
+    broken = ~np.isfinite(exported["embeddings"]).all(axis=tuple(range(1, exported["embeddings"].ndim)))
+    if broken.any():
+        raise ValueError(
+            f"{int(broken.sum())} of {len(broken)} clips' features are not finite (first: "
+            f"{exported['paths'][np.argmax(broken)]}): the encoder gives NaN or inf, so no score would "
+            "mean anything; check its weights"
+        )
     return dict(zip(exported["paths"].tolist(), exported["embeddings"]))
 
 
@@ -112,5 +119,7 @@ def evaluate(
                 )
             scores.append(float(np.mean(per_fold)))
         mean, half = probes.mean_and_interval(scores)
-        results[name] = dict(mean=round(mean, 4), ci95=round(half, 4), scores=[round(s, 4) for s in scores])
+        results[name] = dict(
+            mean=round(mean, 4), ci95=None if half is None else round(half, 4), scores=[round(s, 4) for s in scores]
+        )
     return results

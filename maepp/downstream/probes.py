@@ -130,9 +130,9 @@ def evaluate_probe(
 
 
 def mean_and_interval(scores) -> tuple:
-    """(mean, half-width of the 95% t interval) over seeds."""
+    """(mean, half-width of the 95% t interval) over seeds; one seed has no interval: None."""
     scores = np.asarray(scores, np.float64)
     if len(scores) < 2:
-        return float(scores.mean()), float("nan")
+        return float(scores.mean()), None
     half = scipy.stats.t.ppf(0.975, len(scores) - 1) * scores.std(ddof=1) / np.sqrt(len(scores))
     return float(scores.mean()), float(half)

@@ -100,4 +100,9 @@ def load_task(directory) -> Task:
     for fold in folds:
         if not (fold.train and fold.valid and fold.test):
             raise ValueError(f"{directory}: a split of the task has no clips")
+    if len(labels) < 2:
+        raise ValueError(
+            f"{directory}: the task has {len(labels)} class ({', '.join(labels) or 'none'}): a probe "
+            "needs two at least, or every score is 1"
+        )
     return Task(name, directory, multilabel, labels, folds)

@@ -138,7 +138,14 @@ class ProbeEvaluation:
     def __call__(self, params) -> tuple:
         """-> (the probe's test score, the penalty it was fitted with) for these encoder parameters,
         the same on every process."""
-        logits = self.fit(self.scene_embeddings(params), self.fitting_rows, self.scored_rows, self.fitting_y)
+        embeddings = self.scene_embeddings(params)
+        broken = int(jax.device_get(jnp.sum(~jnp.all(jnp.isfinite(embeddings), axis=1))))
+        if broken:  # a score from them would look like a chance-level encoder's, not a broken one's
+            raise ValueError(
+                f"probe {self.name}: {broken} of {len(self.rows())} clips' scene embeddings are not "
+                "finite: the encoder's parameters hold NaN or inf"
+            )
+        logits = self.fit(embeddings, self.fitting_rows, self.scored_rows, self.fitting_y)
         best, score = ridge.choose(
             jax.device_get(logits), len(self.kept["choosing"]), self.choosing_y, self.test_y, self.task.multilabel
         )

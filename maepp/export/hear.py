@@ -42,8 +42,21 @@ def load_model(model_file_path: str = "") -> HearModel:
 
 
 def _frames(audio: torch.Tensor, model: HearModel) -> np.ndarray:
-    """audio [n, samples] in [-1, 1] -> frame embeddings [n, T, E] (equal lengths give equal T)."""
+    """audio [n, samples] in [-1, 1] -> frame embeddings [n, T, E] (equal lengths give equal T).
+    ValueError, one line, for input no embedding could be made of: no clips, no samples, or a
+    sample that is not finite (which would make every frame of its clip NaN)."""
+    if audio.ndim != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
+        raise ValueError(
+            f"maepp.hear: audio must be [clips, samples] with at least one of each, not {list(audio.shape)}"
+        )
     waveforms = audio.detach().cpu().numpy().astype(np.float64)
+    broken = ~np.isfinite(waveforms).all(axis=1)
+    if broken.any():
+        raise ValueError(
+            f"maepp.hear: {int(broken.sum())} of {len(waveforms)} clips hold NaN or inf samples (first: "
+            f"clip {int(np.argmax(broken))}); export skips such files, and no embedding of them would mean "
+            "anything"
+        )
     log_mels = [model.embedder.log_mel(waveform) for waveform in waveforms]
     return np.stack(model.embedder.frames_of_log_mels(log_mels))
 

@@ -24,6 +24,7 @@ from absl import flags
 
 from maepp import program
 from maepp.configs.audiomaepp import model_config
+from maepp.data.clip_store import GCS_REQUESTS_IN_FLIGHT
 from maepp.hardware import SYSTEMS
 from maepp.models import MaskedAutoencoder, ModelSpec, init_params, sizes
 from maepp.models.counts import train_flops_per_example
@@ -39,6 +40,8 @@ GLOBAL_BATCH = 1024
 CHECKS = pathlib.Path("docs/scaling_checks.jsonl")
 # Measured input figures (maepp.tools.bench data and scale on a 2-core CPU VM) and GPU step rates.
 INPUT_RESULTS = pathlib.Path("benchmarks/results/cpu_2026-12-02.jsonl")
+SCALE_RESULTS = pathlib.Path("benchmarks/results/cpu_2026-12-05.jsonl")
+CHECKED_READ = 1.5  # a 32,000-byte crop's read, widened to the 16 KB checksum chunks around it (measured: 1.497)
 H100_RESULTS = pathlib.Path("benchmarks/results/h100_2026-11-25.jsonl")
 # AudioSet-2M as the recipe trains it (docs/reference.md#pretraining-recipe): about 2.05M clips of 10 s.
 AUDIOSET_CLIPS, AUDIOSET_CLIP_S = 2_050_000, 10.0
@@ -169,9 +172,10 @@ def _results(path: pathlib.Path) -> list:
 
 
 def _audioset_section() -> list:
-    """Data at AudioSet scale: per-host bytes, requests and host cores, from measured ratios."""
+    """Data at AudioSet scale, in each training order: per-host bytes and requests, the job's
+    requests, the latency a host can wait on, and host cores, from measured ratios."""
     measured = _results(INPUT_RESULTS)
-    scale = next((r for r in measured if r["bench"] == "scale"), None)
+    scales = {r["shuffle"]: r for r in _results(SCALE_RESULTS) if r["bench"] == "scale" and r["latency_ms"]}
     data = next(
         (
             r
@@ -192,11 +196,17 @@ def _audioset_section() -> list:
         ),
         None,
     )
-    if not (scale and data and h100):
+    if not (set(scales) == {"clips", "blocks"} and data and h100):
         return []
     hours = AUDIOSET_CLIPS * AUDIOSET_CLIP_S / 3600
     dataset = hours * data["bytes_per_hour"]
-    requests_per_crop = scale["requests_per_s_per_process"] / scale["crops_per_s_per_process"]
+    clip_bytes = dataset / AUDIOSET_CLIPS
+    # Bytes a crop costs: its own, widened to the 16 KB checksum chunks around it (clips), or its
+    # whole clip, read with its block (blocks); requests per crop as measured.
+    per_crop = {
+        "clips": (CROP_BYTES * CHECKED_READ, scales["clips"]["requests_per_crop"]),
+        "blocks": (clip_bytes, scales["blocks"]["requests_per_crop"]),
+    }
     flops = train_flops_per_example(ModelSpec.from_config(model_config("base")))
     systems = [
         (
@@ -211,33 +221,47 @@ def _audioset_section() -> list:
     lines = [
         "## AudioSet at scale",
         "",
-        f"From measured ratios. `python -m maepp.tools.bench scale` ({scale['machine']}, {scale['date']}): "
-        f"{scale['processes']} processes read {scale['clips']:,}",
-        f"clips in {scale['shards']} shards of the log_mel store from a GCS API server on 127.0.0.1, each its "
-        "share of every batch:",
-        f"bytes read per process were {scale['read_per_process_over_dataset']} of the dataset per epoch (1/"
-        f"{scale['processes']} plus what the pipeline read ahead),",
-        f"{scale['read_per_crop_over_crop_bytes']}x each crop's own bytes, {requests_per_crop:.2f} requests per crop, "
-        f"{scale['local_disk_bytes_written']:,} bytes written to local disk;",
-        f"the first batch came {scale['first_batch_s']} s after the dataset was opened. `bench data` on 10 s clips: "
-        f"{data['bytes_per_hour'] / 1e6:.1f} MB per hour",
-        f"of audio, {data['pipeline_crops_per_s_per_core']:,.0f} crops/s per host core. AudioSet-2M "
-        f"({AUDIOSET_CLIPS / 1e6:.2f}M clips of {AUDIOSET_CLIP_S:.0f} s, {hours:,.0f} hours) then takes "
-        f"{dataset / 1e9:.0f} GB, which every",
-        "host used to copy before its first step; now each reads its share in place:",
+        "From measured ratios. `python -m maepp.tools.bench scale` "
+        f"({scales['clips']['machine']}, {scales['clips']['date']}): {scales['clips']['processes']} processes "
+        f"read {scales['clips']['clips']:,} clips of 2 s in {scales['clips']['shards']} shards of the log_mel "
+        "store from a GCS API server on 127.0.0.1, each its share of every batch, through links that held every "
+        f"request {scales['clips']['latency_ms']:g} ms and a bucket limit of "
+        f"{scales['clips']['bucket_rps']:,.0f} requests/s:",
         "",
-        "| base, bfloat16 | hosts x chips | clips/s per chip | read per host per epoch | requests/s per host "
-        "| read/s per host | host cores per chip |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for order, scale in scales.items():
+        lines.append(
+            f"- {order}: {scale['requests_per_crop']} requests per crop, {scale['crops_per_s_per_process']:,.0f} "
+            f"crops/s per process (the 2 cores' limit, not the link's), {scale['read_per_process_over_dataset']} of "
+            f"the dataset per process per epoch (1/{scale['processes']} plus what the pipeline read ahead), "
+            f"{scale['local_disk_bytes_written']:,} bytes written to local disk;"
+        )
+    lines += [
+        "",
+        f"`bench data` on 10 s clips: {data['bytes_per_hour'] / 1e6:.1f} MB per hour of audio, "
+        f"{data['pipeline_crops_per_s_per_core']:,.0f} crops/s per host core. AudioSet-2M "
+        f"({AUDIOSET_CLIPS / 1e6:.2f}M clips of {AUDIOSET_CLIP_S:.0f} s, {hours:,.0f} hours) then takes "
+        f"{dataset / 1e9:.0f} GB; each host reads its share in place. A crop costs its own bytes widened to the "
+        f"checksum chunks around it ({CHECKED_READ}x) in the clip order, its whole clip "
+        f"({clip_bytes / CROP_BYTES:.1f}x) in the block order. A host keeps {GCS_REQUESTS_IN_FLIGHT} requests "
+        "in flight, so it keeps its chips fed while a request takes no longer than the last column. GCS starts "
+        "a bucket at about 5,000 reads/s and doubles it at most every 20 minutes: a job above that is "
+        "throttled (429, 503) for its first hour or more.",
+        "",
+        "| base, bfloat16 | order | hosts x chips | clips/s per chip | read per host per epoch | requests/s per host "
+        "| requests/s, the job | read/s per host | host cores per chip | latency a host can wait |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, hosts, chips, per_chip, how in systems:
         per_host_s = per_chip * chips
-        epoch = AUDIOSET_CLIPS / hosts * CROP_BYTES * scale["read_per_crop_over_crop_bytes"]
-        lines.append(
-            f"| {name} | {hosts} x {chips} | {per_chip:,.0f} ({how}) | {epoch / 1e9:.1f} GB | "
-            f"{per_host_s * requests_per_crop:,.0f} | {per_host_s * CROP_BYTES / 1e6:,.0f} MB | "
-            f"{per_chip / data['pipeline_crops_per_s_per_core']:.2f} |"
-        )
+        for order, (crop_bytes, requests_per_crop) in per_crop.items():
+            requests = per_host_s * requests_per_crop
+            lines.append(
+                f"| {name} | {order} | {hosts} x {chips} | {per_chip:,.0f} ({how}) | "
+                f"{AUDIOSET_CLIPS / hosts * crop_bytes / 1e9:.1f} GB | {requests:,.0f} | {requests * hosts:,.0f} | "
+                f"{per_host_s * crop_bytes / 1e6:,.0f} MB | {per_chip / data['pipeline_crops_per_s_per_core']:.2f} | "
+                f"{GCS_REQUESTS_IN_FLIGHT / requests * 1e3:,.0f} ms |"
+            )
     return [*lines, ""]
 
 

@@ -29,6 +29,7 @@ _SOURCE = flags.DEFINE_string("source", None, "Data source: prepared:DIR or fold
 _CLIPS = flags.DEFINE_integer("clips", 256, "Crops to time in each method.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 _FRONTEND = flags.DEFINE_enum("frontend", "host", FRONTENDS, "Where the pipeline's crops become log-mels.")
+_VERIFY = flags.DEFINE_bool("verify", True, "Check prepared clips against their checksums, as training does.")
 
 CROP_FRAMES = 200
 
@@ -110,9 +111,11 @@ def max_error(source, audio_bytes, n_clips: int = 64) -> float:
     return worst
 
 
-def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = "host") -> dict:
+def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = "host", verify: bool = True) -> dict:
     source = source_from_string(source_spec)
     prepared = source.store is not None
+    if prepared:
+        source.verify = verify
     if not (prepared or isinstance(source, FolderSource)):
         raise app.UsageError(f"bench data needs a prepared: or folder: source, not {source_spec!r}")
     audio_bytes = _audio_bytes(source)
@@ -126,6 +129,7 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
     result = dict(
         source=source_spec,
         store=source.store,
+        verified=prepared and verify,
         frontend=frontend,
         host_cores=cores,
         pipeline_crops_per_s=round(pipeline, 2),
@@ -145,7 +149,7 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
 
 def main(argv):
     del argv
-    result = bench_data(_SOURCE.value, _CLIPS.value, _BATCH.value, _FRONTEND.value)
+    result = bench_data(_SOURCE.value, _CLIPS.value, _BATCH.value, _FRONTEND.value, _VERIFY.value)
     report(
         result,
         f"pipeline ({_FRONTEND.value} front end): {result['pipeline_crops_per_s']} crops/s on "
