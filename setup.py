@@ -39,6 +39,7 @@ setup(
         "apache-beam>=2.60",
         "av>=14",
         "google-cloud-storage>=2.14",
+        "google-crc32c>=1.5",
         "tqdm>=4.60",
         "pillow>=10.1",
     ],
