@@ -46,8 +46,9 @@ setup(
     extras_require={
         # Reading released PyTorch checkpoints (maepp.weights.convert).
         "torch": ["torch>=2.3"],
-        # The HEAR API (maepp.hear) and its validator, hear-validator.
-        "hear": ["torch>=2.3", "hearvalidator>=2021.0.2"],
+        # The HEAR API (maepp.hear). Its validator, hear-validator, goes in with --no-deps (README):
+        # it asks for the `tensorflow` distribution, which would land beside tensorflow-cpu.
+        "hear": ["torch>=2.3"],
         # Compilers for maepp.tools.compile_check (the train step ahead of time, without the hardware):
         # libtpu for TPU slices, and jax's CUDA plugin without CUDA for H100s.
         "tpu": ["jax[tpu]"],

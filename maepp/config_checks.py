@@ -471,13 +471,14 @@ def resolve_held_out(config, training_clips) -> dict:
 
 def resolve_shuffle(config, training_clips) -> dict:
     """{"data.shuffle": "blocks" or "clips"} where config.data.shuffle is "auto": blocks for a
-    prepared dataset in a bucket, clips otherwise; ValueError, one line, for blocks whose streams
-    do not divide the batch."""
-    shuffle = config.data.shuffle
+    prepared dataset in a bucket that fills a block for every stream, clips otherwise; ValueError,
+    one line, for blocks whose streams do not divide the batch."""
+    shuffle, data = config.data.shuffle, config.data
     resolved = {}
     if shuffle == "auto":
         in_bucket = training_clips.store is not None and training_clips.directory.startswith("gs://")
-        shuffle = resolved["data.shuffle"] = "blocks" if in_bucket else "clips"
+        enough = len(training_clips) >= data.block_clips * data.streams
+        shuffle = resolved["data.shuffle"] = "blocks" if in_bucket and enough else "clips"
     if shuffle == "blocks" and config.batch_size % config.data.streams:
         _fail(
             "data.streams",

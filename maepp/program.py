@@ -7,6 +7,7 @@ import difflib
 import errno
 import importlib.resources
 import importlib.util
+import logging as pylogging
 import os
 import sys
 import traceback
@@ -97,6 +98,13 @@ def check_overrides(config, overrides: list, flag: str = "config"):
                     if known
                     else f"; {where} is a value, not a section"
                 )
+                if walked == ["evals"] and not near:  # an evaluator of its own: a config file adds it
+                    hint += (
+                        f"; an evaluator is added in a config file, after get_config: from maepp.configs import "
+                        f"audiomaepp / def get_config(size='base'): config = audiomaepp.get_config(size); "
+                        f"config.evals.{key} = dict(type='probe', task='/data/task', every=5000); return config "
+                        "(docs/training.md#evaluators)"
+                    )
                 raise ValueError(f"{argument}: no field {'.'.join([*walked, key])!r}{hint}")
             node, walked = node[key], [*walked, key]
 
@@ -156,6 +164,17 @@ def use_compile_cache(setting: str, default: str = ""):
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
+class _OneLine(pylogging.Formatter):
+    """A log record as `program: warning: message`, the way the programs print their own lines."""
+
+    def __init__(self, program: str):
+        super().__init__()
+        self.program = program
+
+    def format(self, record) -> str:
+        return f"{self.program}: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def run_cli(main, program: str, argv: list | None = None):
     """app.run(main) for every maepp program: installed config names resolved; the config file,
     its size and every --config.FIELD override checked first, each mistake one line; --help with
@@ -186,6 +205,8 @@ def run_cli(main, program: str, argv: list | None = None):
         # program's own news is printed. absl's --verbosity=0 brings their logs back.
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+            # Warnings (a skipped clip, a file left out) as one line like the program's own.
+            logging.get_absl_handler().setFormatter(_OneLine(program))
         try:
             return main(argv)
         except app.UsageError as error:  # absl would print the whole help above it

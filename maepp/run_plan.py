@@ -58,4 +58,5 @@ def _source(config, field: str, clips: str):
     try:
         return source_from_string(clips, config.data.data_dir or None)
     except (ValueError, FileNotFoundError) as error:
-        raise ValueError(f"config.{field}={clips!r}: {error}") from None
+        advice = str(error).replace("e.g. prepared:", f"e.g. --config.{field}=prepared:")  # a folder above one
+        raise ValueError(f"config.{field}={clips!r}: {advice}") from None

@@ -15,13 +15,12 @@ import shlex
 import sys
 import traceback
 
-import jax
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from maepp import checkpoints, config_checks, distributed, job_watch, program, run_plan
-from maepp.workdir_lock import WorkdirInUse, WorkdirLost
+from maepp import program
+
+# Only flags here: JAX, Orbax and the rest load in main(), so that --help answers at once.
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
@@ -60,6 +59,8 @@ def _same_command() -> str:
 
 def _what_survived() -> str:
     """After an unexpected error: what is on disk, and the command that resumes from it."""
+    from maepp import checkpoints
+
     return (
         f"maepp.train: stopped by the error above. The newest complete checkpoint is "
         f"{checkpoints.newest_complete(_WORKDIR.value)}; once the cause is fixed, resume from it with: "
@@ -69,6 +70,8 @@ def _what_survived() -> str:
 
 def _finished(config, workdir) -> str:
     """The line that says a workdir's run is done (its newest checkpoint is its last step), or ""."""
+    from maepp import checkpoints
+
     steps = checkpoints.complete_steps(workdir)
     if not steps or steps[-1] < config.total_steps:
         return ""
@@ -80,6 +83,12 @@ def _finished(config, workdir) -> str:
 
 def main(argv):
     del argv
+    import jax
+    import numpy as np
+
+    from maepp import checkpoints, config_checks, distributed, job_watch, run_plan
+    from maepp.workdir_lock import WorkdirInUse, WorkdirLost
+
     workdir = checkpoints.workdir_path(_WORKDIR.value)
     if workdir.exists() and not workdir.is_dir():
         _exit_now(f"maepp.train: --workdir {workdir} is a file, not a folder: name a folder (a new one starts a run)")
@@ -109,15 +118,14 @@ def main(argv):
     from maepp.train_loop import say, train
 
     notice = config_checks.held_out_notice(config, plan.resolved)
-    if notice:
-        say(f"maepp.train: {notice}")
-    say(
+    announce = [f"maepp.train: {notice}"] if notice else []
+    announce.append(
         f"writing to {workdir}: checkpoints/, tensorboard/ (tensorboard --logdir {workdir / 'tensorboard'})"
         + (", pictures/ (input | masked | reconstruction)" if config_checks.held_out_sources(config) else "")
     )
 
     try:
-        final = train(config, _WORKDIR.value, plan, _RESUME_WITH_CHANGED.value)
+        final = train(config, _WORKDIR.value, plan, _RESUME_WITH_CHANGED.value, announce)
     except DamagedClip as error:
         _exit_now(f"maepp.train: {error}. The newest complete checkpoint is {checkpoints.newest_complete(workdir)}")
     except (

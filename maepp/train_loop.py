@@ -84,7 +84,7 @@ def say(message: str):
         print(message, flush=True)
 
 
-def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) -> dict:
+def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=(), announce=()) -> dict:
     """Trains to config.total_steps (or until stopped); returns the last log step's figures and
     the run's throughput after its first step (compilation).
 
@@ -92,7 +92,8 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
     the caller has made it already), before the workdir is taken (one run per workdir,
     maepp/workdir_lock.py) and anything is compiled. A workdir that holds checkpoints is resumed
     only with settings its run can go on with (config_checks.resume_changes): resume_with_changed
-    names the fields whose change is meant nevertheless.
+    names the fields whose change is meant nevertheless. The `announce` lines are said once the
+    workdir is this run's and its settings may go on: a refused run says only why.
     """
     workdir = checkpoints.workdir_path(workdir)
     plan = plan or checked_plan(config)
@@ -126,6 +127,8 @@ def train(config, workdir, plan: RunPlan | None = None, resume_with_changed=()) 
             raise WorkdirLost(f"{lost}; this run stopped before its next save")
 
     try:
+        for line in announce:  # said once the workdir is this run's and its settings may go on
+            say(line)
         _record_start(workdir, mesh, resolved)
         return _train(config, workdir, plan, check_workdir_held, changes)
     finally:

@@ -199,8 +199,9 @@ def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(re
     assert result["pipeline_crops_per_s_per_core"] > 0 and result["librosa_crops_per_s_per_core"] > 0
     ratio = result["pipeline_crops_per_s_per_core"] / result["librosa_crops_per_s_per_core"]
     assert math.isclose(result["ratio_per_core"], ratio, abs_tol=0.02)  # both sides rounded to 0.01
-    # A 2 s crop of a 5 s clip reads its own 200 rows of 80 float16 values, nothing more.
-    assert result["bytes_read_per_crop"] == 200 * 80 * 2 and result["read_over_crop_bytes"] == 1.0
+    # A 2 s crop of a 5 s clip reads its own 200 rows of 80 float16 values (32,000 bytes), widened
+    # to the 16 KB chunks their checksums cover: 2 or 3 of the clip's 5 (its last one short).
+    assert result["verified"] and 32000 <= result["bytes_read_per_crop"] <= 3 * 16384
     assert result["max_error_vs_librosa"] < 2e-3 * 4  # float16 storage: 2^-11 of values up to ~4
 
 
@@ -248,11 +249,12 @@ def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root, order):
     # read ahead to the end), the manifest and the index.
     assert 0.45 < result["read_per_process_over_dataset"] < 0.85
     assert result["local_disk_bytes_written"] < 100_000  # nothing copied (a few logs at most)
-    if order == "blocks":  # the manifest, the index and a listing besides; a block holds whole clips of 201 frames
+    # A 2 s clip is 201 frames: a crop reads all of it, as its block or widened to its checksum chunks.
+    assert result["read_per_crop_over_crop_bytes"] == round(201 / 200, 3)
+    if order == "blocks":  # the manifest, the index and a listing besides
         assert result["requests_per_crop"] < 2 / 8 + 0.05 and result["latency_ms"] == 5
-        assert result["read_per_crop_over_crop_bytes"] == round(201 / 200, 3)
     else:
-        assert result["requests_per_crop"] > 1 and result["read_per_crop_over_crop_bytes"] == 1.0
+        assert result["requests_per_crop"] > 1
 
 
 @pytest.mark.e2e

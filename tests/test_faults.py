@@ -68,6 +68,10 @@ MISSPELT = {
     "--config=configs/audiomaepp.py:mirco": "maepp.train: --config configs/audiomaepp.py:mirco: unknown model size "
     "'mirco'; choose one of micro, tiny, small, medium, base, large, huge; "
     "did you mean 'micro'?",
+    "--config.evals.digits.task=/data/digits": "maepp.train: --config.evals.digits.task: no field 'evals.digits'; "
+    "config.evals has held_out; an evaluator is added in a config file, after get_config: from maepp.configs import "
+    "audiomaepp / def get_config(size='base'): config = audiomaepp.get_config(size); config.evals.digits = "
+    "dict(type='probe', task='/data/task', every=5000); return config (docs/training.md#evaluators)",
 }
 
 
@@ -412,6 +416,7 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(repo_root, tmp_path):
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith(f"maepp.train: {tmp_path / 'busy'} is in use by another run (pid {os.getpid()} on ")
     assert not (tmp_path / "busy" / "checkpoints").exists()
+    assert result.stdout == ""  # refused before it says where it would write
 
 
 @pytest.mark.e2e

@@ -48,10 +48,9 @@ def test_pictures_keep_visible_patches_and_hide_masked_ones():
     assert pictures.shape == (3, 2, 200, 80)
     np.testing.assert_array_equal(pictures[0], np.asarray(x[:2]))
     original, hidden, reconstructed = (patchify(jnp.asarray(p), (4, 16)) for p in pictures)
-    floor = np.asarray(x[:2]).min(axis=(1, 2))
     kept = np.all(np.asarray(hidden == original), axis=-1)  # [2, 250] patches shown as they are
-    hidden_at_floor = np.all(np.asarray(hidden) == floor[:, None, None], axis=-1)
-    assert np.all(kept.sum(axis=1) == 50) and np.all(kept ^ hidden_at_floor)
+    hidden_as_nan = np.all(np.isnan(np.asarray(hidden)), axis=-1)  # drawn hatched, no level
+    assert np.all(kept.sum(axis=1) == 50) and np.all(kept ^ hidden_as_nan)
     same = np.all(np.asarray(reconstructed == original), axis=-1)
     np.testing.assert_array_equal(same, kept)  # predictions fill exactly the masked patches
 
@@ -77,6 +76,17 @@ def test_grid_layout_and_png_round_trip(tmp_path):
     write_png(path, grid)
     np.testing.assert_array_equal(tf.io.decode_png(path.read_bytes()).numpy(), grid)
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_masked_patches_are_hatched_in_no_colour_of_the_scale():
+    pictures = np.zeros((3, 1, 200, 80), np.float32)
+    pictures[1, 0, :4, :16] = np.nan  # the first patch of the masked input
+    pictures[0, 0, 0, 0] = 1.0
+    grid = reconstruction_grid(pictures)
+    top, left = panel_origin(0, 1, 200, 80)
+    patch = grid[top + (80 - 16) * SCALE : top + 80 * SCALE, left : left + 4 * SCALE].reshape(-1, 3)
+    scale = {tuple(c) for c in colours(np.linspace(0, 1, 1001))}
+    assert {tuple(c) for c in patch} == {(190, 190, 190), (235, 235, 235)} and not scale & {tuple(c) for c in patch}
 
 
 def test_colour_scale_runs_from_dark_to_bright():

@@ -4,6 +4,7 @@ path is in the repository; the package installed elsewhere trains from a config 
 installed name."""
 
 import concurrent.futures
+import json
 import os
 import pathlib
 import re
@@ -267,3 +268,23 @@ def test_every_cited_document_and_path_is_in_the_repository(repo_root):
             elif anchor and anchor[1:] not in headings.get(path, set()):
                 problems.append(f"{relative} cites {path}{anchor}: no such section")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.e2e
+def test_the_extras_pull_no_cuda_wheel_and_no_second_tensorflow(repo_root, tmp_path):
+    """What pip would add for every extra at once, in this environment (PyTorch's CPU build
+    installed, as the README has a CPU user install it first): no nvidia-* wheel, and no
+    `tensorflow` beside tensorflow-cpu."""
+    report = tmp_path / "report.json"
+    extras = ".[torch,hear,tpu,gpu-aot,test]"
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", "--report", str(report), extras],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    added = {entry["metadata"]["name"].lower() for entry in json.loads(report.read_text())["install"]}
+    assert "maepp" in added and not {name for name in added if name.startswith("nvidia-")}, added
+    assert "tensorflow" not in added, added

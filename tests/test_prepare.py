@@ -4,6 +4,7 @@ resuming, the runners agreeing byte for byte, AudioSet's formats, and the prepar
 import io
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -532,3 +533,38 @@ def test_a_file_past_the_longest_clip_becomes_clips_named_by_where_they_start(tm
     np.testing.assert_array_equal(source.load(index), whole[32000:64000])  # 16-bit in, 16-bit stored
     with pytest.raises(ValueError, match="--max_clip_seconds 0: must be above 0"):
         prepare(root, tmp_path / "other", workers=1, max_clip_seconds=0)
+
+
+@pytest.mark.parametrize("named", ["output", "name"])
+def test_a_folder_above_a_prepared_dataset_names_the_dataset_and_the_flag_to_use(log_mel_store, named):
+    """prepare's --output, or its NAME/ folder, given where the dataset itself is meant: the
+    message names the prepared dataset(s) below and the exact source string."""
+    from maepp.configs import audiomaepp
+    from maepp.run_plan import _source
+
+    _, source, _ = log_mel_store
+    dataset = pathlib.Path(source.directory)
+    above = dataset.parent.parent if named == "output" else dataset.parent
+    config = audiomaepp.get_config("micro")
+    with pytest.raises(ValueError) as refused:
+        _source(config, "data.source", f"prepared:{above}")
+    assert str(refused.value) == (
+        f"config.data.source='prepared:{above}': {above} holds no manifest.json, but 1 prepared dataset(s) lie "
+        f"below it ({dataset}): name one, e.g. --config.data.source=prepared:{dataset}"
+    )
+
+
+def test_a_clip_shorter_than_one_frame_is_named_and_skipped(tmp_path):
+    from maepp.data.pipeline import SkipReport
+
+    rng = np.random.default_rng(8)
+    for i in range(4):
+        soundfile.write(tmp_path / f"{i}.wav", synthetic_clip(rng, 2.0)[0], 16000)
+    soundfile.write(tmp_path / "tiny.wav", synthetic_clip(rng, 0.01)[0], 16000)  # 160 samples
+    report = SkipReport()
+    list(
+        train_dataset(source_from_string(f"folder:{tmp_path}"), seed=0, batch_size=5, report=report)
+        .take(2)
+        .as_numpy_iterator()
+    )
+    assert report.reasons == {"tiny.wav": "10 ms long: shorter than one 25 ms frame"}

@@ -15,7 +15,7 @@ import numpy as np
 import soundfile
 from etils import epath
 
-from maepp.audio.constants import SAMPLE_RATE
+from maepp.audio.constants import N_FFT, SAMPLE_RATE
 
 SOUNDFILE_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 FFMPEG_EXTENSIONS = (".m4a", ".aac", ".mp4", ".opus", ".webm")
@@ -41,6 +41,8 @@ def to_mono_16k(samples: np.ndarray, sample_rate: int, path="<array>") -> np.nda
     mono = samples.mean(axis=1) if samples.ndim == 2 else samples
     if sample_rate != SAMPLE_RATE:
         mono = librosa.resample(mono, orig_sr=sample_rate, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+    if len(mono) < N_FFT:
+        raise BadAudio(path, f"{len(mono) / SAMPLE_RATE * 1e3:g} ms long: shorter than one 25 ms frame")
     if float(np.std(mono)) == 0.0:
         raise BadAudio(path, "silent (all samples equal)")
     return mono.astype(np.float32)

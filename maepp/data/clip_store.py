@@ -150,6 +150,16 @@ def _listing(directory: str) -> dict:
     return {entry.name: entry.stat().st_size for entry in os.scandir(directory) if entry.is_file()}
 
 
+def prepared_below(directory: str) -> list:
+    """The prepared datasets (folders holding a manifest.json) one or two levels below a folder:
+    what a user who named prepare's --output, or its NAME/ folder, meant."""
+    from etils import epath
+
+    root = epath.Path(directory)
+    found = [str(m.parent) for pattern in ("*/manifest.json", "*/*/manifest.json") for m in root.glob(pattern)]
+    return sorted(found)
+
+
 class DamagedPayload:
     """What a read returns for a clip whose bytes do not match their checksums: why, in words."""
 
@@ -173,6 +183,12 @@ class ClipStoreSource:
         self._kv = ts.KvStore.open(kvstore_spec(self.directory)).result()
         manifest = self._read_whole("manifest.json")
         if manifest is None:
+            below = prepared_below(self.directory)
+            if below:
+                raise FileNotFoundError(
+                    f"{self.directory} holds no manifest.json, but {len(below)} prepared dataset(s) lie below it "
+                    f"({', '.join(below[:3])}): name one, e.g. prepared:{below[0]}"
+                )
             raise FileNotFoundError(
                 f"{self.directory} holds no manifest.json: prepare it with python -m maepp.data.prepare"
             )

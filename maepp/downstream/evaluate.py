@@ -18,18 +18,17 @@ import sys
 
 from absl import flags
 
-from maepp import checkpoints, program
-from maepp.audio import filterbanks
-from maepp.downstream import features
-from maepp.downstream.tasks import load_task
-from maepp.weights import store
+from maepp import program
+from maepp.downstream import FEATURES
+
+# Only flags here: JAX and the model load in main(), so that --help answers at once.
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
 _TASK = flags.DEFINE_string(
     "task", None, "Task directory, local or gs:// (maepp.downstream.synthetic_tasks writes one).", required=True
 )
-_FEATURES = flags.DEFINE_enum("features", "encoder", features.FEATURES, "What to probe.")
+_FEATURES = flags.DEFINE_enum("features", "encoder", FEATURES, "What to probe.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Probe seeds (HEAR uses 10).")
 _PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linear, mlp, ridge.")
 _SHOTS = flags.DEFINE_integer("shots", 0, "The ridge probe's training clips per class (0: all).")
@@ -53,6 +52,12 @@ def _penalties(values: list) -> tuple:
 
 def main(argv):
     del argv
+    from maepp import checkpoints
+    from maepp.audio import filterbanks
+    from maepp.downstream import features
+    from maepp.downstream.tasks import load_task
+    from maepp.weights import store
+
     try:
         unknown = set(_PROBES.value) - {*features.PROBES, "ridge"}
         if unknown:
@@ -65,7 +70,13 @@ def main(argv):
         directory.mkdir(parents=True, exist_ok=True)
         clip_features = features.task_features(task, embedder, directory / f"{_FEATURES.value}.npz", sys.stderr)
         results = features.evaluate(
-            task, clip_features, _SEEDS.value, tuple(_PROBES.value), _SHOTS.value, l2s if len(l2s) > 1 else l2s[0]
+            task,
+            clip_features,
+            _SEEDS.value,
+            tuple(_PROBES.value),
+            _SHOTS.value,
+            l2s if len(l2s) > 1 else l2s[0],
+            log=sys.stderr,
         )
     except (FileNotFoundError, ValueError, KeyError) as error:
         sys.exit(f"maepp.downstream.evaluate: {error}")

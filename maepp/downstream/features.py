@@ -9,13 +9,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from maepp.downstream import probes, ridge
+from maepp.downstream import FEATURES, probes, ridge
 from maepp.downstream.tasks import Task
 from maepp.export import artifact, clips
 from maepp.export.embed import Embedder
 from maepp.models import init_params
 
-FEATURES = ("encoder", "random_init", "log_mel_stats")
 PROBES = {"linear": probes.LINEAR, "mlp": probes.HEAR_MLP}  # and "ridge", the closed-form probe
 
 
@@ -96,11 +95,13 @@ def ridge_score(task: Task, features: dict, shots: int = 0, l2=1.0) -> tuple:
 
 
 def evaluate(
-    task: Task, features: dict, seeds: int, probe_names=("linear", "mlp"), shots: int = 0, l2: float = 1.0
+    task: Task, features: dict, seeds: int, probe_names=("linear", "mlp"), shots: int = 0, l2: float = 1.0, log=None
 ) -> dict:
     """-> {probe: {mean, ci95, scores}}: per seed, the score averaged over the task's folds. The
     ridge probe is deterministic and fits fold 0 once (shots, l2: its settings): its mean is its
-    score, unrounded, and its l2 the penalty it chose."""
+    score, and its l2 the penalty it chose. One rule for every output: numbers as computed here
+    (JSON), four decimals where they are printed for reading. log: a line per probe and seed as
+    each is done (a probe's seeds take up to a minute on a CPU)."""
     results = {}
     for name in probe_names:
         if name == "ridge":
@@ -118,8 +119,8 @@ def evaluate(
                     probes.evaluate_probe(train, valid, test, len(task.labels), task.multilabel, PROBES[name], seed)
                 )
             scores.append(float(np.mean(per_fold)))
+            if log is not None:
+                print(f"{name} probe, seed {seed + 1} of {seeds}: {scores[-1]:.4f}", file=log, flush=True)
         mean, half = probes.mean_and_interval(scores)
-        results[name] = dict(
-            mean=round(mean, 4), ci95=None if half is None else round(half, 4), scores=[round(s, 4) for s in scores]
-        )
+        results[name] = dict(mean=mean, ci95=half, scores=scores)
     return results

@@ -10,16 +10,16 @@ from maepp.models.patches import patchify, unpatchify
 
 
 def reconstruction_pictures(spectrograms, pred, mask, spec):
-    """-> [3, B, time, freq]: input, masked input (masked patches at the input's minimum), and
-    the reconstruction (visible patches from the input, masked ones predicted), as in MAE's figures."""
+    """-> [3, B, time, freq]: input, masked input (masked patches NaN: drawn hatched, never as a
+    level), and the reconstruction (visible patches from the input, masked ones predicted), as in
+    MAE's figures."""
     patches = patchify(spectrograms, spec.patch_size)
     if spec.norm_pix_loss:  # the decoder predicts standardised patches: undo that per patch
         mean = patches.mean(axis=-1, keepdims=True)
         pred = pred * jnp.sqrt(patches.var(axis=-1, keepdims=True) + 1e-6) + mean
     masked = mask[..., None] > 0
-    floor = spectrograms.min(axis=(1, 2))[:, None, None]
     to_image = lambda p: unpatchify(p, spec.input_size, spec.patch_size)
-    hidden = to_image(jnp.where(masked, floor, patches))
+    hidden = to_image(jnp.where(masked, jnp.nan, patches))
     reconstructed = to_image(jnp.where(masked, pred, patches))
     return jnp.stack([spectrograms, hidden, reconstructed])
 

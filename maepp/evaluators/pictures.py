@@ -3,7 +3,8 @@
 One row per held-out clip and one column per kind, under the column's title. Each panel is a
 log-mel spectrogram drawn SCALE times its size, frequency upwards and time to the right, with mel
 bins on the left and seconds below; a clip's three panels share its input's colour scale, which
-the bar on the right shows.
+the bar on the right shows. A masked patch (NaN in the masked input) is hatched grey, which is
+no colour of the scale, so that it cannot be taken for a quiet one.
 """
 
 import numpy as np
@@ -23,6 +24,7 @@ FRAME_SECONDS = HOP / SAMPLE_RATE
 # it stays readable in grey and to colour-blind eyes.
 ANCHORS = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float32)
 INK = (0, 0, 0)
+HATCH = ((190, 190, 190), (235, 235, 235))  # masked patches: grey stripes, off the colour scale
 
 
 def colours(levels) -> np.ndarray:
@@ -51,9 +53,11 @@ def reconstruction_grid(pictures) -> np.ndarray:
             # [freq, time], the lowest bin at the bottom
             levels = ((pictures[kind, clip] - low) / max(high - low, 1e-6)).T[::-1]
             top, left = panel_origin(clip, kind, time, freq)
-            grid[top : top + freq * SCALE, left : left + time * SCALE] = (
-                colours(levels).repeat(SCALE, axis=0).repeat(SCALE, axis=1)
-            )
+            masked = np.isnan(levels).repeat(SCALE, axis=0).repeat(SCALE, axis=1)
+            panel = colours(np.nan_to_num(levels)).repeat(SCALE, axis=0).repeat(SCALE, axis=1)
+            rows, columns = np.indices(masked.shape)
+            stripes = np.asarray(HATCH, np.uint8)[((rows + columns) // 3) % 2]
+            grid[top : top + freq * SCALE, left : left + time * SCALE] = np.where(masked[..., None], stripes, panel)
     bar_left = width - RIGHT + GAP
     bar = colours(np.linspace(1.0, 0.0, freq * SCALE))[:, None]  # loud at the top
     grid[TOP : TOP + freq * SCALE, bar_left : bar_left + BAR_WIDTH] = bar

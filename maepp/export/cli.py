@@ -17,9 +17,8 @@ import sys
 from absl import flags
 
 from maepp import program
-from maepp.audio import filterbanks
-from maepp.export import artifact, clips
-from maepp.weights import store
+
+# Only flags here: JAX and the model load in main(), so that --help answers at once.
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir or weights directory.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
@@ -35,6 +34,10 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace an --output file tha
 
 def main(argv):
     del argv
+    from maepp.audio import filterbanks
+    from maepp.export import artifact, clips
+    from maepp.weights import store
+
     if not (_ARTIFACT.value or (_INPUT.value and _OUTPUT.value)):
         sys.exit("maepp.export: give --input and --output, or --artifact")
     try:

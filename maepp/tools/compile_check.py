@@ -32,6 +32,7 @@ import os
 import pathlib
 import re
 import sys
+import threading
 import time
 
 from absl import flags
@@ -217,18 +218,40 @@ def advice(report: MemoryReport) -> str:
     return f"it needs {report.peak_gib:.1f} GiB per device of {report.hbm_gib} GiB: {first}, or {second}"
 
 
+def _ticking(every_s: float = 20.0):
+    """Prints the time spent so far every every_s seconds until the returned event is set: a
+    compile for a big slice takes minutes, and says nothing while it runs."""
+    done, started = threading.Event(), time.perf_counter()
+
+    def tick():
+        while not done.wait(every_s):
+            print(f"  still compiling: {time.perf_counter() - started:.0f} s", flush=True)
+
+    threading.Thread(target=tick, name="maepp-compile-ticks", daemon=True).start()
+    return done
+
+
 def main(argv):
     del argv
+    config = _CONFIG.value
+    done = None
     if not _JSON.value:
         slices = f" x {_NUM_SLICES.value} slices" if _NUM_SLICES.value > 1 else ""
+        encoder = config.model.encoder
         print(
-            f"compiling the train step for {_TOPOLOGY.value}{slices} on this CPU (large models take minutes)",
+            f"compiling the train step of a {config.model.block_type} encoder {encoder.width} wide, {encoder.depth} "
+            f"blocks, at global batch {config.batch_size}, for {_TOPOLOGY.value}{slices} on this CPU (measured on a "
+            "2-core VM: micro 27 s, tiny on v5e:2x2 7 min; the time so far every 20 s)",
             flush=True,
         )
+        done = _ticking()
     try:
-        report = compile_train_step(_CONFIG.value, _TOPOLOGY.value, _NUM_SLICES.value)
+        report = compile_train_step(config, _TOPOLOGY.value, _NUM_SLICES.value)
     except ValueError as error:
         sys.exit(f"maepp.tools.compile_check: {error}")
+    finally:
+        if done is not None:
+            done.set()
     if not _JSON.value:
         slices = f" x {report.slices} slices" if report.slices > 1 else ""
         print(

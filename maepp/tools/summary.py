@@ -10,15 +10,17 @@ from absl import flags
 from ml_collections import config_flags
 
 from maepp import program
-from maepp.config_checks import check_model
-from maepp.models.counts import forward_flops, parameter_counts, train_flops_per_example
-from maepp.models.spec import ModelSpec
+
+# Only flags here: the model's code (JAX, Flax) loads when asked for, so that --help answers at once.
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
 flags.mark_flag_as_required("config")
 
 
-def summarize(spec: ModelSpec) -> dict:
+def summarize(spec) -> dict:
+    """A ModelSpec's parameter counts and train FLOPs per example."""
+    from maepp.models.counts import parameter_counts, train_flops_per_example
+
     counts = parameter_counts(spec)
     return dict(
         encoder_params=counts["encoder"],
@@ -27,7 +29,10 @@ def summarize(spec: ModelSpec) -> dict:
     )
 
 
-def format_table(spec: ModelSpec) -> str:
+def format_table(spec) -> str:
+    """A ModelSpec's parameter table and FLOPs, as printed."""
+    from maepp.models.counts import forward_flops, parameter_counts, train_flops_per_example
+
     counts = parameter_counts(spec)
     flops = forward_flops(spec)
     n_time, n_freq = spec.grid
@@ -55,6 +60,9 @@ def format_table(spec: ModelSpec) -> str:
 
 def main(argv):
     del argv
+    from maepp.config_checks import check_model
+    from maepp.models.spec import ModelSpec
+
     try:
         check_model(_CONFIG.value.model)
     except ValueError as error:

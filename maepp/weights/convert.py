@@ -16,16 +16,8 @@ from absl import flags
 from ml_collections import config_flags
 
 from maepp import program
-from maepp.models.spec import ModelSpec
-from maepp.weights import store
-from maepp.weights.release import (
-    StateDictMismatch,
-    UnsafeCheckpoint,
-    load_torch_state_dict,
-    params_to_state_dict,
-    save_torch_state_dict,
-    state_dict_to_params,
-)
+
+# Only flags here: JAX and torch load in main(), so that --help answers at once.
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Config of the checkpoint's model, e.g. configs/audiomaepp.py:base"
@@ -44,6 +36,8 @@ _OUTPUT_TORCH = flags.DEFINE_string("output-torch", None, "PyTorch state-dict fi
 
 def main(argv):
     del argv
+    from maepp.weights.release import StateDictMismatch, UnsafeCheckpoint
+
     try:
         _convert()
     except (StateDictMismatch, UnsafeCheckpoint, FileNotFoundError, FileExistsError) as error:
@@ -51,6 +45,15 @@ def main(argv):
 
 
 def _convert():
+    from maepp.models.spec import ModelSpec
+    from maepp.weights import store
+    from maepp.weights.release import (
+        load_torch_state_dict,
+        params_to_state_dict,
+        save_torch_state_dict,
+        state_dict_to_params,
+    )
+
     if _TORCH_CHECKPOINT.value:
         if _CONFIG.value is None or not _OUTPUT.value:
             sys.exit("maepp.weights.convert: --torch-checkpoint needs --config and --output")
