@@ -88,7 +88,7 @@ def main():
             ],
             check=True,
         )
-        losses, held_out = _scalars(workdir, "loss"), _scalars(workdir, "eval_loss")
+        losses, held_out = _scalars(workdir, "loss"), _scalars(workdir, "held_out/loss")
         probe = _scalars(workdir, "classes/accuracy")
         print(
             json.dumps(

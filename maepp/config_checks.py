@@ -5,16 +5,18 @@ the field, its value and what it must be (`config.batch_size=6: must be a multip
 FIELDS holds one check per leaf of the configs in configs/, so a value's type, range and
 finiteness are checked once; RELATIONS checks what one field asks of another. A test enumerates
 the configs' leaves and fails on a leaf FIELDS does not check. config.evals holds named
-evaluators, each checked by the fields of its type (EVALUATORS).
+evaluators, each checked by the fields of its kind (maepp/evaluator_kinds.py).
 """
 
 import difflib
-import math
 import re
 
 from maepp.audio import filterbanks
 from maepp.audio.constants import N_MELS
 from maepp.data.settings import DAMAGED_CLIPS, FRONTENDS, SHUFFLES
+from maepp.evaluator_kinds import KINDS, evaluates
+from maepp.evaluator_kinds import settings as evaluator_settings
+from maepp.field_checks import choice, flag, pair, real, text, whole
 from maepp.models.blocks import BLOCK_TYPES, REMAT_POLICIES
 from maepp.models.layers import (
     ATTENTION_IMPLEMENTATIONS,
@@ -30,183 +32,70 @@ def _fail(field: str, value, must: str):
     raise ValueError(f"config.{field}={value!r}: {must}")
 
 
-def _whole(minimum: int, meaning: str, allow=()):
-    def check(value):
-        if value in allow and not isinstance(value, bool):
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            return f"must be a whole number of at least {minimum} ({meaning})"
-        return None
-
-    return check
-
-
-def _real(meaning: str, low: float, high: float = math.inf, low_open=False, high_open=True):
-    def check(value):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, (int, float))
-            or not math.isfinite(value)
-            or value < low
-            or (low_open and value == low)
-            or value > high
-            or (high_open and value == high)
-        ):
-            left, right = "(" if low_open else "[", ")" if high_open else "]"
-            return f"must be a finite number in {left}{low}, {high}{right} ({meaning})"
-        return None
-
-    return check
-
-
-def _numbers(meaning: str, low: float, low_open=False):
-    """A number, or a non-empty list of them to choose from, each checked as _real checks one."""
-    one = _real(meaning, low, low_open=low_open)
-
-    def check(value):
-        if not isinstance(value, (tuple, list)):
-            return one(value)
-        if not value:
-            return f"must be a number or a non-empty list of them ({meaning})"
-        problems = [problem for problem in map(one, value) if problem]
-        return "each value " + problems[0] if problems else None
-
-    return check
-
-
-def _choice(options):
-    def check(value):
-        return None if value in options else f"use one of {tuple(options)}"
-
-    return check
-
-
-def _flag(value):
-    return None if isinstance(value, bool) else "must be True or False"
-
-
-def _text(meaning: str, may_be_empty=True):
-    def check(value):
-        if not isinstance(value, str) or (not value and not may_be_empty):
-            return f"must be {'a' if may_be_empty else 'a non-empty'} string ({meaning})"
-        return None
-
-    return check
-
-
-def _pair(meaning: str):
-    def check(value):
-        if not (
-            isinstance(value, (tuple, list))
-            and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
-        ):
-            return f"must be two whole numbers of at least 1 ({meaning})"
-        return None
-
-    return check
-
-
 _TOWER = {
-    "width": _whole(4, "model width"),
-    "depth": _whole(1, "blocks"),
-    "heads": _whole(1, "attention heads"),
-    "use_rope": _flag,
+    "width": whole(4, "model width"),
+    "depth": whole(1, "blocks"),
+    "heads": whole(1, "attention heads"),
+    "use_rope": flag,
 }
 
 MODEL_FIELDS = {
-    "block_type": _choice(BLOCK_TYPES),
+    "block_type": choice(BLOCK_TYPES),
     **{f"{tower}.{name}": check for tower in ("encoder", "decoder") for name, check in _TOWER.items()},
-    "input_size": _pair("time frames, mel bins"),
-    "patch_size": _pair("time, frequency"),
-    "mask_ratio": _real("the share of patches masked", 0.0, 1.0, low_open=True),
-    "use_cls_token": _flag,
-    "norm_pix_loss": _flag,
-    "dtype": _choice(tuple(DTYPES)),
-    "attention": _choice(ATTENTION_IMPLEMENTATIONS),
-    "separate_norm3": _flag,
-    "remat": _choice(REMAT_POLICIES),
-    "scan_layers": _flag,
-    "swiglu_norm": _choice(SWIGLU_NORM_IMPLEMENTATIONS),
+    "input_size": pair("time frames, mel bins"),
+    "patch_size": pair("time, frequency"),
+    "mask_ratio": real("the share of patches masked", 0.0, 1.0, low_open=True),
+    "use_cls_token": flag,
+    "norm_pix_loss": flag,
+    "dtype": choice(tuple(DTYPES)),
+    "attention": choice(ATTENTION_IMPLEMENTATIONS),
+    "separate_norm3": flag,
+    "remat": choice(REMAT_POLICIES),
+    "scan_layers": flag,
+    "swiglu_norm": choice(SWIGLU_NORM_IMPLEMENTATIONS),
 }
 
-_MESH_AXIS = _whole(1, "devices along the axis; -1 takes those left over", allow=(-1,))
+_MESH_AXIS = whole(1, "devices along the axis; -1 takes those left over", allow=(-1,))
 
 FIELDS = {
     **{f"model.{name}": check for name, check in MODEL_FIELDS.items()},
-    "seed": _whole(0, "the run's random seed"),
-    "data.source": _text("where training clips come from", may_be_empty=False),
-    "data.data_dir": _text("TFDS's data_dir; empty for its default"),
-    "data.frontend": _choice(FRONTENDS),
-    "data.prefetch": _whole(1, "batches made ahead"),
-    "data.damaged_clips": _choice(DAMAGED_CLIPS),
-    "data.shuffle": _choice(SHUFFLES),
-    "data.block_clips": _whole(1, "consecutive stored clips read as one block"),
-    "data.window_blocks": _whole(1, "blocks whose clips are shuffled together"),
-    "data.streams": _whole(1, "streams of blocks a batch's rows are split into; it divides config.batch_size"),
-    "audio.filterbank": _choice(filterbanks.NAMES),
-    "batch_size": _whole(1, "clips per step, over all devices"),
+    "seed": whole(0, "the run's random seed"),
+    "data.source": text("where training clips come from", may_be_empty=False),
+    "data.data_dir": text("TFDS's data_dir; empty for its default"),
+    "data.frontend": choice(FRONTENDS),
+    "data.prefetch": whole(1, "batches made ahead"),
+    "data.damaged_clips": choice(DAMAGED_CLIPS),
+    "data.shuffle": choice(SHUFFLES),
+    "data.block_clips": whole(1, "consecutive stored clips read as one block"),
+    "data.window_blocks": whole(1, "blocks whose clips are shuffled together"),
+    "data.streams": whole(1, "streams of blocks a batch's rows are split into; it divides config.batch_size"),
+    "audio.filterbank": choice(filterbanks.NAMES),
+    "batch_size": whole(1, "clips per step, over all devices"),
     **{f"mesh.{axis}": _MESH_AXIS for axis in ("data", "fsdp", "model", "dcn_data", "dcn_fsdp", "dcn_model")},
-    "optimizer.base_learning_rate": _real("lr for a batch of 256", 0.0, low_open=True),
-    "optimizer.b1": _real("Adam's first-moment decay", 0.0, 1.0),
-    "optimizer.b2": _real("Adam's second-moment decay", 0.0, 1.0),
-    "optimizer.weight_decay": _real("AdamW's decoupled decay", 0.0),
-    "optimizer.grad_clip": _real("a global-norm clip; 0 is off", 0.0),
-    "optimizer.accumulate_steps": _whole(1, "batches per update"),
-    "total_steps": _whole(1, "steps to train"),
-    "warmup_steps": _whole(0, "steps of linear warmup"),
-    "log_every": _whole(1, "steps between log lines"),
-    "checkpoint_every": _whole(1, "steps between checkpoints"),
-    "keep_checkpoints": _whole(1, "checkpoints kept; 0 would keep none, not even the last"),
-    "keep_period": _whole(0, "every keep_period-th checkpoint is kept too; 0 is off"),
-    "max_nonfinite_steps": _whole(1, "non-finite steps in a row before the run stops"),
-    "steps_in_flight": _whole(1, "steps dispatched ahead"),
-    "compile_cache_dir": _text('compiled programs kept for the next start: "auto", a folder, or "" for none'),
-    "distributed.heartbeat_s": _whole(5, "seconds without a heartbeat before a process is taken for dead"),
-    "distributed.shutdown_s": _whole(10, "seconds the processes wait for each other at the end"),
-    "profile.first_step": _whole(0, "step of the first trace; 0 is off"),
-    "profile.num_steps": _whole(1, "steps traced"),
-    "profile.every_secs": _real("seconds between traces", 0.0),
+    "optimizer.base_learning_rate": real("lr for a batch of 256", 0.0, low_open=True),
+    "optimizer.b1": real("Adam's first-moment decay", 0.0, 1.0),
+    "optimizer.b2": real("Adam's second-moment decay", 0.0, 1.0),
+    "optimizer.weight_decay": real("AdamW's decoupled decay", 0.0),
+    "optimizer.grad_clip": real("a global-norm clip; 0 is off", 0.0),
+    "optimizer.accumulate_steps": whole(1, "batches per update"),
+    "total_steps": whole(1, "steps to train"),
+    "warmup_steps": whole(0, "steps of linear warmup"),
+    "log_every": whole(1, "steps between log lines"),
+    "checkpoint_every": whole(1, "steps between checkpoints"),
+    "keep_checkpoints": whole(1, "checkpoints kept; 0 would keep none, not even the last"),
+    "keep_period": whole(0, "every keep_period-th checkpoint is kept too; 0 is off"),
+    "max_nonfinite_steps": whole(1, "non-finite steps in a row before the run stops"),
+    "steps_in_flight": whole(1, "steps dispatched ahead"),
+    "compile_cache_dir": text('compiled programs kept for the next start: "auto", a folder, or "" for none'),
+    "distributed.heartbeat_s": whole(5, "seconds without a heartbeat before a process is taken for dead"),
+    "distributed.shutdown_s": whole(10, "seconds the processes wait for each other at the end"),
+    "profile.first_step": whole(0, "step of the first trace; 0 is off"),
+    "profile.num_steps": whole(1, "steps traced"),
+    "profile.every_secs": real("seconds between traces", 0.0),
 }
 
 
-# config.evals.<name>: dict(type=..., every=N, ...). What each type reads: its fields' checks, and the
-# values of the fields an entry may leave out; the others it must give.
-_EVERY = _whole(1, "steps between evaluations; it runs at the last step too")
-EVALUATORS = {
-    # The reconstruction loss over held-out clips, with pictures (maepp/evaluators/held_out.py).
-    "held_out": dict(
-        fields={
-            "type": _choice(("held_out",)),
-            "source": _text(
-                'held-out clips, as config.data.source names clips; "auto" (resolve_held_out); empty for no evaluation'
-            ),
-            "every": _EVERY,
-            "batch_size": _whole(1, "held-out clips per step, over all devices"),
-        },
-        defaults=dict(every=10_000, batch_size=1024),
-    ),
-    # A linear probe on a labelled task's scene embeddings (maepp/evaluators/probe.py).
-    "probe": dict(
-        fields={
-            "type": _choice(("probe",)),
-            "task": _text("a labelled task's directory", may_be_empty=False),
-            "every": _EVERY,
-            "shots": _whole(0, "training clips per class; 0 takes them all"),
-            "l2": _numbers(
-                "the ridge penalty on standardised features; several: the best on the valid split", 0.0, low_open=True
-            ),
-            "batch_size": _whole(1, "200-frame chunks per encoder call, over all devices"),
-        },
-        defaults=dict(shots=0, l2=1.0, batch_size=256),
-    ),
-}
 _EVALUATOR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")  # it names TensorBoard tags and console lines
-
-
-def evaluator_settings(entry) -> dict:
-    """An evaluator entry's fields, with its type's defaults for those it leaves out."""
-    return {**EVALUATORS[entry["type"]]["defaults"], **dict(entry)}
 
 
 def _check_evals(evals, batch_devices: int):
@@ -219,26 +108,24 @@ def _check_evals(evals, batch_devices: int):
                 "(it names the evaluator's TensorBoard tags)"
             )
         if not hasattr(entry, "items") or "type" not in entry:
-            raise ValueError(
-                f"config.evals.{name}: must be dict(type=..., every=N, ...) with a type of {tuple(EVALUATORS)}"
-            )
-        if entry["type"] not in EVALUATORS:
-            near = difflib.get_close_matches(str(entry["type"]), EVALUATORS, n=1, cutoff=0.6)
+            raise ValueError(f"config.evals.{name}: must be dict(type=..., every=N, ...) with a type of {tuple(KINDS)}")
+        if entry["type"] not in KINDS:
+            near = difflib.get_close_matches(str(entry["type"]), KINDS, n=1, cutoff=0.6)
             _fail(
                 f"evals.{name}.type",
                 entry["type"],
-                f"use one of {tuple(EVALUATORS)}" + (f"; did you mean {near[0]!r}?" if near else ""),
+                f"use one of {tuple(KINDS)}" + (f"; did you mean {near[0]!r}?" if near else ""),
             )
-        kind = EVALUATORS[entry["type"]]
-        for required in (field for field in kind["fields"] if field != "type" and field not in kind["defaults"]):
+        kind = KINDS[entry["type"]]
+        for required in (field for field in kind.fields if field != "type" and field not in kind.defaults):
             if required not in entry:
                 raise ValueError(
                     f"config.evals.{name}: needs {required} (a {entry['type']} evaluator reads "
-                    f"{', '.join(kind['fields'])})"
+                    f"{', '.join(kind.fields)})"
                 )
-        _check_fields(leaves(entry), kind["fields"], f"evals.{name}.", strict=True)
+        _check_fields(leaves(entry), kind.fields, f"evals.{name}.", strict=True)
         settings = evaluator_settings(entry)
-        if entry["type"] == "held_out" and not settings["source"]:
+        if not evaluates(entry) or "batch_size" not in settings:
             continue
         if settings["batch_size"] % batch_devices:
             _fail(

@@ -7,7 +7,7 @@ traceback. Otherwise JAX's runtime ends every other process from C++
 (an abort: its own log lines, "Terminating process because the JAX distributed service detected
 fatal errors", then a dump of every thread), which nothing in Python can catch. So each process
 of such a job sends its stderr through a watcher process (watch_stderr): the watcher passes every
-line on, except JAX's lines about the job's health, which it holds back for a few seconds. When
+line on, except the runtime's C++ log lines, which it holds back for a few seconds. When
 they turn out to be that fatal report, the watcher keeps the report in a file and, once the
 process has ended, prints one line: which process stopped answering, the newest complete
 checkpoint, and the command that resumes. A launcher with --max_restarts (launch/) then starts
@@ -24,12 +24,14 @@ import sys
 import tempfile
 import time
 
-# An absl log line from JAX's C++ runtime about the job: "E1205 01:05:44.317601 25053 file.cc:1549] ..."
-_RUNTIME_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ (coordination_service\S*|preemption_sync_manager|client)\.\S+\]")
+# A log line of the C++ runtime: "E1205 01:05:44.317601 25053 file.cc:1549] ...". Any such line
+# is held, not only the coordination service's: gRPC's own lines about the lost connection can
+# come first.
+_RUNTIME_LINE = re.compile(r"^[IWEF]\d{4} [\d:.]+ +\d+ \S+:\d+\]")
 _FATAL = "Terminating process because the JAX distributed service detected fatal errors"
 _UNHEALTHY = re.compile(r"tasks are unhealthy \(stopped sending heartbeats\):\s*([\d,\s]+)")
 _COORDINATOR_GONE = "Failed to send RPC to coordination service"
-HOLD_S = 3.0  # how long JAX's lines wait for the fatal line that may follow them
+HOLD_S = 10.0  # how long those lines wait for the fatal line that may follow them (long: a loaded machine)
 
 
 def watch_stderr(checkpoints_dir, command: str):

@@ -7,15 +7,10 @@ from typing import NamedTuple
 import jax
 
 from maepp import sharding
-from maepp.config_checks import (
-    check_train_config,
-    held_out_sources,
-    resolve_auto,
-    resolve_held_out,
-    resolve_shuffle,
-)
+from maepp.config_checks import check_train_config, resolve_auto, resolve_held_out, resolve_shuffle
 from maepp.data.sources import source_from_string
 from maepp.downstream.tasks import load_task
+from maepp.evaluator_kinds import KINDS, evaluates
 from maepp.models import ModelSpec
 
 
@@ -42,14 +37,22 @@ def checked_plan(config) -> RunPlan:
     sources = {"data.source": _source(config, "data.source", config.data.source)}
     resolved.update(resolve_held_out(config, sources["data.source"]))
     resolved.update(resolve_shuffle(config, sources["data.source"]))
-    for name, clips in held_out_sources(config, resolved).items():
-        sources[f"evals.{name}"] = _source(config, f"evals.{name}.source", clips)
     for name, entry in config.get("evals", {}).items():
-        if entry.type == "probe":
+        if not evaluates(entry):
+            continue
+        kind = KINDS[entry.type]
+        if kind.reads is None:
+            sources[f"evals.{name}"] = None
+            continue
+        field = f"evals.{name}.{kind.source_field}"
+        value = resolved.get(field, entry[kind.source_field])
+        if kind.reads == "clips":
+            sources[f"evals.{name}"] = _source(config, field, value)
+        else:
             try:
-                sources[f"evals.{name}"] = load_task(entry.task)
+                sources[f"evals.{name}"] = load_task(value)
             except (ValueError, FileNotFoundError) as error:
-                raise ValueError(f"config.evals.{name}.task={entry.task!r}: {error}") from None
+                raise ValueError(f"config.{field}={value!r}: {error}") from None
     return RunPlan(mesh, spec, sources, resolved)
 
 

@@ -121,7 +121,7 @@ def main(argv):
     announce = [f"maepp.train: {notice}"] if notice else []
     announce.append(
         f"writing to {workdir}: checkpoints/, tensorboard/ (tensorboard --logdir {workdir / 'tensorboard'})"
-        + (", pictures/ (input | masked | reconstruction)" if config_checks.held_out_sources(config) else "")
+        + (", pictures/NAME/ (input | masked | reconstruction)" if config_checks.held_out_sources(config) else "")
     )
 
     try:

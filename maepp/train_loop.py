@@ -27,6 +27,7 @@ from maepp.cadence import Cadence
 from maepp.config_checks import resume_changes, saved_by_an_earlier_maepp
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, reraise_damaged, train_dataset
 from maepp.data.settings import Shuffle
+from maepp.evaluators.pictures import write_png
 from maepp.evaluators.registry import make_evaluators
 from maepp.models import MaskedAutoencoder
 from maepp.models.counts import train_flops_per_example
@@ -417,13 +418,23 @@ def _finish_saves_in_flight(ckpt):
 
 
 def evaluate(evaluators: dict, params, step: int, writer, workdir):
-    """The evaluators due at this step, in config order: each writes its figures, and the time it
-    took to TensorBoard (eval_seconds/NAME); one console line holds them all."""
+    """The evaluators due at this step, in config order, each's Metrics written alike
+    (maepp/evaluator_kinds.py): scalars to TensorBoard as NAME/KEY, with the time it took
+    (eval_seconds/NAME); images to TensorBoard as NAME/KEY and to
+    WORKDIR/pictures/NAME/step_NNNNNNN.png (a second image: NAME/KEY/step_...), by process 0;
+    one console line holds every evaluator's text."""
     parts = []
     for name, evaluator in evaluators.items():
         started = time.perf_counter()
-        text = evaluator.evaluate(params, step, writer, workdir)
+        metrics = evaluator.run(params)
         seconds = time.perf_counter() - started
-        writer.write_scalars(step, {f"eval_seconds/{name}": seconds})
-        parts.append(f"{text} ({seconds:.1f} s)")
+        writer.write_scalars(
+            step, {**{f"{name}/{k}": v for k, v in metrics.scalars.items()}, f"eval_seconds/{name}": seconds}
+        )
+        if metrics.images and jax.process_index() == 0:
+            writer.write_images(step, {f"{name}/{k}": image[None] for k, image in metrics.images.items()})
+            for number, (key, image) in enumerate(metrics.images.items()):
+                folder = workdir / "pictures" / name / (key if number else "")
+                write_png(folder / f"step_{step:07d}.png", image)
+        parts.append(f"{metrics.text} ({seconds:.1f} s)")
     say(f"step {step} | " + " | ".join(parts))

@@ -8,6 +8,7 @@ import pytest
 
 from maepp import config_checks
 from maepp.configs import audiomaepp, mae
+from maepp.evaluator_kinds import KINDS
 from maepp.models import ModelSpec, spec
 
 # One bad value per field: out of range, of the wrong kind, or not finite.
@@ -106,7 +107,7 @@ def test_every_field_of_every_config_is_checked_and_passes(name):
     fields = {field for field in config_checks.leaves(config) if not field.startswith("evals.")}
     assert fields == set(config_checks.FIELDS), "a field without a check, or a check of nothing"
     for entry in config.evals.values():  # each evaluator's fields are its type's
-        assert set(entry) <= set(config_checks.EVALUATORS[entry.type]["fields"])
+        assert set(entry) <= set(KINDS[entry.type].fields)
     assert set(config_checks.FIELDS) == set(BAD), "every check needs its bad value in this test"
     config_checks.check_train_config(config, n_devices=8, batch_devices=8)
 
@@ -186,7 +187,7 @@ BAD_EVALUATOR_FIELDS = {
     "kind,field", [(kind, field) for kind, fields in BAD_EVALUATOR_FIELDS.items() for field in fields]
 )
 def test_a_bad_field_of_each_evaluator_type_is_one_line_naming_it(kind, field):
-    assert set(BAD_EVALUATOR_FIELDS[kind]) == set(config_checks.EVALUATORS[kind]["fields"])
+    assert set(BAD_EVALUATOR_FIELDS[kind]) == set(KINDS[kind].fields)
     config = audiomaepp.get_config("micro")
     config.evals.kw = GOOD_EVALUATORS[kind]
     config_checks.check_train_config(config, n_devices=8, batch_devices=8)

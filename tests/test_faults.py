@@ -128,7 +128,8 @@ FAULTS = [
     ),
     Fault(
         "the disk fills while a held-out picture is written, before any checkpoint (files capped at 48 KB)",
-        "one line, exit status 1: `maepp.train: out of space (File too large: WORKDIR/pictures/step_0000005.png); "
+        "one line, exit status 1: `maepp.train: out of space (File too large: "
+        "WORKDIR/pictures/held_out/step_0000005.png); "
         "the newest complete checkpoint is none in DIR. Free space, then re-run the same command to resume from "
         "it`",
         "every complete checkpoint; no part of the picture is left",
@@ -529,7 +530,7 @@ def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, 
         newest = last.split("the newest complete checkpoint is ")[1].split(" in ")[0]  # "none" or "step N"
         assert newest == "none" or (tmp_path / "full" / "checkpoints" / newest.split()[1] / "state").is_dir()
         return
-    picture = tmp_path / "full" / "pictures" / "step_0000005.png"
+    picture = tmp_path / "full" / "pictures" / "held_out" / "step_0000005.png"
     assert last == (
         f"maepp.train: out of space (File too large: {picture}); the newest complete checkpoint is none in "
         f"{tmp_path / 'full' / 'checkpoints'}. Free space, then re-run the same command to resume from it"
@@ -617,8 +618,9 @@ def test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_r
     during_save_60 = PausePoint(tmp_path, "save_written@60")
     third = _Launch(repo_root, workdir, overrides, during_save_60)
     third.kill_at(during_save_60)
-    assert (workdir / "pictures" / "step_0000060.png").exists() and 60 not in checkpoints.complete_steps(workdir)
-    drawn_by_third = (workdir / "pictures" / "step_0000060.png").stat().st_mtime_ns
+    picture = workdir / "pictures" / "held_out" / "step_0000060.png"
+    assert picture.exists() and 60 not in checkpoints.complete_steps(workdir)
+    drawn_by_third = picture.stat().st_mtime_ns
     resumed_from += third.resumed_from()
 
     final = _Launch(repo_root, workdir, overrides)
@@ -629,11 +631,11 @@ def test_a_storm_of_sigkills_and_ctrl_cs_ends_bit_exact_with_the_uninterrupted_r
     assert len(resumed_from) >= 5 and min(resumed_from) == 30, resumed_from  # the first kill may come before its line
     assert _unfinished_saves(workdir) == []
     # The picture of step 60 the last killed run drew was drawn again, over it.
-    assert sorted(p.name for p in (workdir / "pictures").iterdir()) == ["step_0000060.png"]
-    assert (workdir / "pictures" / "step_0000060.png").stat().st_mtime_ns > drawn_by_third
+    assert sorted(p.name for p in (workdir / "pictures" / "held_out").iterdir()) == ["step_0000060.png"]
+    assert picture.stat().st_mtime_ns > drawn_by_third
     # Bit for bit: every step's loss, the held-out loss, the final parameters.
     assert logged_scalars(workdir) == {step: v for step, v in logged_scalars(trained_run).items() if step > 30}
-    assert logged_scalars(workdir, "eval_loss") == {60: logged_scalars(trained_run, "eval_loss")[60]}
+    assert logged_scalars(workdir, "held_out/loss") == {60: logged_scalars(trained_run, "held_out/loss")[60]}
     assert_trees_equal(saved_params(workdir, 60), saved_params(trained_run, 60))
 
 

@@ -112,7 +112,7 @@ def test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps(tmp_p
     config.evals.held_out.update(source="synthetic:16:1", every=5, batch_size=8)
     train(config, tmp_path)
     assert sorted(logged_scalars(tmp_path)) == [1, 4, 5, 7, 8, 10]  # first, saves, evaluation, log step, last
-    eval_loss = logged_scalars(tmp_path, "eval_loss")
+    eval_loss = logged_scalars(tmp_path, "held_out/loss")
     assert sorted(eval_loss) == [5, 10]
     seconds = logged_scalars(tmp_path, "eval_seconds/held_out")
     assert sorted(seconds) == [5, 10] and all(s > 0 for s in seconds.values())  # what each evaluation took

@@ -76,8 +76,8 @@ def test_scene_embeddings_on_eight_devices_are_exports(tmp_path):
     import jax
 
     from maepp import sharding
-    from maepp.config_checks import evaluator_settings
     from maepp.configs import audiomaepp
+    from maepp.evaluator_kinds import settings as evaluator_settings
     from maepp.evaluators.probe import ProbeEvaluation
     from maepp.export.artifact import local_embedder
     from maepp.models import MaskedAutoencoder, ModelSpec
@@ -115,9 +115,9 @@ def test_of_several_penalties_the_best_on_valid_is_taken_as_downstream_evaluate_
     import jax
 
     from maepp import sharding
-    from maepp.config_checks import evaluator_settings
     from maepp.configs import audiomaepp
     from maepp.downstream import features
+    from maepp.evaluator_kinds import settings as evaluator_settings
     from maepp.evaluators.probe import ProbeEvaluation
     from maepp.export.artifact import local_embedder
     from maepp.models import MaskedAutoencoder, ModelSpec

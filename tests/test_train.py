@@ -34,7 +34,7 @@ from tests.helpers import (
 from tests.helpers import TRAINED_RUN as RUN
 
 
-def _image_steps(workdir, tag="reconstruction") -> list:
+def _image_steps(workdir, tag="held_out/reconstruction") -> list:
     steps = []
     for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
         events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
@@ -58,12 +58,12 @@ def test_loss_falls_clearly(uninterrupted):
 
 @pytest.mark.e2e
 def test_held_out_loss_falls_and_pictures_are_written(uninterrupted):
-    held_out = logged_scalars(uninterrupted, "eval_loss")
+    held_out = logged_scalars(uninterrupted, "held_out/loss")
     assert sorted(held_out) == [30, 60] and held_out[60] < held_out[30], held_out
     assert _image_steps(uninterrupted) == [30, 60]
-    pictures = sorted(p.name for p in (uninterrupted / "pictures").iterdir())
+    pictures = sorted(p.name for p in (uninterrupted / "pictures" / "held_out").iterdir())
     assert pictures == ["step_0000030.png", "step_0000060.png"]
-    image = tf.io.decode_png((uninterrupted / "pictures" / pictures[0]).read_bytes()).numpy()
+    image = tf.io.decode_png((uninterrupted / "pictures" / "held_out" / pictures[0]).read_bytes()).numpy()
     assert image.shape == reconstruction_grid(np.zeros((3, 4, 200, 80))).shape and image.std() > 10  # 4 clips
 
 
@@ -255,7 +255,7 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     assert f"resumed step {stopped} saved by 2 processes on 1 processes" in result.stdout
     assert "stopped at step 60" in result.stdout
     _follows(workdir, trained_run, range(1, 61))
-    _follows(workdir, trained_run, [30, 60], "eval_loss")
+    _follows(workdir, trained_run, [30, 60], "held_out/loss")
     starts = [json.loads(line) for line in (workdir / "run_info.jsonl").read_text().splitlines()]
     assert [(s["processes"], s["mesh"]) for s in starts] == [
         (2, {"data": 2, "fsdp": 2, "model": 1}),
@@ -287,7 +287,7 @@ def test_a_one_process_checkpoint_resumes_on_two_processes_whose_model_axis_span
     )
     assert "resumed step 30 saved by 1 processes on 2 processes" in out and "stopped at step 60" in out
     _follows(workdir, trained_run, range(31, 61))
-    _follows(workdir, trained_run, [60], "eval_loss")
+    _follows(workdir, trained_run, [60], "held_out/loss")
     score = logged_scalars(workdir, "classes/accuracy")[60]
     assert f"probe classes accuracy {score:.4f}" in out and "(the same on 2 processes)" in out
     one_process = ridge_score_of(workdir, 60, probed_config.parent / "classes_task", tmp_path / "features.npz")
@@ -373,7 +373,9 @@ def test_a_process_that_loses_the_other_says_so_in_one_line(repo_root, tmp_path,
         pauses[0].release()
     _, err = processes[0].communicate(timeout=600)
     assert processes[0].returncode != 0
-    (line,) = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err[-4000:]
+    line = lines[0]
     what = (
         "a collective failed: another process of the job stopped ("
         if where == "in a collective"

@@ -13,15 +13,16 @@ import jax
 from maepp import distributed, sharding
 from maepp.audio import filterbanks
 from maepp.data.pipeline import SkipReport, eval_dataset
+from maepp.evaluator_kinds import Metrics
 from maepp.evaluators.held_out_step import make_eval_step
-from maepp.evaluators.pictures import reconstruction_grid, write_png
+from maepp.evaluators.pictures import reconstruction_grid
 
 N_PICTURES = 4
 
 
 class HeldOutEvaluation:
     def __init__(self, name: str, settings: dict, config, model, mesh, params_shardings, source):
-        """settings: the entry of config.evals (config_checks.evaluator_settings); source: its clips."""
+        """settings: the entry of config.evals (maepp.evaluator_kinds.settings); source: its clips."""
         self.name, self.source, self.batch_size = name, source, settings["batch_size"]
         self.rows = sharding.process_rows(mesh, self.batch_size)
         self.crop_frames = model.spec.input_size[0]
@@ -65,17 +66,13 @@ class HeldOutEvaluation:
             )
         return float(error_sum) / float(masked_patches), pictures
 
-    def evaluate(self, params, step: int, writer, workdir) -> str:
-        """Evaluates; the loss to TensorBoard (eval_loss, as the held-out loss has always been
-        tagged, for the evaluator named held_out), the pictures to TensorBoard and to
-        WORKDIR/pictures (process 0); -> its part of the console line."""
+    def run(self, params) -> Metrics:
+        """The loss and the clips skipped over every process, and the first clips' pictures."""
         loss, pictures = self(params)
         skipped = int(distributed.every_process([self.skip_report.skips]).sum())
-        suffix = "" if self.name == "held_out" else f"_{self.name}"
-        writer.write_scalars(step, {f"eval_loss{suffix}": loss, f"eval_skipped_clips{suffix}": skipped})
-        if jax.process_index() == 0:
-            grid = reconstruction_grid(pictures)
-            writer.write_images(step, {f"reconstruction{suffix}": grid[None]})
-            write_png(workdir / f"pictures{suffix}" / f"step_{step:07d}.png", grid)
         label = "held-out loss" if self.name == "held_out" else f"{self.name} loss"
-        return f"{label} {loss:.4f}" + (f", {skipped} clips skipped" if skipped else "")
+        return Metrics(
+            text=f"{label} {loss:.4f}" + (f", {skipped} clips skipped" if skipped else ""),
+            scalars=dict(loss=loss, skipped_clips=skipped),
+            images=dict(reconstruction=reconstruction_grid(pictures)),
+        )

@@ -23,13 +23,14 @@ from maepp.audio import filterbanks
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.audio.stft import standardized_log_mel
 from maepp.downstream import ridge
+from maepp.evaluator_kinds import Metrics
 from maepp.export.artifact import chunk_frames_function, frame_size
 from maepp.export.embed import chunks, n_frame_embeddings
 
 
 class ProbeEvaluation:
     def __init__(self, name: str, settings: dict, config, model, mesh, params_shardings, task):
-        """settings: the entry of config.evals (config_checks.evaluator_settings); task: its
+        """settings: the entry of config.evals (maepp.evaluator_kinds.settings); task: its
         labelled task (maepp.downstream.tasks.load_task)."""
         self.name, self.task, self.mesh = name, task, mesh
         self.batch_size = settings["batch_size"]
@@ -157,20 +158,18 @@ class ProbeEvaluation:
             )
         return score, self.l2s[best]
 
-    def evaluate(self, params, step: int, writer, workdir) -> str:
-        """Evaluates; the score to TensorBoard (NAME/accuracy or NAME/mAP); -> its part of the console line."""
-        del workdir
+    def run(self, params) -> Metrics:
+        """The probe's score (and the penalty it chose, when it had several), the same on every process."""
         first = self.batches is None
         score, l2 = self(params)
-        figures = {f"{self.name}/{self.metric}": score}
+        scalars = {self.metric: score}
         text = f"probe {self.name} {self.metric} {score:.4f}"
         if len(self.l2s) > 1:  # the penalty chosen on the valid split
-            figures[f"{self.name}/l2"] = l2
+            scalars["l2"] = l2
             text += f" (l2 {l2:g} by valid)"
-        writer.write_scalars(step, figures)
         text += f" ({self.prepared})" if first else ""
         if jax.process_count() > 1:  # __call__ has compared every process's score
             text += f" (the same on {jax.process_count()} processes)"
         if self.unreadable:
             text += f" | {len(self.unreadable)} clips unreadable: {sorted(self.unreadable.items())[:3]}"
-        return text
+        return Metrics(text=text, scalars=scalars)
