@@ -185,7 +185,8 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
     resumed = ocp.StandardCheckpointer().restore(f"{workdir}/checkpoints/12/state")["params"]
     assert_trees_equal(resumed, saved_params(tmp_path / "local", 12))
     names = {b.name for b in blobs.list_blobs(prefix="run/")}
-    assert "run/pictures/step_0000012.png" in names and any("/tensorboard/events.out.tfevents" in n for n in names)
+    assert "run/pictures/held_out/step_0000012.png" in names
+    assert any("/tensorboard/events.out.tfevents" in n for n in names)
     assert "run/lock.json" not in names  # let go at the end
 
 
@@ -345,14 +346,15 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
     of a batch and half of each layer), reading prepared clips from a bucket; process 1 reads
     through a narrow link (200 ms a request, one at a time: 3.2 s a batch, against steps of about
     0.25 s). Once the batches read ahead while the processes started and compiled are used up,
-    process 1 waits for each batch: the input wait reported is the slowest process's, and names it."""
+    process 1 waits for each batch: the input wait reported is the slowest process's, and names it.
+    The 16 steps of 16 rows are one epoch of 256 clips, so no row repeats another's bytes."""
     from maepp.data.writer import prepare
     from tests.test_train import _job
 
     rng = np.random.default_rng(4)
     (tmp_path / "in").mkdir()
-    for i in range(24):
-        soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 3.0)[0], 16000)
+    for i in range(256):
+        soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 2.5)[0], 16000)
     prepare(tmp_path / "in", tmp_path / "prepared", clips_per_shard=8, workers=1)
     _upload(_storage_client(gcs).bucket(bucket), tmp_path / "prepared" / "audio_clips" / "2.0.0", "data")
     narrow = gcs.meter(delay_s=0.2)
@@ -386,7 +388,10 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
     # for process 1, many times a step on this model however loaded the machine; process 0 reads
     # at once.
     assert wait > 0 and f"input wait {wait}% (slowest: process 1) |" in lines[-1], lines[-1]
-    assert narrow.counts()["requests"] >= 16 * 16  # process 1 read every row of each of its batches
+    # Process 1 read every row of each of its batches: at least a 200x80 float16 crop of each of the
+    # 256 clips (its reads, widened to checksum chunks and merged by shard, only add bytes). Half the
+    # rows would be at most 128 whole clips of 250 frames, 5.1 MB.
+    assert narrow.counts()["response_bytes"] >= 16 * 16 * 200 * 80 * 2
 
 
 def test_a_probe_task_in_a_bucket_is_the_task_on_disk(gcs, bucket, tmp_path, monkeypatch):
@@ -395,9 +400,9 @@ def test_a_probe_task_in_a_bucket_is_the_task_on_disk(gcs, bucket, tmp_path, mon
     import jax
 
     from maepp import sharding
-    from maepp.config_checks import evaluator_settings
     from maepp.configs import audiomaepp
     from maepp.downstream.tasks import load_task
+    from maepp.evaluator_kinds import settings as evaluator_settings
     from maepp.evaluators.probe import ProbeEvaluation
     from maepp.models import MaskedAutoencoder, ModelSpec
     from maepp.optim import optimizer
