@@ -42,6 +42,7 @@ setup(
         "google-crc32c>=1.5",
         "tqdm>=4.60",
         "pillow>=10.1",
+        "matplotlib>=3.8",
     ],
     extras_require={
         # Reading released PyTorch checkpoints (maepp.weights.convert).
@@ -66,6 +67,8 @@ setup(
     entry_points={
         "console_scripts": [
             "maepp-summary=maepp.tools.summary:run",
+            "maepp-sweep=maepp.tools.sweep:run",
+            "maepp-results=maepp.tools.results:run",
             "maepp-convert=maepp.weights.convert:run",
             "maepp-train=maepp.train:run",
             "maepp-prepare=maepp.data.prepare:run",

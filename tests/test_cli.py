@@ -47,6 +47,8 @@ OWN_FLAG = {
     "maepp-evaluate": "--probes",
     "maepp-synthetic-task": "--seconds",
     "maepp-summary": "--config",
+    "maepp-sweep": "--workdir_root",
+    "maepp-results": "--png",
     "maepp-convert": "--torch-checkpoint",
     "maepp-compile-check": "--num_slices",
     "maepp-scaling": "--sizes",

@@ -110,6 +110,12 @@ def test_evaluate_cli_probes_a_trained_run_on_a_synthetic_task(repo_root, traine
     assert len(result["linear"]["scores"]) == 2
     assert result["linear"]["mean"] > 0.4  # 5 classes: chance is 0.2
     assert (trained_run / "evaluations" / "sounds" / "encoder.npz").exists()
+    # Kept beside the features, where the results table finds it.
+    kept = trained_run / "evaluations" / "sounds" / "scores_encoder.json"
+    assert json.loads(kept.read_text()) == result
+    from maepp.tools.results import run_row
+
+    assert run_row(trained_run)["scores"]["sounds encoder linear"] == result["linear"]["mean"]
 
 
 @pytest.mark.parametrize("rate", synthetic_tasks.MODULATION_RATES_HZ)

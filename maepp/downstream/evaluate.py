@@ -10,7 +10,8 @@ training run's probe evaluator fits (--shots, --l2 as its settings): one determi
 per penalty when --l2 lists several, the one that scores best on the valid split reported. The
 features are exported first into RUN/evaluations/<task>/<features>.npz: a killed run restarts
 that export where it stopped, but each new run computes the features afresh (the checkpoint may
-have changed).
+have changed). The JSON line is kept in RUN/evaluations/<task>/scores_<features>.json too, where
+maepp.tools.results finds it.
 """
 
 import json
@@ -89,19 +90,20 @@ def main(argv):
         else:
             spread = f"+- {result['ci95']:.4f} (95%, {_SEEDS.value} seeds)"
         print(f"{task.name} {_FEATURES.value} {name} probe: {metric} {result['mean']:.4f} {spread}")
-    print(
-        json.dumps(  # strict JSON: no NaN (one seed's interval is null)
-            allow_nan=False,
-            obj=dict(
-                task=task.name,
-                model=loaded,
-                features=_FEATURES.value,
-                metric=metric,
-                clips=len(clip_features),
-                **results,
-            ),
-        )
+    line = json.dumps(  # strict JSON: no NaN (one seed's interval is null)
+        allow_nan=False,
+        obj=dict(
+            task=task.name,
+            model=loaded,
+            features=_FEATURES.value,
+            metric=metric,
+            clips=len(clip_features),
+            **results,
+        ),
     )
+    print(line)
+    # Beside the features, where maepp.tools.results finds it.
+    (directory / f"scores_{_FEATURES.value}.json").write_text(line + "\n")
 
 
 def run():
