@@ -344,8 +344,8 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
 ):
     """A fresh run of two processes whose model axis spans both (dcn_model=2: each holds every row
     of a batch and half of each layer), reading prepared clips from a bucket; process 1 reads
-    through a narrow link (200 ms a request, one at a time: 3.2 s a batch, against steps of about
-    0.25 s). Once the batches read ahead while the processes started and compiled are used up,
+    through a narrow link (200 ms a request, one at a time: about 3 s a batch of 16 rows, against
+    steps of about 0.25 s). Once the batches read ahead while the processes started and compiled are used up,
     process 1 waits for each batch: the input wait reported is the slowest process's, and names it.
     The 16 steps of 16 rows are one epoch of 256 clips, so no row repeats another's bytes."""
     from maepp.data.writer import prepare
@@ -355,7 +355,7 @@ def test_two_processes_sharing_a_model_axis_train_from_a_bucket_and_the_slower_o
     (tmp_path / "in").mkdir()
     for i in range(256):
         soundfile.write(tmp_path / "in" / f"{i}.wav", synthetic_clip(rng, 2.5)[0], 16000)
-    prepare(tmp_path / "in", tmp_path / "prepared", clips_per_shard=8, workers=1)
+    prepare(tmp_path / "in", tmp_path / "prepared", clips_per_shard=32, workers=1)
     _upload(_storage_client(gcs).bucket(bucket), tmp_path / "prepared" / "audio_clips" / "2.0.0", "data")
     narrow = gcs.meter(delay_s=0.2)
 
