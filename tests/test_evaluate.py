@@ -6,10 +6,11 @@ import json
 import numpy as np
 import pytest
 import soundfile
+from PIL import Image
 
 from maepp.downstream import probes, synthetic_tasks
 from maepp.downstream.tasks import load_task
-from tests.helpers import run_module
+from tests.helpers import logged_scalars, run_module
 
 
 def _wav(path, seconds=0.3):
@@ -113,9 +114,19 @@ def test_evaluate_cli_probes_a_trained_run_on_a_synthetic_task(repo_root, traine
     # Kept beside the features, where the results table finds it.
     kept = trained_run / "evaluations" / "sounds" / "scores_encoder.json"
     assert json.loads(kept.read_text()) == result
-    from maepp.tools.results import run_row
+    from maepp.tools.results import draw, run_row
 
-    assert run_row(trained_run)["scores"]["sounds encoder linear"] == result["linear"]["mean"]
+    row = run_row(trained_run)
+    assert row["scores"]["sounds encoder linear"] == result["linear"]["mean"]
+    # The run's evaluators as the results table reads them: the shared run's held-out loss and probe.
+    assert row["steps"] == 60
+    assert row["scores"]["held_out loss (final)"] == logged_scalars(trained_run, "held_out/loss")[60]
+    probe = logged_scalars(trained_run, "classes/accuracy")
+    assert sorted(probe) == [30, 60] and row["scores"]["classes accuracy (last)"] == probe[60]
+    assert row["scores"]["classes accuracy (best)"] == max(probe.values())
+    assert draw([row], tmp_path / "curves.png")
+    with Image.open(tmp_path / "curves.png") as picture:  # two panels: the loss and the score
+        assert picture.format == "PNG" and picture.size == (1000, 360)
 
 
 @pytest.mark.parametrize("rate", synthetic_tasks.MODULATION_RATES_HZ)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
 
 from tests.test_launch import _fake_slurm
 
@@ -176,7 +175,7 @@ def test_the_slurm_array_runs_its_tasks_row_through_the_slurm_launcher(repo_root
 
 EXPERIMENT = """from maepp.configs import experiment
 
-ROWS = {{"plain": {{"model.encoder.use_rope": False}}, "rope": {{"model.encoder.use_rope": True}}}}
+ROWS = {"plain": {"model.encoder.use_rope": False}, "rope": {"model.encoder.use_rope": True}}
 
 
 def rows():
@@ -184,31 +183,26 @@ def rows():
 
 
 def get_config(arg="plain"):
-    config = experiment.row_config(ROWS, arg, size="micro")
-    config.evals.classes = dict(type="probe", task={task!r}, every=8, shots=6, batch_size=16)
-    return config
+    return experiment.row_config(ROWS, arg, size="micro")
 """
 
-SHORT = [  # one evaluation and one checkpoint, at the end
+# Eight steps, one checkpoint, no evaluator: tests/test_evaluate.py reads a run's evaluators into
+# the results table and its picture (the shared run's).
+SHORT = [
     "--config.total_steps=8",
     "--config.warmup_steps=2",
     "--config.log_every=2",
     "--config.checkpoint_every=8",
-    "--config.evals.held_out.every=8",
-    "--config.evals.held_out.source=synthetic:32:1",
+    "--config.evals.held_out.source=",
     "--config.profile.first_step=0",
 ]
 
 
 @pytest.mark.e2e
-@pytest.mark.long(seconds=120)
-def test_a_local_sweep_resumes_its_unfinished_rows_and_results_tabulates_and_draws_them(repo_root, tmp_path):
-    from maepp.downstream.synthetic_tasks import write_task
-    from tests.helpers import PROBE_TASK_CLIPS
-
-    task = write_task(tmp_path / "task", "classes", PROBE_TASK_CLIPS)
+@pytest.mark.long(seconds=80)
+def test_a_local_sweep_resumes_its_unfinished_rows_and_results_tabulates_them(repo_root, tmp_path):
     experiment = tmp_path / "two_rows.py"
-    experiment.write_text(EXPERIMENT.format(task=str(task)))
+    experiment.write_text(EXPERIMENT)
     root = tmp_path / "runs"
     first = _sweep(repo_root, "--config", experiment, "--workdir_root", root, "--rows", "plain", "--", *SHORT).stdout
     assert "row 1 of 1, plain" in first and "every row has finished" in first
@@ -228,21 +222,13 @@ def test_a_local_sweep_resumes_its_unfinished_rows_and_results_tabulates_and_dra
         check=True,
     )
     table = list(csv.DictReader(io.StringIO(result.stdout)))
+    # One row per run, in the order they started; the one field in which they differ is a column
+    # (the workdirs differ too, but are not in config.json).
     assert [row["run"] for row in table] == ["plain", "rope"]
-    # The one field in which the rows differ is a column; the other differences (the workdirs) are
-    # not in config.json.
-    assert list(table[0])[:3] == ["run", "model.encoder.use_rope", "steps"]
-    assert [row["model.encoder.use_rope"] for row in table] == ["False", "True"]
-    assert [row["steps"] for row in table] == ["8", "8"]
-    for row in table:
-        assert 0 < float(row["held_out loss (final)"]) < 10
-        assert 0 <= float(row["classes accuracy (last)"]) <= float(row["classes accuracy (best)"]) <= 1
-        assert float(row["clips/s"]) > 0
-    overall = [float(row["overall"]) for row in table]
-    assert max(overall) == 100.0 or max(overall) == pytest.approx(100.0)  # the best run's own score
-    assert f"curves in {root / 'results.png'}" in result.stderr
-    with Image.open(root / "results.png") as picture:
-        assert picture.format == "PNG" and picture.size[0] >= 800
+    assert list(table[0]) == ["run", "model.encoder.use_rope", "steps", "clips/s"]
+    assert [(row["model.encoder.use_rope"], row["steps"]) for row in table] == [("False", "8"), ("True", "8")]
+    assert all(float(row["clips/s"]) > 0 for row in table)
+    assert "curves" not in result.stderr  # no evaluator, nothing to draw
 
 
 def test_results_normalises_each_shared_score_by_the_best_runs_and_leaves_out_losses():
