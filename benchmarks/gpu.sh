@@ -25,8 +25,8 @@ timeout 180 python3 -m maepp.tools.bench swiglu_norm --tile_elements 4096,8192,1
   --num_warps 8,16 --num_stages 3 --iterations 10 2>&1 | tee "$OUT/swiglu_norm.txt" | grep -v '^{'
 MAEPP_ARGS=${MAEPP_ARGS:-"--profile_dir /tmp/profiles --variant model.swiglu_norm=pallas --variant model.swiglu_norm=pallas,batch_size=128"} \
   benchmarks/peer.sh "$OUT/results.jsonl" 2> >(tee "$OUT/log.txt" >&2)
-# The default's and the first variant's raw traces and HLO, one file (the device tool returns a
-# few files only), for reading again offline (maepp.tools.bench.profile.summarise).
+# The default's and the first variant's raw traces and HLO, in one file (one file is easier to
+# carry off a machine than many), for reading again offline (maepp.tools.bench.profile.summarise).
 traces=$(find /tmp/profiles/run0 /tmp/profiles/run2 \( -name '*.xplane.pb' -o -name module.hlo.txt \) 2>/dev/null)
 [[ -n $traces ]] && tar -czf "$OUT/traces.tar.gz" $traces
 python3 - "$OUT/results.jsonl" >"$OUT/profiles.md" <<'PY'

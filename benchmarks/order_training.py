@@ -19,6 +19,7 @@ import sys
 
 from maepp.data import writer
 from maepp.downstream.synthetic_tasks import write_task
+from maepp.tools.results import scalars
 
 CONFIG = """from maepp.configs import audiomaepp
 
@@ -28,20 +29,6 @@ def get_config():
     config.evals.classes = dict(type="probe", task={task!r}, every=100, shots=0)
     return config
 """
-
-
-def _scalars(workdir: pathlib.Path, tag: str) -> dict:
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
-
-    values = {}
-    for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*")):
-        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
-        events.Reload()
-        if tag in events.Tags()["tensors"]:
-            for event in events.Tensors(tag):
-                values[event.step] = float(tensor_util.make_ndarray(event.tensor_proto))
-    return values
 
 
 def main():
@@ -88,8 +75,8 @@ def main():
             ],
             check=True,
         )
-        losses, held_out = _scalars(workdir, "loss"), _scalars(workdir, "held_out/loss")
-        probe = _scalars(workdir, "classes/accuracy")
+        logged = scalars(workdir)
+        losses, held_out, probe = logged["loss"], logged["held_out/loss"], logged["classes/accuracy"]
         print(
             json.dumps(
                 dict(

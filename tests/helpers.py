@@ -132,19 +132,11 @@ def train(repo_root, workdir, *overrides, quiet=False, config=MICRO):
 
 
 def logged_scalars(workdir, tag="loss") -> dict:
-    """step -> value of a scalar from a run's TensorBoard event files; a step logged twice (a
-    resumed run repeats the steps after its checkpoint) keeps its last value."""
-    from tensorboard.backend.event_processing import event_accumulator
-    from tensorboard.util import tensor_util
+    """step -> value of a scalar from a run's TensorBoard event files, as maepp.tools.results reads
+    them: a step logged twice (a resumed run repeats the steps after its checkpoint) keeps its last value."""
+    from maepp.tools.results import scalars
 
-    values = {}
-    for path in sorted((workdir / "tensorboard").glob("events.out.tfevents.*"), key=os.path.getmtime):
-        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
-        events.Reload()
-        if tag in events.Tags()["tensors"]:
-            for event in events.Tensors(tag):
-                values[event.step] = float(tensor_util.make_ndarray(event.tensor_proto))
-    return values
+    return scalars(workdir).get(tag, {})
 
 
 def saved_params(workdir, step):
