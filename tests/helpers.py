@@ -139,6 +139,18 @@ def logged_scalars(workdir, tag="loss") -> dict:
     return scalars(workdir).get(tag, {})
 
 
+def image_steps(workdir, tag) -> list:
+    """The steps at which a run's TensorBoard event files hold an image of this tag, sorted."""
+    from tensorboard.backend.event_processing import event_accumulator
+
+    steps = []
+    for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
+        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
+        events.Reload()
+        steps += [event.step for event in events.Tensors(tag)] if tag in events.Tags()["tensors"] else []
+    return sorted(steps)
+
+
 def saved_params(workdir, step):
     """A checkpoint's parameters on this process's first device, whatever mesh and processes saved them."""
     import orbax.checkpoint as ocp

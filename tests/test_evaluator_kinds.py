@@ -37,17 +37,6 @@ def toy_config(tmp_path):
         KINDS.pop("toy", None)
 
 
-def _image_steps(workdir, tag) -> list:
-    from tensorboard.backend.event_processing import event_accumulator
-
-    steps = []
-    for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
-        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
-        events.Reload()
-        steps += [event.step for event in events.Tensors(tag)] if tag in events.Tags()["tensors"] else []
-    return sorted(steps)
-
-
 def test_a_toy_kinds_fields_are_checked_like_the_others(toy_config):
     toy_config.evals.norm.scale = -1.0
     must = r"^config\.evals\.norm\.scale=-1\.0: must be a finite number in \(0\.0, inf\)"
@@ -65,7 +54,7 @@ def test_a_toy_kind_runs_in_a_micro_run_and_its_metrics_reach_tensorboard_the_co
     toy_config, tmp_path, capsys
 ):
     from maepp.train_loop import train
-    from tests.helpers import logged_scalars, saved_params
+    from tests.helpers import image_steps, logged_scalars, saved_params
 
     toy_config.update(batch_size=8, total_steps=6, warmup_steps=1, log_every=3, checkpoint_every=3)
     toy_config.evals.held_out.source = ""
@@ -80,7 +69,7 @@ def test_a_toy_kind_runs_in_a_micro_run_and_its_metrics_reach_tensorboard_the_co
     assert norms[3] != norms[6]
     lines = capsys.readouterr().out.splitlines()
     assert any(line.startswith(f"step 6 | norm: encoder norm {norms[6]:.4f} (") for line in lines), lines[-5:]
-    assert _image_steps(workdir, "norm/square") == [3, 6]
+    assert image_steps(workdir, "norm/square") == [3, 6]
     assert sorted(p.name for p in (workdir / "pictures" / "norm").iterdir()) == [
         "step_0000003.png",
         "step_0000006.png",

@@ -23,6 +23,7 @@ from tests.helpers import (
     PausePoint,
     assert_trees_equal,
     fake_devices_environment,
+    image_steps,
     leaves,
     logged_scalars,
     paused_at,
@@ -32,15 +33,6 @@ from tests.helpers import (
     train_command,
 )
 from tests.helpers import TRAINED_RUN as RUN
-
-
-def _image_steps(workdir, tag="held_out/reconstruction") -> list:
-    steps = []
-    for path in (workdir / "tensorboard").glob("events.out.tfevents.*"):
-        events = event_accumulator.EventAccumulator(str(path), size_guidance={"tensors": 0})
-        events.Reload()
-        steps += [event.step for event in events.Tensors(tag)] if tag in events.Tags()["tensors"] else []
-    return sorted(steps)
 
 
 @pytest.fixture
@@ -60,7 +52,7 @@ def test_loss_falls_clearly(uninterrupted):
 def test_held_out_loss_falls_and_pictures_are_written(uninterrupted):
     held_out = logged_scalars(uninterrupted, "held_out/loss")
     assert sorted(held_out) == [30, 60] and held_out[60] < held_out[30], held_out
-    assert _image_steps(uninterrupted) == [30, 60]
+    assert image_steps(uninterrupted, "held_out/reconstruction") == [30, 60]
     pictures = sorted(p.name for p in (uninterrupted / "pictures" / "held_out").iterdir())
     assert pictures == ["step_0000030.png", "step_0000060.png"]
     image = tf.io.decode_png((uninterrupted / "pictures" / "held_out" / pictures[0]).read_bytes()).numpy()
