@@ -1,4 +1,5 @@
 import atexit
+import gc
 import os
 import pathlib
 import shlex
@@ -27,6 +28,11 @@ os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_opti
 import jax
 import pytest
 from filelock import FileLock
+
+from maepp import program
+
+# The tests trace and compile as maepp's programs do, and collect garbage as rarely.
+gc.set_threshold(*program.GC_THRESHOLDS)
 
 # Eight fake CPU devices for the sharding tests; set before any backend starts.
 jax.config.update("jax_num_cpu_devices", 8)
