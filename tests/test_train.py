@@ -193,8 +193,8 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     1 (a fresh run of that kind stopped at step 1 before). SIGTERM reaches one of them after the
     step-10 checkpoint, as a preemption notice would: JAX tells the other, both save one agreed
     step and exit cleanly. Resumed on one process of 4 devices (2 -> 1), the run goes on through
-    the global clip order from that step's position: its losses and held-out losses, before the
-    stop and after, are the shared single-process run's."""
+    the global clip order from that step's position: its losses, before the stop and after, and
+    its held-out loss at step 30 are the shared single-process run's."""
     workdir = tmp_path / "two_hosts"
     saved_10 = PausePoint(tmp_path, "saved@10")
     launcher = subprocess.Popen(
@@ -235,19 +235,27 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     assert 10 < stopped < 60  # held at step 10 until the signal had come
     data = json.loads((workdir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
     assert data == {"position": 32 * stopped, "processes": 2}  # one global position: 32 clips a step
-    result = subprocess.run(
+    # Resumed, it is stopped the same way once its step-30 save has started: the steps up to there
+    # and the held-out loss at 30 are the comparison (the shared run's last 30 steps add nothing).
+    saved_30 = PausePoint(tmp_path, "saved@30")
+    resumed = subprocess.Popen(
         train_command(workdir, *SHARED),
         cwd=repo_root,
-        env=fake_devices_environment(4),
-        capture_output=True,
+        env=fake_devices_environment(4, **saved_30.environment),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"resumed step {stopped} saved by 2 processes on 1 processes" in result.stdout
-    assert "stopped at step 60" in result.stdout
-    _follows(workdir, trained_run, range(1, 61))
-    _follows(workdir, trained_run, [30, 60], "held_out/loss")
+    saved_30.wait(resumed)
+    resumed.send_signal(signal.SIGTERM)
+    saved_30.release()
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resumed step {stopped} saved by 2 processes on 1 processes" in out
+    last = int(out.split("stop requested: saved step ")[1].split(",")[0])
+    assert 30 < last < 60
+    _follows(workdir, trained_run, range(1, last + 1))
+    _follows(workdir, trained_run, [30], "held_out/loss")
     starts = [json.loads(line) for line in (workdir / "run_info.jsonl").read_text().splitlines()]
     assert [(s["processes"], s["mesh"]) for s in starts] == [
         (2, {"data": 2, "fsdp": 2, "model": 1}),
