@@ -167,7 +167,7 @@ def use_compile_cache(setting: str, default: str = ""):
 
 # Python's cyclic garbage collector at its default thresholds (a young collection every 700 new
 # objects) runs thousands of times while JAX, TensorFlow and Orbax load and the programs are
-# traced, walking millions of long-lived objects: 7-10% of a program's CPU (perf, micro runs and
+# traced, walking millions of long-lived objects: 6-10% of a program's CPU (perf, micro runs and
 # the test suite, 2-core AMD EPYC, 2026-12-05). With young collections every 50,000 objects and
 # full ones at most every 10 million, a 60-step micro run took 39-42 CPU-seconds instead of 41-47.
 GC_THRESHOLDS = (50_000, 20, 10)
