@@ -35,6 +35,11 @@ from tests.helpers import (
 from tests.helpers import TRAINED_RUN as RUN
 
 
+def _saved_on_stop(out: str) -> int:
+    """The step a run saved when asked to stop (SIGTERM), from its console."""
+    return int(out.split("stop requested: saved step ")[1].split(",")[0])
+
+
 @pytest.fixture
 def uninterrupted(trained_run):
     return trained_run
@@ -108,7 +113,7 @@ def test_a_device_frontend_run_follows_the_host_run_and_saves_its_step_on_sigter
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=120)
     assert process.returncode == 0
-    stopped = int(out.split("stop requested: saved step ")[1].split(",")[0])
+    stopped = _saved_on_stop(out)
     assert stopped >= 5
     assert (workdir / "checkpoints" / str(stopped) / "state").is_dir()
     assert not list((workdir / "checkpoints").glob("*tmp*"))
@@ -231,7 +236,7 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     out, err = launcher.communicate(timeout=600)
     assert launcher.returncode == 0, err[-3000:]
     assert "input wait" in out and "(slowest: process " in out  # every process's wait, the slowest named
-    stopped = int(out.split("stop requested: saved step ")[1].split(",")[0])
+    stopped = _saved_on_stop(out)
     assert 10 < stopped < 60  # held at step 10 until the signal had come
     data = json.loads((workdir / "checkpoints" / str(stopped) / "data" / "metadata").read_text())
     assert data == {"position": 32 * stopped, "processes": 2}  # one global position: 32 clips a step
@@ -252,7 +257,7 @@ def test_a_fresh_run_split_over_two_processes_stops_together_on_sigterm_and_resu
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err[-3000:]
     assert f"resumed step {stopped} saved by 2 processes on 1 processes" in out
-    last = int(out.split("stop requested: saved step ")[1].split(",")[0])
+    last = _saved_on_stop(out)
     assert 30 < last < 60
     _follows(workdir, trained_run, range(1, last + 1))
     _follows(workdir, trained_run, [30], "held_out/loss")
