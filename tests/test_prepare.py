@@ -284,13 +284,13 @@ def test_the_workers_of_a_killed_prepare_end_with_it(repo_root, tmp_path):
         except FileNotFoundError:
             return False
 
-    deadline = time.monotonic() + 60  # each checks for its parent 20 times a second; the bound is a hang guard
+    deadline = time.monotonic() + 60  # against a hang only
     while any(map(alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in workers if alive(pid)], "workers outlived their prepare"
-    # A shard of a 1 s clip takes tens of milliseconds: the shards in hand in the 50 ms before a
-    # worker looks, and no more (a timing bound, against the 49 Beam's own worker went on to write).
-    assert len(list((tmp_path / "out").rglob("*.clips-*.json"))) - written <= 6
+    # Each worker ends after the shard in hand at most, however slow the machine (Beam's own
+    # worker went on to write 49 more).
+    assert len(list((tmp_path / "out").rglob("*.clips-*.json"))) - written <= 2
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from maepp import pause_points
 from maepp.audio import filterbanks, reference
 from maepp.audio.constants import SAMPLE_RATE
 from maepp.audio.decode import AUDIO_EXTENSIONS, BadAudio, decode_soundfile, encode_flac, load_audio
-from maepp.data import checksums, clip_store
+from maepp.data import beam_worker, checksums, clip_store
 from maepp.data.listing import list_audio_files
 
 
@@ -152,6 +152,7 @@ def write_shard(
     )
     _write_bytes_atomically(out / _listing_name(job["file"]), [json.dumps(listing).encode()])
     pause_points.reached("shard_written", next(_SHARDS_WRITTEN))
+    beam_worker.exit_if_prepare_ended()
     return listing
 
 
