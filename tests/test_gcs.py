@@ -112,8 +112,9 @@ def test_a_gs_workdir_taken_over_killed_and_resumed_ends_as_an_uninterrupted_run
     """One gs:// workdir through three faults: its lease taken over (the run stops before its next
     save, in one line), the run killed with SIGKILL (its successor waits the lease out), and a
     resume; the final parameters equal an uninterrupted local run's bit for bit."""
-    overrides = [
+    overrides = [  # a batch of 8 clips: the faults are the test, not what the model learns
         "--config.total_steps=12",
+        "--config.batch_size=8",
         "--config.warmup_steps=2",
         "--config.checkpoint_every=3",
         "--config.log_every=3",
@@ -197,6 +198,7 @@ def test_a_gs_run_killed_during_its_final_save_finishes_it_again(gcs, bucket, re
     committed step and save the last one again, ending with the uninterrupted run's parameters."""
     overrides = [
         "--config.total_steps=4",
+        "--config.batch_size=8",
         "--config.warmup_steps=1",
         "--config.checkpoint_every=2",
         "--config.log_every=2",

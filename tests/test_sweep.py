@@ -186,10 +186,11 @@ def get_config(arg="plain"):
     return experiment.row_config(ROWS, arg, size="micro")
 """
 
-# Eight steps, one checkpoint, no evaluator: tests/test_evaluate.py reads a run's evaluators into
+# Eight steps of 8 clips, one checkpoint, no evaluator: tests/test_evaluate.py reads a run's evaluators into
 # the results table and its picture (the shared run's).
 SHORT = [
     "--config.total_steps=8",
+    "--config.batch_size=8",
     "--config.warmup_steps=2",
     "--config.log_every=2",
     "--config.checkpoint_every=8",

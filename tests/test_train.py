@@ -327,9 +327,11 @@ def test_a_slurm_job_of_two_nodes_of_two_gpu_processes_is_data_parallel_across_t
 
 
 # A two-process job of one device each, checkpoints every 4 steps, no evaluation: what the lost-process
-# tests run, with a short heartbeat so that JAX notices a dead process within seconds.
+# tests run, with a short heartbeat so that JAX notices a dead process within seconds, and a batch of
+# 8 clips (a quarter of micro's: their steps show what processes do, not what the model learns).
 SHORT_JOB = [
     "--config.total_steps=12",
+    "--config.batch_size=8",
     "--config.warmup_steps=1",
     "--config.checkpoint_every=4",
     "--config.log_every=1",
