@@ -15,6 +15,7 @@ has finished a block), `shard_written@N` (prepare: the N-th shard of this worker
 """
 
 import os
+import pathlib
 import time
 
 VARIABLE = "MAEPP_PAUSE_AT"
@@ -31,5 +32,11 @@ def reached(name: str, number: int):
         return
     with open(marker, "w") as file:
         file.write(f"{os.getpid()}\n")
-    while os.path.exists(marker):
+    # The test writes MARKER.released before it removes MARKER. A process of a job that wrote MARKER
+    # in between (it looked for MARKER.released just before the release) is let go too: held on, it
+    # would wait for a removal that has already happened, and its job would hang.
+    released = f"{marker}.released"
+    while os.path.exists(marker) and not os.path.exists(released):
         time.sleep(0.01)  # signals are handled between sleeps
+    if os.path.exists(released):
+        pathlib.Path(marker).unlink(missing_ok=True)

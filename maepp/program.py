@@ -184,6 +184,20 @@ class _OneLine(pylogging.Formatter):
         return f"{self.program}: {record.levelname.lower()}: {record.getMessage()}"
 
 
+def exit_now(message: str, status: int):
+    """Prints the message as the console's last line, on a line of its own, and exits at once (no
+    destructors, no atexit handlers). Other threads may still be writing: Orbax's logged a failed
+    save's traceback after a full-disk run's message once. From here on what they write goes nowhere."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    console = os.dup(2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    unwritten = ("\n" + message + "\n").encode()
+    while unwritten:
+        unwritten = unwritten[os.write(console, unwritten) :]
+    os._exit(status)
+
+
 def run_cli(main, program: str, argv: list | None = None):
     """app.run(main) for every maepp program: installed config names resolved; the config file,
     its size and every --config.FIELD override checked first, each mistake one line; --help with
@@ -233,6 +247,4 @@ def run_cli(main, program: str, argv: list | None = None):
     try:
         app.run(checked_main, argv=argv, flags_parser=parse_flags)
     except KeyboardInterrupt:
-        sys.stderr.write(f"\n{program}: interrupted; what was finished is kept, and the same command goes on from it\n")
-        sys.stderr.flush()
-        os._exit(130)
+        exit_now(f"{program}: interrupted; what was finished is kept, and the same command goes on from it", 130)

@@ -10,7 +10,6 @@ preemption notice) saves a checkpoint at the current step and exits cleanly. The
 is maepp/train_loop.py.
 """
 
-import os
 import shlex
 import sys
 import traceback
@@ -43,20 +42,10 @@ _RESUME_WITH_CHANGED = flags.DEFINE_list(
 
 
 def _exit_now(message: str, status: int = 1):
-    """Prints the message as the console's last line and exits without running destructors: after
-    a failure a tf.data iterator can deadlock in its destructor, waiting for map workers that need
-    the GIL it holds. Every file that matters is already closed or complete (checkpoints are atomic)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Orbax's threads may still be logging a failed save's tracebacks (one ended a full-disk run's
-    # stderr after this message): from here on what they write goes nowhere, and the message goes
-    # to the console on a line of its own.
-    console = os.dup(2)
-    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
-    unwritten = ("\n" + message + "\n").encode()
-    while unwritten:
-        unwritten = unwritten[os.write(console, unwritten) :]
-    os._exit(status)
+    """The message as the console's last line, then an exit that runs no destructors: after a
+    failure a tf.data iterator can deadlock in its destructor, waiting for map workers that need the
+    GIL it holds. Every file that matters is already closed or complete (checkpoints are atomic)."""
+    program.exit_now(message, status)
 
 
 def _same_command() -> str:

@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
-from maepp import checkpoints, distributed, optim, pause_points, progress, sharding
+from maepp import checkpoints, distributed, optim, pause_points, program, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
 from maepp.cadence import Cadence
 from maepp.config_checks import resume_changes, saved_by_an_earlier_maepp
@@ -64,12 +63,11 @@ class StopRequest:
 
     def _interrupt(self, *_):
         if self.interrupted:
-            sys.stderr.write(
-                f"\nmaepp.train: interrupted again: exiting now; the newest complete checkpoint is "
-                f"{checkpoints.newest_complete(self._workdir)}\n"
+            program.exit_now(
+                "maepp.train: interrupted again: exiting now; the newest complete checkpoint is "
+                f"{checkpoints.newest_complete(self._workdir)}",
+                130,
             )
-            sys.stderr.flush()
-            os._exit(130)
         self.interrupted = True
         if jax.process_count() > 1:
             os.kill(os.getpid(), signal.SIGTERM)
