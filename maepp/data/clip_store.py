@@ -208,8 +208,9 @@ class ClipStoreSource:
         self._check_layout(manifest)
         self._names = {}  # shard -> its clips' names, read when first needed
         self._counting = threading.Lock()
-        # byte ranges and their bytes read so far, and the clips' payloads (or parts) they served
-        self.reads = self.bytes_read = self.payloads_served = 0
+        # byte ranges and their bytes read so far, the clips' payloads (or parts) they served, and
+        # the blocks they were (read_in_blocks)
+        self.reads = self.bytes_read = self.payloads_served = self.blocks_read = 0
         self._blocks = None  # a BlockCache once read_in_blocks is called
         if not len(self):
             raise ValueError(f"{self.directory} holds no clips")
@@ -502,6 +503,8 @@ class BlockCache:
                 at = int(source._offset[clip]) - start
                 whole = view[at : at + int(source._units[clip]) * size]
                 clips[clip] = source._checked(clip, 0, whole) or whole
+        with source._counting:
+            source.blocks_read += len(blocks)
         with self._lock:
             for block, (_, read) in blocks.items():
                 read["clips"] = {c: p for c, p in clips.items() if c // self.block_clips == block}

@@ -202,10 +202,11 @@ def _audioset_section() -> list:
     dataset = hours * data["bytes_per_hour"]
     clip_bytes = dataset / AUDIOSET_CLIPS
     # Bytes a crop costs: its own, widened to the 16 KB checksum chunks around it (clips), or its
-    # whole clip, read with its block (blocks); requests per crop as measured.
+    # whole clip, read with its block (blocks). Requests per crop: as measured (clips), or a
+    # block's requests over its clips (blocks): in AudioSet each block is read once an epoch.
     per_crop = {
         "clips": (CROP_BYTES * CHECKED_READ, scales["clips"]["requests_per_crop"]),
-        "blocks": (clip_bytes, scales["blocks"]["requests_per_crop"]),
+        "blocks": (clip_bytes, scales["blocks"]["requests_per_crop_at_scale"]),
     }
     flops = train_flops_per_example(ModelSpec.from_config(model_config("base")))
     systems = [
@@ -234,7 +235,14 @@ def _audioset_section() -> list:
             f"- {order}: {scale['requests_per_crop']} requests per crop, {scale['crops_per_s_per_process']:,.0f} "
             f"crops/s per process (the 2 cores' limit, not the link's), {scale['read_per_process_over_dataset']} of "
             f"the dataset per process per epoch (1/{scale['processes']} plus what the pipeline read ahead), "
-            f"{scale['local_disk_bytes_written']:,} bytes written to local disk;"
+            f"{scale['local_disk_bytes_written']:,} bytes written to local disk"
+            + (
+                f"; {scale['requests_per_block']} requests per block of {scale['block_clips']} clips read (one per "
+                f"shard it spans), so {scale['requests_per_crop_at_scale']} per crop where each block is read once "
+                "an epoch, as in AudioSet (here the next epoch's blocks read ahead count too): the table's figure;"
+                if order == "blocks"
+                else ";"
+            )
         )
     lines += [
         "",

@@ -15,6 +15,12 @@ the server itself answers at once. Reported, last line JSON:
                                   the few batches the pipeline reads ahead of the last one)
     bytes read per crop           over the crop's own bytes (1.0: a crop reads only its rows)
     requests per crop             requests over crops read, every process's
+    requests per block            (blocks) range requests over blocks read: a request per shard a block spans
+    requests per crop at scale    (blocks) requests per block over block_clips: what a crop costs where
+                                  each block is read once an epoch, as in a dataset far larger than
+                                  the blocks a process holds (AudioSet). A small dataset's figure
+                                  above also counts the next epoch's blocks read ahead, and over
+                                  several epochs it gains blocks still held from the last.
     requests per second           per process, while reading
     crops per second              per process, while reading
     waited on reads               seconds each process spent waiting for its batches (it does nothing else)
@@ -71,7 +77,7 @@ def read(spec, batch_size, rows, n_batches, shuffle):
         next(batches)
     done = time.perf_counter()
     return dict(first_batch_s=first - opened, read_s=done - first, crops=n_batches * len(rows), reads=source.reads,
-                bytes_read=source.bytes_read, served=source.payloads_served)
+                bytes_read=source.bytes_read, served=source.payloads_served, blocks=source.blocks_read)
 
 # In a function: its pipeline, reads still in flight, is freed before the interpreter shuts down.
 result = read(sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), int(sys.argv[4]),
@@ -163,9 +169,12 @@ def bench_scale(
             results.append(json.loads(out.strip().splitlines()[-1]))
     served = [meter.counts() for meter in meters]
     crop_bytes = 200 * 80 * 2
+    blocks = sum(r["blocks"] for r in results)
+    requests_per_block = sum(r["reads"] for r in results) / blocks if blocks else None
     return dict(
         processes=processes,
         shuffle=shuffle.kind,
+        block_clips=shuffle.block_clips if shuffle.kind == "blocks" else None,
         latency_ms=latency_ms,
         bucket_rps=bucket_rps,
         clips=n_clips,
@@ -178,6 +187,8 @@ def bench_scale(
             sum(r["bytes_read"] for r in results) / sum(r["served"] for r in results) / crop_bytes, 3
         ),
         requests_per_crop=round(sum(s["requests"] for s in served) / sum(r["crops"] for r in results), 4),
+        requests_per_block=requests_per_block and round(requests_per_block, 4),
+        requests_per_crop_at_scale=requests_per_block and round(requests_per_block / shuffle.block_clips, 4),
         requests_per_s_per_process=round(
             float(np.mean([s["requests"] / r["read_s"] for s, r in zip(served, results)])), 1
         ),
@@ -217,5 +228,13 @@ def main(argv):
         f"bytes read per crop over the crop's own: {r['read_per_crop_over_crop_bytes']}",
         f"requests per crop: {r['requests_per_crop']}; per second per process: {r['requests_per_s_per_process']:,} "
         f"({r['crops_per_s_per_process']:,} crops/s); waited on reads: {r['waited_on_reads_s']} s",
+        *(
+            [
+                f"requests per block: {r['requests_per_block']}; per crop where each block is read once an "
+                f"epoch (a dataset far larger than the blocks held): {r['requests_per_crop_at_scale']}"
+            ]
+            if r["requests_per_block"]
+            else []
+        ),
         f"local disk bytes written by the readers: {r['local_disk_bytes_written']:,}",
     )
