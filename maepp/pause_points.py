@@ -38,5 +38,4 @@ def reached(name: str, number: int):
     released = f"{marker}.released"
     while os.path.exists(marker) and not os.path.exists(released):
         time.sleep(0.01)  # signals are handled between sleeps
-    if os.path.exists(released):
-        pathlib.Path(marker).unlink(missing_ok=True)
+    pathlib.Path(marker).unlink(missing_ok=True)

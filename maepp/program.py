@@ -186,8 +186,9 @@ class _OneLine(pylogging.Formatter):
 
 def exit_now(message: str, status: int):
     """Prints the message as the console's last line, on a line of its own, and exits at once (no
-    destructors, no atexit handlers). Other threads may still be writing: Orbax's logged a failed
-    save's traceback after a full-disk run's message once. From here on what they write goes nowhere."""
+    destructors, no atexit handlers). Other threads may still be writing: Orbax's threads logged a
+    failed save's traceback after a full-disk run's message once. From here on what they write goes
+    nowhere."""
     sys.stdout.flush()
     sys.stderr.flush()
     console = os.dup(2)
