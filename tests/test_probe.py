@@ -111,7 +111,8 @@ def test_scene_embeddings_on_eight_devices_are_exports(tmp_path):
 def test_of_several_penalties_the_best_on_valid_is_taken_as_downstream_evaluate_takes_it(tmp_path):
     """l2=(1e-3, 1, 1e3): the evaluator fits on train, takes the penalty that scores best on valid
     and reports its fit's test score; maepp.downstream's ridge probe on the exported features of
-    the same clips takes the same penalty and gets the same score."""
+    the same clips takes the same penalty and gets the same score. Parameters holding NaN give no
+    score (it would look like a chance-level encoder's) but one line saying so."""
     import jax
 
     from maepp import sharding
@@ -149,6 +150,9 @@ def test_of_several_penalties_the_best_on_valid_is_taken_as_downstream_evaluate_
     }
     assert (score, chosen) == pytest.approx(features.ridge_score(task, exported, PROBE["shots"], l2s), abs=1e-6)
     assert chosen in l2s
+    broken = jax.tree.map(lambda p: p * np.nan, state.params)
+    with pytest.raises(ValueError, match=r"^probe tones: 28 of 28 clips' scene embeddings are not finite: the encoder"):
+        probe(broken)
 
 
 @pytest.mark.e2e
