@@ -73,13 +73,26 @@ def load_config(spec: str, flag: str = "config"):
         module_spec.loader.exec_module(module)
     except SyntaxError as error:
         raise ValueError(f"--{flag} {spec}: line {error.lineno}: {error.msg}") from None
-    except Exception as error:  # noqa: BLE001 - whatever the file's own code raises: its last frame, in one line
-        where = traceback.extract_tb(error.__traceback__)[-1]
-        raise ValueError(f"--{flag} {spec}: {where.filename}:{where.lineno}: {type(error).__name__}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - whatever the file's own code raises, in one line
+        raise ValueError(f"--{flag} {spec}: {_where_raised(error)}") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
+        raise ValueError(
+            f"--{flag} {spec}: {path} has no get_config(): define one that returns the ConfigDict, as "
+            "configs/audiomaepp.py does"
+        )
     try:
-        return module.get_config(argument) if argument else module.get_config()
-    except ValueError as error:
+        return get_config(argument) if argument else get_config()
+    except ValueError as error:  # maepp's own refusals (e.g. an unknown size) say what to do already
         raise ValueError(f"--{flag} {spec}: {error}") from None
+    except Exception as error:  # noqa: BLE001 - whatever the file's get_config raises, in one line
+        raise ValueError(f"--{flag} {spec}: get_config raised it: {_where_raised(error)}") from None
+
+
+def _where_raised(error: Exception) -> str:
+    """'FILE:LINE: TYPE: MESSAGE' of the innermost frame an exception was raised in."""
+    where = traceback.extract_tb(error.__traceback__)[-1]
+    return f"{where.filename}:{where.lineno}: {type(error).__name__}: {error}"
 
 
 def check_overrides(config, overrides: list, flag: str = "config"):

@@ -291,3 +291,29 @@ def test_an_unknown_model_field_is_refused_in_one_line(where):
     (model.encoder if where == "model.encoder" else model).dropout = 0.1
     with pytest.raises(ValueError, match=rf"^config\.{where} has no field dropout: its fields are [a-z_0-9, ]+$"):
         ModelSpec.from_config(model)
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("import nonexistent_module\n", "raising.py:1: ModuleNotFoundError: No module named 'nonexistent_module'"),
+        (
+            "x = 1\n",
+            "raising.py has no get_config(): define one that returns the ConfigDict, as configs/audiomaepp.py does",
+        ),
+        (
+            "def get_config(size='base'):\n    raise KeyError('no such dataset')\n",
+            "get_config raised it: {}:2: KeyError: 'no such dataset'",
+        ),
+    ],
+)
+def test_a_config_file_that_fails_is_one_line_naming_it(tmp_path, source, message):
+    """What a user's config file raises, where it has no get_config, or what its get_config raises."""
+    from maepp import program
+
+    path = tmp_path / "raising.py"
+    path.write_text(source)
+    with pytest.raises(ValueError) as error:
+        program.load_config(f"{path}:micro")
+    assert str(error.value).startswith(f"--config {path}:micro: ")
+    assert str(error.value).endswith(message.format(path)) and "\n" not in str(error.value)
