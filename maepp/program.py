@@ -102,7 +102,10 @@ def check_overrides(config, overrides: list, flag: str = "config"):
         node, walked = config, []
         for key in path.split("."):
             if not hasattr(node, "keys") or key not in node:
+                # An evaluator entry's kind has settings the entry may leave at their defaults.
+                defaults = _evaluator_defaults(node) if walked[:1] == ["evals"] and len(walked) == 2 else {}
                 known = list(node.keys()) if hasattr(node, "keys") else []
+                known += [name for name in defaults if name not in known]
                 near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
                 where = f"config.{'.'.join(walked)}" if walked else "the config"
                 hint = (
@@ -112,6 +115,14 @@ def check_overrides(config, overrides: list, flag: str = "config"):
                     if known
                     else f"; {where} is a value, not a section"
                 )
+                meant = key if key in defaults else next((name for name in near if name in defaults), None)
+                if meant:  # left out of the entry, so there is nothing to override
+                    hint = (
+                        (f"; did you mean {'.'.join([*walked, meant])!r}?" if meant != key else "")
+                        + f"; {meant!r} is a setting of {node['type']} evaluators, left at its default "
+                        f"({defaults[meant]!r}): name it in the config file's entry to set it here, "
+                        f"config.evals.{walked[1]} = dict(..., {meant}={defaults[meant]!r})"
+                    )
                 if walked == ["evals"] and not near:  # an evaluator of its own: a config file adds it
                     hint += (
                         f"; an evaluator is added in a config file, after get_config: from maepp.configs import "
@@ -121,6 +132,14 @@ def check_overrides(config, overrides: list, flag: str = "config"):
                     )
                 raise ValueError(f"{argument}: no field {'.'.join([*walked, key])!r}{hint}")
             node, walked = node[key], [*walked, key]
+
+
+def _evaluator_defaults(entry) -> dict:
+    """The defaults of an entry of config.evals's kind, {} if it names none."""
+    from maepp.evaluator_kinds import KINDS
+
+    kind = KINDS.get(entry.get("type")) if hasattr(entry, "get") else None
+    return kind.defaults if kind else {}
 
 
 def _suggest_size(message: str, spec: str) -> str:
