@@ -209,7 +209,7 @@ class ClipStoreSource:
         self._names = {}  # shard -> its clips' names, read when first needed
         self._counting = threading.Lock()
         # byte ranges and their bytes read so far, the clips' payloads (or parts) they served, and
-        # the blocks they were (read_in_blocks)
+        # the blocks read (read_in_blocks)
         self.reads = self.bytes_read = self.payloads_served = self.blocks_read = 0
         self._blocks = None  # a BlockCache once read_in_blocks is called
         if not len(self):

@@ -187,8 +187,10 @@ def bench_scale(
             sum(r["bytes_read"] for r in results) / sum(r["served"] for r in results) / crop_bytes, 3
         ),
         requests_per_crop=round(sum(s["requests"] for s in served) / sum(r["crops"] for r in results), 4),
-        requests_per_block=requests_per_block and round(requests_per_block, 4),
-        requests_per_crop_at_scale=requests_per_block and round(requests_per_block / shuffle.block_clips, 4),
+        requests_per_block=None if requests_per_block is None else round(requests_per_block, 4),
+        requests_per_crop_at_scale=(
+            None if requests_per_block is None else round(requests_per_block / shuffle.block_clips, 4)
+        ),
         requests_per_s_per_process=round(
             float(np.mean([s["requests"] / r["read_s"] for s, r in zip(served, results)])), 1
         ),
