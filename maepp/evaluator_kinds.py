@@ -1,6 +1,7 @@
 """What an evaluator of config.evals is (the contract), and the kinds there are: one place, with
-no TensorFlow, that the config checks (maepp/config_checks.py), the run plan (maepp/run_plan.py)
-and the registry (maepp/evaluators/registry.py) read.
+no TensorFlow, that the config checks (maepp/config_checks.py), the run plan (maepp/run_plan.py),
+the registry (maepp/evaluators/registry.py) and the command line's override checks
+(maepp/program.py) read.
 
 An entry of config.evals is `dict(type=KIND, every=N, ...)`. Its kind declares the fields it
 reads (each with its check) and the defaults of those an entry may leave out; what it evaluates
