@@ -1,4 +1,4 @@
-"""TensorFlow's start-up notices kept off a maepp program's console, on every CPU.
+"""TensorFlow's (and jax's CUDA plugin's) start-up notices kept off a maepp program's console, on every CPU.
 
 TensorFlow's C++ libraries log a few notices while they load, through absl, before anything can
 configure absl: on CPUs with AVX-512 or AMX (or with TF_ENABLE_ONEDNN_OPTS=1) that oneDNN's
@@ -9,8 +9,11 @@ afterwards every line of it that is not one of those notices is written to stder
 warning or error is lost.
 
 install() sets this up without importing TensorFlow: `--help` and a refused config stay fast.
+maepp.tools.compile_check loads jax's CUDA plugin on a machine without CUDA, whose libraries say
+so the same way; notices_kept_off() keeps them off around what loads them.
 """
 
+import contextlib
 import importlib.abc
 import importlib.machinery
 import os
@@ -23,11 +26,30 @@ NOTICES = (
     "oneDNN custom operations are on.",
     "This TensorFlow binary is optimized to use available CPU instructions",
     "To enable the following instructions:",
+    "Could not find cuda drivers on your machine, GPU will not be used.",
 )
 
 
 def _loud_lines(text: str) -> str:
     return "".join(line for line in text.splitlines(keepends=True) if not any(n in line for n in NOTICES))
+
+
+@contextlib.contextmanager
+def notices_kept_off():
+    """While it lasts, file descriptor 2 goes to a temporary file; then every line of it that is
+    not a start-up notice is written to stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            sys.stderr.write(_loud_lines(caught.read().decode(errors="replace")))
+            sys.stderr.flush()
 
 
 class _QuietLoader(importlib.abc.Loader):
@@ -40,18 +62,8 @@ class _QuietLoader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
-        sys.stderr.flush()
-        saved = os.dup(2)
-        with tempfile.TemporaryFile() as caught:
-            os.dup2(caught.fileno(), 2)
-            try:
-                self._loader.exec_module(module)
-            finally:
-                os.dup2(saved, 2)
-                os.close(saved)
-                caught.seek(0)
-                sys.stderr.write(_loud_lines(caught.read().decode(errors="replace")))
-                sys.stderr.flush()
+        with notices_kept_off():
+            self._loader.exec_module(module)
 
     def __getattr__(self, name):  # get_resource_reader, is_package, ...: the package's own loader
         return getattr(self._loader, name)

@@ -55,9 +55,14 @@ PLUGIN_DIR = pathlib.Path(os.environ.get("MAEPP_AOT_PLUGINS", pathlib.Path(sys.p
 if PLUGIN_DIR.is_dir():
     sys.path.insert(0, str(PLUGIN_DIR))
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from jax.experimental import topologies  # noqa: E402
+from maepp import quiet_start  # noqa: E402
+
+# jax's CUDA plugin, found on that path, loads its libraries with jax and its backend with the
+# first devices asked for; on a machine without CUDA each says so (maepp/quiet_start.py).
+with quiet_start.notices_kept_off():
+    import jax
+    import jax.numpy as jnp
+    from jax.experimental import topologies
 
 from maepp import optim, program, sharding  # noqa: E402
 from maepp.audio import filterbanks, jax_frontend  # noqa: E402
@@ -143,7 +148,9 @@ def abstract_devices(topology: str, num_slices: int = 1) -> list:
 
 def compile_train_step(config, topology: str, num_slices: int = 1) -> MemoryReport:
     chip = topology.split(":")[0]
-    devices = abstract_devices(topology, num_slices)
+    with quiet_start.notices_kept_off():
+        jax.devices()  # the backends start here, the CUDA plugin's among them
+        devices = abstract_devices(topology, num_slices)
     mesh = sharding.make_mesh(config.mesh, devices)
     check_model(config.model)
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
