@@ -249,8 +249,13 @@ def test_bench_scale_reads_a_bucket_each_process_its_share(repo_root, order):
     # read ahead to the end), the manifest and the index.
     assert 0.45 < result["read_per_process_over_dataset"] < 0.85
     assert result["local_disk_bytes_written"] < 100_000  # nothing copied (a few logs at most)
-    # A 2 s clip is 201 frames: a crop reads all of it, as its block or widened to its checksum chunks.
-    assert result["read_per_crop_over_crop_bytes"] == round(201 / 200, 3)
+    # A 2 s clip is 201 frames: a crop reads all of it, widened to its checksum chunks or with its
+    # block. In the block order a crop whose block is still held costs nothing: the pipeline's
+    # read-ahead into the next epoch meets blocks of this one (on a loaded run: 0.966).
+    if order == "blocks":
+        assert 0 < result["read_per_crop_over_crop_bytes"] <= round(201 / 200, 3)
+    else:
+        assert result["read_per_crop_over_crop_bytes"] == round(201 / 200, 3)
     if order == "blocks":  # the manifest, the index and a listing besides
         assert result["requests_per_crop"] < 2 / 8 + 0.05 and result["latency_ms"] == 5
         # Shards of 24 clips hold 3 whole blocks each: a block is one request.
