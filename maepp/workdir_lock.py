@@ -1,6 +1,7 @@
 """One live run per workdir: WORKDIR/lock.json names the run holding it (host, pid, start time).
 
 A second run on the same workdir would mix its checkpoints with the first's, so it is refused.
+(maepp.export holds its unfinished output's folder the same way: WorkdirLock(folder, holder=..., clash=...).)
 On a local (or shared) disk the lease is an flock held for the run's life: the kernel lets go when
 the holder dies, however it dies, and a successor takes over at once.
 
@@ -37,7 +38,7 @@ RENEW_S = LEASE_S / 6
 
 
 class WorkdirInUse(RuntimeError):
-    pass
+    """Another run holds the workdir, or its lock's path is taken by something that is not a lock."""
 
 
 class WorkdirLost(RuntimeError):
@@ -93,9 +94,22 @@ class _GcsObject:
             pass  # not ours any more
 
 
+RUNS_CLASH = "two runs on one workdir would mix their checkpoints. Stop that run, or give this one another --workdir"
+
+
 class WorkdirLock:
-    def __init__(self, workdir, lease_s: float | None = None, renew_s: float | None = None):
+    """holder: what holds it, as the refusal names it; clash: why two may not, and what to do."""
+
+    def __init__(
+        self,
+        workdir,
+        lease_s: float | None = None,
+        renew_s: float | None = None,
+        holder: str = "run",
+        clash: str = RUNS_CLASH,
+    ):
         self.path = epath.Path(workdir) / "lock.json"
+        self.holder, self.clash = holder, clash
         scheme = str(workdir).partition("://")[0] if "://" in str(workdir) else ""
         if scheme not in ("", "gs"):
             raise ValueError(
@@ -126,12 +140,22 @@ class WorkdirLock:
             self._renewal.start()
 
     def _acquire_flock(self):
-        self._file = open(self.path.with_name("lock"), "a+")
-        try:
-            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        flock_path = self.path.with_name("lock")
+        for path in (flock_path, self.path):
+            if path.is_dir():
+                raise WorkdirInUse(f"{path} is a folder where maepp keeps its lock file: move it away")
+        while True:
+            self._file = open(flock_path, "a+")
+            try:
+                fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self._file.close()
+                raise WorkdirInUse(self._refusal(self._local_holder())) from None
+            # A holder that removes the file as it lets go (export's folder) may have done so
+            # between our open and our flock: the flock is then on a file no one else will open.
+            if flock_path.exists() and os.stat(flock_path).st_ino == os.fstat(self._file.fileno()).st_ino:
+                break
             self._file.close()
-            raise WorkdirInUse(self._refusal(self._local_holder())) from None
         partial = self.path.with_name(f"lock.json.{self.me['token']}")
         partial.write_text(self._text())
         partial.replace(self.path)
@@ -169,12 +193,12 @@ class WorkdirLock:
         self._generation = self._write_mine(if_generation=generation)
         if self._generation is None:
             raise WorkdirInUse(self._refusal(self._object.read()[0]))
-        print(f"took over {self.path} from a run that stopped renewing it ({_describe(holder)})", flush=True)
+        print(f"took over {self.path} from a {self.holder} that stopped renewing it ({_describe(holder)})", flush=True)
 
     def _refusal(self, holder: dict) -> str:
         return (
-            f"{self.path.parent} is in use by another run ({_describe(holder) if holder else 'unknown'}): two runs "
-            "on one workdir would mix their checkpoints. Stop that run, or give this one another --workdir"
+            f"{self.path.parent} is in use by another {self.holder} ({_describe(holder) if holder else 'unknown'}): "
+            f"{self.clash}"
         )
 
     def _is_mine(self, holder: dict) -> bool:
@@ -191,7 +215,7 @@ class WorkdirLock:
         return generation
 
     def _taken_over(self, holder: dict) -> str:
-        return f"{self.path} was taken over by another run ({_describe(holder) if holder else 'unknown'})"
+        return f"{self.path} was taken over by another {self.holder} ({_describe(holder) if holder else 'unknown'})"
 
     def _renew(self):
         while not self._stop.wait(self.renew_s):
@@ -212,7 +236,8 @@ class WorkdirLock:
         if self.lost:
             raise WorkdirLost(self.lost)
 
-    def release(self):
+    def release(self, remove_lock_file: bool = False):
+        """remove_lock_file: also the flock's file, for a folder that is to go away with its holder."""
         self._stop.set()
         if self._renewal is not None:
             self._renewal.join()  # a renewal under way changes the generation the delete is made on
@@ -220,6 +245,8 @@ class WorkdirLock:
             if self._local_holder().get("token") == self.me["token"]:
                 self.path.unlink(missing_ok=True)
             if self._file is not None:
+                if remove_lock_file:  # while still held: a waiting opener sees it gone (_acquire_flock)
+                    self.path.with_name("lock").unlink(missing_ok=True)
                 self._file.close()  # lets go of the flock
         elif self._generation is not None and not self.lost:
             self._object.delete(self._generation)

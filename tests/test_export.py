@@ -68,6 +68,7 @@ def _export_command(run, inputs, output, *extra):
 
 @pytest.mark.e2e
 def test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks(repo_root, trained_run, clips_400, tmp_path):
+    """Held after its second block, the export refuses a second one on its output; then Ctrl-C."""
     output, block_1 = tmp_path / "out.npz", PausePoint(tmp_path, "exported@1")
     process = subprocess.Popen(
         _export_command(trained_run, clips_400, output),
@@ -79,14 +80,24 @@ def test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks(repo_r
     )
     parts = tmp_path / "out.npz.parts"
     block_1.wait(process)
+    second = subprocess.run(
+        _export_command(trained_run, clips_400, output), cwd=repo_root, capture_output=True, text=True, timeout=300
+    )
+    assert second.returncode == 1
+    assert (
+        second.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"maepp.export: {parts} is in use by another export (pid {process.pid} on ")
+    ), second.stderr[-2000:]
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == (
         "maepp.export: interrupted; what was finished is kept, and the same command goes on from it"
     )
-    assert sorted(p.name for p in parts.glob("block_*")) == ["block_000000.npz", "block_000001.npz"]
-    assert not output.exists() and not list(parts.glob("*.tmp"))
+    # The lease is let go with its files: what is left is the finished blocks and the plan.
+    assert sorted(p.name for p in parts.iterdir()) == ["block_000000.npz", "block_000001.npz", "plan.json"]
+    assert not output.exists()
 
 
 @pytest.mark.e2e

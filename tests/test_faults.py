@@ -90,6 +90,12 @@ FAULTS = [
         "test_a_second_run_on_a_workdir_in_use_is_refused",
     ),
     Fault(
+        "`W/lock` or `W/lock.json` taken by a folder",
+        "one line: `maepp.train: W/lock is a folder where maepp keeps its lock file: move it away`",
+        "the folder; no stray file is left beside it",
+        "test_lock_paths_taken_by_folders_are_refused_and_leave_nothing",
+    ),
+    Fault(
         "the run holding a workdir was killed (SIGKILL) without letting go",
         "the next run takes the workdir over",
         "all checkpoints",
@@ -299,6 +305,13 @@ FAULTS = [
         "test_an_internal_fault_names_what_survived_and_the_command_that_resumes",
     ),
     Fault(
+        "a second `maepp.export` started on an output an export is writing",
+        "one line, exit status 1: `maepp.export: OUT.npz.parts is in use by another export (pid P on H, started "
+        "T): two exports to one output would write over each other's blocks ...`",
+        "the first export, untouched",
+        "tests/test_export.py::test_ctrl_c_stops_an_export_in_one_line_and_keeps_its_finished_blocks",
+    ),
+    Fault(
         "Ctrl-C during `maepp.export`",
         "one line, exit status 130: `maepp.export: interrupted; what was finished "
         "is kept, and the same command goes on from it`",
@@ -418,6 +431,14 @@ def test_a_second_run_on_a_workdir_in_use_is_refused(repo_root, tmp_path):
     assert message.startswith(f"maepp.train: {tmp_path / 'busy'} is in use by another run (pid {os.getpid()} on ")
     assert not (tmp_path / "busy" / "checkpoints").exists()
     assert result.stdout == ""  # refused before it says where it would write
+
+
+@pytest.mark.parametrize("name", ["lock", "lock.json"])
+def test_lock_paths_taken_by_folders_are_refused_and_leave_nothing(tmp_path, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(WorkdirInUse, match=f"^{tmp_path / name} is a folder where maepp keeps its lock file: move it"):
+        WorkdirLock(tmp_path).acquire()
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 @pytest.mark.e2e

@@ -7,7 +7,9 @@ DIR/meta.json           frame size, chunk length, patch frames, number of weight
 """
 
 import json
+import os
 import shutil
+import uuid
 
 import jax
 import jax.numpy as jnp
@@ -78,9 +80,8 @@ def write_artifact(directory, model: MaskedAutoencoder, params, config) -> epath
         [jax.ShapeDtypeStruct(np.shape(leaf), jnp.float32) for leaf in leaves],
         jax.ShapeDtypeStruct((batch, *spec.input_size), jnp.float32),
     )
-    partial = directory.parent / (directory.name + ".partial")
-    if partial.exists():
-        shutil.rmtree(partial)
+    # Each run writes its own partial folder: of two runs on one directory, the second to rename fails.
+    partial = directory.parent / f"{directory.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     partial.mkdir(parents=True)
     (partial / embed.ENCODER_FILE).write_bytes(bytes(exported.serialize()))
     weights = {f"w{i:04d}": np.asarray(leaf, np.float32) for i, leaf in enumerate(leaves)}
@@ -95,5 +96,13 @@ def write_artifact(directory, model: MaskedAutoencoder, params, config) -> epath
         config=config.to_dict(),
     )
     (partial / embed.META_FILE).write_text(json.dumps(meta, indent=2))
-    partial.rename(directory)
+    try:
+        partial.rename(directory)
+    except OSError as error:
+        shutil.rmtree(partial)
+        if directory.exists():
+            raise FileExistsError(
+                f"{directory} was written by another run meanwhile; choose a new artifact directory"
+            ) from error
+        raise
     return directory

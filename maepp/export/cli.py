@@ -37,6 +37,7 @@ def main(argv):
     from maepp.audio import filterbanks
     from maepp.export import artifact, clips
     from maepp.weights import store
+    from maepp.workdir_lock import WorkdirInUse
 
     if not (_ARTIFACT.value or (_INPUT.value and _OUTPUT.value)):
         sys.exit("maepp.export: give --input and --output, or --artifact")
@@ -59,7 +60,7 @@ def main(argv):
             model=loaded,
             overwrite=_OVERWRITE.value,
         )
-    except (FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FileNotFoundError, FileExistsError, ValueError, WorkdirInUse) as error:
         sys.exit(f"maepp.export: {error}")
     print(f"{counts['clips']} clips embedded with {loaded} into {counts['output']}, {counts['skipped']} skipped")
 

@@ -2,7 +2,9 @@
 
 Clips are taken in blocks of block_clips; each finished block is written whole to
 OUT.npz.parts/ (written, then renamed), so a restarted export recomputes nothing it finished
-and a killed one leaves no half block. The blocks are put together into OUT.npz at the end:
+and a killed one leaves no half block. One export at a time holds that folder
+(maepp/workdir_lock.py): a second one on the same output is refused, naming the first.
+The blocks are put together into OUT.npz at the end:
 
     embeddings       [N, E] float32  scene embedding (mean of the frame embeddings) per clip
     paths            [N] str         the clips as the input names them (relative to a folder)
@@ -27,6 +29,12 @@ from maepp import pause_points
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.data.sources import AudioLoadedWhole, FolderSource
 from maepp.export.embed import Embedder
+from maepp.workdir_lock import WorkdirLock
+
+EXPORTS_CLASH = (
+    "two exports to one output would write over each other's blocks. Let that one finish, or give this one "
+    "another --output"
+)
 
 
 class FileListSource(AudioLoadedWhole):
@@ -109,7 +117,8 @@ def check_output(output, overwrite: bool = False):
                 "pass --overwrite to replace it, or name another file"
             )
     parts = output.with_name(output.name + ".parts")
-    if parts.exists() and any(parts.iterdir()) and not (parts / "plan.json").exists():
+    ours = (parts / "plan.json").exists() or (parts / "lock.json").exists()  # an export's, maybe starting
+    if parts.exists() and any(parts.iterdir()) and not ours:
         raise FileExistsError(f"{parts} exists and is not an unfinished export (no plan.json); move it away")
 
 
@@ -168,8 +177,23 @@ def export(
     output = epath.Path(output)  # local, gs:// or any tf.io.gfile filesystem
     check_output(output, overwrite)
     parts = output.with_name(output.name + ".parts")
-    plan = _plan(source, block_clips, timestamps, model)
     parts.mkdir(parents=True, exist_ok=True)
+    lease = WorkdirLock(parts, holder="export", clash=EXPORTS_CLASH)
+    lease.acquire()
+    try:
+        result = _embed_blocks(source, embedder, output, parts, timestamps, block_clips, model, workers, log)
+    finally:
+        lease.release(remove_lock_file=True)
+    if not any(parts.iterdir()):
+        parts.rmdir()
+    for name, reason in zip(result["skipped_paths"], result["skipped_reasons"]):
+        print(f"skipped {name}: {reason}", file=log)
+    return dict(clips=len(result["paths"]), skipped=len(result["skipped_paths"]), output=str(output))
+
+
+def _embed_blocks(source, embedder, output, parts, timestamps, block_clips, model, workers, log) -> dict:
+    """The export itself, in the held parts folder: its blocks, then OUT.npz; -> what OUT.npz holds."""
+    plan = _plan(source, block_clips, timestamps, model)
     plan_path = parts / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise ValueError(f"{parts} holds an unfinished export of other clips or settings; delete it to start over")
@@ -200,8 +224,4 @@ def export(
     for number in range(n_blocks):  # only what this export wrote; a folder with more stays
         (parts / f"block_{number:06d}.npz").unlink()
     plan_path.unlink()
-    if not any(parts.iterdir()):
-        parts.rmdir()
-    for name, reason in zip(result["skipped_paths"], result["skipped_reasons"]):
-        print(f"skipped {name}: {reason}", file=log)
-    return dict(clips=len(result["paths"]), skipped=len(result["skipped_paths"]), output=str(output))
+    return result
