@@ -220,12 +220,14 @@ def _set_up(config, workdir, plan: RunPlan, changes) -> Run:
     mesh, spec, sources = plan.mesh, plan.spec, plan.sources
     model = MaskedAutoencoder(spec)
     optimizer = optim.optimizer(config)
-    state, state_shardings = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
+    abstract, state_shardings = sharding.abstract_state(model, optimizer, mesh)
     ckpt = checkpoints.manager(workdir, keep=config.keep_checkpoints, keep_period=config.keep_period or None)
     start_position, first_step = 0, 1
     other_layout = functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
-    restored = checkpoints.restore_latest(ckpt, state, state_shardings, other_layout)
-    if restored is not None:
+    restored = checkpoints.restore_latest(ckpt, abstract, state_shardings, other_layout)
+    if restored is None:  # a fresh state only where none restores: a resumed run never holds two
+        state, _ = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
+    else:
         done_step, state, data = restored
         start_position, moved = checkpoints.resume_position(data, done_step)
         first_step = done_step + 1
