@@ -17,17 +17,15 @@ def test_the_shared_run_is_finished_and_no_attempt_is_left_beside_it(trained_run
 
 
 def test_a_failed_shared_run_is_the_message_of_every_test_that_needs_it(repo_root, tmp_path):
-    """Three tests that need the shared run, on two workers, with the run made to end early (4
-    steps, not 60): it is tried once, leaves no finished workdir behind to be taken for the shared
-    run, and each of the three reports why it failed."""
+    """Three tests that need the shared run, on two workers, with the run made to fail by a bad
+    override: it is tried once, leaves no finished workdir behind to be taken for the shared run,
+    and each of the three reports why it failed."""
     needing = [
         "tests/test_shared_run.py::test_the_shared_run_is_finished_and_no_attempt_is_left_beside_it",
         "tests/test_train.py::test_loss_falls_clearly",
         "tests/test_train.py::test_profile_trace_is_written",
     ]
-    env = dict(
-        os.environ, MAEPP_TEST_SHARED_RUN_OVERRIDES="--config.total_steps=4 --config.warmup_steps=1", COLUMNS="400"
-    )
+    env = dict(os.environ, MAEPP_TEST_SHARED_RUN_OVERRIDES="--config.batch_size=0", COLUMNS="400")
     result = subprocess.run(
         [
             sys.executable,
@@ -51,8 +49,8 @@ def test_a_failed_shared_run_is_the_message_of_every_test_that_needs_it(repo_roo
     errors = [line for line in result.stdout.splitlines() if line.startswith("ERROR ")]
     assert result.returncode == 1 and len(errors) == 3, result.stdout[-3000:]
     cause = (
-        "the shared run (tests/conftest.py trained_run) failed: maepp.train did not stop at step 60; its last "
-        "line: stopped at step 4,"
+        "the shared run (tests/conftest.py trained_run) failed: maepp.train exited 1: maepp.train: "
+        "config.batch_size=0: must be a whole number of at least 1"
     )
     assert all(cause in line for line in errors), errors
     assert not (tmp_path / "session" / "trained_run").exists()
