@@ -9,8 +9,8 @@ on: held-out clips named as config.data.source names clips ("clips"), a labelled
 ("task"), or nothing the run must load (None); and the class that evaluates, named by import
 path so that its module (which may bring in TensorFlow) loads only when a run makes it.
 
-The class is made with (name, settings, config, model, mesh, params_shardings, source) and its
-run(params) returns Metrics; the train loop writes them: every scalar to TensorBoard as
+The class is made with (name, settings, run: RunContext, source) and its run(params) returns
+Metrics; the train loop writes them: every scalar to TensorBoard as
 NAME/KEY, every image to TensorBoard as NAME/KEY and to WORKDIR/pictures/NAME/ (process 0), and
 the text on the step's console line. A new kind is its module and one entry of KINDS.
 """
@@ -18,6 +18,19 @@ the text on the step's console line. A new kind is its module and one entry of K
 import dataclasses
 
 from maepp.field_checks import choice, numbers, text, whole
+
+
+@dataclasses.dataclass(frozen=True)
+class RunContext:
+    """What an evaluator may know of the run that makes it: the model, the mesh and the
+    parameters' shardings on it, the filterbank the run trains with (its name) and the run's seed.
+    Evaluators get this, not the run's config."""
+
+    model: object
+    mesh: object
+    params_shardings: object
+    filterbank: str
+    seed: int
 
 
 @dataclasses.dataclass

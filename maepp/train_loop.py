@@ -26,6 +26,7 @@ from maepp.cadence import Cadence
 from maepp.config_checks import resume_changes, saved_by_an_earlier_maepp
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, reraise_damaged, train_dataset
 from maepp.data.settings import Shuffle
+from maepp.evaluator_kinds import RunContext
 from maepp.evaluators.pictures import write_png
 from maepp.evaluators.registry import make_evaluators
 from maepp.models import MaskedAutoencoder
@@ -267,7 +268,9 @@ def _set_up(config, workdir, plan: RunPlan, changes) -> Run:
                 every_secs=config.profile.every_secs,
             )
         )
-    evaluators = make_evaluators(config, model, mesh, state_shardings.params, sources)
+    evaluators = make_evaluators(
+        config.get("evals", {}), RunContext(model, mesh, state_shardings.params, filterbank, config.seed), sources
+    )
     throughput = Throughput(
         train_flops_per_example(spec) * config.batch_size, config.batch_size, config.total_steps, mesh.devices.flatten()
     )

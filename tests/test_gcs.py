@@ -404,6 +404,7 @@ def test_a_probe_task_in_a_bucket_is_the_task_on_disk(gcs, bucket, tmp_path, mon
     from maepp import sharding
     from maepp.configs import audiomaepp
     from maepp.downstream.tasks import load_task
+    from maepp.evaluator_kinds import RunContext
     from maepp.evaluator_kinds import settings as evaluator_settings
     from maepp.evaluators.probe import ProbeEvaluation
     from maepp.models import MaskedAutoencoder, ModelSpec
@@ -432,10 +433,7 @@ def test_a_probe_task_in_a_bucket_is_the_task_on_disk(gcs, bucket, tmp_path, mon
         ProbeEvaluation(
             "kw",
             evaluator_settings(dict(PROBE, task=str(task.root), batch_size=8)),
-            config,
-            model,
-            mesh,
-            shardings.params,
+            RunContext(model, mesh, shardings.params, config.audio.filterbank, config.seed),
             task,
         )
         for task in (local, remote)

@@ -10,7 +10,12 @@ import soundfile
 
 from maepp.downstream import ridge
 from maepp.downstream.tasks import load_task
+from maepp.evaluator_kinds import RunContext
 from tests.helpers import PROBE, logged_scalars, ridge_score_of, run_module
+
+
+def _run_context(config, model, mesh, shardings) -> RunContext:
+    return RunContext(model, mesh, shardings.params, config.audio.filterbank, config.seed)
 
 
 def _task(directory, seconds: dict) -> object:
@@ -99,7 +104,7 @@ def test_scene_embeddings_on_eight_devices_are_exports(tmp_path):
     model = MaskedAutoencoder(ModelSpec.from_config(config.model))
     state, shardings = sharding.create_sharded_state(model, optimizer(config), mesh, jax.random.key(0))
     settings = evaluator_settings(dict(PROBE, task=str(tmp_path), batch_size=8))
-    probe = ProbeEvaluation("kw", settings, config, model, mesh, shardings.params, task)
+    probe = ProbeEvaluation("kw", settings, _run_context(config, model, mesh, shardings), task)
     got = np.asarray(probe.scene_embeddings(state.params))
     embedder = local_embedder(model, jax.device_get(state.params))
     assert list(probe.unreadable) == ["train/b/damaged.wav"] and len(probe.rows()) == 10
@@ -141,7 +146,7 @@ def test_of_several_penalties_the_best_on_valid_is_taken_as_downstream_evaluate_
     state, shardings = sharding.create_sharded_state(model, optimizer(config), mesh, jax.random.key(0))
     l2s = (1e-3, 1.0, 1e3)
     settings = evaluator_settings(dict(PROBE, task=str(tmp_path), batch_size=8, l2=l2s))
-    probe = ProbeEvaluation("tones", settings, config, model, mesh, shardings.params, task)
+    probe = ProbeEvaluation("tones", settings, _run_context(config, model, mesh, shardings), task)
     score, chosen = probe(state.params)
     assert [len(probe.kept[split]) for split in ("fitting", "choosing", "test")] == [12, 8, 8]
     embedder = local_embedder(model, jax.device_get(state.params))

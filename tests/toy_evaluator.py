@@ -11,7 +11,7 @@ from maepp.evaluator_kinds import Metrics
 class ParameterNorm:
     """The L2 norm of the encoder's parameters, and a picture of it as a grey square."""
 
-    def __init__(self, name, settings, config, model, mesh, params_shardings, source):
+    def __init__(self, name, settings, run, source):
         self.name, self.scale = name, settings["scale"]
 
     def run(self, params) -> Metrics:

@@ -11,9 +11,8 @@ different steps are comparable. The sums stay on the devices until the pass ends
 import jax
 
 from maepp import distributed, sharding
-from maepp.audio import filterbanks
 from maepp.data.pipeline import SkipReport, eval_dataset
-from maepp.evaluator_kinds import Metrics
+from maepp.evaluator_kinds import Metrics, RunContext
 from maepp.evaluators.held_out_step import make_eval_step
 from maepp.evaluators.pictures import reconstruction_grid
 
@@ -21,20 +20,20 @@ N_PICTURES = 4
 
 
 class HeldOutEvaluation:
-    def __init__(self, name: str, settings: dict, config, model, mesh, params_shardings, source):
+    def __init__(self, name: str, settings: dict, run: RunContext, source):
         """settings: the entry of config.evals (maepp.evaluator_kinds.settings); source: its clips."""
         self.name, self.source, self.batch_size = name, source, settings["batch_size"]
-        self.rows = sharding.process_rows(mesh, self.batch_size)
-        self.crop_frames = model.spec.input_size[0]
-        self.mesh = mesh
-        self.rng = jax.random.key(config.seed + 2)
+        self.rows = sharding.process_rows(run.mesh, self.batch_size)
+        self.crop_frames = run.model.spec.input_size[0]
+        self.mesh = run.mesh
+        self.rng = jax.random.key(run.seed + 2)
         self.skip_report = SkipReport()
-        self.filterbank = filterbanks.from_config(config)
-        split = sharding.batch_sharding(mesh)
+        self.filterbank = run.filterbank
+        split = sharding.batch_sharding(run.mesh)
         self.step = jax.jit(
-            make_eval_step(model, min(N_PICTURES, self.batch_size)),
-            in_shardings=(params_shardings, split, split, sharding.replicated(mesh)),
-            out_shardings=sharding.replicated(mesh),
+            make_eval_step(run.model, min(N_PICTURES, self.batch_size)),
+            in_shardings=(run.params_shardings, split, split, sharding.replicated(run.mesh)),
+            out_shardings=sharding.replicated(run.mesh),
         )
 
     def __call__(self, params):

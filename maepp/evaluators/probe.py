@@ -23,15 +23,16 @@ from maepp.audio import filterbanks
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.audio.stft import standardized_log_mel
 from maepp.downstream import ridge
-from maepp.evaluator_kinds import Metrics
+from maepp.evaluator_kinds import Metrics, RunContext
 from maepp.export.artifact import chunk_frames_function, frame_size
 from maepp.export.embed import chunks, n_frame_embeddings
 
 
 class ProbeEvaluation:
-    def __init__(self, name: str, settings: dict, config, model, mesh, params_shardings, task):
+    def __init__(self, name: str, settings: dict, run: RunContext, task):
         """settings: the entry of config.evals (maepp.evaluator_kinds.settings); task: its
         labelled task (maepp.downstream.tasks.load_task)."""
+        model, mesh = run.model, run.mesh
         self.name, self.task, self.mesh = name, task, mesh
         self.batch_size = settings["batch_size"]
         self.l2s = ridge.penalties(settings["l2"])
@@ -39,7 +40,7 @@ class ProbeEvaluation:
             zip(("fitting", "choosing", "test"), ridge.probe_clips(task, settings["shots"], choosing=len(self.l2s) > 1))
         )
         self.metric = "mAP" if task.multilabel else "accuracy"
-        self.filterbank = filterbanks.mel_filterbank(filterbanks.from_config(config))
+        self.filterbank = filterbanks.mel_filterbank(run.filterbank)
         self.chunk_length, self.patch_frames = model.spec.input_size[0], model.spec.patch_size[0]
         self.batches = None  # made at the first evaluation: this process's rows of every batch
         self.kept, self.unreadable = {}, {}  # split -> (path, labels) of its clips read; path -> why, of those left out
@@ -56,7 +57,7 @@ class ProbeEvaluation:
         split, whole = sharding.batch_sharding(mesh), sharding.replicated(mesh)
         self.add_chunks = jax.jit(
             add_chunks,
-            in_shardings=(params_shardings, split, split, split, whole),
+            in_shardings=(run.params_shardings, split, split, split, whole),
             out_shardings=whole,
             donate_argnums=4,
         )
