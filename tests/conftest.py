@@ -4,6 +4,7 @@ import os
 import pathlib
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 
@@ -31,6 +32,12 @@ import pytest
 from filelock import FileLock
 
 from maepp import program
+
+# A suite started in the background by a script (`make test &` without job control) inherits SIGINT
+# ignored, and so would every process the tests start: Python then never turns Ctrl-C into
+# KeyboardInterrupt, and the tests that send one to maepp.export or prepare fail. With Python's own
+# handler here, the processes started from pytest's get SIGINT's default disposition again.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The tests trace and compile as maepp's programs do, and collect garbage as rarely.
 gc.set_threshold(*program.GC_THRESHOLDS)
