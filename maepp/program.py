@@ -216,6 +216,15 @@ class _OneLine(pylogging.Formatter):
         return f"{self.program}: {record.levelname.lower()}: {record.getMessage()}"
 
 
+class _CheckpointErrorsSaidOnce(pylogging.Filter):
+    """Orbax logs a failed save or restore as ERROR records from its threads; maepp says each such
+    failure in its own line (maepp/checkpoints.py), so those records are left out unless
+    --verbosity brings the libraries' logs back (a full disk: two lines and a blank before ours)."""
+
+    def filter(self, record) -> bool:
+        return not (record.levelno >= pylogging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
 def exit_now(message: str, status: int):
     """Prints the message as the console's last line, on a line of its own, and exits at once (no
     destructors, no atexit handlers). Other threads may still be writing: Orbax's threads logged a
@@ -264,6 +273,7 @@ def run_cli(main, program: str, argv: list | None = None):
             logging.set_verbosity(logging.WARNING)
             # Warnings (a skipped clip, a file left out) as one line like the program's own.
             logging.get_absl_handler().setFormatter(_OneLine(program))
+            logging.get_absl_handler().addFilter(_CheckpointErrorsSaidOnce())
         try:
             return main(argv)
         except app.UsageError as error:  # absl would print the whole help above it
