@@ -133,6 +133,15 @@ FAULTS = [
         "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[checkpoint]",
     ),
     Fault(
+        "a real filesystem fills while a checkpoint is written (a 12 MB tmpfs, 5.5 MB of it taken by another file)",
+        "one line, exit status 1: `maepp.train: saving checkpoints failed (... No space left on device ...); the "
+        "newest complete checkpoint is step 4 in W/checkpoints. Free space or fix the directory, then re-run the "
+        "same command to resume from it`; the run stops at the first step after the save's threads end",
+        "every complete checkpoint; with the space freed, the same command resumes and ends with the uninterrupted "
+        "run's losses and parameters, bit for bit",
+        "test_a_save_that_fills_a_real_filesystem_stops_the_run_and_it_resumes_bit_exact",
+    ),
+    Fault(
         "the disk fills while a held-out picture is written, before any checkpoint (files capped at 48 KB)",
         "one line, exit status 1: `maepp.train: out of space (File too large: "
         "WORKDIR/pictures/held_out/step_0000005.png); "
@@ -557,6 +566,62 @@ def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, 
         f"{tmp_path / 'full' / 'checkpoints'}. Free space, then re-run the same command to resume from it"
     )
     assert list(picture.parent.iterdir()) == []  # no part of the picture is left
+
+
+# A workdir on a 12 MB tmpfs, 5.5 MB of it taken by another file: a micro checkpoint is 3.3 MB, so
+# the step-4 save fits and the step-8 one fills the filesystem.
+REAL_FULL_DISK_RUN = [
+    "--config.total_steps=12",
+    "--config.batch_size=8",
+    "--config.warmup_steps=1",
+    "--config.checkpoint_every=4",
+    "--config.log_every=1",
+    "--config.evals.held_out.source=",
+]
+
+
+@pytest.mark.e2e
+def test_a_save_that_fills_a_real_filesystem_stops_the_run_and_it_resumes_bit_exact(repo_root, tmp_path):
+    """A real full filesystem (ENOSPC from a tmpfs mounted in a mount namespace of the test's own,
+    not a file-size cap): the run stops in one line naming step 4 and trains no step to the end;
+    with the other file removed, the same command resumes from step 4 and ends with the
+    uninterrupted run's losses and parameters, bit for bit."""
+    reference = subprocess.run(
+        train_command(tmp_path / "reference", *REAL_FULL_DISK_RUN), cwd=repo_root, capture_output=True, text=True
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    mounted, results = tmp_path / "small_disk", tmp_path / "results"
+    mounted.mkdir()
+    results.mkdir()
+    command = shlex.join(train_command(mounted / "run", *REAL_FULL_DISK_RUN))
+    # The tmpfs lives as long as the namespace: both runs, then a copy of the workdir, inside it.
+    script = f"""
+        mount -t tmpfs -o size=12m tmpfs {mounted} || exit 77
+        head -c 5767168 /dev/zero > {mounted}/other
+        {command} > {results}/first.out 2> {results}/first.err; echo $? > {results}/first.rc
+        rm {mounted}/other
+        {command} > {results}/second.out 2> {results}/second.err; echo $? > {results}/second.rc
+        cp -r {mounted}/run {results}/run
+    """
+    namespace = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "bash", "-c", script], cwd=repo_root, capture_output=True, text=True
+    )
+    if namespace.returncode == 77:
+        pytest.skip(f"no tmpfs can be mounted here: {namespace.stderr.strip()}")
+    assert namespace.returncode == 0, namespace.stderr[-3000:]
+
+    first = (results / "first.err").read_text().strip().splitlines()
+    assert (results / "first.rc").read_text().strip() == "1"
+    assert len(first) == 1, first[-20:]  # one line, no traceback before it
+    assert first[0].startswith("maepp.train: saving checkpoints failed (") and "No space left on device" in first[0]
+    assert f"the newest complete checkpoint is step 4 in {mounted / 'run' / 'checkpoints'}" in first[0]
+    assert "stopped at step" not in (results / "first.out").read_text()
+
+    assert (results / "second.rc").read_text().strip() == "0", (results / "second.err").read_text()[-3000:]
+    second = (results / "second.out").read_text()
+    assert "resumed from step 4 " in second and "stopped at step 12" in second
+    assert logged_scalars(results / "run") == logged_scalars(tmp_path / "reference")
+    assert_trees_equal(saved_params(results / "run", 12), saved_params(tmp_path / "reference", 12))
 
 
 class _Launch:
