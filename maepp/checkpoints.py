@@ -107,10 +107,12 @@ def save(checkpoints: ocp.CheckpointManager, step: int, state, position: int):
 def check_saves(checkpoints: ocp.CheckpointManager):
     """Raises CheckpointSaveError if an asynchronous save has failed since the last check: at the
     first check after its threads ended. Orbax raises an error of its background commit only to a
-    wait (on a full tmpfs, check_for_errors alone let a run train four more steps to its end)."""
+    wait (on a full tmpfs, check_for_errors alone let a run train four more steps to its end).
+    is_saving_in_progress reads a flag Orbax sets with a barrier over the hosts as a save ends,
+    so at that moment the check waits for every host's save to end."""
     try:
         if not checkpoints.is_saving_in_progress():
-            checkpoints.wait_until_finished()  # returns at once: nothing runs; raises what failed
+            checkpoints.wait_until_finished()  # no save runs: it returns at once, raising what failed
         checkpoints.check_for_errors()
     except Exception as error:
         raise CheckpointSaveError(_save_failure(checkpoints, None, error)) from error
