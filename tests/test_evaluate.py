@@ -195,6 +195,22 @@ def test_one_seed_has_no_interval_and_the_json_is_strict():
     assert json.loads(json.dumps(results, allow_nan=False), parse_constant=refuse)["linear"]["ci95"] is None
 
 
+@pytest.mark.parametrize("probe", ["linear", "ridge"])
+def test_a_split_whose_every_clip_was_skipped_is_named_in_one_line(probe):
+    from maepp.downstream import features
+    from maepp.downstream.tasks import Fold, Task
+
+    readable = {f"c{i}.wav": np.full(4, float(i % 2), np.float32) for i in range(6)}
+    split = [(f"c{i}.wav", ["ab"[i % 2]]) for i in range(6)]
+    unreadable = [(f"bad{i}.wav", ["ab"[i % 2]]) for i in range(3)]
+    task = Task("t", None, False, ["a", "b"], [Fold(split, split, unreadable)])
+    with pytest.raises(ValueError) as refused:
+        features.evaluate(task, readable, seeds=1, probe_names=(probe,))
+    where = "fold 0 test" if probe == "linear" else "test"
+    assert str(refused.value).startswith(f"every clip of the {where} split (3, first: bad0.wav) was skipped")
+    assert "\n" not in str(refused.value)
+
+
 def test_a_task_of_one_class_is_refused(tmp_path):
     for split, clips in (("train", 10), ("test", 3)):
         for i in range(clips):

@@ -386,6 +386,14 @@ FAULTS = [
         "tests/test_hear.py::test_the_hear_api_refuses_input_no_embedding_could_be_made_of",
     ),
     Fault(
+        "`maepp.downstream.evaluate` on a task one of whose splits has no readable clip",
+        "one line: `every clip of the fold 0 test split (3, first: bad0.wav) was skipped as unreadable (the "
+        "export's lines above say why): a probe needs at least one in each split` (was `need at least one array "
+        "to stack`)",
+        "nothing is scored",
+        "tests/test_evaluate.py::test_a_split_whose_every_clip_was_skipped_is_named_in_one_line",
+    ),
+    Fault(
         "a probe task of one class",
         "one line when the task is loaded (the config check, or evaluate): `... a probe needs two at least`",
         "nothing is scored",

@@ -59,8 +59,20 @@ def task_features(task: Task, embedder, output, log) -> dict:
     return dict(zip(exported["paths"].tolist(), exported["embeddings"]))
 
 
-def _split(labelled, features: dict, labels: list, multilabel: bool) -> probes.Split:
-    labelled = [(path, values) for path, values in labelled if path in features]  # unreadable clips were skipped
+def _readable(labelled, features: dict, split: str) -> list:
+    """The split's clips that the export could read (it skipped the others, naming each and why);
+    ValueError where it holds clips and none of them."""
+    readable = [(path, values) for path, values in labelled if path in features]
+    if labelled and not readable:
+        raise ValueError(
+            f"every clip of the {split} split ({len(labelled)}, first: {labelled[0][0]}) was skipped as unreadable "
+            "(the export's lines above say why): a probe needs at least one in each split"
+        )
+    return readable
+
+
+def _split(labelled, features: dict, labels: list, multilabel: bool, split: str) -> probes.Split:
+    labelled = _readable(labelled, features, split)
     x = np.stack([features[path] for path, _ in labelled]).astype(np.float32)
     index = {label: i for i, label in enumerate(labels)}
     if multilabel:
@@ -78,8 +90,10 @@ def ridge_score(task: Task, features: dict, shots: int = 0, l2=1.0) -> tuple:
     number, or several to choose from on the valid split)."""
     l2s = ridge.penalties(l2)
     fitting, choosing, test = (
-        [(path, labels) for path, labels in labelled if path in features]  # unreadable: skipped
-        for labelled in ridge.probe_clips(task, shots, choosing=len(l2s) > 1)
+        _readable(labelled, features, split)
+        for labelled, split in zip(
+            ridge.probe_clips(task, shots, choosing=len(l2s) > 1), ("fitting", "choosing", "test")
+        )
     )
 
     def stacked(labelled):
@@ -111,9 +125,10 @@ def evaluate(
         scores = []
         for seed in range(seeds):
             per_fold = []
-            for fold in task.folds:
+            for number, fold in enumerate(task.folds):
                 train, valid, test = (
-                    _split(s, features, task.labels, task.multilabel) for s in (fold.train, fold.valid, fold.test)
+                    _split(s, features, task.labels, task.multilabel, f"fold {number} {name}")
+                    for s, name in ((fold.train, "train"), (fold.valid, "valid"), (fold.test, "test"))
                 )
                 per_fold.append(
                     probes.evaluate_probe(train, valid, test, len(task.labels), task.multilabel, PROBES[name], seed)
