@@ -205,9 +205,11 @@ def _train(config, workdir, plan: RunPlan, check_workdir_held, changes) -> dict:
     finally:
         if run is not None:
             run.batches.close()
+            # clu writes in a thread of its own: a run that fails (and exits at once, maepp/program.py
+            # exit_now) would lose its last steps' TensorBoard events, which say why it failed.
+            run.writer.flush()
         stop.close()
     run.ckpt.close()
-    run.writer.flush()
     if run.report.skips:
         logging.warning(
             "%d clips skipped (%d distinct files): %s", run.report.skips, len(run.report.reasons), run.report.reasons
