@@ -99,6 +99,21 @@ def ridge_score_of(workdir, step: int, task_dir, features_file, shots: int = PRO
     return features.ridge_score(task, features.task_features(task, embedder, features_file, log=None), shots)[0]
 
 
+# A short micro run, checkpoints every 4 steps, no evaluation, a batch of 8 clips (a quarter of
+# micro's: the steps show what processes do, not what the model learns). The lost-process tests
+# (tests/test_train.py) run it as a job of two processes of one device each, with the short
+# heartbeat that lets JAX notice a dead process within seconds; the full-disk test as one process.
+SHORT_JOB = [
+    "--config.total_steps=12",
+    "--config.batch_size=8",
+    "--config.warmup_steps=1",
+    "--config.checkpoint_every=4",
+    "--config.log_every=1",
+    "--config.evals.held_out.source=",
+    "--config.distributed.heartbeat_s=10",
+]
+
+
 def train_command(workdir, *overrides, config=MICRO):
     return [sys.executable, "-m", "maepp.train", "--config", str(config), "--workdir", str(workdir), *overrides]
 

@@ -25,6 +25,7 @@ from maepp.configs import audiomaepp
 from maepp.train_loop import train
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock
 from tests.helpers import (
+    SHORT_JOB,
     TRAINED_RUN,
     PausePoint,
     assert_trees_equal,
@@ -576,32 +577,22 @@ def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, 
     assert list(picture.parent.iterdir()) == []  # no part of the picture is left
 
 
-# A workdir on a 12 MB tmpfs, 5.5 MB of it taken by another file: a micro checkpoint is 3.3 MB, so
-# the step-4 save fits and the step-8 one fills the filesystem.
-REAL_FULL_DISK_RUN = [
-    "--config.total_steps=12",
-    "--config.batch_size=8",
-    "--config.warmup_steps=1",
-    "--config.checkpoint_every=4",
-    "--config.log_every=1",
-    "--config.evals.held_out.source=",
-]
-
-
 @pytest.mark.e2e
 def test_a_save_that_fills_a_real_filesystem_stops_the_run_and_it_resumes_bit_exact(repo_root, tmp_path):
     """A real full filesystem (ENOSPC from a tmpfs mounted in a mount namespace of the test's own,
     not a file-size cap): the run stops in one line naming step 4 and trains no step to the end;
     with the other file removed, the same command resumes from step 4 and ends with the
-    uninterrupted run's losses and parameters, bit for bit."""
+    uninterrupted run's losses and parameters, bit for bit. The workdir is on a 12 MB tmpfs, 5.5 MB
+    of it taken by another file: a micro checkpoint is 3.3 MB, so the step-4 save fits and the
+    step-8 one fills the filesystem."""
     reference = subprocess.run(
-        train_command(tmp_path / "reference", *REAL_FULL_DISK_RUN), cwd=repo_root, capture_output=True, text=True
+        train_command(tmp_path / "reference", *SHORT_JOB), cwd=repo_root, capture_output=True, text=True
     )
     assert reference.returncode == 0, reference.stderr[-3000:]
     mounted, results = tmp_path / "small_disk", tmp_path / "results"
     mounted.mkdir()
     results.mkdir()
-    command = shlex.join(train_command(mounted / "run", *REAL_FULL_DISK_RUN))
+    command = shlex.join(train_command(mounted / "run", *SHORT_JOB))
     # The tmpfs lives as long as the namespace: both runs, then a copy of the workdir, inside it.
     script = f"""
         mount -t tmpfs -o size=12m tmpfs {mounted} || exit 77

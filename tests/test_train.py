@@ -20,6 +20,7 @@ from maepp.distributed import free_local_port
 from maepp.evaluators.pictures import reconstruction_grid
 from tests.helpers import (
     MICRO,
+    SHORT_JOB,
     PausePoint,
     assert_trees_equal,
     fake_devices_environment,
@@ -324,20 +325,6 @@ def test_a_slurm_job_of_two_nodes_of_two_gpu_processes_is_data_parallel_across_t
     start = json.loads((workdir / "run_info.jsonl").read_text())
     assert start["processes"] == 4 and start["mesh"] == {"data": 4, "fsdp": 1, "model": 1}
     _follows(workdir, trained_run, range(1, 6))  # the warm-up: its learning rates do not depend on total_steps
-
-
-# A two-process job of one device each, checkpoints every 4 steps, no evaluation: what the lost-process
-# tests run, with a short heartbeat so that JAX notices a dead process within seconds, and a batch of
-# 8 clips (a quarter of micro's: their steps show what processes do, not what the model learns).
-SHORT_JOB = [
-    "--config.total_steps=12",
-    "--config.batch_size=8",
-    "--config.warmup_steps=1",
-    "--config.checkpoint_every=4",
-    "--config.log_every=1",
-    "--config.evals.held_out.source=",
-    "--config.distributed.heartbeat_s=10",
-]
 
 
 @pytest.mark.e2e
