@@ -162,10 +162,13 @@ def create_sharded_state(model: MaskedAutoencoder, optimizer: optax.GradientTran
     Nothing is materialised whole on one device: init runs under jit with out_shardings, so
     each device computes only its part.
     """
-    init_state = functools.partial(create_state, model, optimizer)
     _, shardings = abstract_state(model, optimizer, mesh)
-    state = jax.jit(init_state, out_shardings=shardings)(rng)
-    return state, shardings
+    return fresh_state(model, optimizer, shardings, rng), shardings
+
+
+def fresh_state(model: MaskedAutoencoder, optimizer: optax.GradientTransformation, shardings, rng):
+    """A new train state, made directly in its shards (abstract_state's shardings)."""
+    return jax.jit(functools.partial(create_state, model, optimizer), out_shardings=shardings)(rng)
 
 
 def abstract_state(model: MaskedAutoencoder, optimizer: optax.GradientTransformation, mesh):

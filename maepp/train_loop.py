@@ -229,7 +229,7 @@ def _set_up(config, workdir, plan: RunPlan, changes) -> Run:
     other_layout = functools.partial(sharding.abstract_state_in_other_layout, model, optimizer, mesh)
     restored = checkpoints.restore_latest(ckpt, abstract, state_shardings, other_layout)
     if restored is None:  # a fresh state only where none restores: a resumed run never holds two
-        state, _ = sharding.create_sharded_state(model, optimizer, mesh, jax.random.key(config.seed))
+        state = sharding.fresh_state(model, optimizer, state_shardings, jax.random.key(config.seed))
     else:
         done_step, state, data = restored
         start_position, moved = checkpoints.resume_position(data, done_step)
