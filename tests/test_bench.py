@@ -193,15 +193,19 @@ def test_bench_data_times_the_pipeline_and_the_librosa_loop_on_the_same_clips(re
             "16",
             "--batch_size",
             "4",
+            "--verify_cost_rounds",
+            "1",
             "--json",
         )
     )
     assert result["pipeline_crops_per_s_per_core"] > 0 and result["librosa_crops_per_s_per_core"] > 0
+    checked, unchecked = result["checked_crops_per_s_per_core"], result["unchecked_crops_per_s_per_core"]
+    assert math.isclose(result["verification_cost"], 1 - checked / unchecked, abs_tol=1e-3)
     ratio = result["pipeline_crops_per_s_per_core"] / result["librosa_crops_per_s_per_core"]
     assert math.isclose(result["ratio_per_core"], ratio, abs_tol=0.02)  # both sides rounded to 0.01
     # A 2 s crop of a 5 s clip reads its own 200 rows of 80 float16 values (32,000 bytes), widened
-    # to the 16 KB chunks their checksums cover: 2 or 3 of the clip's 5 (its last one short).
-    assert result["verified"] and 32000 <= result["bytes_read_per_crop"] <= 3 * 16384
+    # to the 4 KB chunks their checksums cover: 8 or 9 of the clip's 20 (its last one short).
+    assert result["verified"] and 32000 <= result["bytes_read_per_crop"] <= 9 * 4096
     assert result["max_error_vs_librosa"] < 2e-3 * 4  # float16 storage: 2^-11 of values up to ~4
 
 

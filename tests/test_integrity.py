@@ -4,6 +4,7 @@ manifest, the index, the checksums and the shards' headers are checked against e
 start; `prepare --verify` checks a whole dataset."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from maepp.data.checksums import CHUNK_BYTES
 from maepp.data.clip_store import ClipStoreSource, DamagedClip
 from maepp.data.pipeline import SkipReport, reraise_damaged, train_dataset
 from maepp.data.synthetic import synthetic_clip
@@ -67,7 +69,7 @@ def test_64_flipped_bytes_in_a_log_mel_clip_are_caught_by_its_checksum(tmp_path,
     if damaged_clips == "stop":
         with pytest.raises(DamagedClip) as stopped:
             _epoch(source)
-        chunk = (middle - int(index["offset"][clip])) // 16384 * 16384 + int(index["offset"][clip])
+        chunk = (middle - int(index["offset"][clip])) // CHUNK_BYTES * CHUNK_BYTES + int(index["offset"][clip])
         assert str(stopped.value).startswith(
             f"{shard}: clip {clip} ({source.name(clip)}) is damaged: its bytes {chunk:,}-"
         ) and "do not match their CRC32C checksum; prepare the data again" in str(stopped.value)
@@ -81,11 +83,15 @@ def test_random_bytes_in_a_pcm_shard_stop_the_stream_or_are_skipped_and_counted(
     out, manifest, index = _prepared(tmp_path, "pcm")
     clip = 2
     shard = out / manifest["shards"][int(index["shard"][clip])]["file"]
-    start = int(index["offset"][clip])
-    _overwrite(shard, start, np.random.default_rng(0).bytes(int(index["units"][clip]) * 2))  # the whole clip
+    start, size = int(index["offset"][clip]), int(index["units"][clip]) * 2
+    _overwrite(shard, start, np.random.default_rng(0).bytes(size))  # the whole clip
     source = ClipStoreSource(str(out))
-    with pytest.raises(DamagedClip, match=rf"^{shard}: clip {clip} \(.*\) is damaged: its bytes {start:,}-"):
+    with pytest.raises(DamagedClip) as stopped:
         _epoch(source)
+    # The first chunk the crop's read covers, wherever in the clip the crop starts.
+    named = re.match(rf"{shard}: clip {clip} \(.*\) is damaged: its bytes ([\d,]+)-([\d,]+) do not", str(stopped.value))
+    first, last = (int(at.replace(",", "")) for at in named.groups())
+    assert (first - start) % CHUNK_BYTES == 0 and start <= first < last <= min(first + CHUNK_BYTES, start + size)
     report = SkipReport()
     _epoch(ClipStoreSource(str(out)), report=report, damaged_clips="skip")
     assert list(report.reasons) == [source.name(clip)] and "CRC32C" in report.reasons[source.name(clip)]
@@ -97,6 +103,25 @@ def test_a_manifest_claiming_more_clips_than_the_index_holds_is_refused_at_start
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match=r"manifest.json and .*index.npy disagree: 108 clips against 8; prepare"):
         ClipStoreSource(str(out))
+
+
+def test_data_with_an_earlier_maepps_checksums_is_refused_by_the_reader_and_by_prepare(tmp_path):
+    """Layout 2.0.0 first kept a CRC32C of each 16 KB chunk, then the running CRC32C of each 4 KB
+    (maepp/data/checksums.py): the reader says to prepare again, and prepare will not mix the two."""
+    out, manifest, _ = _prepared(tmp_path, "log_mel")
+    manifest["checksums"].update(kind="crc32c", chunk_bytes=16384)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as refused:
+        ClipStoreSource(str(out))
+    assert str(refused.value) == (
+        f"{out} was prepared by an earlier maepp: its checksums are not the running CRC32C this one "
+        "checks; prepare it again into a new --output"
+    )
+    plan = json.loads((out / "plan.json").read_text())
+    del plan["checksums"]
+    (out / "plan.json").write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match=r"or an earlier maepp's \(.*plan.json\); use a new --output"):
+        prepare(tmp_path / "in", tmp_path / "log_mel", clips_per_shard=4, workers=1, store="log_mel")
 
 
 @pytest.mark.parametrize("what", ["index", "checksum table"])

@@ -17,6 +17,7 @@ import soundfile
 
 from maepp.audio import jax_frontend, reference
 from maepp.audio.decode import load_audio
+from maepp.data.checksums import CHUNK_BYTES
 from maepp.data.clip_store import ClipStoreSource
 from maepp.data.listing import list_audio_files
 from maepp.data.order import GlobalOrder, crop_fractions
@@ -420,10 +421,10 @@ def test_log_mel_store_crops_are_slices_of_the_clips_standardised_log_mel(log_me
             _within_float16(mel, clip[offset : offset + 200])
     # 16 positions over 6 clips: every clip, over several epochs, at crops that move.
     assert np.concatenate([b["position"] for b in batches]).tolist() == list(range(16))
-    # Each crop read its own bytes (200 rows of 80 float16 values), widened to the 16 KB chunks
+    # Each crop read its own bytes (200 rows of 80 float16 values), widened to the 4 KB chunks
     # their checksums cover; unchecked, exactly its own.
     per_read = (source.bytes_read - bytes_before) / (source.reads - reads_before)
-    assert 200 * 80 * 2 <= per_read < 200 * 80 * 2 + 2 * 16384
+    assert 200 * 80 * 2 <= per_read < 200 * 80 * 2 + 2 * CHUNK_BYTES
     unchecked = ClipStoreSource(source.directory, verify=False)
     list(train_dataset(unchecked, seed=3, batch_size=4).take(4).as_numpy_iterator())
     assert unchecked.bytes_read == unchecked.reads * 200 * 80 * 2
@@ -494,7 +495,7 @@ def test_a_damaged_clip_stops_the_stream_naming_it_or_is_skipped_and_counted(aud
             reraise_damaged(error)
             raise
     start = int(index["offset"][2])
-    stop = min(start + 16384, start + int(index["units"][2]) * 80 * 2)
+    stop = min(start + CHUNK_BYTES, start + int(index["units"][2]) * 80 * 2)
     assert str(stopped.value) == (
         f"{out / shard}: clip 2 ({source.name(2)}) is damaged: its bytes {start:,}-{stop:,} do not match their CRC32C "
         "checksum; prepare the data again, or skip such clips and count them with --config.data.damaged_clips=skip"

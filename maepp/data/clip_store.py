@@ -194,8 +194,12 @@ class ClipStoreSource:
             )
         manifest = json.loads(manifest)
         self.manifest = manifest
-        if "checksums" not in manifest:
-            raise ValueError(f"{self.directory} holds no checksums (prepared by an earlier maepp): prepare it again")
+        if manifest.get("checksums", {}).get("kind") != checksums.KIND:
+            raise ValueError(
+                f"{self.directory} was prepared by an earlier maepp: its checksums are not the running "
+                "CRC32C this one checks; prepare it again into a new --output"
+            )
+        self._chunk_bytes = manifest["checksums"]["chunk_bytes"]
         self.store, self.filterbank = manifest["store"], manifest["filterbank"]
         self.shards = [shard["file"] for shard in manifest["shards"]]
         self.files = [f"{self.directory}/{shard}" for shard in self.shards]
@@ -249,7 +253,7 @@ class ClipStoreSource:
         sizes = np.asarray([shard["bytes"] for shard in manifest["shards"]], np.int64)
         shard_ok = (self._shard >= 0) & (self._shard < len(sizes))
         bad = np.flatnonzero(~shard_ok | (ends > sizes[np.where(shard_ok, self._shard, 0)]))
-        chunks = self._chunk + checksums.chunk_count(self._units * size)
+        chunks = self._chunk + checksums.chunk_count(self._units * size, self._chunk_bytes)
         if len(bad) or (len(chunks) and chunks[-1] != len(self._checksums)):
             clip = int(bad[0]) if len(bad) else len(chunks) - 1
             raise ValueError(
@@ -356,38 +360,49 @@ class ClipStoreSource:
             ]
         else:
             # Widened to whole checksum chunks, counted from the clip's first byte, to be checked.
-            chunk = checksums.CHUNK_BYTES if self.verify else 1
+            chunk = self._chunk_bytes if self.verify else 1
             firsts = [a * size // chunk * chunk for a in starts]
             lasts = [min(-(-b * size // chunk) * chunk, int(self._units[i]) * size) for i, b in zip(indices, stops)]
             ranges = [
                 (self._shard[i], self._offset[i] + f, self._offset[i] + t) for i, f, t in zip(indices, firsts, lasts)
             ]
             read = self._read_ranges(ranges)
+            damaged = self._damaged(indices, firsts, read)
             payloads = [
-                self._checked(int(i), first, data) or memoryview(data)[a * size - first : b * size - first]
-                for i, a, b, first, data in zip(indices, starts, stops, firsts, read)
+                damaged.get(k) or memoryview(data)[a * size - first : b * size - first]
+                for k, (a, b, first, data) in enumerate(zip(starts, stops, firsts, read))
             ]
         with self._counting:  # once read: a read the pipeline dropped half-way is not counted
             self.payloads_served += len(payloads)
         return payloads
 
-    def _checked(self, clip: int, first: int, data):
-        """None if data (clip bytes from `first`, a chunk's start) match their checksums, else a
-        DamagedPayload naming the shard, the clip and the bad chunk's bytes."""
+    def _damaged(self, clips, firsts, reads) -> dict:
+        """{k: DamagedPayload} for each read that does not match its checksums (one CRC per read;
+        maepp/data/checksums.py). reads[k]: bytes of clip clips[k] from firsts[k], a chunk's
+        start, to a chunk's end (or the clip's)."""
         if not self.verify:
-            return None
-        start = int(self._chunk[clip]) + first // checksums.CHUNK_BYTES
-        expected = self._checksums[start : start - (-len(data) // checksums.CHUNK_BYTES)].tolist()
-        bad = checksums.first_bad_chunk(bytes(data), expected)
-        if bad < 0:
-            return None
-        at = int(self._offset[clip]) + first + bad * checksums.CHUNK_BYTES
-        stop = min(
-            at + checksums.CHUNK_BYTES, int(self._offset[clip]) + int(self._units[clip]) * unit_bytes(self.store)
-        )
+            return {}
+        chunk, clips, firsts = self._chunk_bytes, np.asarray(clips, np.int64), np.asarray(firsts, np.int64)
+        reads = [bytes(data) for data in reads]  # google-crc32c takes bytes (a no-op for bytes)
+        starts = self._chunk[clips] + firsts // chunk
+        stops = starts - (-np.asarray([len(data) for data in reads], np.int64) // chunk)
+        befores = np.where(firsts > 0, self._checksums[np.maximum(starts - 1, 0)], 0).tolist()
+        afters = self._checksums[stops - 1].tolist()
+        return {
+            k: self._damage(int(clips[k]), int(firsts[k]), data, befores[k], int(starts[k]), int(stops[k]))
+            for k, (data, before, after) in enumerate(zip(reads, befores, afters))
+            if not checksums.matches(data, before, after)
+        }
+
+    def _damage(self, clip: int, first: int, data: bytes, before: int, start: int, stop: int) -> DamagedPayload:
+        """A read that failed its check, named: the shard, the clip and the first bad chunk's bytes."""
+        chunk = self._chunk_bytes
+        bad = checksums.first_bad_chunk(data, before, self._checksums[start:stop].tolist(), chunk)
+        at = int(self._offset[clip]) + first + bad * chunk
+        end = min(at + chunk, int(self._offset[clip]) + int(self._units[clip]) * unit_bytes(self.store))
         return DamagedPayload(
             f"{self.files[self._shard[clip]]}: clip {clip} ({self.name(clip)}) is damaged: its "
-            f"bytes {at:,}-{stop:,} do not match their CRC32C checksum"
+            f"bytes {at:,}-{end:,} do not match their CRC32C checksum"
         )
 
     # The log_mel store: crops are rows.
@@ -499,10 +514,9 @@ class BlockCache:
         clips = {}
         for (_, start, _, members), payload in zip(ranges, payloads):
             view = memoryview(payload)
-            for clip in members:
-                at = int(source._offset[clip]) - start
-                whole = view[at : at + int(source._units[clip]) * size]
-                clips[clip] = source._checked(clip, 0, whole) or whole
+            wholes = [view[int(source._offset[c]) - start :][: int(source._units[c]) * size] for c in members]
+            damaged = source._damaged(members, np.zeros(len(members), np.int64), wholes)
+            clips.update((clip, damaged.get(k) or whole) for k, (clip, whole) in enumerate(zip(members, wholes)))
         with source._counting:
             source.blocks_read += len(blocks)
         with self._lock:

@@ -111,7 +111,7 @@ def write_shard(
     """Writes one shard and then its clip list; returns the clip list. job: output (its split's
     folder), file, paths."""
     out = epath.Path(job["output"])
-    clips = dict(names=[], units=[], lengths=[], means=[], stds=[], chunk_crc32c=[])
+    clips = dict(names=[], units=[], lengths=[], means=[], stds=[], running_crc32c=[])
     skipped, samples = {}, 0
     with tempfile.TemporaryFile(prefix="maepp-shard-") as payloads:
         for relative in job["paths"]:
@@ -123,7 +123,7 @@ def write_shard(
             for clip_name, piece in clip_pieces(relative, waveform, int(max_clip_seconds * SAMPLE_RATE)):
                 clip = clip_payload(store, filterbank, piece)
                 payloads.write(clip["payload"])
-                clips["chunk_crc32c"] += checksums.chunk_checksums(clip["payload"])
+                clips["running_crc32c"] += checksums.running_checksums(clip["payload"])
                 for key, value in (
                     ("names", clip_name),
                     ("units", clip["units"]),
@@ -146,7 +146,7 @@ def write_shard(
         lengths=clips["lengths"],
         means=clips["means"],
         stds=clips["stds"],
-        chunk_crc32c=clips["chunk_crc32c"],
+        running_crc32c=clips["running_crc32c"],
         seconds=samples / SAMPLE_RATE,
         skipped=skipped,
     )
@@ -175,7 +175,7 @@ def _check_plan(
     holdout: float,
 ):
     """A resumed run must be the same preparation: same files, same sharding, same store, filterbank,
-    longest clip and held-out fraction."""
+    longest clip and held-out fraction, and this maepp's checksums."""
     plan = dict(
         clips_per_shard=clips_per_shard,
         files=len(files),
@@ -184,13 +184,14 @@ def _check_plan(
         files_sha256=hashlib.sha256("\n".join(files).encode()).hexdigest(),
         max_clip_seconds=max_clip_seconds,
         holdout=holdout,
+        checksums=dict(kind=checksums.KIND, chunk_bytes=checksums.CHUNK_BYTES),
     )
     plan_path = out / "plan.json"
     if plan_path.exists() and json.loads(plan_path.read_text()) != plan:
         raise ValueError(
-            f"{out} holds a preparation of other files, sharding, store, filterbank or held-out fraction "
-            f"({plan_path}); use a new --output, or the same --input, --clips_per_shard, --store, --filterbank, "
-            "--max_clip_seconds and --holdout to resume"
+            f"{out} holds a preparation of other files, sharding, store, filterbank or held-out fraction, "
+            f"or an earlier maepp's ({plan_path}); use a new --output, or the same --input, --clips_per_shard, "
+            "--store, --filterbank, --max_clip_seconds and --holdout to resume"
         )
     _write_bytes_atomically(plan_path, [json.dumps(plan).encode()])
 
@@ -443,7 +444,9 @@ def _finish_split(
         max_clip_seconds=settings["max_clip_seconds"],
         hours=sum(listing["seconds"] for listing in listings) / 3600,
         index=clip_store.index_name(name, split),
-        checksums=dict(file=clip_store.checksums_name(name, split), kind="crc32c", chunk_bytes=checksums.CHUNK_BYTES),
+        checksums=dict(
+            file=clip_store.checksums_name(name, split), kind=checksums.KIND, chunk_bytes=checksums.CHUNK_BYTES
+        ),
         shards=[
             dict(file=listing["file"], clips=len(listing["clips"]), bytes=listing["bytes"], seconds=listing["seconds"])
             for listing in listings
@@ -458,7 +461,7 @@ def _finish_split(
 
 def _index(listings: list, store: str) -> tuple:
     """The index and the checksum table (maepp/data/clip_store.py) from the shards' clip lists:
-    .npy bytes of one record per clip, and of every clip's chunk checksums one after another,
+    .npy bytes of one record per clip, and of every clip's running checksums one after another,
     the same bytes whoever writes them."""
     rows, chunk = [], 0
     for number, listing in enumerate(listings):
@@ -474,5 +477,5 @@ def _index(listings: list, store: str) -> tuple:
             chunk += int(count)
     index, table = io.BytesIO(), io.BytesIO()
     np.save(index, np.array(rows, clip_store.INDEX_DTYPE))
-    np.save(table, np.array([c for listing in listings for c in listing["chunk_crc32c"]], np.uint32))
+    np.save(table, np.array([c for listing in listings for c in listing["running_crc32c"]], np.uint32))
     return index.getvalue(), table.getvalue()

@@ -39,9 +39,8 @@ STATE_SHARE = 0.25
 GLOBAL_BATCH = 1024
 CHECKS = pathlib.Path("docs/scaling_checks.jsonl")
 # Measured input figures (maepp.tools.bench data and scale on a 2-core CPU VM) and GPU step rates.
-INPUT_RESULTS = pathlib.Path("benchmarks/results/cpu_2026-12-02.jsonl")
-SCALE_RESULTS = pathlib.Path("benchmarks/results/cpu_2026-12-05.jsonl")
-CHECKED_READ = 1.5  # a 32,000-byte crop's read, widened to the 16 KB checksum chunks around it (measured: 1.497)
+INPUT_RESULTS = pathlib.Path("benchmarks/results/cpu_2026-12-05.jsonl")
+CHECKED_READ = 1.13  # a 32,000-byte crop's read, widened to the 4 KB checksum chunks around it (measured: 1.126)
 H100_RESULTS = pathlib.Path("benchmarks/results/h100_2026-11-25.jsonl")
 # AudioSet-2M as the recipe trains it (docs/reference.md#pretraining-recipe): about 2.05M clips of 10 s.
 AUDIOSET_CLIPS, AUDIOSET_CLIP_S = 2_050_000, 10.0
@@ -175,7 +174,7 @@ def _audioset_section() -> list:
     """Data at AudioSet scale, in each training order: per-host bytes and requests, the job's
     requests, the latency a host can wait on, and host cores, from measured ratios."""
     measured = _results(INPUT_RESULTS)
-    scales = {r["shuffle"]: r for r in _results(SCALE_RESULTS) if r["bench"] == "scale" and r["latency_ms"]}
+    scales = {r["shuffle"]: r for r in _results(INPUT_RESULTS) if r["bench"] == "scale" and r["latency_ms"]}
     data = next(
         (
             r
@@ -201,7 +200,7 @@ def _audioset_section() -> list:
     hours = AUDIOSET_CLIPS * AUDIOSET_CLIP_S / 3600
     dataset = hours * data["bytes_per_hour"]
     clip_bytes = dataset / AUDIOSET_CLIPS
-    # Bytes a crop costs: its own, widened to the 16 KB checksum chunks around it (clips), or its
+    # Bytes a crop costs: its own, widened to the 4 KB checksum chunks around it (clips), or its
     # whole clip, read with its block (blocks). Requests per crop: as measured (clips), or a
     # block's requests over its clips (blocks): in AudioSet each block is read once an epoch.
     per_crop = {

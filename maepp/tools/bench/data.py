@@ -8,7 +8,8 @@ For prepared data it also prints the store's bytes per hour of audio, the bytes 
 per crop over the crop's own bytes (the reader's count: 16-bit values, [200, 80] log-mels or the
 samples its frames cover), and the largest difference of its centre crops (eval pipeline) from
 librosa's on the same audio. The log_mel store holds no audio: the librosa side reads the
-original files (manifest.json's input folder)."""
+original files (manifest.json's input folder). With --verify_cost_rounds N, what checking every read
+against its checksums costs: the pipeline timed N times checked and N times not, in turn."""
 
 import io
 import pathlib
@@ -30,6 +31,12 @@ _CLIPS = flags.DEFINE_integer("clips", 256, "Crops to time in each method.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Pipeline batch size.")
 _FRONTEND = flags.DEFINE_enum("frontend", "host", FRONTENDS, "Where the pipeline's crops become log-mels.")
 _VERIFY = flags.DEFINE_bool("verify", True, "Check prepared clips against their checksums, as training does.")
+_COST_ROUNDS = flags.DEFINE_integer(
+    "verify_cost_rounds",
+    0,
+    "Prepared data: also time the pipeline this many times with checking on and off, alternating, "
+    "and print what checking costs.",
+)
 
 CROP_FRAMES = 200
 
@@ -50,6 +57,24 @@ def pipeline_rate(source, n_crops: int, batch_size: int, frontend: str) -> float
     for _ in range(n_batches):
         next(batches)
     return n_batches * batch_size / (time.perf_counter() - start)
+
+
+def verification_cost(source, n_crops: int, batch_size: int, frontend: str, rounds: int) -> dict:
+    """The pipeline's crops/s per core with every read checked against its checksums and with none,
+    timed in turn in one process, so that the machine's drift falls on both: their medians and
+    1 - checked / unchecked."""
+    rates = {True: [], False: []}
+    for _ in range(rounds):
+        for verify in rates:
+            source.verify = verify
+            rates[verify].append(pipeline_rate(source, n_crops, batch_size, frontend) / host_cores())
+    checked, unchecked = (float(np.median(rates[verify])) for verify in (True, False))
+    return dict(
+        checked_crops_per_s_per_core=round(checked, 2),
+        unchecked_crops_per_s_per_core=round(unchecked, 2),
+        verification_cost=round(1 - checked / unchecked, 4),
+        verification_rounds=rounds,
+    )
 
 
 def librosa_crop(encoded: bytes, rng: np.random.Generator) -> np.ndarray:
@@ -111,7 +136,9 @@ def max_error(source, audio_bytes, n_clips: int = 64) -> float:
     return worst
 
 
-def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = "host", verify: bool = True) -> dict:
+def bench_data(
+    source_spec: str, n_crops: int, batch_size: int, frontend: str = "host", verify: bool = True, cost_rounds: int = 0
+) -> dict:
     source = source_from_string(source_spec)
     prepared = source.store is not None
     if prepared:
@@ -144,12 +171,16 @@ def bench_data(source_spec: str, n_crops: int, batch_size: int, frontend: str = 
             read_over_crop_bytes=round(read_per_crop / crop_bytes(source.store), 3),
             max_error_vs_librosa=max_error(source, audio_bytes),
         )
+    if prepared and cost_rounds:
+        result.update(verification_cost(source, n_crops, batch_size, frontend, cost_rounds))
     return result
 
 
 def main(argv):
     del argv
-    result = bench_data(_SOURCE.value, _CLIPS.value, _BATCH.value, _FRONTEND.value, _VERIFY.value)
+    if _COST_ROUNDS.value and not _SOURCE.value.startswith("prepared:"):
+        raise app.UsageError("--verify_cost_rounds times checksums, which only prepared: data has")
+    result = bench_data(_SOURCE.value, _CLIPS.value, _BATCH.value, _FRONTEND.value, _VERIFY.value, _COST_ROUNDS.value)
     report(
         result,
         f"pipeline ({_FRONTEND.value} front end): {result['pipeline_crops_per_s']} crops/s on "
@@ -164,6 +195,15 @@ def main(argv):
                 f"centre crops within {result['max_error_vs_librosa']:.2g} of librosa"
             ]
             if result["store"]
+            else []
+        ),
+        *(
+            [
+                f"checking every read: {result['checked_crops_per_s_per_core']} crops/s per core against "
+                f"{result['unchecked_crops_per_s_per_core']} unchecked (medians of {_COST_ROUNDS.value} runs each, "
+                f"in turn): {result['verification_cost']:.1%} slower"
+            ]
+            if _COST_ROUNDS.value
             else []
         ),
     )
