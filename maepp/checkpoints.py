@@ -74,7 +74,16 @@ def manager(workdir, *, keep: int, keep_period: int | None = None) -> ocp.Checkp
         # commit_success.txt): the moment a test kills a run "during a save".
         async_options=ocp.AsyncOptions(post_finalization_callback=_save_written),
     )
-    return ocp.CheckpointManager(workdir_path(workdir) / "checkpoints", options=options)
+    return _Manager(workdir_path(workdir) / "checkpoints", options=options)
+
+
+class _Manager(ocp.CheckpointManager):
+    """Orbax's manager, leaving JAX's preemption sync point to the train loop: the point is
+    counted in calls (maepp/stop_request.py), and Orbax's own calls, at every save and in its
+    background commit, would move the count (its answer feeds only its statistics)."""
+
+    def reached_preemption(self, step: int) -> bool:
+        return False
 
 
 # The step whose save is in flight: Orbax has one at a time, and its callback is told no step.

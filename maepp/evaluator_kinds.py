@@ -9,8 +9,9 @@ on: held-out clips named as config.data.source names clips ("clips"), a labelled
 ("task"), or nothing the run must load (None); and the class that evaluates, named by import
 path so that its module (which may bring in TensorFlow) loads only when a run makes it.
 
-The class is made with (name, settings, run: RunContext, source) and its run(params) returns
-Metrics; the train loop writes them: every scalar to TensorBoard as
+The class is made with (name, settings, run: RunContext, source) and its run(params, between)
+returns Metrics, its batches passed through `between` (a stop request may end them with
+EvaluationStopped; outside a run, `every_batch`); the train loop writes them: every scalar to TensorBoard as
 NAME/KEY, every image to TensorBoard as NAME/KEY and to WORKDIR/pictures/NAME/ (process 0), and
 the text on the step's console line. A new kind is its module and one entry of KINDS.
 """
@@ -31,6 +32,16 @@ class RunContext:
     params_shardings: object
     filterbank: str
     seed: int
+
+
+class EvaluationStopped(Exception):
+    """A stop (SIGTERM, Ctrl-C, a preemption notice) ended an evaluation between two batches: its
+    figures are not written, and the run saves at once (maepp/stop_request.py)."""
+
+
+def every_batch(batches):
+    """`between` for an evaluation that nothing stops."""
+    return batches
 
 
 @dataclasses.dataclass

@@ -7,8 +7,6 @@ import functools
 import itertools
 import json
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -20,13 +18,13 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from jax.experimental import multihost_utils
 
-from maepp import checkpoints, distributed, optim, pause_points, program, progress, sharding
+from maepp import checkpoints, distributed, optim, pause_points, progress, sharding
 from maepp.audio import filterbanks, jax_frontend
 from maepp.cadence import Cadence
 from maepp.config_checks import resume_changes, saved_by_an_earlier_maepp
 from maepp.data.pipeline import WAVEFORM_CROP_KEYS, SkipReport, reraise_damaged, train_dataset
 from maepp.data.settings import Shuffle
-from maepp.evaluator_kinds import RunContext
+from maepp.evaluator_kinds import EvaluationStopped, RunContext
 from maepp.evaluators.pictures import write_png
 from maepp.evaluators.registry import make_evaluators
 from maepp.models import MaskedAutoencoder
@@ -34,49 +32,9 @@ from maepp.models.counts import train_flops_per_example
 from maepp.prefetch import Prefetcher
 from maepp.progress import Throughput
 from maepp.run_plan import RunPlan, checked_plan
+from maepp.stop_request import StopRequest
 from maepp.train_step import make_train_step
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock, WorkdirLost
-
-
-class StopRequest:
-    """SIGTERM or Ctrl-C (SIGINT): the loop stops at the next step, saves it and exits.
-
-    A multi-process job leaves SIGTERM to JAX: its preemption notifier tells every process, and
-    they agree on one step to save at (checkpoints' reached_preemption); a handler of ours would
-    replace JAX's, and each process would stop at a step of its own. Ctrl-C there becomes a
-    SIGTERM to this process, for JAX to hand on. A second Ctrl-C exits at once: a save then under
-    way is left under Orbax's temporary name, never taken for the newest checkpoint.
-    """
-
-    def __init__(self, workdir):
-        self._event = threading.Event()
-        self.interrupted = False  # stopped by Ctrl-C: maepp.train exits 130
-        self._workdir = workdir
-        self._before = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
-        if jax.process_count() == 1:
-            signal.signal(signal.SIGTERM, lambda *_: self._event.set())
-        signal.signal(signal.SIGINT, self._interrupt)
-
-    def close(self):
-        """Gives the signals back to whoever had them (a program that calls train() goes on)."""
-        for number, handler in self._before.items():
-            signal.signal(number, handler)
-
-    def _interrupt(self, *_):
-        if self.interrupted:
-            program.exit_now(
-                "maepp.train: interrupted again: exiting now; the newest complete checkpoint is "
-                f"{checkpoints.newest_complete(self._workdir)}",
-                130,
-            )
-        self.interrupted = True
-        if jax.process_count() > 1:
-            os.kill(os.getpid(), signal.SIGTERM)
-        else:
-            self._event.set()
-
-    def __bool__(self):
-        return self._event.is_set()
 
 
 def say(message: str):
@@ -353,8 +311,7 @@ def _loop(run: Run, config, workdir, stop: StopRequest, check_workdir_held: Call
             in_flight.popleft().block_until_ready()
         for hook in run.hooks:
             hook(step)
-        # Every process asks JAX about preemption at every step, so that they agree on the step.
-        stop_requested = bool(stop) or run.ckpt.reached_preemption(step)
+        stop_requested = stop.reached()  # on every process at every step (maepp/stop_request.py)
         # A failed asynchronous save stops the run at the next step, in one line: no step trains
         # on after it (a flag Orbax's thread sets; checking it costs nothing).
         checkpoints.check_saves(run.ckpt)
@@ -374,7 +331,9 @@ def _loop(run: Run, config, workdir, stop: StopRequest, check_workdir_held: Call
             )
         due = run.cadence.evals_due(step, stop_requested)
         if due:
-            evaluate({name: run.evaluators[name] for name in due}, state.params, step, run.writer, workdir)
+            evaluators = {name: run.evaluators[name] for name in due}
+            if not evaluate(evaluators, state.params, step, run.writer, workdir, stop.between):
+                stop_requested = True  # a stop ended an evaluation: save now
             run.throughput.start(step, waits_s)  # evaluation time is not training speed
         if run.cadence.save_due(step, stop_requested, means["nonfinite_in_a_row"]):
             check_workdir_held()
@@ -422,16 +381,23 @@ def _finish_saves_in_flight(ckpt):
         logging.warning("a checkpoint save in flight failed too: %s", error)
 
 
-def evaluate(evaluators: dict, params, step: int, writer, workdir):
+def evaluate(evaluators: dict, params, step: int, writer, workdir, between) -> bool:
     """The evaluators due at this step, in config order, each's Metrics written alike
     (maepp/evaluator_kinds.py): scalars to TensorBoard as NAME/KEY, with the time it took
     (eval_seconds/NAME); images to TensorBoard as NAME/KEY and to
     WORKDIR/pictures/NAME/step_NNNNNNN.png (a second image: NAME/KEY/step_...), by process 0;
-    one console line holds every evaluator's text."""
+    one console line holds every evaluator's text. between: the stop request's, which an
+    evaluator's batches pass through; -> False if a stop ended an evaluation (nothing of it
+    written, the rest not run)."""
     parts = []
     for name, evaluator in evaluators.items():
         started = time.perf_counter()
-        metrics = evaluator.run(params)
+        try:
+            metrics = evaluator.run(params, between)
+        except EvaluationStopped as stopped:
+            parts.append(f"{name}: stopped {stopped} ({time.perf_counter() - started:.1f} s), not written")
+            say(f"step {step} | " + " | ".join(parts))
+            return False
         seconds = time.perf_counter() - started
         writer.write_scalars(
             step, {**{f"{name}/{k}": v for k, v in metrics.scalars.items()}, f"eval_seconds/{name}": seconds}
@@ -443,3 +409,4 @@ def evaluate(evaluators: dict, params, step: int, writer, workdir):
                 write_png(folder / f"step_{step:07d}.png", image)
         parts.append(f"{metrics.text} ({seconds:.1f} s)")
     say(f"step {step} | " + " | ".join(parts))
+    return True

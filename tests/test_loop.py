@@ -1,5 +1,7 @@
 """The train loop's parts: input made ahead on a thread, metrics kept on the devices between log steps."""
 
+import os
+import signal
 import threading
 
 import jax
@@ -118,3 +120,40 @@ def test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps(tmp_p
     assert sorted(seconds) == [5, 10] and all(s > 0 for s in seconds.values())  # what each evaluation took
     assert f"step 5 | held-out loss {eval_loss[5]:.4f} ({seconds[5]:.1f} s)" in capsys.readouterr().out.splitlines()
     assert sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()) == [4, 8, 10]
+
+
+@pytest.mark.e2e
+@pytest.mark.long(seconds=30)
+def test_a_stop_during_an_evaluation_ends_it_between_batches_and_saves_at_once(tmp_path, capsys, monkeypatch):
+    """SIGTERM while step 2's held-out evaluation runs (8 batches; it arrives after the second):
+    the evaluation ends before its next batch and writes nothing, and the run saves step 2 and
+    exits, as a preempted job must within seconds, not after the whole evaluation."""
+    from maepp.configs import audiomaepp
+    from maepp.train_loop import train
+    from tests.helpers import PausePoint, logged_scalars
+
+    config = audiomaepp.get_config("micro")
+    config.update(batch_size=8, total_steps=4, warmup_steps=1, log_every=1, checkpoint_every=100)
+    config.evals.held_out.update(source="synthetic:64:1", every=2, batch_size=8)
+    held = PausePoint(tmp_path, "evaluation_batch@2")
+    for variable, value in held.environment.items():
+        monkeypatch.setenv(variable, value)
+
+    class ThisProcess:  # what PausePoint.wait watches: the test's own process, running
+        poll = staticmethod(lambda: None)
+
+    def signal_when_held():
+        held.wait(ThisProcess)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in the main thread, which the point holds
+        held.release()
+
+    signaller = threading.Thread(target=signal_when_held, daemon=True)
+    signaller.start()
+    result = train(config, tmp_path / "run")
+    signaller.join(timeout=60)
+    out = capsys.readouterr().out.splitlines()
+    assert result["step"] == 2 and not result["interrupted"]
+    assert any(line.startswith("step 2 | held_out: stopped after 2 of its batches (") for line in out), out
+    assert out[-1] == "stop requested: saved step 2, exiting"
+    assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [2]
+    assert sorted(logged_scalars(tmp_path / "run")) == [1, 2] and not logged_scalars(tmp_path / "run", "held_out/loss")

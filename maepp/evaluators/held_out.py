@@ -12,7 +12,7 @@ import jax
 
 from maepp import distributed, sharding
 from maepp.data.pipeline import SkipReport, eval_dataset
-from maepp.evaluator_kinds import Metrics, RunContext
+from maepp.evaluator_kinds import Metrics, RunContext, every_batch
 from maepp.evaluators.held_out_step import make_eval_step
 from maepp.evaluators.pictures import reconstruction_grid
 
@@ -36,7 +36,7 @@ class HeldOutEvaluation:
             out_shardings=sharding.replicated(run.mesh),
         )
 
-    def __call__(self, params):
+    def __call__(self, params, between=every_batch):
         """-> (loss over all held-out clips' masked patches, pictures [3, n, T, F] numpy)."""
         batches = eval_dataset(
             self.source,
@@ -47,7 +47,7 @@ class HeldOutEvaluation:
             filterbank=self.filterbank,
         ).as_numpy_iterator()
         error_sum = masked_patches = pictures = None
-        for number, batch in enumerate(batches):
+        for number, batch in enumerate(between(batches)):
             out = self.step(
                 params,
                 sharding.global_batch(batch["log_mel"], self.mesh, self.batch_size),
@@ -65,9 +65,9 @@ class HeldOutEvaluation:
             )
         return float(error_sum) / float(masked_patches), pictures
 
-    def run(self, params) -> Metrics:
+    def run(self, params, between=every_batch) -> Metrics:
         """The loss and the clips skipped over every process, and the first clips' pictures."""
-        loss, pictures = self(params)
+        loss, pictures = self(params, between)
         skipped = int(distributed.every_process([self.skip_report.skips]).sum())
         label = "held-out loss" if self.name == "held_out" else f"{self.name} loss"
         return Metrics(

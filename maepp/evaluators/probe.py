@@ -23,7 +23,7 @@ from maepp.audio import filterbanks
 from maepp.audio.decode import BadAudio, load_audio
 from maepp.audio.stft import standardized_log_mel
 from maepp.downstream import ridge
-from maepp.evaluator_kinds import Metrics, RunContext
+from maepp.evaluator_kinds import Metrics, RunContext, every_batch
 from maepp.export.artifact import chunk_frames_function, frame_size
 from maepp.export.embed import chunks, n_frame_embeddings
 
@@ -128,19 +128,19 @@ class ProbeEvaluation:
         then the test clips, each in the task's order."""
         return [clip for split in self.kept.values() for clip in split]
 
-    def scene_embeddings(self, params):
+    def scene_embeddings(self, params, between=every_batch):
         """-> [clips, E] replicated on the devices: the scene embedding of each clip of rows()."""
         if self.batches is None:
             self._prepare()
         sums = jax.device_put(np.zeros((len(self.rows()), self.frame_size), np.float32), sharding.replicated(self.mesh))
-        for rows in self.batches:
+        for rows in between(self.batches):
             sums = self.add_chunks(params, *(sharding.global_batch(r, self.mesh, self.batch_size) for r in rows), sums)
         return sums
 
-    def __call__(self, params) -> tuple:
+    def __call__(self, params, between=every_batch) -> tuple:
         """-> (the probe's test score, the penalty it was fitted with) for these encoder parameters,
         the same on every process."""
-        embeddings = self.scene_embeddings(params)
+        embeddings = self.scene_embeddings(params, between)
         broken = int(jax.device_get(jnp.sum(~jnp.all(jnp.isfinite(embeddings), axis=1))))
         if broken:  # a score from them would look like a chance-level encoder's, not a broken one's
             raise ValueError(
@@ -159,10 +159,10 @@ class ProbeEvaluation:
             )
         return score, self.l2s[best]
 
-    def run(self, params) -> Metrics:
+    def run(self, params, between=every_batch) -> Metrics:
         """The probe's score (and the penalty it chose, when it had several), the same on every process."""
         first = self.batches is None
-        score, l2 = self(params)
+        score, l2 = self(params, between)
         scalars = {self.metric: score}
         text = f"probe {self.name} {self.metric} {score:.4f}"
         if len(self.l2s) > 1:  # the penalty chosen on the valid split
