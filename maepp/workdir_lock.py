@@ -38,7 +38,8 @@ RENEW_S = LEASE_S / 6
 
 
 class WorkdirInUse(RuntimeError):
-    """Another run holds the workdir, or its lock's path is taken by something that is not a lock."""
+    """Another run holds the workdir, its lock's path is taken by something that is not a lock, or
+    the lock cannot be written there."""
 
 
 class WorkdirLost(RuntimeError):
@@ -131,8 +132,14 @@ class WorkdirLock:
 
     def acquire(self):
         if self.local:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._acquire_flock()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._acquire_flock()
+            except OSError as error:  # a read-only disk, no permission, no space: nothing was held
+                raise WorkdirInUse(
+                    f"{self.path.parent} cannot be written ({error.strerror}: {error.filename}): this {self.holder} "
+                    "keeps its lock there and everything it writes; choose a folder this user may write"
+                ) from None
         else:
             self._object = _GcsObject(str(self.path))
             self._acquire_lease()

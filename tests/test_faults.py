@@ -127,13 +127,6 @@ FAULTS = [
         "test_export_weights_skip_a_damaged_newest_checkpoint",
     ),
     Fault(
-        "the disk fills while a checkpoint is written (files capped at 48 KB)",
-        "one line: which save failed, the "
-        "newest complete checkpoint, and to re-run the same command after freeing space; exit status 1",
-        "every complete checkpoint",
-        "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[checkpoint]",
-    ),
-    Fault(
         "a real filesystem fills while a checkpoint is written (a 12 MB tmpfs, 5.5 MB of it taken by another file)",
         "one line, exit status 1: `maepp.train: saving checkpoints failed (... No space left on device ...); the "
         "newest complete checkpoint is step 4 in W/checkpoints. Free space or fix the directory, then re-run the "
@@ -149,7 +142,28 @@ FAULTS = [
         "the newest complete checkpoint is none in DIR. Free space, then re-run the same command to resume from "
         "it`",
         "every complete checkpoint; no part of the picture is left",
-        "test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first[picture]",
+        "test_a_full_disk_while_a_picture_is_written_stops_the_run_in_one_line",
+    ),
+    Fault(
+        "a workdir on a read-only filesystem",
+        "one line, exit status 1: `maepp.train: W cannot be written (Read-only file system: W): this run keeps "
+        "its lock there and everything it writes; choose a folder this user may write`",
+        "nothing was written",
+        "test_read_only_places_are_one_line_and_evaluate_writes_where_it_is_told",
+    ),
+    Fault(
+        "`maepp.downstream.evaluate` of a run on a read-only filesystem",
+        "one line, exit status 1: `... RUN/evaluations cannot be written (Read-only file system): give "
+        "--output_dir a folder this user may write`; with `--output_dir DIR` it evaluates, into DIR/TASK/",
+        "the run, untouched",
+        "test_read_only_places_are_one_line_and_evaluate_writes_where_it_is_told",
+    ),
+    Fault(
+        "SIGTERM (or Ctrl-C, or a preemption notice) while an evaluation runs",
+        "the evaluation ends before its next batch: `step N | NAME: stopped after K of its batches (S s), not "
+        "written`, then `stop requested: saved step N, exiting`",
+        "step N, saved within a batch's time; nothing of the stopped evaluation is written",
+        "tests/test_loop.py::test_a_stop_during_an_evaluation_ends_it_between_batches_and_saves_at_once",
     ),
     Fault(
         "a batch that does not divide over the devices (4 fake devices)",
@@ -523,22 +537,11 @@ def test_export_weights_skip_a_damaged_newest_checkpoint(trained_run, tmp_path, 
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("first_write", ["checkpoint", "picture"])
-def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, tmp_path, first_write):
+def test_a_full_disk_while_a_picture_is_written_stops_the_run_in_one_line(repo_root, tmp_path):
     """Files capped at 48 KB (ulimit -f), as on a full disk: the TensorBoard events (6 KB) fit, a
-    checkpoint does not (Orbax splits a save over data files by how its threads run, but whole
-    arrays go in each, and the file holding a 64 KB kernel fails), nor does a held-out picture
-    (about 200 KB), which comes first when an evaluation precedes the first save. SIGXFSZ is
-    ignored, so a too-large write fails (EFBIG) instead of killing."""
-    evaluation = (
-        [
-            "--config.evals.held_out.every=5",
-            "--config.evals.held_out.source=synthetic:16:1",
-            "--config.evals.held_out.batch_size=8",
-        ]
-        if first_write == "picture"
-        else ["--config.evals.held_out.source="]
-    )
+    held-out picture (about 200 KB) does not, and it comes first: an evaluation precedes the first
+    save. SIGXFSZ is ignored, so a too-large write fails (EFBIG) instead of killing. (A save on a
+    really full filesystem: the tmpfs test below.)"""
     command = " ".join(
         shlex.quote(word)
         for word in train_command(
@@ -548,7 +551,9 @@ def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, 
             "--config.checkpoint_every=10",
             "--config.log_every=5",
             "--config.batch_size=8",
-            *evaluation,
+            "--config.evals.held_out.every=5",
+            "--config.evals.held_out.source=synthetic:16:1",
+            "--config.evals.held_out.batch_size=8",
         )
     )
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR="")  # the cache's files would hit the cap too
@@ -563,12 +568,6 @@ def test_a_full_disk_stops_the_run_in_one_line_whatever_writes_first(repo_root, 
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert "stopped at step" not in result.stdout
-    if first_write == "checkpoint":
-        assert last.startswith("maepp.train: saving checkpoints failed (") and "File too large" in last
-        assert last.endswith("re-run the same command to resume from it")
-        newest = last.split("the newest complete checkpoint is ")[1].split(" in ")[0]  # "none" or "step N"
-        assert newest == "none" or (tmp_path / "full" / "checkpoints" / newest.split()[1] / "state").is_dir()
-        return
     picture = tmp_path / "full" / "pictures" / "held_out" / "step_0000005.png"
     assert last == (
         f"maepp.train: out of space (File too large: {picture}); the newest complete checkpoint is none in "
@@ -621,6 +620,55 @@ def test_a_save_that_fills_a_real_filesystem_stops_the_run_and_it_resumes_bit_ex
     assert "resumed from step 4 " in second and "stopped at step 12" in second
     assert logged_scalars(results / "run") == logged_scalars(tmp_path / "reference")
     assert_trees_equal(saved_params(results / "run", 12), saved_params(tmp_path / "reference", 12))
+
+
+@pytest.mark.e2e
+def test_read_only_places_are_one_line_and_evaluate_writes_where_it_is_told(repo_root, trained_run, tmp_path):
+    """A shelf of runs on a read-only filesystem (a bind mount remounted read-only, in a mount
+    namespace of the test's own): maepp.train with a workdir there is refused in one line;
+    maepp.downstream.evaluate of the shared run, kept there, refuses to write beside it in one
+    line and, given --output_dir, evaluates it."""
+    from maepp.downstream import synthetic_tasks
+
+    shelf, results = tmp_path / "shelf", tmp_path / "results"
+    results.mkdir()
+    (shelf / "run" / "checkpoints").mkdir(parents=True)  # what evaluate reads: the config, a checkpoint
+    shutil.copy(trained_run / "config.json", shelf / "run" / "config.json")
+    shutil.copytree(trained_run / "checkpoints" / "60", shelf / "run" / "checkpoints" / "60")
+    task = synthetic_tasks.write_task(tmp_path / "sounds", "classes", {"train": 4, "test": 2}, seconds=1.0)
+    train_there = shlex.join(train_command(shelf / "new", *SHORT_JOB))
+    evaluate = shlex.join(
+        [sys.executable, "-m", "maepp.downstream.evaluate", "--workdir", str(shelf / "run"), "--task", str(task)]
+    )
+    evaluate += " --seeds 1 --probes ridge"
+    script = f"""
+        mount --bind {shelf} {shelf} && mount -o remount,bind,ro {shelf} || exit 77
+        {train_there} > {results}/train.out 2> {results}/train.err; echo $? > {results}/train.rc
+        {evaluate} > {results}/beside.out 2> {results}/beside.err; echo $? > {results}/beside.rc
+        {evaluate} --output_dir {results}/evaluations > {results}/told.out 2> {results}/told.err
+        echo $? > {results}/told.rc
+    """
+    namespace = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "bash", "-c", script], cwd=repo_root, capture_output=True, text=True
+    )
+    if namespace.returncode == 77:
+        pytest.skip(f"no read-only bind mount can be made here: {namespace.stderr.strip()}")
+    assert namespace.returncode == 0, namespace.stderr[-3000:]
+    said = {name: (results / f"{name}.err").read_text().strip().splitlines() for name in ("train", "beside")}
+    assert [(results / f"{name}.rc").read_text().strip() for name in ("train", "beside")] == ["1", "1"]
+    assert said["train"] == [
+        f"maepp.train: {shelf / 'new'} cannot be written (Read-only file system: {shelf / 'new'}): this run "
+        "keeps its lock there and everything it writes; choose a folder this user may write"
+    ]
+    assert said["beside"][-1] == (
+        f"maepp.downstream.evaluate: {shelf / 'run' / 'evaluations'} cannot be written (Read-only file system): "
+        "give --output_dir a folder this user may write"
+    )
+    assert not any("Traceback" in line for line in said["beside"])
+    assert (results / "told.rc").read_text().strip() == "0", (results / "told.err").read_text()[-3000:]
+    scores = json.loads((results / "told.out").read_text().strip().splitlines()[-1])
+    assert scores["clips"] == 30 and scores["ridge"]["mean"] > 0.2  # 5 classes: chance is 0.2
+    assert json.loads((results / "evaluations" / "sounds" / "scores_encoder.json").read_text()) == scores
 
 
 class _Launch:

@@ -1,14 +1,15 @@
 r"""Linear and HEAR-MLP probes on a frozen encoder's embeddings of a labelled task.
 
     python -m maepp.downstream.evaluate --workdir RUN --task DIR [--features encoder|random_init|log_mel_stats] \
-        [--seeds 5] [--probes linear,mlp,ridge] [--shots 0] [--l2 1.0 | --l2 0.1,1,10]
+        [--seeds 5] [--probes linear,mlp,ridge] [--shots 0] [--l2 1.0 | --l2 0.1,1,10] [--output_dir DIR]
 
 DIR is a labelled folder (train/<label>/*, test/<label>/*) or a HEAR task (maepp/downstream/tasks.py).
 Prints accuracy (mAP for multi-label tasks) per probe as the mean over seeds with its 95%
 interval; the last line is JSON. The ridge probe (maepp/downstream/ridge.py) is the one a
 training run's probe evaluator fits (--shots, --l2 as its settings): one deterministic fit, or one
 per penalty when --l2 lists several, the one that scores best on the valid split reported. The
-features are exported first into RUN/evaluations/<task>/<features>.npz: a killed run restarts
+features are exported first into RUN/evaluations/<task>/<features>.npz (--output_dir DIR: into
+DIR/<task>/, for a run this user may not write): a killed run restarts
 that export where it stopped, but each new run computes the features afresh (the checkpoint may
 have changed). The JSON line is kept in RUN/evaluations/<task>/scores_<features>.json too, where
 maepp.tools.results finds it.
@@ -33,6 +34,12 @@ _FEATURES = flags.DEFINE_enum("features", "encoder", FEATURES, "What to probe.")
 _SEEDS = flags.DEFINE_integer("seeds", 5, "Probe seeds (HEAR uses 10).")
 _PROBES = flags.DEFINE_list("probes", ["linear", "mlp"], "Probes to train: linear, mlp, ridge.")
 _SHOTS = flags.DEFINE_integer("shots", 0, "The ridge probe's training clips per class (0: all).")
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir",
+    None,
+    "Where the features and scores go, a folder per task (default: RUN/evaluations, where "
+    "maepp.tools.results looks): for a run or weights this user may not write.",
+)
 _L2 = flags.DEFINE_list(
     "l2",
     ["1.0"],
@@ -58,6 +65,7 @@ def main(argv):
     from maepp.downstream import features
     from maepp.downstream.tasks import load_task
     from maepp.weights import store
+    from maepp.workdir_lock import WorkdirInUse
 
     try:
         unknown = set(_PROBES.value) - {*features.PROBES, "ridge"}
@@ -67,8 +75,14 @@ def main(argv):
         task = load_task(_TASK.value)
         model, params, config, loaded = store.load_model(_WORKDIR.value, _STEP.value)
         embedder = features.features_embedder(_FEATURES.value, model, params, filterbanks.from_config(config))
-        directory = checkpoints.workdir_path(_WORKDIR.value) / "evaluations" / task.name
-        directory.mkdir(parents=True, exist_ok=True)
+        evaluations = checkpoints.workdir_path(_OUTPUT_DIR.value or f"{_WORKDIR.value}/evaluations")
+        directory = evaluations / task.name
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(
+                f"{evaluations} cannot be written ({error.strerror}): give --output_dir a folder this user may write"
+            ) from None
         clip_features = features.task_features(task, embedder, directory / f"{_FEATURES.value}.npz", sys.stderr)
         results = features.evaluate(
             task,
@@ -79,7 +93,7 @@ def main(argv):
             l2s if len(l2s) > 1 else l2s[0],
             log=sys.stderr,
         )
-    except (FileNotFoundError, ValueError, KeyError) as error:
+    except (FileNotFoundError, ValueError, KeyError, WorkdirInUse) as error:
         sys.exit(f"maepp.downstream.evaluate: {error}")
     metric = "mAP" if task.multilabel else "accuracy"
     for name, result in results.items():
