@@ -216,13 +216,16 @@ class _OneLine(pylogging.Formatter):
         return f"{self.program}: {record.levelname.lower()}: {record.getMessage()}"
 
 
-class _CheckpointErrorsSaidOnce(pylogging.Filter):
-    """Orbax logs a failed save or restore as ERROR records from its threads; maepp says each such
-    failure in its own line (maepp/checkpoints.py), so those records are left out unless
-    --verbosity brings the libraries' logs back (a full disk: two lines and a blank before ours)."""
+class _LibraryErrorsSaidOnce(pylogging.Filter):
+    """Orbax logs a failed save or restore as ERROR records from its threads, and Beam a failed
+    step of prepare's pipeline before raising it; maepp says each such failure in its own line
+    (maepp/checkpoints.py, run_cli below), so those records are left out unless --verbosity brings
+    the libraries' logs back (a full disk: two lines and a blank, or Beam's line, before ours)."""
+
+    LIBRARIES = tuple(f"{os.sep}{name}{os.sep}" for name in ("orbax", "apache_beam"))
 
     def filter(self, record) -> bool:
-        return not (record.levelno >= pylogging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+        return not (record.levelno >= pylogging.ERROR and any(part in record.pathname for part in self.LIBRARIES))
 
 
 def exit_now(message: str, status: int):
@@ -273,7 +276,7 @@ def run_cli(main, program: str, argv: list | None = None):
             logging.set_verbosity(logging.WARNING)
             # Warnings (a skipped clip, a file left out) as one line like the program's own.
             logging.get_absl_handler().setFormatter(_OneLine(program))
-            logging.get_absl_handler().addFilter(_CheckpointErrorsSaidOnce())
+            logging.get_absl_handler().addFilter(_LibraryErrorsSaidOnce())
         try:
             return main(argv)
         except app.UsageError as error:  # absl would print the whole help above it

@@ -145,6 +145,13 @@ FAULTS = [
         "test_a_full_disk_while_a_picture_is_written_stops_the_run_in_one_line",
     ),
     Fault(
+        "prepare's output filesystem fills (a 1 MB tmpfs)",
+        "one line, exit status 1: `maepp.data.prepare: out of space (OSError: [Errno 28] No space left on device "
+        "...); what was finished is kept: free space, then run the same command again to go on from it`",
+        "every finished shard; with room, the same command keeps them and writes the rest",
+        "test_prepare_on_a_full_filesystem_says_so_in_one_line_and_goes_on_once_there_is_room",
+    ),
+    Fault(
         "a workdir on a read-only filesystem",
         "one line, exit status 1: `maepp.train: W cannot be written (Read-only file system: W): this run keeps "
         "its lock there and everything it writes; choose a folder this user may write`",
@@ -620,6 +627,55 @@ def test_a_save_that_fills_a_real_filesystem_stops_the_run_and_it_resumes_bit_ex
     assert "resumed from step 4 " in second and "stopped at step 12" in second
     assert logged_scalars(results / "run") == logged_scalars(tmp_path / "reference")
     assert_trees_equal(saved_params(results / "run", 12), saved_params(tmp_path / "reference", 12))
+
+
+@pytest.mark.e2e
+def test_prepare_on_a_full_filesystem_says_so_in_one_line_and_goes_on_once_there_is_room(repo_root, tmp_path):
+    """prepare's output on a 1 MB tmpfs (in a mount namespace of the test's own): 16 clips of 5 s
+    in shards of 4 (320 KB a shard) fill it at the fourth shard; one line, exit status 1. Remounted
+    at 8 MB, the same command keeps the three finished shards and writes the rest."""
+    import soundfile
+
+    from maepp.data.synthetic import synthetic_clip
+
+    audio, mounted, results = tmp_path / "audio", tmp_path / "small_disk", tmp_path / "results"
+    for folder in (audio, mounted, results):
+        folder.mkdir()
+    rng = np.random.default_rng(0)
+    for number in range(16):
+        soundfile.write(audio / f"{number:02d}.wav", synthetic_clip(rng, 5.0)[0], 16000)
+    command = shlex.join(
+        [sys.executable, "-m", "maepp.data.prepare", "--input", str(audio), "--output", str(mounted / "out")]
+    )
+    command += " --clips_per_shard 4 --workers 1"
+    script = f"""
+        mount -t tmpfs -o size=1m tmpfs {mounted} || exit 77
+        {command} > {results}/full.out 2> {results}/full.err; echo $? > {results}/full.rc
+        ls --full-time {mounted}/out/audio_clips/2.0.0 > {results}/kept
+        mount -o remount,size=8m {mounted}
+        {command} > {results}/room.out 2> {results}/room.err; echo $? > {results}/room.rc
+        ls --full-time {mounted}/out/audio_clips/2.0.0 > {results}/after
+        cp {mounted}/out/audio_clips/2.0.0/manifest.json {results}/
+    """
+    namespace = subprocess.run(
+        ["unshare", "--mount", "--map-root-user", "bash", "-c", script], cwd=repo_root, capture_output=True, text=True
+    )
+    if namespace.returncode == 77:
+        pytest.skip(f"no tmpfs can be mounted here: {namespace.stderr.strip()}")
+    assert namespace.returncode == 0, namespace.stderr[-3000:]
+    assert (results / "full.rc").read_text().strip() == "1"
+    lines = (results / "full.err").read_text().splitlines()
+    said = [line for line in lines if line.strip() and not line.startswith("prepare:")]  # not the progress bar
+    assert said == [
+        "maepp.data.prepare: out of space (OSError: [Errno 28] No space left on device [while running 'write']); "
+        "what was finished is kept: free space, then run the same command again to go on from it"
+    ], said
+    assert (results / "room.rc").read_text().strip() == "0", (results / "room.err").read_text()[-3000:]
+    assert json.loads((results / "manifest.json").read_text())["clips"] == 16
+    kept = {line for line in (results / "kept").read_text().splitlines() if line.endswith(".npy")}
+    after = (results / "after").read_text().splitlines()
+    assert len(kept) == 3 and kept <= set(after)  # untouched
+    assert not [line for line in after if line.endswith(".tmp")]  # the shard the disk cut short, written again
 
 
 @pytest.mark.e2e

@@ -34,7 +34,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from maepp import pause_points
+from maepp import pause_points, program
 from maepp.audio import filterbanks, reference
 from maepp.audio.constants import SAMPLE_RATE
 from maepp.audio.decode import AUDIO_EXTENSIONS, BadAudio, decode_soundfile, encode_flac, load_audio
@@ -281,8 +281,8 @@ def _run_pipeline(jobs: list, workers: int, beam_pipeline_options: str, **shard_
                 | "spread" >> beam.Reshuffle()  # one shard per element, spread over the workers
                 | "write" >> beam.Map(write_shard, **shard_arguments)
             )
-    except Exception:  # a failure, which the workers' output may explain; not Ctrl-C
-        keep_log = os.path.getsize(log_path) > 0
+    except Exception as error:  # a failure, which the workers' output may explain; not Ctrl-C
+        keep_log = os.path.getsize(log_path) > 0 and not program.out_of_space(error)  # that one says itself
         if keep_log:
             logging.warning("the local worker processes' own output is kept in %s", log_path)
         raise
