@@ -10,10 +10,11 @@ on: held-out clips named as config.data.source names clips ("clips"), a labelled
 path so that its module (which may bring in TensorFlow) loads only when a run makes it.
 
 The class is made with (name, settings, run: RunContext, source) and its run(params, between)
-returns Metrics, its batches passed through `between` (a stop request may end them with
-EvaluationStopped; outside a run, `every_batch`); the train loop writes them: every scalar to TensorBoard as
-NAME/KEY, every image to TensorBoard as NAME/KEY and to WORKDIR/pictures/NAME/ (process 0), and
-the text on the step's console line. A new kind is its module and one entry of KINDS.
+returns Metrics, its batches (and any clips it reads first) passed through `between` (a stop
+request may end them with EvaluationStopped; outside a run, `every_batch`); the train loop
+writes them: every scalar to TensorBoard as NAME/KEY, every image to TensorBoard as NAME/KEY and
+to WORKDIR/pictures/NAME/ (process 0), and the text on the step's console line. A new kind is
+its module and one entry of KINDS.
 """
 
 import dataclasses
@@ -39,9 +40,9 @@ class EvaluationStopped(Exception):
     figures are not written, and the run saves at once (maepp/stop_request.py)."""
 
 
-def every_batch(batches):
+def every_batch(items, what: str = "batches"):
     """`between` for an evaluation that nothing stops."""
-    return batches
+    return items
 
 
 @dataclasses.dataclass

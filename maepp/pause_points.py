@@ -10,9 +10,10 @@ without it a point costs one dictionary lookup.
 
 The points and their numbers: `logged@STEP` (the train loop has printed a step's line),
 `saved@STEP` (it has started a step's save),
-`save_written@STEP` (its files are written, not yet committed), `evaluation_batch@N` (an
-evaluation has run N batches), `exported@BLOCK` (maepp.export has finished a block),
-`shard_written@N` (prepare: the N-th shard of this worker process).
+`save_written@STEP` (its files are written, not yet committed), `evaluation@N` (an
+evaluation has gone through N of its batches, or of the clips it reads first),
+`exported@BLOCK` (maepp.export has finished a block), `shard_written@N` (prepare: the N-th
+shard of this worker process).
 """
 
 import os

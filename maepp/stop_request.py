@@ -63,11 +63,12 @@ class StopRequest:
         except RuntimeError:  # JAX's preemption service is off (jax_enable_preemption_service)
             return False
 
-    def between(self, batches):
-        """An evaluation's batches, asking before each: EvaluationStopped ends it where a stop is
-        reached, so that the run saves within seconds rather than after the whole evaluation."""
-        for done, batch in enumerate(batches):
-            pause_points.reached("evaluation_batch", done)
+    def between(self, items, what: str = "batches"):
+        """An evaluation's batches (or the clips it reads first), asking before each:
+        EvaluationStopped ends it where a stop is reached, so that the run saves within seconds
+        rather than after the whole evaluation."""
+        for done, item in enumerate(items):
+            pause_points.reached("evaluation", done)
             if self.reached():
-                raise EvaluationStopped(f"after {done} of its batches")
-            yield batch
+                raise EvaluationStopped(f"after {done} {what}")
+            yield item

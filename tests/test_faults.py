@@ -167,7 +167,8 @@ FAULTS = [
     ),
     Fault(
         "SIGTERM (or Ctrl-C, or a preemption notice) while an evaluation runs",
-        "the evaluation ends before its next batch: `step N | NAME: stopped after K of its batches (S s), not "
+        "the evaluation ends before its next batch (a probe's first, also before its next clip read): "
+        "`step N | NAME: stopped after K batches (S s), not "
         "written`, then `stop requested: saved step N, exiting`",
         "step N, saved within a batch's time; nothing of the stopped evaluation is written",
         "tests/test_loop.py::test_a_stop_during_an_evaluation_ends_it_between_batches_and_saves_at_once",

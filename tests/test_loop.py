@@ -125,17 +125,22 @@ def test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps(tmp_p
 @pytest.mark.e2e
 @pytest.mark.long(seconds=30)
 def test_a_stop_during_an_evaluation_ends_it_between_batches_and_saves_at_once(tmp_path, capsys, monkeypatch):
-    """SIGTERM while step 2's held-out evaluation runs (8 batches; it arrives after the second):
-    the evaluation ends before its next batch and writes nothing, and the run saves step 2 and
-    exits, as a preempted job must within seconds, not after the whole evaluation."""
+    """SIGTERM during step 2's evaluations, in config order: the held-out one (8 batches) has run
+    and is written;
+    the probe's first, reading its task's 15 clips, is stopped after the tenth and writes nothing;
+    the run saves step 2 and exits, as a preempted job must within seconds, not after the whole
+    evaluation."""
     from maepp.configs import audiomaepp
+    from maepp.downstream.synthetic_tasks import write_task
     from maepp.train_loop import train
     from tests.helpers import PausePoint, logged_scalars
 
     config = audiomaepp.get_config("micro")
     config.update(batch_size=8, total_steps=4, warmup_steps=1, log_every=1, checkpoint_every=100)
     config.evals.held_out.update(source="synthetic:64:1", every=2, batch_size=8)
-    held = PausePoint(tmp_path, "evaluation_batch@2")
+    task = write_task(tmp_path / "task", "classes", {"train": 2, "test": 1}, seconds=1.0)
+    config.evals.probe = dict(type="probe", task=str(task), every=2, shots=0, l2=1.0, batch_size=8)
+    held = PausePoint(tmp_path, "evaluation@10")  # the held-out evaluation's 8 batches never reach 10
     for variable, value in held.environment.items():
         monkeypatch.setenv(variable, value)
 
@@ -153,7 +158,13 @@ def test_a_stop_during_an_evaluation_ends_it_between_batches_and_saves_at_once(t
     signaller.join(timeout=60)
     out = capsys.readouterr().out.splitlines()
     assert result["step"] == 2 and not result["interrupted"]
-    assert any(line.startswith("step 2 | held_out: stopped after 2 of its batches (") for line in out), out
-    assert out[-1] == "stop requested: saved step 2, exiting"
+    loss = logged_scalars(tmp_path / "run", "held_out/loss")
+    line = next(line for line in out if line.startswith("step 2 | held-out loss "))
+    assert (
+        line.startswith(f"step 2 | held-out loss {loss[2]:.4f} (") and " | probe: stopped after 10 clips read (" in line
+    )
+    assert line.endswith("s), not written") and out[-1] == "stop requested: saved step 2, exiting"
     assert sorted(int(p.name) for p in (tmp_path / "run" / "checkpoints").iterdir()) == [2]
-    assert sorted(logged_scalars(tmp_path / "run")) == [1, 2] and not logged_scalars(tmp_path / "run", "held_out/loss")
+    assert sorted(logged_scalars(tmp_path / "run")) == [1, 2] and not logged_scalars(
+        tmp_path / "run", "classes/accuracy"
+    )

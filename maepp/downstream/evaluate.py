@@ -73,16 +73,16 @@ def main(argv):
             raise ValueError(f"--probes {','.join(sorted(unknown))}: use linear, mlp or ridge")
         l2s = _penalties(_L2.value)
         task = load_task(_TASK.value)
-        model, params, config, loaded = store.load_model(_WORKDIR.value, _STEP.value)
-        embedder = features.features_embedder(_FEATURES.value, model, params, filterbanks.from_config(config))
         evaluations = checkpoints.workdir_path(_OUTPUT_DIR.value or f"{_WORKDIR.value}/evaluations")
         directory = evaluations / task.name
-        try:
+        try:  # before the model loads: a refusal comes at once
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ValueError(
                 f"{evaluations} cannot be written ({error.strerror}): give --output_dir a folder this user may write"
             ) from None
+        model, params, config, loaded = store.load_model(_WORKDIR.value, _STEP.value)
+        embedder = features.features_embedder(_FEATURES.value, model, params, filterbanks.from_config(config))
         clip_features = features.task_features(task, embedder, directory / f"{_FEATURES.value}.npz", sys.stderr)
         results = features.evaluate(
             task,

@@ -69,22 +69,23 @@ class ProbeEvaluation:
 
         self.fit = jax.jit(fit, in_shardings=(whole,) * 4, out_shardings=whole)
 
-    def _prepare(self):
-        """Decodes every clip once. Keeps this process's rows of each global batch (chunks, frame
-        weights, clip ids) on the host, and the readable clips' rows and training labels on the
-        devices; a clip that cannot be read is left out and named at every evaluation."""
+    def _prepare(self, between):
+        """Decodes every clip once (every process all of them, in one order: a stop is agreed
+        between two). Keeps this process's rows of each global batch (chunks, frame weights,
+        clip ids) on the host, and the readable clips' rows and training labels on the devices;
+        a clip that cannot be read is left out and named at every evaluation."""
         started = time.perf_counter()
         kept = {split: [] for split in self.splits}
         log_mels = []
-        for split, labelled in self.splits.items():
-            for path, labels in labelled:
-                try:
-                    waveform = load_audio(self.task.root / path)
-                except BadAudio as error:
-                    self.unreadable[path] = error.reason
-                    continue
-                kept[split].append((path, labels))
-                log_mels.append(standardized_log_mel(waveform, self.filterbank))
+        clips = [(split, path, labels) for split, labelled in self.splits.items() for path, labels in labelled]
+        for split, path, labels in between(clips, "clips read"):
+            try:
+                waveform = load_audio(self.task.root / path)
+            except BadAudio as error:
+                self.unreadable[path] = error.reason
+                continue
+            kept[split].append((path, labels))
+            log_mels.append(standardized_log_mel(waveform, self.filterbank))
         if any(labelled and not kept[split] for split, labelled in self.splits.items()):
             raise ValueError(f"probe {self.name}: no readable clips in a split of {self.task.root}: {self.unreadable}")
         pieces = [chunks(log_mel, self.chunk_length) for log_mel in log_mels]
@@ -131,7 +132,7 @@ class ProbeEvaluation:
     def scene_embeddings(self, params, between=every_batch):
         """-> [clips, E] replicated on the devices: the scene embedding of each clip of rows()."""
         if self.batches is None:
-            self._prepare()
+            self._prepare(between)
         sums = jax.device_put(np.zeros((len(self.rows()), self.frame_size), np.float32), sharding.replicated(self.mesh))
         for rows in between(self.batches):
             sums = self.add_chunks(params, *(sharding.global_batch(r, self.mesh, self.batch_size) for r in rows), sums)
