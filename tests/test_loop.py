@@ -126,10 +126,9 @@ def test_evaluations_and_saves_happen_on_their_own_steps_between_log_steps(tmp_p
 @pytest.mark.long(seconds=30)
 def test_a_stop_during_an_evaluation_ends_it_between_batches_and_saves_at_once(tmp_path, capsys, monkeypatch):
     """SIGTERM during step 2's evaluations, in config order: the held-out one (8 batches) has run
-    and is written;
-    the probe's first, reading its task's 15 clips, is stopped after the tenth and writes nothing;
-    the run saves step 2 and exits, as a preempted job must within seconds, not after the whole
-    evaluation."""
+    and is written; the probe's first, reading its task's 15 clips, is stopped after the tenth and
+    writes nothing; the run saves step 2 and exits, as a preempted job must within seconds, not
+    after the whole evaluation."""
     from maepp.configs import audiomaepp
     from maepp.downstream.synthetic_tasks import write_task
     from maepp.train_loop import train
