@@ -14,7 +14,8 @@ class ParameterNorm:
     def __init__(self, name, settings, run, source):
         self.name, self.scale = name, settings["scale"]
 
-    def run(self, params) -> Metrics:
+    def run(self, params, between) -> Metrics:
+        del between  # no batches to stop between
         squares = jax.tree.map(lambda p: jnp.sum(jnp.square(p.astype(jnp.float32))), params["encoder"])
         norm = self.scale * float(jnp.sqrt(sum(jax.tree.leaves(squares))))
         level = np.uint8(min(255, int(norm)))
