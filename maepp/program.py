@@ -95,15 +95,28 @@ def _where_raised(error: Exception) -> str:
     return f"{where.filename}:{where.lineno}: {type(error).__name__}: {error}"
 
 
+def config_file_flag(name: str, default, help_string: str):
+    """Every maepp program's experiment-config flag (ml_collections' config file). New attributes
+    are taken, so that an evaluator entry's setting left at its default can be set from the command
+    line (--config.evals.NAME.shots=4); check_overrides, run before absl parses, refuses every other
+    new name."""
+    from ml_collections import config_flags
+
+    return config_flags.DEFINE_config_file(name, default, help_string, lock_config=False, accept_new_attributes=True)
+
+
 def check_overrides(config, overrides: list, flag: str = "config"):
     """Raises ValueError, one line, for an override of a field the config does not have, naming the
-    nearest one."""
+    nearest one. A setting an evaluator entry left at its kind's default is a field it has
+    (config_file_flag takes it as a new attribute)."""
     for path, argument in overrides:
         node, walked = config, []
         for key in path.split("."):
             if not hasattr(node, "keys") or key not in node:
                 # An evaluator entry's kind has settings the entry may leave at their defaults.
                 defaults = _evaluator_defaults(node) if walked[:1] == ["evals"] and len(walked) == 2 else {}
+                if key in defaults and path == ".".join([*walked, key]):
+                    break
                 known = list(node.keys()) if hasattr(node, "keys") else []
                 known += [name for name in defaults if name not in known]
                 near = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
@@ -115,14 +128,9 @@ def check_overrides(config, overrides: list, flag: str = "config"):
                     if known
                     else f"; {where} is a value, not a section"
                 )
-                meant = key if key in defaults else next((name for name in near if name in defaults), None)
-                if meant:  # left out of the entry, so there is nothing to override
-                    hint = (
-                        (f"; did you mean {'.'.join([*walked, meant])!r}?" if meant != key else "")
-                        + f"; {meant!r} is a setting of {node['type']} evaluators, left at its default "
-                        f"({defaults[meant]!r}): name it in the config file's entry to set it here, "
-                        f"config.evals.{walked[1]} = dict(..., {meant}={defaults[meant]!r})"
-                    )
+                meant = next((name for name in near if name in defaults), None)
+                if meant:  # a setting the entry left out, misspelt
+                    hint += f" ({meant!r}: a setting of {node['type']} evaluators, {defaults[meant]!r} unless set)"
                 if walked == ["evals"] and not near:  # an evaluator of its own: a config file adds it
                     hint += (
                         f"; an evaluator is added in a config file, after get_config: from maepp.configs import "

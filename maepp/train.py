@@ -15,13 +15,12 @@ import sys
 import traceback
 
 from absl import flags
-from ml_collections import config_flags
 
 from maepp import program
 
 # Only flags here: JAX, Orbax and the rest load in main(), so that --help answers at once.
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
+_CONFIG = program.config_file_flag("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints and TensorBoard logs go here; resumes from it.")
 _COORDINATOR = flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with --coordinator).")

@@ -317,20 +317,3 @@ def test_a_config_file_that_fails_is_one_line_naming_it(tmp_path, source, messag
         program.load_config(f"{path}:micro")
     assert str(error.value).startswith(f"--config {path}:micro: ")
     assert str(error.value).endswith(message.format(path)) and "\n" not in str(error.value)
-
-
-@pytest.mark.parametrize("override", ["evals.kw.shots", "evals.kw.shot"])
-def test_overriding_an_evaluator_setting_left_at_its_default_says_how_to(override):
-    """absl overrides only what the config file's entry names; the line says where to name it."""
-    from maepp import program
-
-    config = audiomaepp.get_config("micro")
-    config.evals.kw = dict(type="probe", task="/data/task", every=5)
-    with pytest.raises(ValueError) as error:
-        program.check_overrides(config, [(override, f"--config.{override}")])
-    assert str(error.value) == (
-        f"--config.{override}: no field {override!r}; "
-        + ("did you mean 'evals.kw.shots'?; " if override.endswith("shot") else "")
-        + "'shots' is a setting of probe evaluators, left at its default (0): name it in the config file's "
-        "entry to set it here, config.evals.kw = dict(..., shots=0)"
-    )

@@ -152,6 +152,13 @@ FAULTS = [
         "test_prepare_on_a_full_filesystem_says_so_in_one_line_and_goes_on_once_there_is_room",
     ),
     Fault(
+        "`--config.evals.NAME.shots=4` where the config file's probe entry leaves `shots` at its default",
+        "taken like any field the entry names (a bad value is refused by its check, in one line); a misspelt "
+        "setting: `... no field 'evals.NAME.shot'; did you mean 'evals.NAME.shots'? ...`",
+        "nothing was written",
+        "test_a_setting_an_evaluator_entry_left_out_is_set_from_the_command_line",
+    ),
+    Fault(
         "a workdir on a read-only filesystem",
         "one line, exit status 1: `maepp.train: W cannot be written (Read-only file system: W): this run keeps "
         "its lock there and everything it writes; choose a folder this user may write`",
@@ -933,6 +940,36 @@ def test_a_misspelt_config_field_or_size_is_one_line_naming_the_nearest(repo_roo
     assert result.returncode == 1
     assert result.stderr.strip() == MISSPELT[argument]
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.e2e
+def test_a_setting_an_evaluator_entry_left_out_is_set_from_the_command_line(repo_root, tmp_path):
+    """The config file's probe entry names no `shots`; --config.evals.kw.shots reaches the config
+    all the same (a bad value shows it: the check of the value it set refuses it), and a misspelt
+    setting is named."""
+    config = tmp_path / "with_a_probe.py"
+    config.write_text(
+        "from maepp.configs import audiomaepp\n\n\n"
+        "def get_config(size='micro'):\n"
+        "    config = audiomaepp.get_config(size)\n"
+        "    config.evals.kw = dict(type='probe', task='/data/task', every=5)\n"
+        "    return config\n"
+    )
+    for argument, said in [
+        (
+            "--config.evals.kw.shots=-1",
+            "config.evals.kw.shots=-1: must be a whole number of at least 0 (training clips per class; 0 takes "
+            "them all)",
+        ),
+        (
+            "--config.evals.kw.shot=4",
+            "--config.evals.kw.shot: no field 'evals.kw.shot'; did you mean 'evals.kw.shots'? ('shots': a setting "
+            "of probe evaluators, 0 unless set)",
+        ),
+    ]:
+        command = train_command(tmp_path / "w", argument, config=f"{config}:micro")
+        result = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and result.stderr.strip() == f"maepp.train: {said}"
 
 
 @pytest.mark.e2e

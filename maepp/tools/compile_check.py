@@ -36,7 +36,6 @@ import threading
 import time
 
 from absl import flags
-from ml_collections import config_flags
 
 # libtpu looks for a TPU VM's metadata at start-up; these say there is none to find, and this
 # process computes on the CPU: the TPU is only a compile target.
@@ -71,7 +70,7 @@ from maepp.hardware import CHIPS  # noqa: E402
 from maepp.models import MaskedAutoencoder, ModelSpec  # noqa: E402
 from maepp.train_step import make_train_step  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:large")
+_CONFIG = program.config_file_flag("config", None, "Experiment config, e.g. configs/audiomaepp.py:large")
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU slice (v5e:4x4, v4:2x2x2, v5p:2x2x4), GPUs of one node (h100:8) or nodes of GPUs (h100:4x8)."
 )

@@ -7,13 +7,12 @@ import json
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from maepp import program
 
 # Only flags here: the model's code (JAX, Flax) loads when asked for, so that --help answers at once.
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
+_CONFIG = program.config_file_flag("config", None, "Experiment config, e.g. configs/audiomaepp.py:base")
 flags.mark_flag_as_required("config")
 
 

@@ -13,15 +13,12 @@ config.model.separate_norm3=True, LN3 takes norm2's values (the released forward
 import sys
 
 from absl import flags
-from ml_collections import config_flags
 
 from maepp import program
 
 # Only flags here: JAX and torch load in main(), so that --help answers at once.
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config of the checkpoint's model, e.g. configs/audiomaepp.py:base"
-)
+_CONFIG = program.config_file_flag("config", None, "Config of the checkpoint's model, e.g. configs/audiomaepp.py:base")
 _TORCH_CHECKPOINT = flags.DEFINE_string("torch-checkpoint", None, "Released PyTorch checkpoint (.pth) to import.")
 _OUTPUT = flags.DEFINE_string("output", None, "Directory to write the maepp weights to (must not hold weights).")
 _LN3_FROM = flags.DEFINE_enum(

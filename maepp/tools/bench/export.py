@@ -14,7 +14,6 @@ import jax
 import numpy as np
 import soundfile
 from absl import flags
-from ml_collections import config_flags
 
 from maepp import program
 from maepp.audio.constants import SAMPLE_RATE
@@ -27,7 +26,7 @@ from maepp.weights import store
 
 _CLIPS = flags.DEFINE_integer("clips", 256, "Clips to export.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run (or weights directory) whose encoder to time.")
-_MODEL_CONFIG = config_flags.DEFINE_config_file(
+_MODEL_CONFIG = program.config_file_flag(
     "model_config", program.installed("audiomaepp:micro"), "Config of a freshly initialised encoder to time."
 )
 _SECONDS = flags.DEFINE_float("seconds", 10.0, "Length of each clip.")

@@ -12,14 +12,13 @@ last line is JSON: loop and step steps/s, their ratio, and the loop's input-wait
 import tempfile
 
 from absl import flags
-from ml_collections import config_flags
 
 from maepp import program
 from maepp.tools.bench.report import report
 from maepp.tools.bench.step_timing import bench_step
 from maepp.train_loop import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", program.installed("audiomaepp:micro"), "Experiment config.")
+_CONFIG = program.config_file_flag("config", program.installed("audiomaepp:micro"), "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Loop steps after the first (compiling) one.")
 
 

@@ -24,14 +24,13 @@ says nothing about MFU.
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from maepp import program
 from maepp.tools.bench import profile
 from maepp.tools.bench.report import report
 from maepp.tools.bench.step_timing import bench_step
 
-_CONFIG = config_flags.DEFINE_config_file("config", program.installed("audiomaepp:base"), "Experiment config.")
+_CONFIG = program.config_file_flag("config", program.installed("audiomaepp:base"), "Experiment config.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps, after two warm-up steps.")
 _VARIANTS = flags.DEFINE_multi_string(
     "variant", [], "Overrides timed after the config: key=value[,key=value]; keys xla_* are XLA compiler options."
