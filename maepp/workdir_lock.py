@@ -114,8 +114,8 @@ class WorkdirLock:
         scheme = str(workdir).partition("://")[0] if "://" in str(workdir) else ""
         if scheme not in ("", "gs"):
             raise ValueError(
-                f"workdir {workdir}: runs keep their workdir on a local or shared disk, or on gs:// "
-                f"(a {scheme}:// workdir could not be held by one run at a time)"
+                f"{workdir}: this {holder} keeps its files on a local or shared disk, or on gs:// (a {scheme}:// "
+                f"folder could not be held by one {holder} at a time)"
             )
         self.local = not scheme
         self.lease_s, self.renew_s = lease_s or LEASE_S, renew_s or RENEW_S

@@ -488,6 +488,16 @@ def test_lock_paths_taken_by_folders_are_refused_and_leave_nothing(tmp_path, nam
     assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
+@pytest.mark.parametrize("holder", ["run", "export"])
+def test_a_folder_on_a_filesystem_no_lock_can_hold_is_refused_naming_who_would_hold_it(holder):
+    with pytest.raises(ValueError) as refused:
+        WorkdirLock("s3://bucket/folder", holder=holder)
+    assert str(refused.value) == (
+        f"s3://bucket/folder: this {holder} keeps its files on a local or shared disk, or on gs:// (a s3:// "
+        f"folder could not be held by one {holder} at a time)"
+    )
+
+
 @pytest.mark.e2e
 def test_a_killed_runs_workdir_is_taken_over(tmp_path):
     holder = subprocess.Popen(
