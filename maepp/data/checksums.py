@@ -2,10 +2,10 @@
 CHUNK_BYTES of a clip's payload, counted from the clip's first byte (its last chunk shorter), the
 table keeps the CRC32C of the clip's bytes from its start to that chunk's end: a running CRC.
 
-A read of whole chunks [j, k) is then checked with one CRC over the bytes read: extending the
-running CRC before chunk j by them must give the one after chunk k - 1 (CRC32C's
-extend, as zlib's crc32_combine uses). One call per read, whatever it spans; only a read that fails
-is walked chunk by chunk to name the bad one. A crop of the log_mel store (32,000 bytes) reads the
+A read of whole chunks [j, k) is then checked with one CRC over the bytes read: the running CRC
+before chunk j, continued over them (google-crc32c's `extend`), must give the one after chunk
+k - 1. One call per read, whatever it spans; only a read that fails is walked chunk by chunk to
+name the bad one. A crop of the log_mel store (32,000 bytes) reads the
 4 KB chunks around it, 36 KB on average; a block reads whole clips. CRC32C is what TFRecord frames
 its records with and GCS checks objects with; google-crc32c computes it with the CPU's own
 instruction (26 GB/s measured here). The table is 4 bytes per 4 KB, 1/1024 of the data.
