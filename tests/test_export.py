@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -166,8 +167,26 @@ def test_timestamps_and_csv_input(trained_run, tmp_path):
 @pytest.mark.e2e
 def test_artifact_runs_with_only_jax_and_numpy(repo_root, trained_run, tmp_path):
     model, params, config, _ = store.load_model(trained_run)
-    directory = artifact.write_artifact(tmp_path / "artifact", model, params, config)
-    with pytest.raises(FileExistsError):
+    # Two runs on one directory at once: each writes a folder of its own, one renames it in place,
+    # the other is refused and removes its own; a run after them is refused before it writes.
+    outcomes = []
+
+    def write():
+        try:
+            outcomes.append(artifact.write_artifact(tmp_path / "artifact", model, params, config))
+        except FileExistsError as refused:
+            outcomes.append(refused)
+
+    writers = [threading.Thread(target=write) for _ in range(2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    (directory,) = [outcome for outcome in outcomes if not isinstance(outcome, FileExistsError)]
+    (refused,) = [outcome for outcome in outcomes if isinstance(outcome, FileExistsError)]
+    assert str(refused) == f"{directory} was written by another run meanwhile; choose a new artifact directory"
+    assert [path.name for path in tmp_path.iterdir()] == ["artifact"]  # no partial folder left
+    with pytest.raises(FileExistsError, match="already exists; choose a new artifact directory"):
         artifact.write_artifact(directory, model, params, config)
     waveform = np.random.default_rng(2).uniform(-1, 1, size=int(4.2 * SAMPLE_RATE))
     np.save(tmp_path / "wave.npy", waveform)

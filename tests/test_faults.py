@@ -159,6 +159,18 @@ FAULTS = [
         "test_a_setting_an_evaluator_entry_left_out_is_set_from_the_command_line",
     ),
     Fault(
+        "two `maepp.export --artifact` runs on one directory at once",
+        "one writes it; the other: `... was written by another run meanwhile; choose a new artifact directory`",
+        "the finished artifact, whole; no partial folder of either run",
+        "tests/test_export.py::test_artifact_runs_with_only_jax_and_numpy",
+    ),
+    Fault(
+        "`maepp.downstream.evaluate --seeds 1`",
+        "the text says `(1 seed: no interval)`; the JSON line's interval is `null`, strict JSON (no NaN)",
+        "the scores",
+        "tests/test_evaluate.py::test_one_seed_has_no_interval_and_the_json_is_strict",
+    ),
+    Fault(
         "a workdir on a read-only filesystem",
         "one line, exit status 1: `maepp.train: W cannot be written (Read-only file system: W): this run keeps "
         "its lock there and everything it writes; choose a folder this user may write`",
