@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 
 import flax.linen as nn
@@ -222,3 +223,24 @@ class PausePoint:
 def paused_at(*points: PausePoint) -> dict:
     """The environment variable that holds a process at each of these points."""
     return {pause_points.VARIABLE: ",".join(f"{point.point}:{point.marker}" for point in points)}
+
+
+def two_at_once(action, refusal) -> tuple:
+    """action() in two threads let go together -> (what those that finished returned, the
+    `refusal` errors the others raised): two runs racing for one thing."""
+    outcomes, start = [], threading.Barrier(2)
+
+    def race():
+        start.wait()
+        try:
+            outcomes.append(action())
+        except refusal as error:
+            outcomes.append(error)
+
+    racers = [threading.Thread(target=race) for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=60)
+    refused = [outcome for outcome in outcomes if isinstance(outcome, refusal)]
+    return [outcome for outcome in outcomes if not isinstance(outcome, refusal)], refused

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ import soundfile
 from maepp.audio.constants import SAMPLE_RATE
 from maepp.export import artifact, clips, embed
 from maepp.weights import store
-from tests.helpers import PausePoint, model_and_params, spec_for
+from tests.helpers import PausePoint, model_and_params, spec_for, two_at_once
 
 # One xdist worker runs this whole module, so its module fixture is built once.
 pytestmark = pytest.mark.xdist_group("export")
@@ -169,21 +168,9 @@ def test_artifact_runs_with_only_jax_and_numpy(repo_root, trained_run, tmp_path)
     model, params, config, _ = store.load_model(trained_run)
     # Two runs on one directory at once: each writes a folder of its own, one renames it in place,
     # the other is refused and removes its own; a run after them is refused before it writes.
-    outcomes = []
-
-    def write():
-        try:
-            outcomes.append(artifact.write_artifact(tmp_path / "artifact", model, params, config))
-        except FileExistsError as refused:
-            outcomes.append(refused)
-
-    writers = [threading.Thread(target=write) for _ in range(2)]
-    for writer in writers:
-        writer.start()
-    for writer in writers:
-        writer.join()
-    (directory,) = [outcome for outcome in outcomes if not isinstance(outcome, FileExistsError)]
-    (refused,) = [outcome for outcome in outcomes if isinstance(outcome, FileExistsError)]
+    (directory,), (refused,) = two_at_once(
+        lambda: artifact.write_artifact(tmp_path / "artifact", model, params, config), FileExistsError
+    )
     assert str(refused) == f"{directory} was written by another run meanwhile; choose a new artifact directory"
     assert [path.name for path in tmp_path.iterdir()] == ["artifact"]  # no partial folder left
     with pytest.raises(FileExistsError, match="already exists; choose a new artifact directory"):

@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
@@ -19,7 +18,7 @@ from maepp.data.synthetic import synthetic_clip
 from maepp.distributed import free_local_port
 from maepp.tools.gcs_emulator import GcsEmulator
 from maepp.workdir_lock import WorkdirInUse, WorkdirLock
-from tests.helpers import PausePoint, assert_trees_equal, paused_at, saved_params, train, train_command
+from tests.helpers import PausePoint, assert_trees_equal, paused_at, saved_params, train, train_command, two_at_once
 
 pytestmark = pytest.mark.e2e  # every test talks to a GCS API server process
 
@@ -50,25 +49,14 @@ def _storage_client(gcs):
 
 def test_of_two_runs_starting_together_exactly_one_holds_the_workdir(gcs, bucket, monkeypatch):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs.default["STORAGE_EMULATOR_HOST"])
-    outcomes, start = [], threading.Barrier(2)
 
     def take():
         lock = WorkdirLock(f"gs://{bucket}/run", lease_s=3.0, renew_s=0.5)
-        start.wait()
-        try:
-            lock.acquire()
-            outcomes.append(lock)
-        except WorkdirInUse as error:
-            outcomes.append(error)
+        lock.acquire()
+        return lock
 
-    threads = [threading.Thread(target=take) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    held = [o for o in outcomes if isinstance(o, WorkdirLock)]
-    refused = [o for o in outcomes if isinstance(o, WorkdirInUse)]
-    assert len(held) == 1 and len(refused) == 1, outcomes  # the loser saw the winner renew
+    held, refused = two_at_once(take, WorkdirInUse)
+    assert len(held) == 1 and len(refused) == 1, (held, refused)  # the loser saw the winner renew
     assert "is in use by another run" in str(refused[0])
     held[0].release()
     assert _storage_client(gcs).bucket(bucket).get_blob("run/lock.json") is None
